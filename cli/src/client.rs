@@ -1,0 +1,346 @@
+//! The API client side of the CLI: one function per subcommand.
+
+use std::io::Write as _;
+
+use aetherium_types::{
+    CreateVmResponse, DeleteVmResponse, ErrorResponse, ExecuteResponse, ExecutionList, Task,
+    TaskList, Vm, VmList,
+};
+use anyhow::{Context as _, anyhow, bail};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::output::{print_json, print_table, short};
+use crate::{ClientOpts, OutputFormat, TaskArgs, TaskCommand, VmArgs, VmCommand};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+fn default_token() -> anyhow::Result<String> {
+    let path = aetherium_common::config::default_data_dir().join("admin-token");
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .with_context(|| {
+            format!(
+                "no API token: set AETHERIUM_TOKEN or --token (none found in {})",
+                path.display()
+            )
+        })
+}
+
+impl Client {
+    fn new(opts: &ClientOpts) -> anyhow::Result<Client> {
+        let token = match &opts.token {
+            Some(t) => t.clone(),
+            None => default_token()?,
+        };
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .build()
+                .context("cannot build the HTTP client")?,
+            base: opts.url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach aetherium at {}: {e} (is `aetherium up` running?)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the response")?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorResponse>(&bytes) {
+                Ok(e) => anyhow!("{} ({} {})", e.message, e.code, e.error),
+                Err(_) => anyhow!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {url}"))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+}
+
+/// Percent-encodes a path segment (ids and names are plain, but be safe).
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn vm_rows(vms: &[Vm]) -> Vec<Vec<String>> {
+    vms.iter()
+        .map(|v| {
+            vec![
+                short(&v.id),
+                v.name.clone(),
+                v.status.to_string(),
+                v.image.clone(),
+                v.vcpu_count.to_string(),
+                v.memory_mb.to_string(),
+                v.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect()
+}
+
+const VM_HEADERS: [&str; 7] = [
+    "ID",
+    "NAME",
+    "STATUS",
+    "IMAGE",
+    "VCPUS",
+    "MEMORY_MB",
+    "CREATED",
+];
+
+fn print_vm(vm: &Vm, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_json(vm),
+        OutputFormat::Table => {
+            print_table(&VM_HEADERS, &vm_rows(std::slice::from_ref(vm)));
+            if let Some(error) = &vm.error {
+                println!("error: {error}");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.opts)?;
+    let format = args.opts.output;
+    match args.command {
+        VmCommand::Create {
+            name,
+            image,
+            vcpus,
+            memory_mb,
+            wait,
+            no_wait,
+        } => {
+            let query = if no_wait {
+                String::new()
+            } else {
+                format!("?wait={wait}")
+            };
+            let body =
+                json!({"name": name, "image": image, "vcpus": vcpus, "memory_mb": memory_mb});
+            let created: CreateVmResponse = client
+                .send(reqwest::Method::POST, &format!("/vms{query}"), Some(body))
+                .await?;
+            let Some(vm) = created.vm.as_ref() else {
+                bail!("the server returned no VM");
+            };
+            match format {
+                OutputFormat::Json => print_json(&created)?,
+                OutputFormat::Table => print_vm(vm, format)?,
+            }
+            if vm.status == aetherium_types::VmStatus::Failed {
+                return Ok(1);
+            }
+            if !no_wait && vm.status != aetherium_types::VmStatus::Running {
+                eprintln!("the VM is still {} after {wait}", vm.status);
+                return Ok(1);
+            }
+            Ok(0)
+        }
+        VmCommand::Ls { status } => {
+            let query = status
+                .map(|s| format!("?status={}", seg(&s)))
+                .unwrap_or_default();
+            let list: VmList = client.get(&format!("/vms{query}")).await?;
+            match format {
+                OutputFormat::Json => print_json(&list)?,
+                OutputFormat::Table => print_table(&VM_HEADERS, &vm_rows(&list.vms)),
+            }
+            Ok(0)
+        }
+        VmCommand::Get { vm } => {
+            let vm: Vm = client.get(&format!("/vms/{}", seg(&vm))).await?;
+            print_vm(&vm, format)?;
+            Ok(0)
+        }
+        VmCommand::Exec {
+            vm,
+            timeout,
+            env,
+            cwd,
+            command,
+        } => {
+            let mut env_map = serde_json::Map::new();
+            for pair in env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--env {pair:?} is not KEY=VALUE"))?;
+                env_map.insert(k.to_string(), v.into());
+            }
+            let (cmd, rest) = command
+                .split_first()
+                .ok_or_else(|| anyhow!("no command given after --"))?;
+            let body = json!({
+                "command": cmd, "args": rest, "env": env_map, "cwd": cwd, "timeout_seconds": timeout,
+            });
+            let wait = timeout.unwrap_or(aetherium_types::MAX_EXEC_TIMEOUT_SECONDS) + 30;
+            let response: ExecuteResponse = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/vms/{}/execute?wait={wait}s", seg(&vm)),
+                    Some(body),
+                )
+                .await?;
+            let Some(execution) = response
+                .execution
+                .as_ref()
+                .filter(|e| e.status.is_finished())
+            else {
+                bail!(
+                    "the command did not finish in time (execution {})",
+                    response.execution_id
+                );
+            };
+            if format == OutputFormat::Json {
+                print_json(execution)?;
+            } else {
+                std::io::stdout().write_all(execution.stdout.as_bytes())?;
+                std::io::stderr().write_all(execution.stderr.as_bytes())?;
+                if let Some(error) = &execution.error {
+                    eprintln!("aetherium: {error}");
+                }
+            }
+            Ok(match execution.exit_code {
+                Some(code) => u8::try_from(code.rem_euclid(256)).unwrap_or(1),
+                None if execution.status == aetherium_types::ExecutionStatus::TimedOut => 124,
+                None => 1,
+            })
+        }
+        VmCommand::Executions { vm } => {
+            let list: ExecutionList = client.get(&format!("/vms/{}/executions", seg(&vm))).await?;
+            match format {
+                OutputFormat::Json => print_json(&list)?,
+                OutputFormat::Table => {
+                    let rows: Vec<Vec<String>> = list
+                        .executions
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                short(&e.id),
+                                e.status.to_string(),
+                                e.exit_code
+                                    .map(|c| c.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                std::iter::once(e.command.as_str())
+                                    .chain(e.args.iter().map(String::as_str))
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                                e.duration_ms
+                                    .map(|d| format!("{d}ms"))
+                                    .unwrap_or_else(|| "-".into()),
+                                e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["ID", "STATUS", "EXIT", "COMMAND", "DURATION", "CREATED"],
+                        &rows,
+                    );
+                }
+            }
+            Ok(0)
+        }
+        VmCommand::Rm { vm, no_wait } => {
+            let query = if no_wait { "" } else { "?wait=120s" };
+            let deleted: DeleteVmResponse = client
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/vms/{}{query}", seg(&vm)),
+                    None,
+                )
+                .await?;
+            match format {
+                OutputFormat::Json => print_json(&deleted)?,
+                OutputFormat::Table => println!("{} ({})", deleted.vm_id, deleted.status),
+            }
+            Ok(if no_wait || deleted.status == "completed" {
+                0
+            } else {
+                1
+            })
+        }
+    }
+}
+
+fn task_rows(tasks: &[Task]) -> Vec<Vec<String>> {
+    tasks
+        .iter()
+        .map(|t| {
+            vec![
+                short(&t.id),
+                t.task_type.to_string(),
+                t.status.to_string(),
+                t.vm_id.as_deref().map(short).unwrap_or_else(|| "-".into()),
+                format!("{}/{}", t.retry_count, t.max_retries),
+                t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
+}
+
+const TASK_HEADERS: [&str; 7] = ["ID", "TYPE", "STATUS", "VM", "RETRIES", "CREATED", "ERROR"];
+
+pub async fn task(args: TaskArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.opts)?;
+    let format = args.opts.output;
+    match args.command {
+        TaskCommand::Ls {
+            status,
+            task_type,
+            limit,
+        } => {
+            let mut query = format!("?limit={limit}");
+            if let Some(s) = status {
+                query.push_str(&format!("&status={}", seg(&s)));
+            }
+            if let Some(t) = task_type {
+                query.push_str(&format!("&type={}", seg(&t)));
+            }
+            let list: TaskList = client.get(&format!("/tasks{query}")).await?;
+            match format {
+                OutputFormat::Json => print_json(&list)?,
+                OutputFormat::Table => print_table(&TASK_HEADERS, &task_rows(&list.tasks)),
+            }
+        }
+        TaskCommand::Get { id } => {
+            let task: Task = client.get(&format!("/tasks/{}", seg(&id))).await?;
+            match format {
+                OutputFormat::Json => print_json(&task)?,
+                OutputFormat::Table => {
+                    print_table(&TASK_HEADERS, &task_rows(std::slice::from_ref(&task)))
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,168 @@
+//! `aetherium`: runs the platform (`aetherium up`) and drives it over the REST API.
+
+mod client;
+mod output;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "aetherium",
+    version,
+    about = "Run commands in disposable, isolated sandboxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientOpts {
+    /// The platform's URL.
+    #[arg(
+        long,
+        env = "AETHERIUM_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// API token. Defaults to the one `aetherium up` wrote to its data dir.
+    #[arg(long, env = "AETHERIUM_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform on this machine: API + worker in one process (embedded mode).
+    Up(up::UpArgs),
+    /// Create, list, inspect, run commands in and delete sandboxes.
+    Vm(VmArgs),
+    /// Inspect queued work.
+    Task(TaskArgs),
+}
+
+#[derive(Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+#[derive(Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create a sandbox (waits until it runs unless --no-wait).
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        /// Image to run (default: the platform's configured image).
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory in MiB (at least 128).
+        #[arg(long = "memory")]
+        memory_mb: Option<u64>,
+        /// Longest time to wait for the sandbox to run, e.g. 2m.
+        #[arg(long, default_value = "120s", num_args = 0..=1, default_missing_value = "120s")]
+        wait: String,
+        /// Return as soon as the request is queued.
+        #[arg(long, conflicts_with = "wait")]
+        no_wait: bool,
+    },
+    /// List sandboxes.
+    Ls {
+        /// Only sandboxes in this state (RUNNING, FAILED, …).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one sandbox (by id or name).
+    Get { vm: String },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec {
+        vm: String,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Environment variable for the command, KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// List the commands run in a sandbox.
+    Executions { vm: String },
+    /// Delete a sandbox (waits until it is gone unless --no-wait).
+    Rm {
+        vm: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// List tasks, newest first.
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long = "type")]
+        task_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one task.
+    Get { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await.map(|()| 0),
+            Command::Vm(args) => client::vm(args).await,
+            Command::Task(args) => client::task(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

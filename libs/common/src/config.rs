@@ -1,0 +1,545 @@
+//! Configuration: a YAML file (every key optional) overlaid with environment
+//! variables (`AETHERIUM_*`, plus the Go original's names where they exist), then
+//! validated once at start so a bad value fails with a message naming it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?} is not valid: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded mode keeps its database, token and sockets.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub worker: WorkerConfig,
+    pub vmm: VmmConfig,
+    pub queue: QueueConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// The admin API token. When unset, `aetherium up` generates one on first start
+    /// and keeps it in `<data_dir>/admin-token` (mode 0600).
+    pub api_token: Option<String>,
+    /// Longest `wait` a request may ask for, in seconds.
+    pub max_wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (embedded). Defaults to `<data_dir>/aetherium.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Stable identity of this worker; containers are labelled with it so that a
+    /// restarted worker finds (and adopts or removes) what it owns.
+    pub id: String,
+    pub address: String,
+    pub zone: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    pub max_vms: u32,
+    /// Tasks run at once by this worker.
+    pub concurrency: usize,
+    pub heartbeat_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmmConfig {
+    pub default_backend: String,
+    pub default_vcpus: u32,
+    pub default_memory_mb: u64,
+    /// The agent binary put into every sandbox. Defaults to `aetherium-agent` next to
+    /// the running executable.
+    pub agent_path: Option<PathBuf>,
+    /// Where per-sandbox agent sockets live. Defaults to `<data_dir>/sockets`.
+    pub socket_dir: Option<PathBuf>,
+    /// Most bytes of stdout (and of stderr) kept per execution.
+    pub output_cap_bytes: usize,
+    pub docker: DockerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Docker engine socket, `unix:///var/run/docker.sock` form or a bare path.
+    pub host: String,
+    pub default_image: String,
+    pub pids_limit: i64,
+    /// Docker network mode for sandboxes (`bridge`, `none`, …).
+    pub network_mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// How long a leased task stays leased without a heartbeat from its worker.
+    pub lease_seconds: u64,
+    /// Fallback poll interval when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// First retry delay; doubles with every attempt.
+    pub retry_base_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `aetherium_core=debug,info`.
+    pub level: String,
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// `$XDG_DATA_HOME/aetherium`, falling back to `~/.local/share/aetherium`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_dir().join(".local/share"))
+        .join("aetherium")
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            worker: WorkerConfig::default(),
+            vmm: VmmConfig::default(),
+            queue: QueueConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_token: None,
+            max_wait_seconds: 600,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        WorkerConfig {
+            id: format!("worker-{}", default_hostname()),
+            address: String::new(),
+            zone: "default".into(),
+            labels: BTreeMap::new(),
+            cpu_cores: cores,
+            memory_mb: 0,
+            max_vms: 50,
+            concurrency: 8,
+            heartbeat_interval_seconds: 10,
+        }
+    }
+}
+
+impl Default for VmmConfig {
+    fn default() -> Self {
+        VmmConfig {
+            default_backend: "docker".into(),
+            default_vcpus: 1,
+            default_memory_mb: 256,
+            agent_path: None,
+            socket_dir: None,
+            output_cap_bytes: 1024 * 1024,
+            docker: DockerConfig::default(),
+        }
+    }
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            host: "unix:///var/run/docker.sock".into(),
+            default_image: "aetherium/base:latest".into(),
+            pids_limit: 1024,
+            network_mode: "bridge".into(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease_seconds: 30,
+            poll_interval_ms: 500,
+            retry_base_seconds: 2,
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+/// Environment overrides: each entry lists its names, first match wins, so the
+/// `AETHERIUM_*` name beats the Go original's.
+const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
+    (&["AETHERIUM_DATA_DIR"], |c, v| {
+        c.data_dir = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_HOST"], |c, v| {
+        c.server.host = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_PORT", "PORT"], |c, v| {
+        c.server.port = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_API_TOKEN"], |c, v| {
+        c.server.api_token = Some(v.to_string());
+        Ok(())
+    }),
+    (&["AETHERIUM_DATABASE_URL"], |c, v| {
+        c.database.url = Some(v.to_string());
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_ID", "WORKER_ID"], |c, v| {
+        c.worker.id = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_ADDRESS", "WORKER_ADDRESS"], |c, v| {
+        c.worker.address = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_ZONE", "WORKER_ZONE"], |c, v| {
+        c.worker.zone = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_LABELS", "WORKER_LABELS"], |c, v| {
+        c.worker.labels = parse_labels(v)?;
+        Ok(())
+    }),
+    (
+        &["AETHERIUM_WORKER_CPU_CORES", "WORKER_CPU_CORES"],
+        |c, v| {
+            c.worker.cpu_cores = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        &["AETHERIUM_WORKER_MEMORY_MB", "WORKER_MEMORY_MB"],
+        |c, v| {
+            c.worker.memory_mb = parse(v)?;
+            Ok(())
+        },
+    ),
+    (&["AETHERIUM_WORKER_MAX_VMS", "WORKER_MAX_VMS"], |c, v| {
+        c.worker.max_vms = parse(v)?;
+        Ok(())
+    }),
+    (
+        &[
+            "AETHERIUM_HEARTBEAT_INTERVAL_SECONDS",
+            "HEARTBEAT_INTERVAL_SECONDS",
+        ],
+        |c, v| {
+            c.worker.heartbeat_interval_seconds = parse(v)?;
+            Ok(())
+        },
+    ),
+    (&["AETHERIUM_DEFAULT_VCPU", "DEFAULT_VCPU"], |c, v| {
+        c.vmm.default_vcpus = parse(v)?;
+        Ok(())
+    }),
+    (
+        &["AETHERIUM_DEFAULT_MEMORY_MB", "DEFAULT_MEMORY_MB"],
+        |c, v| {
+            c.vmm.default_memory_mb = parse(v)?;
+            Ok(())
+        },
+    ),
+    (&["AETHERIUM_SOCKET_DIR", "SOCKET_DIR"], |c, v| {
+        c.vmm.socket_dir = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_AGENT_PATH"], |c, v| {
+        c.vmm.agent_path = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_DOCKER_HOST", "DOCKER_HOST"], |c, v| {
+        c.vmm.docker.host = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_DEFAULT_IMAGE"], |c, v| {
+        c.vmm.docker.default_image = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_LOG_FORMAT"], |c, v| {
+        c.logging.format = match v.trim() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            _ => return Err("expected `pretty` or `json`".into()),
+        };
+        Ok(())
+    }),
+    (&["AETHERIUM_LOG_LEVEL"], |c, v| {
+        c.logging.level = v.to_string();
+        Ok(())
+    }),
+];
+
+/// `k=v,k2=v2` → map.
+fn parse_labels(value: &str) -> Result<BTreeMap<String, String>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("label {pair:?} is not key=value"))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Loads the file (if given), applies the process environment, validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment supplied by the caller (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                if text.trim().is_empty() {
+                    Config::default()
+                } else {
+                    serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?
+                }
+            }
+            None => Config::default(),
+        };
+        for (names, set) in ENV_OVERRIDES {
+            let found = names
+                .iter()
+                .find_map(|name| env(name).filter(|v| !v.is_empty()).map(|v| (*name, v)));
+            if let Some((name, value)) = found {
+                set(&mut config, &value).map_err(|message| ConfigError::Env {
+                    name: name.to_string(),
+                    value: value.clone(),
+                    message,
+                })?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.host.trim().is_empty() {
+            return invalid("server.host must not be empty".into());
+        }
+        if self.worker.id.trim().is_empty() {
+            return invalid("worker.id must not be empty".into());
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency must be at least 1".into());
+        }
+        if self.worker.heartbeat_interval_seconds == 0 {
+            return invalid("worker.heartbeat_interval_seconds must be at least 1".into());
+        }
+        if self.vmm.default_vcpus == 0 {
+            return invalid("vmm.default_vcpus must be at least 1".into());
+        }
+        if self.vmm.default_memory_mb < 128 {
+            return invalid(format!(
+                "vmm.default_memory_mb must be at least 128 (got {})",
+                self.vmm.default_memory_mb
+            ));
+        }
+        if self.vmm.default_backend != "docker" {
+            return invalid(format!(
+                "vmm.default_backend {:?} is not available: only `docker` is built so far",
+                self.vmm.default_backend
+            ));
+        }
+        if self.vmm.output_cap_bytes == 0 {
+            return invalid("vmm.output_cap_bytes must be at least 1".into());
+        }
+        if self.vmm.docker.default_image.trim().is_empty() {
+            return invalid("vmm.docker.default_image must not be empty".into());
+        }
+        if self.queue.lease_seconds < 5 {
+            return invalid("queue.lease_seconds must be at least 5".into());
+        }
+        if self.queue.poll_interval_ms == 0 {
+            return invalid("queue.poll_interval_ms must be at least 1".into());
+        }
+        if let Some(token) = &self.server.api_token
+            && token.len() < 16
+        {
+            return invalid("server.api_token must be at least 16 characters".into());
+        }
+        if let Some(url) = &self.database.url
+            && !url.starts_with("sqlite:")
+        {
+            return invalid(format!(
+                "database.url {url:?} is not supported yet: embedded mode uses sqlite://<path>"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("aetherium.db").display()))
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.vmm
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sockets"))
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn file_then_env_with_aetherium_names_winning() {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        writeln!(f, "server:\n  port: 9000\nvmm:\n  default_memory_mb: 512").expect("write");
+        let c = Config::load_with_env(Some(f.path()), env_of(&[])).expect("load");
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.vmm.default_memory_mb, 512);
+
+        let c = Config::load_with_env(
+            Some(f.path()),
+            env_of(&[
+                ("PORT", "7000"),
+                ("AETHERIUM_PORT", "7001"),
+                ("WORKER_ID", "w-9"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.server.port, 7001);
+        assert_eq!(c.worker.id, "w-9");
+    }
+
+    #[test]
+    fn bad_values_name_what_is_wrong() {
+        let err = Config::load_with_env(None, env_of(&[("PORT", "eighty")])).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+        let err = Config::load_with_env(None, env_of(&[("DEFAULT_MEMORY_MB", "64")])).unwrap_err();
+        assert!(err.to_string().contains("default_memory_mb"), "{err}");
+
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        writeln!(f, "server:\n  prot: 1").expect("write");
+        let err = Config::load_with_env(Some(f.path()), env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn labels_parse_as_pairs() {
+        let c = Config::load_with_env(None, env_of(&[("WORKER_LABELS", "gpu=no, zone=a")]))
+            .expect("load");
+        assert_eq!(c.worker.labels.get("gpu").map(String::as_str), Some("no"));
+        assert!(Config::load_with_env(None, env_of(&[("WORKER_LABELS", "oops")])).is_err());
+    }
+}

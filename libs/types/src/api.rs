@@ -1,0 +1,344 @@
+//! Request and response bodies of the REST API (`/api/v1`), with the Go original's
+//! snake_case names. Requests reject unknown fields so that typos fail loudly.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Execution, Task, Vm};
+
+pub const MIN_MEMORY_MB: u64 = 128;
+pub const MAX_NAME_LEN: usize = 63;
+
+/// The error body of every failed request: `{error, message, code}`, where `error`
+/// is the HTTP status text and `code` the HTTP status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: String,
+    pub message: String,
+    pub code: u16,
+}
+
+/// Checks a sandbox name: 1-63 characters of `[a-zA-Z0-9_.-]`, starting alphanumeric.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("name must be 1 to {MAX_NAME_LEN} characters long"));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "name {name:?} must start with a letter or digit and hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
+    if vcpus < 1 {
+        return Err("vcpus must be at least 1".into());
+    }
+    if vcpus > 64 {
+        return Err("vcpus must be at most 64".into());
+    }
+    if memory_mb < MIN_MEMORY_MB {
+        return Err(format!("memory_mb must be at least {MIN_MEMORY_MB}"));
+    }
+    if memory_mb > 1024 * 1024 {
+        return Err("memory_mb must be at most 1048576".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    /// Unique among live VMs. Generated when omitted.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// Image to run (Docker backend). The configured default when omitted.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Backend; the configured default when omitted.
+    #[serde(default)]
+    pub orchestrator: Option<crate::Orchestrator>,
+    #[serde(default)]
+    pub additional_tools: Vec<String>,
+    #[serde(default)]
+    pub tool_versions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CreateVmRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        validate_size(
+            self.vcpus.unwrap_or(1),
+            self.memory_mb.unwrap_or(MIN_MEMORY_MB),
+        )?;
+        if let Some(image) = &self.image
+            && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
+        {
+            return Err("image must be a non-empty reference without spaces".into());
+        }
+        if !self.additional_tools.is_empty() {
+            return Err(
+                "additional_tools is not supported yet: tool installation comes with workspaces"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateVmResponse {
+    pub task_id: String,
+    pub vm_id: String,
+    pub status: String,
+    /// The VM as it stands when the response is sent (after `wait`, if asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteCommandRequest {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the command after this many seconds (default and maximum: 600).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+pub const MAX_EXEC_TIMEOUT_SECONDS: u64 = 600;
+
+fn validate_command(
+    command: &str,
+    env: &BTreeMap<String, String>,
+    timeout: Option<u64>,
+) -> Result<(), String> {
+    if command.trim().is_empty() {
+        return Err("command must not be empty".into());
+    }
+    if command.contains('\0') {
+        return Err("command must not contain NUL bytes".into());
+    }
+    for key in env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("invalid environment variable name {key:?}"));
+        }
+    }
+    if let Some(t) = timeout
+        && (t == 0 || t > MAX_EXEC_TIMEOUT_SECONDS)
+    {
+        return Err(format!(
+            "timeout_seconds must be between 1 and {MAX_EXEC_TIMEOUT_SECONDS}"
+        ));
+    }
+    Ok(())
+}
+
+impl ExecuteCommandRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_command(&self.command, &self.env, self.timeout_seconds)?;
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err("args must not contain NUL bytes".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteResponse {
+    pub task_id: String,
+    pub vm_id: String,
+    pub execution_id: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartExecuteRequest {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub vm_name: Option<String>,
+    #[serde(default)]
+    pub required_tools: Vec<String>,
+    #[serde(default = "default_true")]
+    pub prefer_existing: bool,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl SmartExecuteRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_command(&self.command, &self.env, self.timeout_seconds)?;
+        if let Some(name) = &self.vm_name {
+            validate_name(name)?;
+        }
+        validate_size(self.vcpus.unwrap_or(1), self.memory_mb.unwrap_or(512))?;
+        if !self.required_tools.is_empty() {
+            return Err(
+                "required_tools is not supported yet: tool installation comes with workspaces"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmartExecuteResponse {
+    pub execution_id: String,
+    pub task_id: String,
+    pub vm_id: String,
+    pub vm_name: String,
+    pub vm_created: bool,
+    pub vm_reused: bool,
+    pub status: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteVmResponse {
+    /// The delete task's id (the original's `id`).
+    pub id: String,
+    pub task_id: String,
+    pub vm_id: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmList {
+    pub vms: Vec<Vm>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionList {
+    pub executions: Vec<Execution>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentHealth {
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `healthy`, or `degraded` when a component is not.
+    pub status: String,
+    pub components: BTreeMap<String, ComponentHealth>,
+    pub timestamp: DateTime<Utc>,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_vm_request_validation() {
+        let ok = CreateVmRequest {
+            name: Some("build-1".into()),
+            vcpus: Some(2),
+            memory_mb: Some(256),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        let zero_cpu = CreateVmRequest {
+            vcpus: Some(0),
+            ..ok.clone()
+        };
+        assert!(zero_cpu.validate().expect_err("zero vcpus").contains("vcpus"));
+        let small = CreateVmRequest {
+            memory_mb: Some(127),
+            ..ok.clone()
+        };
+        assert!(small.validate().expect_err("small memory").contains("memory_mb"));
+        let bad_name = CreateVmRequest {
+            name: Some("-x y".into()),
+            ..ok.clone()
+        };
+        assert!(bad_name.validate().is_err());
+        let long_name = CreateVmRequest {
+            name: Some("a".repeat(64)),
+            ..ok
+        };
+        assert!(long_name.validate().is_err());
+    }
+
+    #[test]
+    fn requests_reject_unknown_fields() {
+        let err = serde_json::from_str::<CreateVmRequest>(r#"{"name":"a","vcpu":1}"#)
+            .expect_err("unknown field must fail");
+        assert!(err.to_string().contains("vcpu"));
+        assert!(serde_json::from_str::<ExecuteCommandRequest>(r#"{"cmd":"ls"}"#).is_err());
+    }
+
+    #[test]
+    fn execute_request_validation() {
+        let mut req = ExecuteCommandRequest {
+            command: "ls".into(),
+            ..Default::default()
+        };
+        assert!(req.validate().is_ok());
+        req.timeout_seconds = Some(0);
+        assert!(req.validate().is_err());
+        req.timeout_seconds = None;
+        req.env.insert("A=B".into(), "x".into());
+        assert!(req.validate().is_err());
+        let empty = ExecuteCommandRequest {
+            command: "  ".into(),
+            ..Default::default()
+        };
+        assert!(empty.validate().is_err());
+    }
+}

@@ -1,0 +1,130 @@
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a sandbox. Names and spelling follow the Go original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VmStatus {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl VmStatus {
+    pub const ALL: [VmStatus; 6] = [
+        VmStatus::Created,
+        VmStatus::Starting,
+        VmStatus::Running,
+        VmStatus::Stopping,
+        VmStatus::Stopped,
+        VmStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Created => "CREATED",
+            VmStatus::Starting => "STARTING",
+            VmStatus::Running => "RUNNING",
+            VmStatus::Stopping => "STOPPING",
+            VmStatus::Stopped => "STOPPED",
+            VmStatus::Failed => "FAILED",
+        }
+    }
+
+    /// A VM in one of these states will not change again without a new request.
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            VmStatus::Running | VmStatus::Stopped | VmStatus::Failed
+        )
+    }
+}
+
+impl fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VmStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown VM status {s:?}"))
+    }
+}
+
+/// Which backend runs a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Orchestrator {
+    Docker,
+    Firecracker,
+    Qemu,
+}
+
+impl Orchestrator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Orchestrator::Docker => "docker",
+            Orchestrator::Firecracker => "firecracker",
+            Orchestrator::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for Orchestrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Orchestrator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "docker" => Ok(Orchestrator::Docker),
+            "firecracker" => Ok(Orchestrator::Firecracker),
+            "qemu" => Ok(Orchestrator::Qemu),
+            _ => Err(format!("unknown orchestrator {s:?}")),
+        }
+    }
+}
+
+/// A sandbox, as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub status: VmStatus,
+    pub orchestrator: Orchestrator,
+    pub image: String,
+    pub vcpu_count: u32,
+    pub memory_mb: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
+    /// The worker that owns this VM; VM-bound work is routed to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Why the VM is FAILED (or how it stopped), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}

@@ -1,0 +1,15 @@
+//! Aetherium's core: sandbox backends, the agent client, the store, the queue, the
+//! worker, and the use cases ([`services::Platform`]) that the gateway calls.
+
+pub mod agent_client;
+pub mod error;
+pub mod queue;
+pub mod runtime;
+pub mod services;
+pub mod store;
+pub mod vmm;
+pub mod worker;
+
+pub use error::{CoreError, CoreResult};
+pub use runtime::EmbeddedRuntime;
+pub use services::Platform;

@@ -1,0 +1,601 @@
+//! The use cases the gateway calls. The gateway never touches a backend, the queue or
+//! the store directly: it asks these services, which validate, persist and enqueue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aetherium_common::EventBus;
+use aetherium_types::{
+    ComponentHealth, CreateVmRequest, Event, EventType, ExecuteCommandRequest, Execution,
+    ExecutionStatus, HealthResponse, Orchestrator, SmartExecuteRequest, Task, TaskStatus, TaskType,
+    Vm, VmStatus, Worker, WorkerStatus, new_id,
+};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, CoreResult};
+use crate::queue::{QueueStats, TaskQueue};
+use crate::store::{Page, Store, TaskFilter, VmFilter};
+
+/// Payload of `vm:create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatePayload {
+    pub vm_id: String,
+    /// An execution to queue on the new VM once it runs (smart-execute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then_execute: Option<ExecPayload>,
+}
+
+/// Payload of `vm:execute`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecPayload {
+    pub execution_id: String,
+    pub vm_id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    pub timeout_seconds: u64,
+}
+
+/// Payload of `vm:delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletePayload {
+    pub vm_id: String,
+}
+
+/// Defaults applied to requests that leave sizes out.
+#[derive(Debug, Clone)]
+pub struct PlatformDefaults {
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub image: String,
+    pub orchestrator: Orchestrator,
+    pub exec_timeout_seconds: u64,
+    /// A worker not seen for this long is treated as offline.
+    pub worker_stale_after: Duration,
+}
+
+/// The shared handles every use case needs.
+#[derive(Clone)]
+pub struct Platform {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub bus: Arc<dyn EventBus>,
+    pub defaults: PlatformDefaults,
+}
+
+pub fn new_task(task_type: TaskType, payload: serde_json::Value, vm_id: Option<&str>) -> Task {
+    let policy = task_type.policy();
+    let now = Utc::now();
+    Task {
+        id: new_id(),
+        task_type,
+        status: TaskStatus::Pending,
+        payload,
+        result: None,
+        error: None,
+        priority: 5,
+        retry_count: 0,
+        max_retries: policy.max_retries,
+        timeout_seconds: policy.timeout.as_secs(),
+        worker_id: None,
+        target_worker_id: None,
+        vm_id: vm_id.map(str::to_string),
+        created_at: now,
+        scheduled_at: now,
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+fn to_value(v: &impl Serialize) -> CoreResult<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| CoreError::Internal(e.into()))
+}
+
+impl Platform {
+    pub fn publish(&self, event_type: EventType, resource_id: &str, data: serde_json::Value) {
+        self.bus.publish(Event::new(event_type, resource_id, data));
+    }
+
+    /// Persists and enqueues a task, and announces it.
+    pub async fn submit(&self, task: &Task) -> CoreResult<()> {
+        self.queue.enqueue(task).await?;
+        self.publish(
+            EventType::TaskCreated,
+            &task.id,
+            serde_json::json!({"type": task.task_type, "vm_id": task.vm_id}),
+        );
+        Ok(())
+    }
+
+    fn worker_is_live(&self, w: &Worker) -> bool {
+        let age = Utc::now().signed_duration_since(w.last_seen);
+        age.to_std().unwrap_or_default() <= self.defaults.worker_stale_after
+    }
+
+    /// Refuses new sandboxes (503) while no live, healthy worker can run them, so a
+    /// request never queues work that nothing can do.
+    async fn ensure_worker_for(&self, orchestrator: Orchestrator) -> CoreResult<()> {
+        let workers = self.store.list_workers().await?;
+        let capable: Vec<&Worker> = workers
+            .iter()
+            .filter(|w| w.capabilities.iter().any(|c| c == orchestrator.as_str()))
+            .filter(|w| self.worker_is_live(w))
+            .collect();
+        if capable.iter().any(|w| w.status == WorkerStatus::Active) {
+            return Ok(());
+        }
+        let reasons: Vec<String> = capable
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} is {}{}",
+                    w.id,
+                    w.status.as_str(),
+                    w.status_message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        Err(CoreError::Unavailable(if reasons.is_empty() {
+            format!("no live worker can run {orchestrator} sandboxes")
+        } else {
+            format!(
+                "no worker can take {orchestrator} sandboxes right now ({})",
+                reasons.join("; ")
+            )
+        }))
+    }
+
+    // ---- VMs -------------------------------------------------------------------
+
+    /// Validates, records the VM (CREATED) and queues `vm:create`.
+    pub async fn create_vm(&self, req: &CreateVmRequest) -> CoreResult<(Vm, Task)> {
+        self.create_vm_then(req, None).await
+    }
+
+    /// Creates a VM; with `then`, also records an execution that `vm:create` queues
+    /// once the VM runs. Everything is written before the task is queued, so the
+    /// worker can never see the task without its rows.
+    async fn create_vm_then(
+        &self,
+        req: &CreateVmRequest,
+        then: Option<(&mut Execution, ExecPayload)>,
+    ) -> CoreResult<(Vm, Task)> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        let orchestrator = req.orchestrator.unwrap_or(self.defaults.orchestrator);
+        if orchestrator != Orchestrator::Docker {
+            return Err(CoreError::InvalidInput(format!(
+                "orchestrator {orchestrator} is not available yet: only docker is built"
+            )));
+        }
+        self.ensure_worker_for(orchestrator).await?;
+        let id = new_id();
+        let vm = Vm {
+            name: req
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("vm-{}", &id[..8])),
+            id,
+            status: VmStatus::Created,
+            orchestrator,
+            image: req
+                .image
+                .clone()
+                .unwrap_or_else(|| self.defaults.image.clone()),
+            vcpu_count: req.vcpus.unwrap_or(self.defaults.vcpus),
+            memory_mb: req.memory_mb.unwrap_or(self.defaults.memory_mb),
+            kernel_path: None,
+            rootfs_path: None,
+            socket_path: None,
+            worker_id: None,
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            stopped_at: None,
+            metadata: req.metadata.clone(),
+        };
+        self.store.insert_vm(&vm).await?;
+        let mut payload = CreatePayload {
+            vm_id: vm.id.clone(),
+            then_execute: None,
+        };
+        let mut task = new_task(TaskType::VmCreate, serde_json::Value::Null, Some(&vm.id));
+        let mut execution_to_fail = None;
+        if let Some((execution, mut exec_payload)) = then {
+            execution.vm_id = vm.id.clone();
+            execution
+                .metadata
+                .insert("create_task_id".into(), task.id.clone().into());
+            exec_payload.vm_id = vm.id.clone();
+            if let Err(e) = self.store.insert_execution(execution).await {
+                let _ = self.store.delete_vm(&vm.id).await;
+                return Err(e);
+            }
+            payload.then_execute = Some(exec_payload);
+            execution_to_fail = Some(execution.clone());
+        }
+        task.payload = to_value(&payload)?;
+        if let Err(e) = self.submit(&task).await {
+            // No VM row without a task that will make it.
+            let _ = self.store.delete_vm(&vm.id).await;
+            if let Some(mut execution) = execution_to_fail {
+                execution.status = ExecutionStatus::Failed;
+                execution.error = Some(format!("could not queue the VM: {e}"));
+                let _ = self.store.update_execution(&execution).await;
+            }
+            return Err(e);
+        }
+        self.publish(EventType::VmCreated, &vm.id, to_value(&vm)?);
+        Ok((vm, task))
+    }
+
+    pub async fn get_vm(&self, id: &str) -> CoreResult<Vm> {
+        self.store
+            .get_vm(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("VM {id} not found")))
+    }
+
+    pub async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
+        self.store.list_vms(filter, page).await
+    }
+
+    /// Marks the VM STOPPING and queues `vm:delete` on the worker that owns it.
+    pub async fn delete_vm(&self, id: &str) -> CoreResult<Task> {
+        let vm = self.get_vm(id).await?;
+        let deletable = [
+            VmStatus::Created,
+            VmStatus::Starting,
+            VmStatus::Running,
+            VmStatus::Stopped,
+            VmStatus::Failed,
+        ];
+        if !self
+            .store
+            .transition_vm(id, &deletable, VmStatus::Stopping, None)
+            .await?
+        {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is already being deleted"
+            )));
+        }
+        let mut task = new_task(
+            TaskType::VmDelete,
+            to_value(&DeletePayload { vm_id: id.into() })?,
+            Some(id),
+        );
+        task.priority = 8;
+        task.target_worker_id = vm.worker_id.clone();
+        if let Err(e) = self.submit(&task).await {
+            let _ = self
+                .store
+                .transition_vm(id, &[VmStatus::Stopping], vm.status, None)
+                .await;
+            return Err(e);
+        }
+        Ok(task)
+    }
+
+    // ---- executions ------------------------------------------------------------
+
+    fn new_execution(&self, vm_id: &str, command: &str, args: &[String]) -> Execution {
+        Execution {
+            id: new_id(),
+            vm_id: vm_id.to_string(),
+            task_id: None,
+            command: command.to_string(),
+            args: args.to_vec(),
+            status: ExecutionStatus::Pending,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            metadata: Default::default(),
+        }
+    }
+
+    /// Records an execution (pending) and queues `vm:execute` on the VM's worker.
+    pub async fn execute(
+        &self,
+        vm_id: &str,
+        req: &ExecuteCommandRequest,
+    ) -> CoreResult<(Execution, Task)> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        let vm = self.get_vm(vm_id).await?;
+        if vm.status != VmStatus::Running {
+            return Err(CoreError::Conflict(format!(
+                "VM {vm_id} is {}: commands run only on RUNNING VMs",
+                vm.status
+            )));
+        }
+        let mut execution = self.new_execution(vm_id, &req.command, &req.args);
+        let payload = ExecPayload {
+            execution_id: execution.id.clone(),
+            vm_id: vm_id.to_string(),
+            command: req.command.clone(),
+            args: req.args.clone(),
+            env: req.env.clone(),
+            cwd: req.cwd.clone(),
+            timeout_seconds: req
+                .timeout_seconds
+                .unwrap_or(self.defaults.exec_timeout_seconds),
+        };
+        let mut task = new_task(TaskType::VmExecute, to_value(&payload)?, Some(vm_id));
+        task.target_worker_id = vm.worker_id.clone();
+        execution.task_id = Some(task.id.clone());
+        self.store.insert_execution(&execution).await?;
+        if let Err(e) = self.submit(&task).await {
+            execution.status = ExecutionStatus::Failed;
+            execution.error = Some(format!("could not queue the command: {e}"));
+            let _ = self.store.update_execution(&execution).await;
+            return Err(e);
+        }
+        Ok((execution, task))
+    }
+
+    /// Runs a command on a named or any running VM, creating one when needed.
+    pub async fn smart_execute(&self, req: &SmartExecuteRequest) -> CoreResult<SmartExecution> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        let existing = match &req.vm_name {
+            Some(name) => self.store.get_vm_by_name(name).await?,
+            None if req.prefer_existing => {
+                let filter = VmFilter {
+                    status: Some(VmStatus::Running),
+                    ..Default::default()
+                };
+                self.store
+                    .list_vms(&filter, &Page::new(Some(1), None))
+                    .await?
+                    .0
+                    .into_iter()
+                    .next()
+            }
+            None => None,
+        };
+        // The original ran `bash -c <command>` when no args were given.
+        let (command, args) = if req.args.is_empty() {
+            (
+                "bash".to_string(),
+                vec!["-c".to_string(), req.command.clone()],
+            )
+        } else {
+            (req.command.clone(), req.args.clone())
+        };
+        let exec_req = ExecuteCommandRequest {
+            command,
+            args,
+            env: req.env.clone(),
+            cwd: None,
+            timeout_seconds: req.timeout_seconds,
+        };
+        if let Some(vm) = existing {
+            if vm.status != VmStatus::Running {
+                return Err(CoreError::Conflict(format!(
+                    "VM {:?} exists but is {}",
+                    vm.name, vm.status
+                )));
+            }
+            let (execution, task) = self.execute(&vm.id, &exec_req).await?;
+            return Ok(SmartExecution {
+                execution,
+                task,
+                vm,
+                vm_created: false,
+            });
+        }
+        let create = CreateVmRequest {
+            name: req.vm_name.clone(),
+            vcpus: req.vcpus,
+            memory_mb: Some(req.memory_mb.unwrap_or(512)),
+            image: req.image.clone(),
+            ..Default::default()
+        };
+        // The execution is recorded now; vm:create queues it once the VM runs.
+        let mut execution = self.new_execution("", &exec_req.command, &exec_req.args);
+        let payload = ExecPayload {
+            execution_id: execution.id.clone(),
+            vm_id: String::new(),
+            command: exec_req.command.clone(),
+            args: exec_req.args.clone(),
+            env: exec_req.env.clone(),
+            cwd: None,
+            timeout_seconds: exec_req
+                .timeout_seconds
+                .unwrap_or(self.defaults.exec_timeout_seconds),
+        };
+        let (vm, task) = self
+            .create_vm_then(&create, Some((&mut execution, payload)))
+            .await?;
+        Ok(SmartExecution {
+            execution,
+            task,
+            vm,
+            vm_created: true,
+        })
+    }
+
+    pub async fn get_execution(&self, id: &str) -> CoreResult<Execution> {
+        self.store
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("execution {id} not found")))
+    }
+
+    pub async fn list_executions(
+        &self,
+        vm_id: &str,
+        page: &Page,
+    ) -> CoreResult<(Vec<Execution>, u64)> {
+        // Executions outlive their VM, so an unknown VM id is only an error when it
+        // has no executions either.
+        let (list, total) = self.store.list_executions(vm_id, page).await?;
+        if total == 0 && self.store.get_vm(vm_id).await?.is_none() {
+            return Err(CoreError::NotFound(format!("VM {vm_id} not found")));
+        }
+        Ok((list, total))
+    }
+
+    // ---- tasks -----------------------------------------------------------------
+
+    pub async fn get_task(&self, id: &str) -> CoreResult<Task> {
+        self.store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("task {id} not found")))
+    }
+
+    pub async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &Page,
+    ) -> CoreResult<(Vec<Task>, u64)> {
+        self.store.list_tasks(filter, page).await
+    }
+
+    pub async fn queue_stats(&self) -> CoreResult<QueueStats> {
+        self.queue.stats().await
+    }
+
+    // ---- waiting ---------------------------------------------------------------
+
+    /// Waits until the VM is RUNNING, STOPPED or FAILED (or gone), at most `timeout`.
+    /// Returns the VM as it is then (`None` if it was deleted).
+    pub async fn wait_vm_settled(&self, id: &str, timeout: Duration) -> CoreResult<Option<Vm>> {
+        self.wait_until(timeout, id, || async {
+            let vm = self.store.get_vm(id).await?;
+            let done = vm.as_ref().is_none_or(|v| v.status.is_settled());
+            Ok((done, vm))
+        })
+        .await
+    }
+
+    /// Waits until the execution has finished, at most `timeout`.
+    pub async fn wait_execution_finished(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> CoreResult<Execution> {
+        self.wait_until(timeout, id, || async {
+            let e = self.get_execution(id).await?;
+            Ok((e.status.is_finished(), e))
+        })
+        .await
+    }
+
+    /// Re-reads state whenever an event about `resource_id` arrives (or every 500 ms,
+    /// in case events were missed) until `check` says done or time is up.
+    async fn wait_until<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        resource_id: &str,
+        check: F,
+    ) -> CoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = CoreResult<(bool, T)>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before the first read, so no change can slip in between.
+        let mut events = self.bus.subscribe();
+        loop {
+            let (done, value) = check().await?;
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(value);
+            }
+            let tick = tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(500)),
+            );
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = &mut tick => break,
+                    event = events.recv() => match event {
+                        Ok(e) if e.resource_id == resource_id => break,
+                        Ok(_) => continue,
+                        // Lagged or closed: fall back to re-reading state.
+                        Err(_) => break,
+                    },
+                }
+            }
+        }
+    }
+
+    // ---- health ----------------------------------------------------------------
+
+    pub async fn health(&self) -> HealthResponse {
+        let mut components = BTreeMap::new();
+        let db = match self.store.ping().await {
+            Ok(()) => ComponentHealth {
+                status: "healthy".into(),
+                message: None,
+            },
+            Err(e) => ComponentHealth {
+                status: "unhealthy".into(),
+                message: Some(e.to_string()),
+            },
+        };
+        components.insert("database".to_string(), db);
+        let workers = self.store.list_workers().await.unwrap_or_default();
+        let live: Vec<&Worker> = workers.iter().filter(|w| self.worker_is_live(w)).collect();
+        let active = live
+            .iter()
+            .filter(|w| w.status == WorkerStatus::Active)
+            .count();
+        let workers_health = if active > 0 {
+            ComponentHealth {
+                status: "healthy".into(),
+                message: Some(format!("{active} active worker(s)")),
+            }
+        } else {
+            let why: Vec<String> = live
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{}: {}",
+                        w.id,
+                        w.status_message
+                            .clone()
+                            .unwrap_or_else(|| w.status.as_str().into())
+                    )
+                })
+                .collect();
+            ComponentHealth {
+                status: "unhealthy".into(),
+                message: Some(if why.is_empty() {
+                    "no live worker".into()
+                } else {
+                    why.join("; ")
+                }),
+            }
+        };
+        components.insert("workers".to_string(), workers_health);
+        let healthy = components.values().all(|c| c.status == "healthy");
+        HealthResponse {
+            status: if healthy { "healthy" } else { "degraded" }.into(),
+            components,
+            timestamp: Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// What `smart_execute` did.
+#[derive(Debug, Clone)]
+pub struct SmartExecution {
+    pub execution: Execution,
+    /// The `vm:execute` task, or the `vm:create` task that will queue it.
+    pub task: Task,
+    pub vm: Vm,
+    pub vm_created: bool,
+}

@@ -1,0 +1,488 @@
+//! The SQLite store (embedded mode). WAL mode, so readers never wait for the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use aetherium_types::{Execution, Task, Vm, VmStatus, Worker};
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
+
+use super::{Page, Store, TaskFilter, VmFilter};
+use crate::error::{CoreError, CoreResult};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn opt_from_ms(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.map(from_ms)
+}
+
+fn json_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn parse_enum<T: FromStr<Err = String>>(text: &str) -> CoreResult<T> {
+    T::from_str(text).map_err(|e| CoreError::Internal(anyhow::anyhow!("corrupt row: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path`) and runs
+    /// the migrations.
+    pub async fn connect(url: &str) -> CoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| CoreError::InvalidInput(format!("bad database url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("cannot open database {url}: {e}")))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| CoreError::Internal(anyhow::Error::new(e).context("migrations")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {
+    Ok(Vm {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        orchestrator: parse_enum(row.try_get::<&str, _>("orchestrator")?)?,
+        image: row.try_get("image")?,
+        vcpu_count: row.try_get::<i64, _>("vcpu_count")? as u32,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        kernel_path: row.try_get("kernel_path")?,
+        rootfs_path: row.try_get("rootfs_path")?,
+        socket_path: row.try_get("socket_path")?,
+        worker_id: row.try_get("worker_id")?,
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        stopped_at: opt_from_ms(row.try_get("stopped_at")?),
+        metadata: json_map(row.try_get("metadata")?),
+    })
+}
+
+fn execution_from_row(row: &SqliteRow) -> CoreResult<Execution> {
+    Ok(Execution {
+        id: row.try_get("id")?,
+        vm_id: row.try_get("vm_id")?,
+        task_id: row.try_get("task_id")?,
+        command: row.try_get("command")?,
+        args: serde_json::from_str(row.try_get("args")?).unwrap_or_default(),
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        exit_code: row
+            .try_get::<Option<i64>, _>("exit_code")?
+            .map(|c| c as i32),
+        stdout: row.try_get("stdout")?,
+        stderr: row.try_get("stderr")?,
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        completed_at: opt_from_ms(row.try_get("completed_at")?),
+        duration_ms: row.try_get("duration_ms")?,
+        metadata: json_map(row.try_get("metadata")?),
+    })
+}
+
+pub(crate) fn task_from_row(row: &SqliteRow) -> CoreResult<Task> {
+    let result: Option<String> = row.try_get("result")?;
+    Ok(Task {
+        id: row.try_get("id")?,
+        task_type: parse_enum(row.try_get::<&str, _>("type")?)?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        payload: serde_json::from_str(row.try_get("payload")?).unwrap_or_default(),
+        result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        error: row.try_get("error")?,
+        priority: row.try_get::<i64, _>("priority")? as i32,
+        retry_count: row.try_get::<i64, _>("retry_count")? as u32,
+        max_retries: row.try_get::<i64, _>("max_retries")? as u32,
+        timeout_seconds: row.try_get::<i64, _>("timeout_seconds")? as u64,
+        worker_id: row.try_get("worker_id")?,
+        target_worker_id: row.try_get("target_worker_id")?,
+        vm_id: row.try_get("vm_id")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        scheduled_at: from_ms(row.try_get("scheduled_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        completed_at: opt_from_ms(row.try_get("completed_at")?),
+    })
+}
+
+fn worker_from_row(row: &SqliteRow) -> CoreResult<Worker> {
+    Ok(Worker {
+        id: row.try_get("id")?,
+        hostname: row.try_get("hostname")?,
+        address: row.try_get("address")?,
+        zone: row.try_get("zone")?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        status_message: row.try_get("status_message")?,
+        capabilities: serde_json::from_str(row.try_get("capabilities")?).unwrap_or_default(),
+        labels: json_map(row.try_get("labels")?),
+        cpu_cores: row.try_get::<i64, _>("cpu_cores")? as u32,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        max_vms: row.try_get::<i64, _>("max_vms")? as u32,
+        vm_count: row.try_get::<i64, _>("vm_count")? as u32,
+        started_at: from_ms(row.try_get("started_at")?),
+        last_seen: from_ms(row.try_get("last_seen")?),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> CoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn insert_vm(&self, vm: &Vm) -> CoreResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
+                kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
+                stopped_at, metadata)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&vm.id)
+        .bind(&vm.name)
+        .bind(vm.status.as_str())
+        .bind(vm.orchestrator.as_str())
+        .bind(&vm.image)
+        .bind(vm.vcpu_count as i64)
+        .bind(vm.memory_mb as i64)
+        .bind(&vm.kernel_path)
+        .bind(&vm.rootfs_path)
+        .bind(&vm.socket_path)
+        .bind(&vm.worker_id)
+        .bind(&vm.error)
+        .bind(to_ms(vm.created_at))
+        .bind(vm.started_at.map(to_ms))
+        .bind(vm.stopped_at.map(to_ms))
+        .bind(to_json(&vm.metadata))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(CoreError::Conflict(format!(
+                "a VM named {:?} already exists",
+                vm.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_vm(&self, id: &str) -> CoreResult<Option<Vm>> {
+        sqlx::query("SELECT * FROM vms WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(vm_from_row)
+            .transpose()
+    }
+
+    async fn get_vm_by_name(&self, name: &str) -> CoreResult<Option<Vm>> {
+        sqlx::query("SELECT * FROM vms WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(vm_from_row)
+            .transpose()
+    }
+
+    async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
+        const WHERE: &str = "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR worker_id = ?2)
+              AND (?3 IS NULL OR name = ?3)";
+        let status = filter.status.map(|s| s.as_str());
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM vms {WHERE} ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+        )))
+        .bind(status)
+        .bind(&filter.worker_id)
+        .bind(&filter.name)
+        .bind(page.limit as i64)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM vms {WHERE}")))
+                .bind(status)
+                .bind(&filter.worker_id)
+                .bind(&filter.name)
+                .fetch_one(&self.pool)
+                .await?;
+        let vms = rows.iter().map(vm_from_row).collect::<CoreResult<_>>()?;
+        Ok((vms, total as u64))
+    }
+
+    async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE vms SET status = ?, socket_path = ?, worker_id = ?, error = ?,
+                started_at = ?, stopped_at = ?, metadata = ?, kernel_path = ?, rootfs_path = ?
+             WHERE id = ?",
+        )
+        .bind(vm.status.as_str())
+        .bind(&vm.socket_path)
+        .bind(&vm.worker_id)
+        .bind(&vm.error)
+        .bind(vm.started_at.map(to_ms))
+        .bind(vm.stopped_at.map(to_ms))
+        .bind(to_json(&vm.metadata))
+        .bind(&vm.kernel_path)
+        .bind(&vm.rootfs_path)
+        .bind(&vm.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn transition_vm(
+        &self,
+        id: &str,
+        from: &[VmStatus],
+        to: VmStatus,
+        error: Option<&str>,
+    ) -> CoreResult<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let stopped = matches!(to, VmStatus::Stopped | VmStatus::Failed).then(|| to_ms(Utc::now()));
+        let changed = sqlx::query(
+            "UPDATE vms SET status = ?1, error = COALESCE(?2, error),
+                stopped_at = COALESCE(?3, stopped_at)
+             WHERE id = ?4 AND status IN (SELECT value FROM json_each(?5))",
+        )
+        .bind(to.as_str())
+        .bind(error)
+        .bind(stopped)
+        .bind(id)
+        .bind(to_json(&from))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn delete_vm(&self, id: &str) -> CoreResult<()> {
+        sqlx::query("DELETE FROM vms WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_execution(&self, e: &Execution) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO executions (id, vm_id, task_id, command, args, status, exit_code,
+                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.id)
+        .bind(&e.vm_id)
+        .bind(&e.task_id)
+        .bind(&e.command)
+        .bind(to_json(&e.args))
+        .bind(e.status.as_str())
+        .bind(e.exit_code.map(i64::from))
+        .bind(&e.stdout)
+        .bind(&e.stderr)
+        .bind(&e.error)
+        .bind(to_ms(e.created_at))
+        .bind(e.started_at.map(to_ms))
+        .bind(e.completed_at.map(to_ms))
+        .bind(e.duration_ms)
+        .bind(to_json(&e.metadata))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_execution(&self, id: &str) -> CoreResult<Option<Execution>> {
+        sqlx::query("SELECT * FROM executions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(execution_from_row)
+            .transpose()
+    }
+
+    async fn update_execution(&self, e: &Execution) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE executions SET status = ?, exit_code = ?, stdout = ?, stderr = ?, error = ?,
+                started_at = ?, completed_at = ?, duration_ms = ?, metadata = ?, task_id = ?
+             WHERE id = ?",
+        )
+        .bind(e.status.as_str())
+        .bind(e.exit_code.map(i64::from))
+        .bind(&e.stdout)
+        .bind(&e.stderr)
+        .bind(&e.error)
+        .bind(e.started_at.map(to_ms))
+        .bind(e.completed_at.map(to_ms))
+        .bind(e.duration_ms)
+        .bind(to_json(&e.metadata))
+        .bind(&e.task_id)
+        .bind(&e.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_executions(&self, vm_id: &str, page: &Page) -> CoreResult<(Vec<Execution>, u64)> {
+        let rows = sqlx::query(
+            "SELECT * FROM executions WHERE vm_id = ? ORDER BY created_at DESC, id DESC
+             LIMIT ? OFFSET ?",
+        )
+        .bind(vm_id)
+        .bind(page.limit as i64)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE vm_id = ?")
+            .bind(vm_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let list = rows
+            .iter()
+            .map(execution_from_row)
+            .collect::<CoreResult<_>>()?;
+        Ok((list, total as u64))
+    }
+
+    async fn fail_unfinished_executions(&self, vm_id: &str, error: &str) -> CoreResult<u64> {
+        let now = to_ms(Utc::now());
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'failed', error = ?, completed_at = ?
+             WHERE vm_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(vm_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
+    async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {
+        sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)> {
+        const WHERE: &str = "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR type = ?2)
+              AND (?3 IS NULL OR vm_id = ?3)";
+        let status = filter.status.map(|s| s.as_str());
+        let task_type = filter.task_type.map(|t| t.as_str());
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM tasks {WHERE} ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+        )))
+        .bind(status)
+        .bind(task_type)
+        .bind(&filter.vm_id)
+        .bind(page.limit as i64)
+        .bind(page.offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM tasks {WHERE}")))
+                .bind(status)
+                .bind(task_type)
+                .bind(&filter.vm_id)
+                .fetch_one(&self.pool)
+                .await?;
+        let tasks = rows.iter().map(task_from_row).collect::<CoreResult<_>>()?;
+        Ok((tasks, total as u64))
+    }
+
+    async fn upsert_worker(&self, w: &Worker) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, address, zone, status, status_message,
+                capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,
+                address = excluded.address, zone = excluded.zone, status = excluded.status,
+                status_message = excluded.status_message, capabilities = excluded.capabilities,
+                labels = excluded.labels, cpu_cores = excluded.cpu_cores,
+                memory_mb = excluded.memory_mb, max_vms = excluded.max_vms,
+                vm_count = excluded.vm_count, started_at = excluded.started_at,
+                last_seen = excluded.last_seen",
+        )
+        .bind(&w.id)
+        .bind(&w.hostname)
+        .bind(&w.address)
+        .bind(&w.zone)
+        .bind(w.status.as_str())
+        .bind(&w.status_message)
+        .bind(to_json(&w.capabilities))
+        .bind(to_json(&w.labels))
+        .bind(w.cpu_cores as i64)
+        .bind(w.memory_mb as i64)
+        .bind(w.max_vms as i64)
+        .bind(w.vm_count as i64)
+        .bind(to_ms(w.started_at))
+        .bind(to_ms(w.last_seen))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &str) -> CoreResult<Option<Worker>> {
+        sqlx::query("SELECT * FROM workers WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(worker_from_row)
+            .transpose()
+    }
+
+    async fn list_workers(&self) -> CoreResult<Vec<Worker>> {
+        sqlx::query("SELECT * FROM workers ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(worker_from_row)
+            .collect()
+    }
+}

@@ -1,0 +1,339 @@
+//! The Docker backend: one container per sandbox, running our agent as its entrypoint.
+//!
+//! - The static agent binary is bind-mounted read-only at [`AGENT_IN_CONTAINER`]; the
+//!   image needs nothing of ours, so any image works.
+//! - A per-sandbox host directory is mounted at [`RUN_DIR_IN_CONTAINER`]; the agent
+//!   listens on a unix socket there, which the host reaches directly.
+//! - CPU, memory (no extra swap) and pid limits come from the VM's size.
+//! - Labels name the owning worker and VM, so a restarted worker can find (adopt or
+//!   remove) exactly the containers it owns and nobody else's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use aetherium_types::Orchestrator;
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::{Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
+
+pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
+pub const RUN_DIR_IN_CONTAINER: &str = "/.aetherium/run";
+pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+
+pub const LABEL_MANAGED: &str = "io.aetherium.managed";
+pub const LABEL_WORKER: &str = "io.aetherium.worker_id";
+pub const LABEL_VM: &str = "io.aetherium.vm_id";
+
+#[derive(Debug, Clone)]
+pub struct DockerBackendConfig {
+    /// `unix:///var/run/docker.sock` or a bare socket path.
+    pub host: String,
+    pub worker_id: String,
+    pub agent_path: PathBuf,
+    /// Host directory holding one sub-directory (and agent socket) per sandbox.
+    pub socket_dir: PathBuf,
+    pub pids_limit: i64,
+    pub network_mode: String,
+}
+
+pub struct DockerBackend {
+    /// Connected on first use and again after a failure to connect, so a worker that
+    /// starts before the engine (or outlives an engine restart) recovers by itself.
+    docker: std::sync::Mutex<Option<Docker>>,
+    socket_path: String,
+    config: DockerBackendConfig,
+}
+
+fn container_name(vm_id: &str) -> String {
+    format!("aetherium-{vm_id}")
+}
+
+fn map_err(e: bollard::errors::Error) -> BackendError {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } if (400..500).contains(&status_code) => BackendError::Rejected(message),
+        E::DockerResponseServerError { message, .. } => BackendError::Other(message),
+        E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => {
+            BackendError::Unavailable(e.to_string())
+        }
+        other => BackendError::Unavailable(other.to_string()),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerBackend {
+    /// Prepares the backend. Does not fail when the engine is down: `ping` tells, and
+    /// every call reports `Unavailable` until it is back.
+    pub fn connect(config: DockerBackendConfig) -> Result<DockerBackend, BackendError> {
+        if !config.agent_path.is_file() {
+            return Err(BackendError::Rejected(format!(
+                "agent binary {} not found: build it with `make agent` or set vmm.agent_path",
+                config.agent_path.display()
+            )));
+        }
+        Ok(DockerBackend {
+            docker: std::sync::Mutex::new(None),
+            socket_path: config
+                .host
+                .strip_prefix("unix://")
+                .unwrap_or(&config.host)
+                .to_string(),
+            config,
+        })
+    }
+
+    fn client(&self) -> Result<Docker, BackendError> {
+        let mut slot = self
+            .docker
+            .lock()
+            .map_err(|_| BackendError::Other("docker client lock poisoned".into()))?;
+        if let Some(docker) = slot.as_ref() {
+            return Ok(docker.clone());
+        }
+        // API 1.41 is what Docker 20.10 (Debian 12's docker.io) speaks; newer engines
+        // accept it too, so no version negotiation round trip is needed.
+        let version = bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 41,
+        };
+        let docker = Docker::connect_with_unix(&self.socket_path, 120, &version)
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+
+    fn run_dir(&self, vm_id: &str) -> PathBuf {
+        self.config.socket_dir.join(vm_id)
+    }
+
+    async fn create_container(
+        &self,
+        spec: &SandboxSpec,
+        run_dir: &Path,
+    ) -> Result<(), BackendError> {
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_WORKER.to_string(), self.config.worker_id.clone()),
+            (LABEL_VM.to_string(), spec.vm_id.clone()),
+        ]);
+        let memory = (spec.memory_mb as i64) * 1024 * 1024;
+        let host_config = HostConfig {
+            binds: Some(vec![
+                format!(
+                    "{}:{AGENT_IN_CONTAINER}:ro",
+                    self.config.agent_path.display()
+                ),
+                format!("{}:{RUN_DIR_IN_CONTAINER}:rw", run_dir.display()),
+            ]),
+            nano_cpus: Some(i64::from(spec.vcpus) * 1_000_000_000),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(self.config.pids_limit),
+            // docker-init (tini) as PID 1 reaps orphans the commands leave behind.
+            init: Some(true),
+            network_mode: Some(self.config.network_mode.clone()),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            hostname: Some(spec.name.chars().take(63).collect()),
+            entrypoint: Some(vec![
+                AGENT_IN_CONTAINER.to_string(),
+                "--listen".to_string(),
+                format!("unix:{RUN_DIR_IN_CONTAINER}/{AGENT_SOCKET_NAME}"),
+            ]),
+            cmd: Some(vec![]),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container_name(&spec.vm_id))
+            .build();
+        self.client()?
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                } => BackendError::Rejected(format!(
+                    "image {:?} is not present on this worker (no registry is used: build or load it first)",
+                    spec.image
+                )),
+                other => map_err(other),
+            })?;
+        self.client()?
+            .start_container(&container_name(&spec.vm_id), None::<StartContainerOptions>)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+fn state_of(state: Option<&bollard::models::ContainerState>) -> SandboxState {
+    let Some(state) = state else {
+        return SandboxState::Missing;
+    };
+    match state.status {
+        Some(ContainerStateStatusEnum::RUNNING) => SandboxState::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => SandboxState::Paused,
+        Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::RESTARTING) => {
+            SandboxState::Starting
+        }
+        _ => SandboxState::Exited {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        },
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> Orchestrator {
+        Orchestrator::Docker
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.client()?.ping().await.map(|_| ()).map_err(map_err)
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let run_dir = self.run_dir(&spec.vm_id);
+        tokio::fs::create_dir_all(&run_dir).await.map_err(|e| {
+            BackendError::Other(format!("cannot create {}: {e}", run_dir.display()))
+        })?;
+        if let Err(e) = self.create_container(spec, &run_dir).await {
+            // Leave nothing half-made behind: no container, no socket directory.
+            if let Err(cleanup) = self.delete(&spec.vm_id).await {
+                tracing::warn!(vm_id = %spec.vm_id, error = %cleanup, "cleanup after failed create");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, vm_id: &str) -> Result<(), BackendError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .client()?
+            .remove_container(&container_name(vm_id), Some(options))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            // 409: removal already in progress, which is what we want.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        let run_dir = self.run_dir(vm_id);
+        match tokio::fs::remove_dir_all(&run_dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::Other(format!(
+                "cannot remove {}: {e}",
+                run_dir.display()
+            ))),
+        }
+    }
+
+    async fn status(&self, vm_id: &str) -> Result<SandboxState, BackendError> {
+        match self
+            .client()?
+            .inspect_container(&container_name(vm_id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => Ok(state_of(info.state.as_ref())),
+            Err(e) if is_not_found(&e) => Ok(SandboxState::Missing),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .client()?
+            .list_containers(Some(options))
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let Some(vm_id) = c.labels.as_ref().and_then(|l| l.get(LABEL_VM)).cloned() else {
+                continue;
+            };
+            let state = self.status(&vm_id).await?;
+            out.push(SandboxInfo { vm_id, state });
+        }
+        Ok(out)
+    }
+
+    fn watch_exits(&self) -> BoxStream<'static, Result<SandboxExit, BackendError>> {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("event", vec!["die".to_string()]),
+            (
+                "label",
+                vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let docker = match self.client() {
+            Ok(docker) => docker,
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                match event {
+                    Err(e) => Some(Err(map_err(e))),
+                    Ok(message) => {
+                        let attributes = message.actor?.attributes?;
+                        let vm_id = attributes.get(LABEL_VM)?.clone();
+                        let exit_code = attributes
+                            .get("exitCode")
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(-1);
+                        Some(Ok(SandboxExit { vm_id, exit_code }))
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    fn agent_socket(&self, vm_id: &str) -> PathBuf {
+        self.run_dir(vm_id).join(AGENT_SOCKET_NAME)
+    }
+}

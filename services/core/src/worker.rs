@@ -1,0 +1,825 @@
+//! A worker: leases tasks and drives its backend and the agents inside its sandboxes.
+//! It heartbeats into the `workers` table, reconciles its sandboxes with the database
+//! (on start and at every heartbeat), and reacts to sandboxes that exit on their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
+use aetherium_types::{
+    EventType, Execution, ExecutionStatus, Task, TaskType, VmStatus, Worker as WorkerInfo,
+    WorkerStatus,
+};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::{Semaphore, watch};
+
+use crate::agent_client::AgentError;
+use crate::queue::FailOutcome;
+use crate::services::{CreatePayload, DeletePayload, ExecPayload, Platform, new_task};
+use crate::store::{Page, VmFilter};
+use crate::vmm::{Backend, SandboxExit, SandboxSpec, SandboxState};
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub zone: String,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    pub max_vms: u32,
+    pub concurrency: usize,
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub output_cap_bytes: usize,
+    /// How long a new sandbox's agent may take to answer.
+    pub agent_ready_timeout: Duration,
+}
+
+/// Why a task attempt failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl TaskError {
+    fn retry(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+    fn permanent(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl From<crate::error::CoreError> for TaskError {
+    fn from(e: crate::error::CoreError) -> Self {
+        TaskError::retry(e.to_string())
+    }
+}
+
+impl From<crate::vmm::BackendError> for TaskError {
+    fn from(e: crate::vmm::BackendError) -> Self {
+        TaskError {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+type TaskResult = Result<serde_json::Value, TaskError>;
+
+pub struct Worker {
+    settings: WorkerSettings,
+    platform: Platform,
+    backend: Arc<dyn Backend>,
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl Worker {
+    pub fn new(
+        settings: WorkerSettings,
+        platform: Platform,
+        backend: Arc<dyn Backend>,
+    ) -> Arc<Self> {
+        Arc::new(Worker {
+            settings,
+            platform,
+            backend,
+            started_at: Utc::now(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
+    /// Runs until `shutdown` turns true, then stops leasing and lets running tasks
+    /// finish (up to 10 s; anything still running is recovered through its lease).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        self.heartbeat().await;
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
+        let exits = tokio::spawn(self.clone().exit_watch_loop(shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        tracing::info!(worker = %self.settings.id, "worker started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => break,
+            };
+            match self
+                .platform
+                .queue
+                .lease(&self.settings.id, self.settings.lease)
+                .await
+            {
+                Ok(Some(task)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.run_task(task).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.platform.queue.wait_for_work(self.settings.poll_interval) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(error = %e, "leasing a task failed");
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+            }
+        }
+        heartbeat.abort();
+        exits.abort();
+        let all = self.settings.concurrency as u32;
+        let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
+        self.mark_offline().await;
+        tracing::info!(worker = %self.settings.id, "worker stopped");
+    }
+
+    // ---- heartbeat and reconciliation -------------------------------------------
+
+    async fn heartbeat_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.heartbeat().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn info(&self, status: WorkerStatus, message: Option<String>, vm_count: u32) -> WorkerInfo {
+        WorkerInfo {
+            id: self.settings.id.clone(),
+            hostname: self.settings.hostname.clone(),
+            address: self.settings.address.clone(),
+            zone: self.settings.zone.clone(),
+            status,
+            capabilities: vec![self.backend.kind().as_str().to_string()],
+            labels: self.settings.labels.clone(),
+            cpu_cores: self.settings.cpu_cores,
+            memory_mb: self.settings.memory_mb,
+            max_vms: self.settings.max_vms,
+            vm_count,
+            status_message: message,
+            started_at: self.started_at,
+            last_seen: Utc::now(),
+        }
+    }
+
+    /// Reports liveness and backend health, then reconciles when the backend is up.
+    pub async fn heartbeat(&self) {
+        let (status, message) = match self.backend.ping().await {
+            Ok(()) => (WorkerStatus::Active, None),
+            Err(e) => (WorkerStatus::Unhealthy, Some(e.to_string())),
+        };
+        if status == WorkerStatus::Active
+            && let Err(e) = self.reconcile().await
+        {
+            tracing::warn!(error = %e, "reconcile failed");
+        }
+        let vm_count = self.owned_vms().await.map(|v| v.len() as u32).unwrap_or(0);
+        if let Err(e) = self
+            .platform
+            .store
+            .upsert_worker(&self.info(status, message, vm_count))
+            .await
+        {
+            tracing::error!(error = %e, "heartbeat write failed");
+        }
+    }
+
+    async fn mark_offline(&self) {
+        let _ = self
+            .platform
+            .store
+            .upsert_worker(&self.info(WorkerStatus::Offline, Some("stopped".into()), 0))
+            .await;
+    }
+
+    async fn owned_vms(&self) -> crate::error::CoreResult<Vec<aetherium_types::Vm>> {
+        let filter = VmFilter {
+            worker_id: Some(self.settings.id.clone()),
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        let mut page = Page::new(Some(Page::MAX_LIMIT), Some(0));
+        loop {
+            let (vms, total) = self.platform.store.list_vms(&filter, &page).await?;
+            let n = vms.len() as u32;
+            all.extend(vms);
+            if n == 0 || u64::from(page.offset + n) >= total {
+                return Ok(all);
+            }
+            page.offset += n;
+        }
+    }
+
+    /// Makes the database and the backend agree: sandboxes nobody knows are removed,
+    /// RUNNING VMs whose sandbox stopped or vanished are marked so.
+    pub async fn reconcile(&self) -> Result<(), TaskError> {
+        let sandboxes = self.backend.list().await?;
+        for sandbox in &sandboxes {
+            match self.platform.store.get_vm(&sandbox.vm_id).await? {
+                None => {
+                    tracing::warn!(vm_id = %sandbox.vm_id, "removing a sandbox with no VM record");
+                    self.backend.delete(&sandbox.vm_id).await?;
+                }
+                Some(vm) if vm.status == VmStatus::Running => {
+                    if let SandboxState::Exited {
+                        exit_code,
+                        oom_killed,
+                    } = sandbox.state
+                    {
+                        self.sandbox_stopped(&vm.id, exit_code, oom_killed).await;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for vm in self.owned_vms().await? {
+            let present = sandboxes.iter().any(|s| s.vm_id == vm.id);
+            if vm.status == VmStatus::Running && !present {
+                self.mark_vm_failed(&vm.id, &[VmStatus::Running], "the sandbox disappeared")
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exit_watch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let mut exits = self.backend.watch_exits();
+            loop {
+                tokio::select! {
+                    next = exits.next() => match next {
+                        Some(Ok(SandboxExit { vm_id, exit_code })) => {
+                            let oom = matches!(
+                                self.backend.status(&vm_id).await,
+                                Ok(SandboxState::Exited { oom_killed: true, .. })
+                            );
+                            self.sandbox_stopped(&vm_id, exit_code, oom).await;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "backend event stream ended");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// A RUNNING VM's sandbox exited without being asked to.
+    async fn sandbox_stopped(&self, vm_id: &str, exit_code: i64, oom_killed: bool) {
+        let store = &self.platform.store;
+        let (to, message) = if oom_killed {
+            (
+                VmStatus::Failed,
+                format!("sandbox was killed for running out of memory (exit code {exit_code})"),
+            )
+        } else if exit_code == 0 {
+            (
+                VmStatus::Stopped,
+                "sandbox exited on its own with code 0".to_string(),
+            )
+        } else {
+            (
+                VmStatus::Failed,
+                format!("sandbox exited on its own with code {exit_code}"),
+            )
+        };
+        match store
+            .transition_vm(vm_id, &[VmStatus::Running], to, Some(&message))
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(vm_id, %message, "sandbox stopped");
+                let _ = store.fail_unfinished_executions(vm_id, &message).await;
+                let event = if to == VmStatus::Stopped {
+                    EventType::VmStopped
+                } else {
+                    EventType::VmFailed
+                };
+                self.platform
+                    .publish(event, vm_id, json!({"status": to, "error": message}));
+            }
+            Ok(false) => {} // Not RUNNING: being deleted or already handled.
+            Err(e) => tracing::error!(vm_id, error = %e, "cannot record a stopped sandbox"),
+        }
+    }
+
+    async fn mark_vm_failed(&self, vm_id: &str, from: &[VmStatus], message: &str) {
+        let store = &self.platform.store;
+        if let Ok(true) = store
+            .transition_vm(vm_id, from, VmStatus::Failed, Some(message))
+            .await
+        {
+            let _ = store.fail_unfinished_executions(vm_id, message).await;
+            self.platform.publish(
+                EventType::VmFailed,
+                vm_id,
+                json!({"status": VmStatus::Failed, "error": message}),
+            );
+        }
+    }
+
+    // ---- running one task --------------------------------------------------------
+
+    async fn run_task(self: Arc<Self>, task: Task) {
+        let queue = self.platform.queue.clone();
+        let worker_id = self.settings.id.clone();
+        self.platform.publish(
+            EventType::TaskStarted,
+            &task.id,
+            json!({"type": task.task_type, "worker_id": worker_id, "attempt": task.retry_count + 1}),
+        );
+        tracing::info!(task_id = %task.id, task_type = %task.task_type, attempt = task.retry_count + 1, "task started");
+        let timeout = Duration::from_secs(task.timeout_seconds.max(1));
+        let lease = self.settings.lease;
+        // Keep the lease alive while the handler runs.
+        let keepalive = {
+            let queue = queue.clone();
+            let (task_id, worker_id) = (task.id.clone(), worker_id.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match queue.extend_lease(&task_id, &worker_id, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => tracing::warn!(%task_id, error = %e, "lease extension failed"),
+                    }
+                }
+            })
+        };
+        let outcome = match tokio::time::timeout(timeout, self.handle(&task)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(TaskError::retry(format!(
+                "timed out after {}s",
+                timeout.as_secs()
+            ))),
+        };
+        keepalive.abort();
+        match outcome {
+            Ok(result) => {
+                if let Err(e) = queue.complete(&task.id, &worker_id, result.clone()).await {
+                    tracing::error!(task_id = %task.id, error = %e, "cannot record task completion");
+                }
+                tracing::info!(task_id = %task.id, task_type = %task.task_type, "task completed");
+                self.platform.publish(
+                    EventType::TaskCompleted,
+                    &task.id,
+                    json!({"type": task.task_type, "result": result}),
+                );
+            }
+            Err(err) => {
+                let outcome = queue
+                    .fail(&task.id, &worker_id, &err.message, err.retryable)
+                    .await
+                    .unwrap_or(FailOutcome::Failed);
+                match outcome {
+                    FailOutcome::WillRetry { after } => {
+                        tracing::warn!(task_id = %task.id, task_type = %task.task_type, error = %err.message, retry_in = ?after, "task attempt failed");
+                    }
+                    FailOutcome::Failed => {
+                        tracing::error!(task_id = %task.id, task_type = %task.task_type, error = %err.message, "task failed");
+                        self.on_final_failure(&task, &err.message).await;
+                        self.platform.publish(
+                            EventType::TaskFailed,
+                            &task.id,
+                            json!({"type": task.task_type, "error": err.message}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, task: &Task) -> TaskResult {
+        match task.task_type {
+            TaskType::VmCreate => self.handle_create(parse(&task.payload)?).await,
+            TaskType::VmExecute => self.handle_execute(task, parse(&task.payload)?).await,
+            TaskType::VmDelete => self.handle_delete(parse(&task.payload)?).await,
+            other => Err(TaskError::permanent(format!(
+                "task type {other} is not handled by this worker yet"
+            ))),
+        }
+    }
+
+    /// The task failed for good: leave its resources in a state that says so.
+    async fn on_final_failure(&self, task: &Task, error: &str) {
+        match task.task_type {
+            TaskType::VmCreate => {
+                if let Ok(payload) = parse::<CreatePayload>(&task.payload) {
+                    // Nothing half-made stays behind.
+                    let _ = self.backend.delete(&payload.vm_id).await;
+                    let message = format!("VM failed to start: {error}");
+                    self.mark_vm_failed(
+                        &payload.vm_id,
+                        &[VmStatus::Created, VmStatus::Starting],
+                        &message,
+                    )
+                    .await;
+                    if let Some(exec) = payload.then_execute {
+                        self.fail_execution(&exec.execution_id, &message).await;
+                    }
+                }
+            }
+            TaskType::VmExecute => {
+                if let Ok(payload) = parse::<ExecPayload>(&task.payload) {
+                    self.fail_execution(&payload.execution_id, error).await;
+                }
+            }
+            TaskType::VmDelete => {
+                if let Ok(payload) = parse::<DeletePayload>(&task.payload) {
+                    self.mark_vm_failed(
+                        &payload.vm_id,
+                        &[VmStatus::Stopping],
+                        &format!("delete failed: {error}"),
+                    )
+                    .await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn fail_execution(&self, execution_id: &str, error: &str) {
+        let store = &self.platform.store;
+        if let Ok(Some(mut e)) = store.get_execution(execution_id).await
+            && !e.status.is_finished()
+        {
+            e.status = ExecutionStatus::Failed;
+            e.error = Some(error.to_string());
+            e.completed_at = Some(Utc::now());
+            if store.update_execution(&e).await.is_ok() {
+                self.publish_execution_done(&e);
+            }
+        }
+    }
+
+    fn publish_execution_done(&self, e: &Execution) {
+        self.platform.publish(
+            EventType::ExecutionCompleted,
+            &e.id,
+            json!({"vm_id": e.vm_id, "status": e.status, "exit_code": e.exit_code}),
+        );
+    }
+
+    // ---- vm:create -----------------------------------------------------------------
+
+    async fn handle_create(&self, payload: CreatePayload) -> TaskResult {
+        let store = &self.platform.store;
+        let Some(mut vm) = store.get_vm(&payload.vm_id).await? else {
+            return Ok(json!({"skipped": "the VM was deleted before it started"}));
+        };
+        match vm.status {
+            VmStatus::Created | VmStatus::Starting => {}
+            VmStatus::Running => return Ok(json!({"vm_id": vm.id, "status": vm.status})),
+            other => {
+                return Ok(json!({"skipped": format!("the VM is {other}")}));
+            }
+        }
+        vm.status = VmStatus::Starting;
+        vm.worker_id = Some(self.settings.id.clone());
+        vm.socket_path = Some(self.backend.agent_socket(&vm.id).display().to_string());
+        if !store
+            .transition_vm(
+                &vm.id,
+                &[VmStatus::Created, VmStatus::Starting],
+                VmStatus::Starting,
+                None,
+            )
+            .await?
+        {
+            return Ok(json!({"skipped": "the VM is being deleted"}));
+        }
+        store.update_vm(&vm).await?;
+
+        // A retried attempt may find a sandbox from the attempt before: start clean.
+        self.backend.delete(&vm.id).await?;
+        let spec = SandboxSpec {
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            image: vm.image.clone(),
+            vcpus: vm.vcpu_count,
+            memory_mb: vm.memory_mb,
+        };
+        self.backend.create(&spec).await?;
+        if let Err(e) = self
+            .backend
+            .agent(&vm.id)
+            .wait_ready(self.settings.agent_ready_timeout)
+            .await
+        {
+            let state = self.backend.status(&vm.id).await.ok();
+            let _ = self.backend.delete(&vm.id).await;
+            return Err(match state {
+                Some(SandboxState::Exited { exit_code, .. }) => TaskError::permanent(format!(
+                    "the sandbox exited with code {exit_code} before its agent answered (is the image built for this machine?)"
+                )),
+                _ => TaskError::retry(format!("the sandbox's agent did not answer: {e}")),
+            });
+        }
+
+        vm.status = VmStatus::Running;
+        vm.started_at = Some(Utc::now());
+        vm.error = None;
+        if !store
+            .transition_vm(&vm.id, &[VmStatus::Starting], VmStatus::Running, None)
+            .await?
+        {
+            // Deleted while starting: the delete task owns the cleanup now.
+            return Ok(json!({"skipped": "the VM was deleted while it started"}));
+        }
+        store.update_vm(&vm).await?;
+        self.platform.publish(
+            EventType::VmStarted,
+            &vm.id,
+            serde_json::to_value(&vm).unwrap_or_default(),
+        );
+
+        if let Some(exec) = payload.then_execute {
+            let mut task = new_task(
+                TaskType::VmExecute,
+                serde_json::to_value(&exec).unwrap_or_default(),
+                Some(&vm.id),
+            );
+            task.target_worker_id = Some(self.settings.id.clone());
+            if let Ok(Some(mut e)) = store.get_execution(&exec.execution_id).await {
+                e.task_id = Some(task.id.clone());
+                store.update_execution(&e).await?;
+            }
+            self.platform.submit(&task).await?;
+        }
+        Ok(json!({"vm_id": vm.id, "status": vm.status}))
+    }
+
+    // ---- vm:delete -----------------------------------------------------------------
+
+    async fn handle_delete(&self, payload: DeletePayload) -> TaskResult {
+        let store = &self.platform.store;
+        if store.get_vm(&payload.vm_id).await?.is_none() {
+            return Ok(json!({"vm_id": payload.vm_id, "deleted": true}));
+        }
+        self.backend.delete(&payload.vm_id).await?;
+        store
+            .fail_unfinished_executions(&payload.vm_id, "the VM was deleted")
+            .await?;
+        store.delete_vm(&payload.vm_id).await?;
+        self.platform.publish(
+            EventType::VmDeleted,
+            &payload.vm_id,
+            json!({"vm_id": payload.vm_id}),
+        );
+        Ok(json!({"vm_id": payload.vm_id, "deleted": true}))
+    }
+
+    // ---- vm:execute ----------------------------------------------------------------
+
+    async fn handle_execute(&self, task: &Task, payload: ExecPayload) -> TaskResult {
+        let store = &self.platform.store;
+        let Some(mut execution) = store.get_execution(&payload.execution_id).await? else {
+            return Err(TaskError::permanent("the execution record is gone"));
+        };
+        if execution.status.is_finished() {
+            return Ok(execution_result(&execution));
+        }
+        let vm = store.get_vm(&payload.vm_id).await?;
+        if vm.as_ref().map(|v| v.status) != Some(VmStatus::Running) {
+            let why = match vm {
+                Some(v) => format!("the VM is {}", v.status),
+                None => "the VM was deleted".to_string(),
+            };
+            return Err(TaskError::permanent(why));
+        }
+        execution.status = ExecutionStatus::Running;
+        execution.started_at = Some(Utc::now());
+        execution.task_id = Some(task.id.clone());
+        store.update_execution(&execution).await?;
+        self.platform.publish(
+            EventType::ExecutionStarted,
+            &execution.id,
+            json!({"vm_id": execution.vm_id}),
+        );
+
+        let started = Instant::now();
+        let run = self.run_in_sandbox(&payload).await;
+        execution.duration_ms = Some(started.elapsed().as_millis() as i64);
+        execution.completed_at = Some(Utc::now());
+        match run {
+            Ok(output) => {
+                execution.status = output.status;
+                execution.exit_code = output.exit_code;
+                execution.stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                execution.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                execution.error = output.error;
+                if output.truncated {
+                    execution
+                        .metadata
+                        .insert("output_truncated".into(), true.into());
+                }
+            }
+            Err(RunFailure::BeforeStart(e)) => {
+                // Nothing ran, so trying again is safe — unless the sandbox is gone.
+                match self.backend.status(&payload.vm_id).await {
+                    Ok(SandboxState::Running) | Err(_) => {
+                        execution.status = ExecutionStatus::Pending;
+                        execution.started_at = None;
+                        execution.completed_at = None;
+                        execution.duration_ms = None;
+                        store.update_execution(&execution).await?;
+                        return Err(TaskError::retry(format!("cannot reach the agent: {e}")));
+                    }
+                    Ok(state) => {
+                        let message = format!("the sandbox is not running ({state:?})");
+                        self.mark_vm_failed(&payload.vm_id, &[VmStatus::Running], &message)
+                            .await;
+                        execution.status = ExecutionStatus::Failed;
+                        execution.error = Some(message);
+                    }
+                }
+            }
+            Err(RunFailure::Lost(e)) => {
+                // The command may have run: never run it twice.
+                execution.status = ExecutionStatus::Failed;
+                execution.error = Some(format!("lost the connection to the agent mid-run: {e}"));
+            }
+        }
+        store.update_execution(&execution).await?;
+        self.publish_execution_done(&execution);
+        Ok(execution_result(&execution))
+    }
+
+    async fn run_in_sandbox(&self, payload: &ExecPayload) -> Result<RunOutput, RunFailure> {
+        let agent = self.backend.agent(&payload.vm_id);
+        let request = StartRequest {
+            process: ProcessConfig {
+                cmd: payload.command.clone(),
+                args: payload.args.clone(),
+                envs: payload.env.clone(),
+                cwd: payload.cwd.clone(),
+            },
+            pty: None,
+            tag: None,
+            stdin: Some(false),
+        };
+        let mut stream = match agent.start(&request).await {
+            Ok(stream) => stream,
+            Err(AgentError::Connect(e)) => return Ok(RunOutput::not_started(&e.code, &e.message)),
+            Err(e) => return Err(RunFailure::BeforeStart(e.to_string())),
+        };
+        let cap = self.settings.output_cap_bytes;
+        let mut out = RunOutput::default();
+        let mut pid = None;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(payload.timeout_seconds.max(1));
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Some(pid) = pid {
+                        let _ = agent.send_signal(pid, Signal::Sigkill).await;
+                    }
+                    out.status = ExecutionStatus::TimedOut;
+                    out.error = Some(format!("killed after the {}s timeout", payload.timeout_seconds));
+                    return Ok(out);
+                }
+            };
+            match next {
+                Some(Ok(ProcessEvent::Start(start))) => pid = Some(start.pid),
+                Some(Ok(ProcessEvent::Data(data))) => {
+                    let (buf, bytes) = match data {
+                        DataEvent::Stdout(b) | DataEvent::Pty(b) => (&mut out.stdout, b.0),
+                        DataEvent::Stderr(b) => (&mut out.stderr, b.0),
+                    };
+                    let room = cap.saturating_sub(buf.len());
+                    if bytes.len() > room {
+                        out.truncated = true;
+                    }
+                    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                Some(Ok(ProcessEvent::Keepalive(_))) => {}
+                Some(Ok(ProcessEvent::End(end))) => {
+                    out.status = ExecutionStatus::Completed;
+                    out.exit_code = Some(if end.exited {
+                        end.exit_code
+                    } else {
+                        128 + signal_number(&end.status)
+                    });
+                    out.error = end
+                        .error
+                        .filter(|e| !e.is_empty())
+                        .or_else(|| (!end.exited).then(|| format!("terminated: {}", end.status)));
+                    if out.truncated {
+                        let note = format!("output truncated at {cap} bytes per stream");
+                        out.error = Some(match out.error.take() {
+                            Some(e) => format!("{e}; {note}"),
+                            None => note,
+                        });
+                    }
+                    return Ok(out);
+                }
+                Some(Err(AgentError::Connect(e))) if pid.is_none() => {
+                    return Ok(RunOutput::not_started(&e.code, &e.message));
+                }
+                Some(Err(e)) => {
+                    return Err(if pid.is_none() {
+                        RunFailure::BeforeStart(e.to_string())
+                    } else {
+                        RunFailure::Lost(e.to_string())
+                    });
+                }
+                None => {
+                    return Err(if pid.is_none() {
+                        RunFailure::BeforeStart("the agent closed the stream".into())
+                    } else {
+                        RunFailure::Lost("the stream ended without an end event".into())
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<T, TaskError> {
+    serde_json::from_value(payload.clone())
+        .map_err(|e| TaskError::permanent(format!("malformed task payload: {e}")))
+}
+
+fn execution_result(e: &Execution) -> serde_json::Value {
+    json!({"execution_id": e.id, "status": e.status, "exit_code": e.exit_code})
+}
+
+/// `signal: killed` and the like → a signal number, for the shell-style 128+N code.
+fn signal_number(status: &str) -> i32 {
+    let name = status.rsplit(' ').next().unwrap_or_default();
+    match name {
+        "hangup" => 1,
+        "interrupt" => 2,
+        "quit" => 3,
+        "aborted" => 6,
+        "killed" => 9,
+        "terminated" => 15,
+        other => other.parse().unwrap_or(0),
+    }
+}
+
+#[derive(Debug, Default)]
+struct RunOutput {
+    status: ExecutionStatus,
+    exit_code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+    error: Option<String>,
+}
+
+impl RunOutput {
+    /// The agent refused to start the command (e.g. not found): a result, with the
+    /// shell's exit codes (127 not found, 126 cannot execute).
+    fn not_started(code: &str, message: &str) -> RunOutput {
+        RunOutput {
+            status: ExecutionStatus::Failed,
+            exit_code: Some(if code == "not_found" { 127 } else { 126 }),
+            error: Some(message.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+enum RunFailure {
+    /// Could not start: nothing ran.
+    BeforeStart(String),
+    /// The connection dropped after the command started.
+    Lost(String),
+}

@@ -1,0 +1,424 @@
+//! End-to-end tests of the API against a real Docker engine.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, container_of, docker, random_hex};
+use serde_json::json;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &random_hex()[..8])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_lifecycle_create_exec_list_delete() {
+    let server = TestServer::start().await;
+    let name = unique("life");
+    let (status, created) = server
+        .post(
+            "/vms?wait=90s",
+            json!({"name": name, "vcpus": 1, "memory_mb": 256}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["vm"]["status"], "RUNNING");
+    assert_eq!(created["status"], "completed");
+    let vm_id = created["vm_id"].as_str().unwrap().to_string();
+
+    // The container is real, labelled for its worker, and limited.
+    let inspect = docker(&["inspect", &container_of(&vm_id)]);
+    assert!(inspect.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let host = &info[0]["HostConfig"];
+    assert_eq!(host["Memory"], 256 * 1024 * 1024);
+    assert_eq!(host["NanoCpus"], 1_000_000_000i64);
+    assert_eq!(host["PidsLimit"], 1024);
+    assert!(host["Binds"][0].as_str().unwrap().ends_with(":ro"));
+    assert_eq!(
+        info[0]["Config"]["Labels"]["io.aetherium.worker_id"],
+        server.worker_id.as_str()
+    );
+
+    // A non-zero exit code is a result: the execution completes, the task does not fail.
+    let (status, ran) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "echo out; echo err >&2; exit 3"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    let execution = &ran["execution"];
+    assert_eq!(execution["status"], "completed");
+    assert_eq!(execution["exit_code"], 3);
+    assert_eq!(execution["stdout"], "out\n");
+    assert_eq!(execution["stderr"], "err\n");
+    let (_, task) = server
+        .get(&format!("/tasks/{}", ran["task_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["retry_count"], 0);
+    assert_eq!(task["type"], "vm:execute");
+
+    // Environment and working directory reach the command; the VM can be named.
+    let (_, ran) = server
+        .post(
+            &format!("/vms/{name}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "echo $GREETING; pwd"], "env": {"GREETING": "hi"}, "cwd": "/tmp"}),
+        )
+        .await;
+    assert_eq!(ran["execution"]["stdout"], "hi\n/tmp\n", "{ran}");
+
+    let (status, list) = server.get(&format!("/vms/{vm_id}/executions")).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 2);
+    let exec_id = ran["execution_id"].as_str().unwrap();
+    let (status, one) = server.get(&format!("/executions/{exec_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["exit_code"], 0);
+
+    let (status, listed) = server.get("/vms?status=RUNNING").await;
+    assert_eq!(status, 200);
+    assert!(
+        listed["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == vm_id.as_str())
+    );
+
+    let (status, deleted) = server.delete(&format!("/vms/{vm_id}?wait=60s")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["type"], "vm:delete");
+    assert_eq!(deleted["status"], "completed");
+    let (status, gone) = server.get(&format!("/vms/{vm_id}")).await;
+    assert_eq!(status, 404, "{gone}");
+    assert!(!docker(&["inspect", &container_of(&vm_id)]).status.success());
+    assert!(!server.data_dir.path().join("sockets").join(&vm_id).exists());
+
+    // History outlives the VM.
+    let (status, list) = server.get(&format!("/vms/{vm_id}/executions")).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 2);
+    let (_, tasks) = server.get(&format!("/tasks?vm_id={vm_id}")).await;
+    assert_eq!(tasks["total"], 4, "{tasks}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_vms_tasks_and_executions() {
+    let mut server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("persist")).await;
+    let (_, ran) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "echo before > /tmp/mark; cat /tmp/mark"]}),
+        )
+        .await;
+    assert_eq!(ran["execution"]["stdout"], "before\n");
+    let (_, tasks_before) = server.get("/tasks").await;
+
+    server.restart().await;
+
+    let (status, vm) = server.get(&format!("/vms/{vm_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(vm["status"], "RUNNING", "{vm}");
+    let (_, tasks_after) = server.get("/tasks").await;
+    assert_eq!(tasks_after["total"], tasks_before["total"]);
+    let (_, execs) = server.get(&format!("/vms/{vm_id}/executions")).await;
+    assert_eq!(execs["total"], 1);
+    // The sandbox was adopted, not recreated: its files are still there.
+    let (status, ran) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "cat", "args": ["/tmp/mark"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["execution"]["stdout"], "before\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_removes_containers_nobody_knows() {
+    let mut server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("orphan")).await;
+    server.shutdown().await;
+    // Forget the VM behind the platform's back: its container is now an orphan.
+    let db = server.data_dir.path().join("aetherium.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("DELETE FROM vms WHERE id = '{vm_id}'"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(server.containers().len(), 1);
+    server.restart().await;
+    assert!(server.containers().is_empty(), "orphan container survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_dies_is_not_reported_running() {
+    let server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("dies")).await;
+    assert!(docker(&["kill", &container_of(&vm_id)]).status.success());
+    let (_, vm) = server
+        .wait_vm(&vm_id, 30, |_, v| v["status"] != "RUNNING")
+        .await;
+    assert_eq!(vm["status"], "FAILED", "{vm}");
+    assert!(vm["error"].as_str().unwrap().contains("137"), "{vm}");
+    let (status, body) = server
+        .post(&format!("/vms/{vm_id}/execute"), json!({"command": "true"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    // A failed VM can still be deleted, and its container goes.
+    let (status, _) = server.delete(&format!("/vms/{vm_id}?wait=60s")).await;
+    assert_eq!(status, 200);
+    assert!(server.containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_fail_or_hang_are_results() {
+    let server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("bad-cmd")).await;
+    let (status, ran) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "no-such-command-here"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["execution"]["status"], "failed");
+    assert_eq!(ran["execution"]["exit_code"], 127);
+    assert!(
+        ran["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-command-here")
+    );
+    let (_, task) = server
+        .get(&format!("/tasks/{}", ran["task_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(task["status"], "completed", "not retried: {task}");
+
+    let (status, ran) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "sleep", "args": ["60"], "timeout_seconds": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["execution"]["status"], "timed_out");
+    // The killed process is gone from the sandbox.
+    let (_, ps) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "ps -eo comm | grep -c '^sleep' || true"]}),
+        )
+        .await;
+    assert_eq!(ps["execution"]["stdout"], "0\n", "{ps}");
+
+    // Output beyond the cap is cut, not kept in memory or in the database.
+    let (_, big) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=60s"),
+            json!({"command": "head", "args": ["-c", "200000", "/dev/zero"]}),
+        )
+        .await;
+    assert_eq!(big["execution"]["exit_code"], 0);
+    assert_eq!(
+        big["execution"]["stdout"].as_str().unwrap().len(),
+        64 * 1024
+    );
+    assert_eq!(big["execution"]["metadata"]["output_truncated"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_execute_creates_then_reuses() {
+    let server = TestServer::start().await;
+    let name = unique("smart");
+    let (status, first) = server
+        .post(
+            "/smart-execute?wait=90s",
+            json!({"command": "echo hello from $0", "vm_name": name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["vm_created"], true);
+    assert_eq!(first["vm_reused"], false);
+    assert_eq!(first["execution"]["stdout"], "hello from bash\n");
+    let (status, second) = server
+        .post(
+            "/smart-execute?wait=60s",
+            json!({"command": "echo", "args": ["again"], "vm_name": name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["vm_reused"], true);
+    assert_eq!(second["vm_id"], first["vm_id"]);
+    assert_eq!(second["execution"]["stdout"], "again\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_documented_errors_and_leaves_nothing() {
+    let server = TestServer::start().await;
+    let error_shape = |body: &serde_json::Value, code: u16| {
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
+    };
+
+    let resp = server
+        .request(reqwest::Method::POST, "/vms")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    error_shape(&resp.json().await.unwrap(), 400);
+
+    for body in [
+        json!({"name": "x", "vcpu": 1}),
+        json!({"vcpus": 0}),
+        json!({"memory_mb": 127}),
+        json!({"vcpus": "two"}),
+        json!({"name": "not a valid name"}),
+    ] {
+        let (status, err) = server.post("/vms", body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {err}");
+        error_shape(&err, 400);
+    }
+    let (_, vms) = server.get("/vms").await;
+    assert_eq!(vms["total"], 0, "a rejected create left a row");
+    assert!(server.containers().is_empty());
+
+    let missing = "00000000-0000-0000-0000-000000000000";
+    for (status, body) in [
+        server.get(&format!("/vms/{missing}")).await,
+        server.delete(&format!("/vms/{missing}")).await,
+        server
+            .post(
+                &format!("/vms/{missing}/execute"),
+                json!({"command": "true"}),
+            )
+            .await,
+        server.get(&format!("/tasks/{missing}")).await,
+        server.get(&format!("/executions/{missing}")).await,
+        server.get("/no/such/route").await,
+    ] {
+        assert_eq!(status, 404, "{body}");
+        error_shape(&body, 404);
+    }
+
+    let (status, body) = server.get("/vms?status=SLEEPING").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.post("/vms?wait=forever", json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, vms) = server.get("/vms").await;
+    assert_eq!(vms["total"], 0, "a create with a bad wait left a row");
+
+    // A name is unique among VMs.
+    let name = unique("dup");
+    let vm_id = server.running_vm(&name).await;
+    let (status, body) = server.post("/vms", json!({"name": name})).await;
+    assert_eq!(status, 409, "{body}");
+    error_shape(&body, 409);
+
+    // Exec on a deleted VM: 409 while it is being deleted, 404 once it is gone.
+    let (status, _) = server.delete(&format!("/vms/{vm_id}")).await;
+    assert_eq!(status, 202);
+    let (status, body) = server
+        .post(&format!("/vms/{vm_id}/execute"), json!({"command": "true"}))
+        .await;
+    assert!(status == 409 || status == 404, "{status} {body}");
+    server.wait_vm(&vm_id, 60, |s, _| s == 404).await;
+    let (status, body) = server
+        .post(&format!("/vms/{vm_id}/execute"), json!({"command": "true"}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server
+        .post(&format!("/vms/{vm_id}/execute"), json!({"command": ""}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Every route but health needs the token.
+    let anonymous = reqwest::Client::new();
+    let resp = anonymous
+        .get(format!("{}/api/v1/vms", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    error_shape(&resp.json().await.unwrap(), 401);
+    let resp = anonymous
+        .get(format!("{}/api/v1/tasks", server.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = anonymous
+        .get(format!("{}/api/v1/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let health: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+
+    // Oversized bodies are refused before they are read whole.
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let (status, body) = server.post("/vms", json!({"name": huge})).await;
+    assert_eq!(status, 413, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_engine_that_is_down_gets_503_and_no_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead_socket = format!("unix://{}/docker.sock", dir.path().display());
+    let server = TestServer::start_with_docker(&dead_socket).await;
+    let (status, body) = server.post("/vms", json!({"name": "nope"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 503);
+    assert!(
+        body["message"].as_str().unwrap().contains("unhealthy"),
+        "{body}"
+    );
+    let (_, vms) = server.get("/vms").await;
+    assert_eq!(vms["total"], 0);
+    let (_, tasks) = server.get("/tasks").await;
+    assert_eq!(tasks["total"], 0);
+    let (status, _) = server
+        .post("/smart-execute", json!({"command": "true"}))
+        .await;
+    assert_eq!(status, 503);
+    let resp = reqwest::get(format!("{}/api/v1/health", server.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let health: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        health["components"]["workers"]["status"], "unhealthy",
+        "{health}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_does_not_exist_fails_the_vm_with_a_reason() {
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .post(
+            "/vms?wait=60s",
+            json!({"name": unique("noimg"), "image": "aetherium/does-not-exist:nope"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["vm"]["status"], "FAILED", "{body}");
+    assert!(
+        body["vm"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not present"),
+        "{body}"
+    );
+    assert_eq!(body["status"], "failed");
+    assert!(server.containers().is_empty());
+}

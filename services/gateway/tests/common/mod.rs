@@ -1,0 +1,231 @@
+//! A real embedded platform per test: its own data dir, worker id, port and token,
+//! against the real Docker engine. Containers are found by this test's unique worker
+//! label and removed by id when the test ends.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aetherium_common::Config;
+use aetherium_core::EmbeddedRuntime;
+use aetherium_gateway::{AppState, token_digest};
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let p = target.join("agent/aetherium-agent");
+    assert!(
+        p.is_file(),
+        "static agent not found at {}: run `make agent` (or set AETHERIUM_AGENT_BIN)",
+        p.display()
+    );
+    p
+}
+
+pub fn test_image() -> String {
+    std::env::var("AETHERIUM_TEST_IMAGE").unwrap_or_else(|_| "aetherium/base:latest".into())
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+    pub worker_id: String,
+    pub docker_host: String,
+    runtime: Option<EmbeddedRuntime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn config_for(data_dir: &std::path::Path, worker_id: &str, docker_host: &str) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.worker.id = worker_id.to_string();
+    config.worker.heartbeat_interval_seconds = 1;
+    config.vmm.agent_path = Some(agent_bin());
+    config.vmm.docker.default_image = test_image();
+    config.vmm.docker.host = docker_host.to_string();
+    config.vmm.output_cap_bytes = 64 * 1024;
+    config.queue.retry_base_seconds = 1;
+    config.server.port = 0;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with_docker("unix:///var/run/docker.sock").await
+    }
+
+    pub async fn start_with_docker(docker_host: &str) -> TestServer {
+        let data_dir = tempfile::Builder::new().prefix("aeth-").tempdir().unwrap();
+        let worker_id = format!("test-{}", &random_hex()[..12]);
+        let mut server = TestServer {
+            url: String::new(),
+            http: reqwest::Client::new(),
+            data_dir,
+            worker_id,
+            docker_host: docker_host.to_string(),
+            runtime: None,
+            stop: None,
+            server: None,
+        };
+        server.boot().await;
+        server
+    }
+
+    async fn boot(&mut self) {
+        let config = config_for(self.data_dir.path(), &self.worker_id, &self.docker_host);
+        let runtime = EmbeddedRuntime::start(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.url = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState {
+            platform: runtime.platform.clone(),
+            token_digest: token_digest(TOKEN),
+            max_wait: Duration::from_secs(600),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.server = Some(tokio::spawn(async move {
+            aetherium_gateway::serve(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        }));
+        self.stop = Some(stop);
+        self.runtime = Some(runtime);
+    }
+
+    /// Stops the API and the worker (sandboxes keep running), then starts both again
+    /// on the same data dir and worker id: what `aetherium up` does after a restart.
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        self.boot().await;
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown().await;
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.request(method, path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a VM and waits until it runs; returns its id.
+    pub async fn running_vm(&self, name: &str) -> String {
+        let (status, body) = self
+            .post("/vms?wait=90s", serde_json::json!({"name": name}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["vm"]["status"], "RUNNING", "{body}");
+        body["vm_id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls GET /vms/{id} until `done` holds (at most `secs`).
+    pub async fn wait_vm(
+        &self,
+        id: &str,
+        secs: u64,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (status, body) = self.get(&format!("/vms/{id}")).await;
+            if done(status, &body) || std::time::Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Container ids carrying this test's worker label.
+    pub fn containers(&self) -> Vec<String> {
+        docker_ids(&[
+            "--filter",
+            &format!("label=io.aetherium.worker_id={}", self.worker_id),
+        ])
+    }
+}
+
+pub fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn docker_ids(filters: &[&str]) -> Vec<String> {
+    let mut args = vec!["ps", "-aq", "--no-trunc"];
+    args.extend_from_slice(filters);
+    String::from_utf8_lossy(&docker(&args).stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn container_of(vm_id: &str) -> String {
+    format!("aetherium-{vm_id}")
+}
+
+pub fn random_hex() -> String {
+    let mut buf = [0u8; 16];
+    let mut f = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Remove, by id, whatever this test's worker left behind.
+        for id in self.containers() {
+            let _ = docker(&["rm", "-f", &id]);
+        }
+    }
+}
