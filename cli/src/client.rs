@@ -13,6 +13,9 @@ use serde_json::json;
 use crate::output::{print_json, print_table, short};
 use crate::{ClientOpts, OutputFormat, TaskArgs, TaskCommand, VmArgs, VmCommand};
 
+/// Longest single wait the server grants (server.max_wait_seconds' default).
+const MAX_WAIT: &str = "600s";
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -202,23 +205,27 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             let body = json!({
                 "command": cmd, "args": rest, "env": env_map, "cwd": cwd, "timeout_seconds": timeout,
             });
-            let wait = timeout.unwrap_or(aetherium_types::MAX_EXEC_TIMEOUT_SECONDS) + 30;
             let response: ExecuteResponse = client
                 .send(
                     reqwest::Method::POST,
-                    &format!("/vms/{}/execute?wait={wait}s", seg(&vm)),
+                    &format!("/vms/{}/execute?wait={MAX_WAIT}", seg(&vm)),
                     Some(body),
                 )
                 .await?;
-            let Some(execution) = response
-                .execution
-                .as_ref()
-                .filter(|e| e.status.is_finished())
-            else {
-                bail!(
-                    "the command did not finish in time (execution {})",
-                    response.execution_id
+            let mut execution = response.execution;
+            // The server caps one wait; keep waiting until the command is done.
+            while !execution.as_ref().is_some_and(|e| e.status.is_finished()) {
+                execution = Some(
+                    client
+                        .get(&format!(
+                            "/executions/{}?wait={MAX_WAIT}",
+                            response.execution_id
+                        ))
+                        .await?,
                 );
+            }
+            let Some(execution) = execution.as_ref() else {
+                bail!("no execution returned");
             };
             if format == OutputFormat::Json {
                 print_json(execution)?;

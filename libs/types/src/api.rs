@@ -297,12 +297,22 @@ mod tests {
             vcpus: Some(0),
             ..ok.clone()
         };
-        assert!(zero_cpu.validate().expect_err("zero vcpus").contains("vcpus"));
+        assert!(
+            zero_cpu
+                .validate()
+                .expect_err("zero vcpus")
+                .contains("vcpus")
+        );
         let small = CreateVmRequest {
             memory_mb: Some(127),
             ..ok.clone()
         };
-        assert!(small.validate().expect_err("small memory").contains("memory_mb"));
+        assert!(
+            small
+                .validate()
+                .expect_err("small memory")
+                .contains("memory_mb")
+        );
         let bad_name = CreateVmRequest {
             name: Some("-x y".into()),
             ..ok.clone()

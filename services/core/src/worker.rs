@@ -736,10 +736,9 @@ impl Worker {
                     } else {
                         128 + signal_number(&end.status)
                     });
-                    out.error = end
-                        .error
-                        .filter(|e| !e.is_empty())
-                        .or_else(|| (!end.exited).then(|| format!("terminated: {}", end.status)));
+                    // envd puts "exit status N" in `error` for any non-zero exit; a
+                    // non-zero exit is a result here, so only a signal is worth a note.
+                    out.error = (!end.exited).then(|| format!("terminated: {}", end.status));
                     if out.truncated {
                         let note = format!("output truncated at {cap} bytes per stream");
                         out.error = Some(match out.error.take() {

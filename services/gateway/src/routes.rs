@@ -217,11 +217,17 @@ pub async fn list_executions(
     Ok(Json(ExecutionList { executions, total }))
 }
 
+/// `?wait=` blocks until the execution has finished (or the wait is over).
 pub async fn get_execution(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Execution>> {
-    Ok(Json(state.platform.get_execution(&id).await?))
+    let execution = match q.duration(state.max_wait)? {
+        Some(wait) => state.platform.wait_execution_finished(&id, wait).await?,
+        None => state.platform.get_execution(&id).await?,
+    };
+    Ok(Json(execution))
 }
 
 pub async fn smart_execute(

@@ -422,3 +422,60 @@ async fn an_image_that_does_not_exist_fails_the_vm_with_a_reason() {
     assert_eq!(body["status"], "failed");
     assert!(server.containers().is_empty());
 }
+
+/// The agent is static and bind-mounted, so an image needs nothing of ours — not
+/// even a libc or a shell. This image holds one empty directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_image_works_even_one_without_a_libc() {
+    let rootfs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(rootfs.path().join("tmp")).unwrap();
+    let tag = format!("aetherium-test/empty:{}", &random_hex()[..10]);
+    let import = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker import - {tag}",
+            rootfs.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{import:?}");
+
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .post(
+            "/vms?wait=60s",
+            json!({"name": unique("empty"), "image": tag}),
+        )
+        .await;
+    let outcome = async {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["vm"]["status"], "RUNNING", "{body}");
+        let vm_id = body["vm_id"].as_str().unwrap();
+        let (_, ran) = server
+            .post(
+                &format!("/vms/{vm_id}/execute?wait=30s"),
+                json!({"command": "/.aetherium/bin/aetherium-agent", "args": ["--version"]}),
+            )
+            .await;
+        assert_eq!(ran["execution"]["exit_code"], 0, "{ran}");
+        assert!(
+            ran["execution"]["stdout"]
+                .as_str()
+                .unwrap()
+                .contains("aetherium-agent")
+        );
+        let (_, ran) = server
+            .post(
+                &format!("/vms/{vm_id}/execute?wait=30s"),
+                json!({"command": "sh"}),
+            )
+            .await;
+        assert_eq!(ran["execution"]["exit_code"], 127, "{ran}");
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
+    drop(server);
+    docker(&["rmi", "-f", &tag]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

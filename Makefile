@@ -1,0 +1,78 @@
+# Aetherium developer tasks. `make help` lists them.
+# Set-up first (Docker, base image, toolchain check): sudo ./scripts/setup.sh --no-start
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+XDG_CACHE_HOME ?= $(HOME)/.cache
+CARGO_TARGET_DIR ?= $(XDG_CACHE_HOME)/aetherium/target
+export CARGO_TARGET_DIR
+
+CARGO ?= cargo
+NEXTEST := $(CARGO) nextest run
+AGENT_BIN := $(CARGO_TARGET_DIR)/agent/aetherium-agent
+TEST_IMAGE ?= aetherium/base:latest
+BENCH_ARGS ?=
+
+# What the Docker-backed tests need.
+AETHERIUM_AGENT_BIN ?= $(AGENT_BIN)
+AETHERIUM_TEST_IMAGE ?= $(TEST_IMAGE)
+export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
+
+.PHONY: help build agent test lint fmt bench clean check-env \
+	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager
+
+help:
+	@echo "make build        cargo build --workspace"
+	@echo "make agent        static in-sandbox agent -> $(AGENT_BIN)"
+	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
+	@echo "make test-<svc>   one crate: types common core agent gateway cli k8s-manager"
+	@echo "make lint         rustfmt check + clippy -D warnings"
+	@echo "make fmt          rustfmt"
+	@echo "make bench        benches/exec_latency.sh (BENCH_ARGS='-n 20')"
+	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
+
+build:
+	$(CARGO) build --workspace
+
+# Static (glibc +crt-static) so it runs inside any sandbox image, whatever its libc.
+agent:
+	$(CARGO) rustc -p aetherium-agent --profile agent --bin aetherium-agent -- -C target-feature=+crt-static
+	@echo "agent: $(AGENT_BIN)"
+
+check-env:
+	@docker info >/dev/null 2>&1 || { echo "error: docker is not reachable ('docker info' fails): run scripts/setup.sh --no-start first" >&2; exit 1; }
+	@docker image inspect $(TEST_IMAGE) >/dev/null 2>&1 || { echo "error: image $(TEST_IMAGE) is missing: run scripts/setup.sh --no-start first" >&2; exit 1; }
+
+test: check-env agent
+	$(NEXTEST) --workspace --no-fail-fast
+
+# Per-service tests. Crates without Docker-backed tests skip the agent build.
+test-types:
+	$(NEXTEST) -p aetherium-types --no-tests=warn
+test-common:
+	$(NEXTEST) -p aetherium-common --no-tests=warn
+test-agent:
+	$(NEXTEST) -p aetherium-agent --no-tests=warn
+test-core: check-env agent
+	$(NEXTEST) -p aetherium-core --no-tests=warn
+test-gateway: check-env agent
+	$(NEXTEST) -p aetherium-gateway --no-tests=warn
+test-cli: check-env agent
+	$(NEXTEST) -p aetherium-cli --no-tests=warn
+test-k8s-manager:
+	$(NEXTEST) -p aetherium-k8s-manager --no-tests=warn
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	bash benches/exec_latency.sh $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
