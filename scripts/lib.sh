@@ -149,6 +149,9 @@ ensure_rust() {
 		die "cargo $v is too old: Aetherium needs Rust >= 1.94"
 	fi
 	ok "cargo $v ($CARGO_BIN${CARGO_USER:+, run as $CARGO_USER})"
+	if ! run_cargo nextest --version >/dev/null 2>&1; then
+		warn "cargo-nextest is missing: 'make test' needs it (cargo install --locked cargo-nextest)"
+	fi
 }
 
 # run_cargo ARGS...: cargo as the right user, with CARGO_TARGET_DIR passed along.

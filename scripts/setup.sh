@@ -160,10 +160,17 @@ fi
 ok "aetherium-agent built in $(elapsed "$t0")s ($(human_bytes "$(stat -c %s "$AGENT_BIN")"), static)"
 
 mkdir -p "$PREFIX/bin"
-# Replace a running server's binary safely: install writes a new file (new inode).
-install -m 0755 "$CLI_BIN" "$PREFIX/bin/aetherium"
-install -m 0755 "$AGENT_BIN" "$PREFIX/bin/aetherium-agent"
-ok "installed $PREFIX/bin/aetherium and $PREFIX/bin/aetherium-agent"
+# Only replace what changed. install writes a new file (new inode), so a running
+# server keeps its old binary intact.
+for pair in "$CLI_BIN:aetherium" "$AGENT_BIN:aetherium-agent"; do
+	src=${pair%:*} dst="$PREFIX/bin/${pair##*:}"
+	if cmp -s "$src" "$dst"; then
+		ok "$dst is up to date"
+	else
+		install -m 0755 "$src" "$dst"
+		ok "installed $dst"
+	fi
+done
 case ":$PATH:" in
 *":$PREFIX/bin:"*) ;;
 *) warn "$PREFIX/bin is not on your PATH" ;;
@@ -182,7 +189,9 @@ mkdir -p "$STATE_DIR"
 if pid=$(server_pid); then
 	if healthy; then
 		ok "already running (pid $pid)"
-		info "note: a running server keeps using the old binary; restart it with: $0 --stop && $0"
+		if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == *" (deleted)" ]]; then
+			warn "the running server uses the binary from before this build; restart it: $0 --stop && $0"
+		fi
 	else
 		info "running (pid $pid) but not healthy yet; waiting"
 	fi
@@ -211,6 +220,8 @@ done
 healthy || die "aetherium did not answer on $HEALTH_URL within 60 s (log: $LOG_FILE)"
 
 ok "Aetherium is running (setup took $(elapsed "$T_ALL")s)"
+URL_HINT=''
+[ "$PORT" = 8080 ] || URL_HINT=$'\n    export AETHERIUM_URL=http://127.0.0.1:'"$PORT"
 cat <<EOF
 
   API / dashboard:  http://127.0.0.1:$PORT   (health: $HEALTH_URL)
@@ -218,7 +229,7 @@ cat <<EOF
   Server log:       $LOG_FILE
   Stop it with:     $0 --stop
 
-  Try it:
+  Try it:${URL_HINT}
     aetherium vm create --name demo --wait
     aetherium vm exec demo -- uname -a
     aetherium vm rm demo

@@ -3,6 +3,7 @@
 
 mod common;
 
+use aetherium_core::store::{SqliteStore, Store};
 use common::{TestServer, container_of, docker, random_hex};
 use serde_json::json;
 
@@ -143,12 +144,11 @@ async fn restart_removes_containers_nobody_knows() {
     server.shutdown().await;
     // Forget the VM behind the platform's back: its container is now an orphan.
     let db = server.data_dir.path().join("aetherium.db");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!("DELETE FROM vms WHERE id = '{vm_id}'"))
-        .output()
+    let store = SqliteStore::connect(&format!("sqlite://{}", db.display()))
+        .await
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    store.delete_vm(&vm_id).await.unwrap();
+    store.close().await;
     assert_eq!(server.containers().len(), 1);
     server.restart().await;
     assert!(server.containers().is_empty(), "orphan container survived");
