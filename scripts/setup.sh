@@ -224,7 +224,7 @@ URL_HINT=''
 [ "$PORT" = 8080 ] || URL_HINT=$'\n    export AETHERIUM_URL=http://127.0.0.1:'"$PORT"
 cat <<EOF
 
-  API / dashboard:  http://127.0.0.1:$PORT   (health: $HEALTH_URL)
+  API:              http://127.0.0.1:$PORT   (health: $HEALTH_URL)
   Admin token:      $TOKEN_FILE
   Server log:       $LOG_FILE
   Stop it with:     $0 --stop
