@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{CoreError, CoreResult};
 use crate::queue::EmbeddedQueue;
-use crate::services::{Platform, PlatformDefaults};
+use crate::services::{LocalAgents, Platform, PlatformDefaults};
+use crate::vmm::Backend;
 use crate::store::SqliteStore;
 use crate::vmm::docker::{DockerBackend, DockerBackendConfig};
 use crate::worker::{Worker, WorkerSettings};
@@ -68,10 +69,15 @@ impl EmbeddedRuntime {
         })
         .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         let heartbeat = Duration::from_secs(config.worker.heartbeat_interval_seconds);
+        let backend: Arc<dyn Backend> = Arc::new(backend);
         let platform = Platform {
             store: Arc::new(store),
             queue: Arc::new(queue),
             bus: Arc::new(InProcessEventBus::default()),
+            agents: Arc::new(LocalAgents {
+                worker_id: config.worker.id.clone(),
+                backend: backend.clone(),
+            }),
             defaults: PlatformDefaults {
                 vcpus: config.vmm.default_vcpus,
                 memory_mb: config.vmm.default_memory_mb,
@@ -105,7 +111,7 @@ impl EmbeddedRuntime {
             output_cap_bytes: config.vmm.output_cap_bytes,
             agent_ready_timeout: Duration::from_secs(30),
         };
-        let worker = Worker::new(settings, platform.clone(), Arc::new(backend));
+        let worker = Worker::new(settings, platform.clone(), backend);
         // The first heartbeat registers the worker before the API takes requests.
         worker.heartbeat().await;
         let (shutdown, shutdown_rx) = watch::channel(false);

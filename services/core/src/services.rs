@@ -14,7 +14,9 @@ use aetherium_types::{
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use crate::agent_client::AgentClient;
 use crate::error::{CoreError, CoreResult};
+use crate::vmm::Backend;
 use crate::queue::{QueueStats, TaskQueue};
 use crate::store::{Page, Store, TaskFilter, VmFilter};
 
@@ -65,7 +67,34 @@ pub struct Platform {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn TaskQueue>,
     pub bus: Arc<dyn EventBus>,
+    pub agents: Arc<dyn AgentRouter>,
     pub defaults: PlatformDefaults,
+}
+
+/// Reaches the agent of a VM for direct work (streamed and interactive exec, files),
+/// which cannot wait in a queue. Embedded mode reaches it through the local worker's
+/// backend; distributed mode will go through the owning worker's internal endpoint.
+pub trait AgentRouter: Send + Sync + 'static {
+    fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient>;
+}
+
+/// The agents of the sandboxes of the worker in this process.
+pub struct LocalAgents {
+    pub worker_id: String,
+    pub backend: Arc<dyn Backend>,
+}
+
+impl AgentRouter for LocalAgents {
+    fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient> {
+        match vm.worker_id.as_deref() {
+            Some(owner) if owner == self.worker_id => Ok(self.backend.agent(&vm.id)),
+            Some(owner) => Err(CoreError::Unavailable(format!(
+                "VM {} is owned by worker {owner}, which this process cannot reach",
+                vm.id
+            ))),
+            None => Err(CoreError::Conflict(format!("VM {} has not started yet", vm.id))),
+        }
+    }
 }
 
 pub fn new_task(task_type: TaskType, payload: serde_json::Value, vm_id: Option<&str>) -> Task {
@@ -444,6 +473,58 @@ impl Platform {
             return Err(CoreError::NotFound(format!("VM {vm_id} not found")));
         }
         Ok((list, total))
+    }
+
+    /// A RUNNING VM and a client for its agent, for work that talks to the sandbox
+    /// directly (streams, terminals, files).
+    pub async fn open_sandbox(&self, id: &str) -> CoreResult<(Vm, AgentClient)> {
+        let vm = self.get_vm(id).await?;
+        if vm.status != VmStatus::Running {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is {}: only RUNNING VMs can be reached",
+                vm.status
+            )));
+        }
+        let agent = self.agents.agent_for(&vm)?;
+        Ok((vm, agent))
+    }
+
+    /// Records a command that runs directly (streamed or interactive) rather than
+    /// through the queue, so it appears in the VM's history like any other.
+    pub async fn begin_direct_execution(
+        &self,
+        vm_id: &str,
+        command: &str,
+        args: &[String],
+        kind: &str,
+    ) -> CoreResult<Execution> {
+        let mut execution = self.new_execution(vm_id, command, args);
+        execution.status = ExecutionStatus::Running;
+        execution.started_at = Some(Utc::now());
+        execution.metadata.insert("mode".into(), kind.into());
+        self.store.insert_execution(&execution).await?;
+        self.publish(
+            EventType::ExecutionStarted,
+            &execution.id,
+            serde_json::json!({"vm_id": vm_id, "mode": kind}),
+        );
+        Ok(execution)
+    }
+
+    /// Stores a direct execution's outcome (output already capped by the caller).
+    pub async fn finish_direct_execution(&self, execution: &mut Execution) -> CoreResult<()> {
+        let now = Utc::now();
+        execution.completed_at = Some(now);
+        if let Some(started) = execution.started_at {
+            execution.duration_ms = Some((now - started).num_milliseconds());
+        }
+        self.store.update_execution(execution).await?;
+        self.publish(
+            EventType::ExecutionCompleted,
+            &execution.id,
+            serde_json::json!({"vm_id": execution.vm_id, "status": execution.status, "exit_code": execution.exit_code}),
+        );
+        Ok(())
     }
 
     // ---- tasks -----------------------------------------------------------------
