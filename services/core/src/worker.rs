@@ -259,8 +259,12 @@ impl Worker {
             }
         }
         for vm in self.owned_vms().await? {
-            let present = sandboxes.iter().any(|s| s.vm_id == vm.id);
-            if vm.status == VmStatus::Running && !present {
+            let listed = sandboxes.iter().any(|s| s.vm_id == vm.id);
+            // A VM may have started after the listing: ask again before judging it.
+            if vm.status == VmStatus::Running
+                && !listed
+                && self.backend.status(&vm.id).await? == SandboxState::Missing
+            {
                 self.mark_vm_failed(&vm.id, &[VmStatus::Running], "the sandbox disappeared")
                     .await;
             }
