@@ -1,6 +1,3 @@
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -47,21 +44,7 @@ impl ExecutionStatus {
     }
 }
 
-impl fmt::Display for ExecutionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ExecutionStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ExecutionStatus::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown execution status {s:?}"))
-    }
-}
+wire_names!(ExecutionStatus, "execution status");
 
 /// One command run in a sandbox, with its (capped) output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

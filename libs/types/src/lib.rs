@@ -2,6 +2,28 @@
 //! protocol messages. This crate does no I/O and holds no business logic, so every
 //! other crate (including the in-sandbox agent) can depend on it cheaply.
 
+/// `Display` and `FromStr` for an enum with `ALL` and `as_str`: its wire names,
+/// parsed case-insensitively (so `?status=running` works as well as `RUNNING`).
+macro_rules! wire_names {
+    ($ty:ty, $what:literal) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str().eq_ignore_ascii_case(s))
+                    .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), s))
+            }
+        }
+    };
+}
+
 pub mod agent;
 pub mod api;
 pub mod event;

@@ -1,6 +1,3 @@
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -46,21 +43,7 @@ impl VmStatus {
     }
 }
 
-impl fmt::Display for VmStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for VmStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        VmStatus::ALL
-            .into_iter()
-            .find(|v| v.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown VM status {s:?}"))
-    }
-}
+wire_names!(VmStatus, "VM status");
 
 /// Which backend runs a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -72,6 +55,12 @@ pub enum Orchestrator {
 }
 
 impl Orchestrator {
+    pub const ALL: [Orchestrator; 3] = [
+        Orchestrator::Docker,
+        Orchestrator::Firecracker,
+        Orchestrator::Qemu,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Orchestrator::Docker => "docker",
@@ -81,23 +70,7 @@ impl Orchestrator {
     }
 }
 
-impl fmt::Display for Orchestrator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Orchestrator {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "docker" => Ok(Orchestrator::Docker),
-            "firecracker" => Ok(Orchestrator::Firecracker),
-            "qemu" => Ok(Orchestrator::Qemu),
-            _ => Err(format!("unknown orchestrator {s:?}")),
-        }
-    }
-}
+wire_names!(Orchestrator, "orchestrator");
 
 /// A sandbox, as stored and as returned by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

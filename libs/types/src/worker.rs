@@ -15,6 +15,13 @@ pub enum WorkerStatus {
 }
 
 impl WorkerStatus {
+    pub const ALL: [WorkerStatus; 4] = [
+        WorkerStatus::Active,
+        WorkerStatus::Draining,
+        WorkerStatus::Unhealthy,
+        WorkerStatus::Offline,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerStatus::Active => "active",
@@ -25,18 +32,7 @@ impl WorkerStatus {
     }
 }
 
-impl std::str::FromStr for WorkerStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(WorkerStatus::Active),
-            "draining" => Ok(WorkerStatus::Draining),
-            "unhealthy" => Ok(WorkerStatus::Unhealthy),
-            "offline" => Ok(WorkerStatus::Offline),
-            _ => Err(format!("unknown worker status {s:?}")),
-        }
-    }
-}
+wire_names!(WorkerStatus, "worker status");
 
 /// A host that runs sandboxes, as it reports itself in its heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
