@@ -20,17 +20,19 @@ AETHERIUM_AGENT_BIN ?= $(AGENT_BIN)
 AETHERIUM_TEST_IMAGE ?= $(TEST_IMAGE)
 export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
-.PHONY: help build agent test lint fmt bench clean check-env \
-	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager
+.PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
+	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
+	test-e2b
 
 help:
 	@echo "make build        cargo build --workspace"
 	@echo "make agent        static in-sandbox agent -> $(AGENT_BIN)"
 	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
 	@echo "make test-<svc>   one crate: types common core agent gateway cli k8s-manager"
+	@echo "make test-e2b     E2B Python SDK against the agent (tests/e2b, needs PyPI once)"
 	@echo "make lint         rustfmt check + clippy -D warnings"
 	@echo "make fmt          rustfmt"
-	@echo "make bench        benches/exec_latency.sh (BENCH_ARGS='-n 20')"
+	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
 	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
 
 build:
@@ -46,7 +48,13 @@ check-env:
 	@docker image inspect $(TEST_IMAGE) >/dev/null 2>&1 || { echo "error: image $(TEST_IMAGE) is missing: run scripts/setup.sh --no-start first" >&2; exit 1; }
 
 test: check-env agent
-	$(NEXTEST) --workspace --no-fail-fast
+	status=0; $(NEXTEST) --workspace --no-fail-fast || status=$$?; \
+	bash tests/e2b/run.sh || status=$$((status ? status : $$?)); \
+	exit $$status
+
+# E2B's Python SDK (debug mode) against the agent: tests/e2b, docs/e2b-compat.md.
+test-e2b: agent
+	bash tests/e2b/run.sh
 
 # Per-service tests. Crates without Docker-backed tests skip the agent build.
 test-types:
@@ -71,8 +79,16 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
+bench: bench-api bench-agent
+
+# API level: create→first output and exec, against plain docker run / docker exec.
+bench-api:
 	bash benches/exec_latency.sh $(BENCH_ARGS)
+
+# Agent level: exec round trip vs docker exec, stdout throughput vs docker exec cat
+# and a raw unix-socket copy.
+bench-agent: check-env agent
+	$(CARGO) bench -p aetherium-core --bench agent_exec
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,5 @@
-//! Command-line parsing. Hand-rolled: three flags do not justify a parser crate in a
-//! binary we want small.
+//! Command-line parsing. Hand-rolled: a handful of flags do not justify a parser
+//! crate in a binary we want small.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,12 +14,25 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 const MAX_KEEPALIVE_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub const USAGE: &str = "\
-usage: aetherium-agent --listen unix:PATH | --listen tcp:IP:PORT
+usage: aetherium-agent --listen unix:PATH | --listen tcp:IP:PORT [options]
        aetherium-agent --version
 
-Serves E2B envd's process API (Connect protocol, JSON codec) on the given listener.
-A unix socket's parent directory is created if missing, a stale socket is replaced,
-and the socket is made connectable by every user (mode 0666).";
+Serves E2B envd's API (Connect process and filesystem services, /files, /init,
+...) on the given listener. A unix socket's parent directory is created if
+missing, a stale socket is replaced, and the socket is made connectable by every
+user (mode 0666).
+
+options:
+  --access-token TOKEN   require `X-Access-Token: TOKEN` on every request but
+                         /health (also settable once through POST /init); the
+                         environment variable AETHERIUM_AGENT_ACCESS_TOKEN does
+                         the same without showing the token in `ps`
+  --idle-timeout SECS    exit once no process has run and no request has
+                         arrived for SECS seconds
+  --default-user NAME    user for processes and files when a request names
+                         none (default: the user the agent runs as)
+  --default-workdir DIR  working directory of processes that name none
+                         (default: the user's home directory)";
 
 /// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +73,42 @@ impl fmt::Display for Listen {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Listen,
     pub keepalive: Duration,
+    pub access_token: Option<String>,
+    pub idle_timeout: Option<Duration>,
+    pub default_user: Option<String>,
+    pub default_workdir: Option<PathBuf>,
+}
+
+impl Config {
+    #[cfg(test)]
+    pub fn new(listen: Listen) -> Config {
+        Config {
+            listen,
+            keepalive: DEFAULT_KEEPALIVE,
+            access_token: None,
+            idle_timeout: None,
+            default_user: None,
+            default_workdir: None,
+        }
+    }
+}
+
+/// Never prints the access token.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("keepalive", &self.keepalive)
+            .field("access_token", &self.access_token.as_ref().map(|_| "<set>"))
+            .field("idle_timeout", &self.idle_timeout)
+            .field("default_user", &self.default_user)
+            .field("default_workdir", &self.default_workdir)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +121,19 @@ pub enum Command {
 /// Parses the arguments after the program name. Accepts `--flag value` and
 /// `--flag=value`.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    parse_with_env(args, std::env::var("AETHERIUM_AGENT_ACCESS_TOKEN").ok())
+}
+
+fn parse_with_env<I: IntoIterator<Item = String>>(
+    args: I,
+    env_token: Option<String>,
+) -> Result<Command, String> {
     let mut listen = None;
     let mut keepalive = DEFAULT_KEEPALIVE;
+    let mut access_token = env_token.filter(|t| !t.is_empty());
+    let mut idle_timeout = None;
+    let mut default_user = None;
+    let mut default_workdir = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -107,11 +163,45 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 }
                 keepalive = Duration::from_millis(ms);
             }
+            "--access-token" => {
+                let token = value("--access-token")?;
+                if token.is_empty() {
+                    return Err("--access-token must not be empty".into());
+                }
+                access_token = Some(token);
+            }
+            "--idle-timeout" => {
+                let secs: u64 = value("--idle-timeout")?
+                    .parse()
+                    .map_err(|e| format!("bad --idle-timeout: {e}"))?;
+                if !(1..=MAX_KEEPALIVE_MS / 1000).contains(&secs) {
+                    return Err(format!(
+                        "--idle-timeout must be within 1..={}",
+                        MAX_KEEPALIVE_MS / 1000
+                    ));
+                }
+                idle_timeout = Some(Duration::from_secs(secs));
+            }
+            "--default-user" => default_user = Some(value("--default-user")?),
+            "--default-workdir" => {
+                let dir = PathBuf::from(value("--default-workdir")?);
+                if !dir.is_absolute() {
+                    return Err("--default-workdir must be an absolute path".into());
+                }
+                default_workdir = Some(dir);
+            }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
     let listen = listen.ok_or("--listen is required")?;
-    Ok(Command::Run(Config { listen, keepalive }))
+    Ok(Command::Run(Config {
+        listen,
+        keepalive,
+        access_token,
+        idle_timeout,
+        default_user,
+        default_workdir,
+    }))
 }
 
 #[cfg(test)]
@@ -119,17 +209,16 @@ mod tests {
     use super::*;
 
     fn parse_strs(args: &[&str]) -> Result<Command, String> {
-        parse(args.iter().map(|s| s.to_string()))
+        parse_with_env(args.iter().map(|s| s.to_string()), None)
     }
 
     #[test]
     fn listen_forms() {
         assert_eq!(
             parse_strs(&["--listen", "unix:/run/agent/agent.sock"]),
-            Ok(Command::Run(Config {
-                listen: Listen::Unix("/run/agent/agent.sock".into()),
-                keepalive: DEFAULT_KEEPALIVE,
-            }))
+            Ok(Command::Run(Config::new(Listen::Unix(
+                "/run/agent/agent.sock".into()
+            ))))
         );
         assert_eq!(
             parse_strs(&[
@@ -137,8 +226,8 @@ mod tests {
                 "--keepalive-interval-ms=250"
             ]),
             Ok(Command::Run(Config {
-                listen: Listen::Tcp("127.0.0.1:49983".parse().expect("addr")),
                 keepalive: Duration::from_millis(250),
+                ..Config::new(Listen::Tcp("127.0.0.1:49983".parse().expect("addr")))
             }))
         );
         assert_eq!(
@@ -160,6 +249,38 @@ mod tests {
         let forever = format!("--keepalive-interval-ms={}", u64::MAX);
         assert!(parse_strs(&["--listen", "unix:/x", &forever]).is_err());
         assert!(parse_strs(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn options() {
+        let Ok(Command::Run(config)) = parse_strs(&[
+            "--listen=unix:/x",
+            "--access-token",
+            "s3cret",
+            "--idle-timeout=60",
+            "--default-user",
+            "user",
+            "--default-workdir=/home/user",
+        ]) else {
+            panic!("options parse");
+        };
+        assert_eq!(config.access_token.as_deref(), Some("s3cret"));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(config.default_user.as_deref(), Some("user"));
+        assert_eq!(config.default_workdir, Some(PathBuf::from("/home/user")));
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "Debug hides the token"
+        );
+        assert!(parse_strs(&["--listen=unix:/x", "--idle-timeout=0"]).is_err());
+        assert!(parse_strs(&["--listen=unix:/x", "--access-token="]).is_err());
+        assert!(parse_strs(&["--listen=unix:/x", "--default-workdir=rel"]).is_err());
+        let Ok(Command::Run(config)) =
+            parse_with_env(["--listen=unix:/x".to_string()], Some("from-env".into()))
+        else {
+            panic!("env token");
+        };
+        assert_eq!(config.access_token.as_deref(), Some("from-env"));
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! aetherium-agent: runs inside every sandbox and serves (a growing part of) E2B
-//! envd's API to the host. See README.md for what is implemented.
+//! aetherium-agent: runs inside every sandbox and serves E2B envd's API (and our
+//! extensions) to the host. See README.md.
+
+// Request handlers return the finished error response as their `Err`: it is built
+// once, on the failure path only, so its size does not matter.
+#![allow(clippy::result_large_err)]
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -18,10 +22,18 @@ macro_rules! log {
 }
 pub(crate) use log;
 
+mod api;
 mod cli;
 mod connect;
+mod files;
+mod filesystem;
+mod multipart;
 mod process;
+mod pty;
 mod server;
+mod system;
+mod users;
+mod watch;
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
@@ -59,7 +71,10 @@ fn main() -> ExitCode {
         }
     };
     let listen = config.listen.to_string();
-    match runtime.block_on(server::run(config)) {
+    let result = runtime.block_on(server::run(config));
+    // Blocking tasks (a filesystem call in progress) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log!("cannot serve on {listen}: {e}");

@@ -1,36 +1,51 @@
-//! Processes started through `process.Process/Start`: spawning, the table behind
-//! `List` and `SendSignal`, and the supervisor task that pumps a child's output into
-//! its Start stream.
+//! The `process.Process` service's processes: spawning (pipes or a pty), the table
+//! behind `List` and the selectors, fan-out of output to any number of subscribers
+//! (`Start` and `Connect` streams), input, signals and resizing.
 //!
 //! A process belongs to the agent, not to the HTTP connection that started it (envd's
-//! semantics): when the client goes away the supervisor keeps draining the pipes (and
-//! drops what it reads) so the child never blocks on a full pipe, and reaps it when it
-//! exits.
+//! semantics): a supervisor task reads its output and reaps it whether or not anyone
+//! listens. Output read while nobody listens is dropped, so the child never blocks
+//! on a full pipe.
+//!
+//! Memory is bounded by back-pressure, not by dropping: each subscriber has a queue
+//! of [`EVENT_QUEUE`] events of at most [`CHUNK_BYTES`] each, and the supervisor
+//! waits for room in every subscriber's queue before it reads more output. A slow
+//! subscriber therefore slows the process down (as a slow reader of a pipe does); a
+//! subscriber that has gone (its connection closed) is dropped at the next event.
+//! A process has at most [`MAX_SUBSCRIBERS`] subscribers.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use aetherium_types::agent::{
-    Base64Bytes, ConnectError, DataEvent, EndEvent, ProcessEvent, ProcessInfo, ProcessSelector,
-    Signal, StartEvent, StartRequest, StartResponse,
+    Base64Bytes, ConnectError, DataEvent, EndEvent, ProcessConfig, ProcessEvent, ProcessInfo,
+    ProcessInput, ProcessSelector, Pty, Signal, StartEvent, StartRequest, code,
 };
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::connect::{end_of_stream, invalid_argument, stream_message};
+use crate::connect::{error, invalid_argument};
+use crate::pty;
+use crate::users::{self, User};
 
-/// Read size for a child's pipes (envd uses the same).
-const CHUNK_BYTES: usize = 32 * 1024;
-/// Encoded messages queued between a supervisor and its HTTP body. Small: when the
-/// client reads slowly, the child should feel back-pressure rather than the agent
-/// buffering its output.
-const EVENT_QUEUE: usize = 16;
+/// Read size for a child's pipes: large enough that a fast writer costs few events
+/// (envd uses 32 KiB; 128 KiB halves the per-byte overhead of `cat`)...
+const CHUNK_BYTES: usize = 128 * 1024;
+/// Capacity asked for the child's stdout pipe.
+const PIPE_BYTES: usize = 1024 * 1024;
+/// ...and for its pty.
+const PTY_CHUNK_BYTES: usize = 16 * 1024;
+/// Events queued per subscriber. Small: when a client reads slowly, the child
+/// should feel back-pressure rather than the agent buffering its output.
+pub const EVENT_QUEUE: usize = 16;
+/// Subscribers (Start plus Connect streams) one process may have at once.
+pub const MAX_SUBSCRIBERS: usize = 32;
 /// After the child exits, its pipes may still hold output, or stay open because a
 /// background grandchild inherited them. We keep reading until EOF, or until the
 /// pipes have been silent this long...
@@ -38,164 +53,377 @@ const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// ...or this much more has been read (more than a pipe can hold, so only a chatty
 /// grandchild hits it).
 const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+/// `TERM` of pty processes that set none.
+const DEFAULT_TERM: &str = "xterm-256color";
+
+type Event = Result<Arc<ProcessEvent>, ConnectError>;
+/// The receiving end of a Start or Connect stream.
+pub type Events = mpsc::Receiver<Event>;
 
 /// The running processes, by pid. A pid leaves the table as soon as its supervisor
 /// has reaped it, so a listed pid has not been reused.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ProcessTable {
     processes: Mutex<Entries>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Entries {
-    by_pid: HashMap<u32, Entry>,
+    by_pid: HashMap<u32, Arc<Process>>,
     next_serial: u64,
 }
 
-#[derive(Debug)]
-struct Entry {
+/// One running process.
+pub struct Process {
+    pid: u32,
     /// Tells a reused pid's entry from the one a supervisor inserted.
     serial: u64,
     info: ProcessInfo,
+    /// The write end of its stdin pipe; `None` without one (`stdin: false`, a pty)
+    /// or once closed.
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    pty: Option<Arc<pty::Master>>,
+    fanout: Mutex<Fanout>,
+}
+
+#[derive(Default)]
+struct Fanout {
+    subscribers: Vec<mpsc::Sender<Event>>,
+    /// Set with the end event: no subscriber may join after it.
+    ended: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing holding these locks can leave the data inconsistent, so a poisoned lock
+    // is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ProcessTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        // Nothing holding this lock can leave the map inconsistent, so a poisoned lock
-        // is still usable.
-        self.processes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub fn list(&self) -> Vec<ProcessInfo> {
-        let mut processes: Vec<ProcessInfo> = self
-            .lock()
+        let mut processes: Vec<ProcessInfo> = lock(&self.processes)
             .by_pid
             .values()
-            .map(|e| e.info.clone())
+            .map(|p| p.info.clone())
             .collect();
         processes.sort_by_key(|p| p.pid);
         processes
     }
 
-    /// The pid a selector names; for a tag shared by several processes, the oldest
-    /// (lowest pid) one.
-    pub fn resolve(&self, selector: &ProcessSelector) -> Option<u32> {
-        let entries = self.lock();
+    pub fn len(&self) -> usize {
+        lock(&self.processes).by_pid.len()
+    }
+
+    /// The process a selector names; for a tag shared by several processes, the
+    /// oldest (lowest pid) one.
+    pub fn resolve(&self, selector: &ProcessSelector) -> Option<Arc<Process>> {
+        let entries = lock(&self.processes);
         match selector {
-            ProcessSelector::Pid(pid) => entries.by_pid.contains_key(pid).then_some(*pid),
+            ProcessSelector::Pid(pid) => entries.by_pid.get(pid).cloned(),
             ProcessSelector::Tag(tag) => entries
                 .by_pid
                 .values()
-                .filter(|e| e.info.tag.as_deref() == Some(tag.as_str()))
-                .map(|e| e.info.pid)
-                .min(),
+                .filter(|p| p.info.tag.as_deref() == Some(tag.as_str()))
+                .min_by_key(|p| p.pid)
+                .cloned(),
         }
     }
 
-    /// Lists a process; returns the serial that removes it.
-    fn insert(&self, info: ProcessInfo) -> u64 {
-        let mut entries = self.lock();
+    fn get(&self, selector: Option<&ProcessSelector>) -> Result<Arc<Process>, ConnectError> {
+        let selector = selector.ok_or_else(|| invalid_argument("process selector is missing"))?;
+        self.resolve(selector).ok_or_else(|| {
+            error(
+                code::NOT_FOUND,
+                format!("process with {selector} not found"),
+            )
+        })
+    }
+
+    fn insert(&self, make: impl FnOnce(u64) -> Process) -> Arc<Process> {
+        let mut entries = lock(&self.processes);
         let serial = entries.next_serial;
         entries.next_serial += 1;
-        entries.by_pid.insert(info.pid, Entry { serial, info });
-        serial
+        let process = Arc::new(make(serial));
+        entries.by_pid.insert(process.pid, Arc::clone(&process));
+        process
     }
 
     /// Unlists a process, unless its pid has meanwhile been reused by a newer one.
     fn remove(&self, pid: u32, serial: u64) {
-        let mut entries = self.lock();
-        if entries.by_pid.get(&pid).is_some_and(|e| e.serial == serial) {
+        let mut entries = lock(&self.processes);
+        if entries.by_pid.get(&pid).is_some_and(|p| p.serial == serial) {
             entries.by_pid.remove(&pid);
         }
     }
 }
 
-/// Spawns the process a Start request describes and its supervisor. Returns the
-/// receiving end of its Start stream: encoded envelopes, the start event first and
-/// the end-of-stream envelope last.
+impl Process {
+    fn has_subscribers(&self) -> bool {
+        !lock(&self.fanout).subscribers.is_empty()
+    }
+
+    fn subscribe(&self, tx: mpsc::Sender<Event>) -> Result<(), ConnectError> {
+        let mut fanout = lock(&self.fanout);
+        if fanout.ended {
+            return Err(error(
+                code::NOT_FOUND,
+                format!("process {} has ended", self.pid),
+            ));
+        }
+        if fanout.subscribers.len() >= MAX_SUBSCRIBERS {
+            return Err(error(
+                code::RESOURCE_EXHAUSTED,
+                format!("process {} already has {MAX_SUBSCRIBERS} streams", self.pid),
+            ));
+        }
+        fanout.subscribers.push(tx);
+        Ok(())
+    }
+
+    /// Delivers an event to every subscriber, waiting for room in each queue
+    /// (back-pressure); drops the subscribers whose stream has gone.
+    async fn broadcast(&self, event: ProcessEvent) {
+        let subscribers = lock(&self.fanout).subscribers.clone();
+        if subscribers.is_empty() {
+            return;
+        }
+        let event = Arc::new(event);
+        let mut gone = Vec::new();
+        for subscriber in &subscribers {
+            if subscriber.send(Ok(Arc::clone(&event))).await.is_err() {
+                gone.push(subscriber);
+            }
+        }
+        if !gone.is_empty() {
+            crate::log!("pid {}: {} stream(s) gone", self.pid, gone.len());
+            lock(&self.fanout)
+                .subscribers
+                .retain(|s| !gone.iter().any(|g| g.same_channel(s)));
+        }
+    }
+
+    /// The last event: no subscriber joins after it.
+    async fn finish(&self, end: EndEvent) {
+        let subscribers = {
+            let mut fanout = lock(&self.fanout);
+            fanout.ended = true;
+            std::mem::take(&mut fanout.subscribers)
+        };
+        let event = Arc::new(ProcessEvent::End(end));
+        for subscriber in subscribers {
+            let _ = subscriber.send(Ok(Arc::clone(&event))).await;
+        }
+    }
+}
+
+/// What a Start request needs besides the request itself.
+pub struct Launch {
+    pub user: User,
+    /// Working directory of processes that name none (else the user's home).
+    pub default_workdir: Option<PathBuf>,
+    /// Variables from `/init` and the secrets, applied before the request's own.
+    pub env: Vec<(String, String)>,
+    /// Kill the process (SIGKILL to its group) after this long (`Connect-Timeout-Ms`
+    /// on Start, as envd does).
+    pub timeout: Option<Duration>,
+}
+
+/// Spawns the process a Start request describes and its supervisor. Returns its pid
+/// and the events of its Start stream: the start event first, the end event last.
 pub fn start(
     table: &Arc<ProcessTable>,
     request: StartRequest,
-) -> Result<mpsc::Receiver<Bytes>, ConnectError> {
+    launch: Launch,
+) -> Result<Events, ConnectError> {
     let config = request.process;
     if config.cmd.is_empty() {
         return Err(invalid_argument("process.cmd is empty"));
     }
-    if request.pty.is_some() {
-        return Err(ConnectError::new(
-            "unimplemented",
-            "PTY processes are not supported yet",
-        ));
-    }
-    let cwd = config
-        .cwd
-        .as_deref()
-        .filter(|cwd| !cwd.is_empty())
-        .unwrap_or("/");
-    // Checked up front so a bad cwd is not reported as a missing executable: both
-    // come back from spawn as ENOENT.
-    match std::fs::metadata(cwd) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(invalid_argument(format!("cwd {cwd:?} is not a directory"))),
-        Err(e) => return Err(invalid_argument(format!("cwd {cwd:?}: {e}"))),
-    }
-
+    let cwd = working_directory(&config, &launch)?;
     let mut command = Command::new(&config.cmd);
     command
         .args(&config.args)
+        .current_dir(&cwd)
+        .env("HOME", &launch.user.home)
+        .env("USER", &launch.user.name)
+        .env("LOGNAME", &launch.user.name)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .envs(&config.envs)
-        .current_dir(cwd)
-        // Input is not supported yet (a later issue adds SendInput/StreamInput), so
-        // the child reads EOF rather than hanging on a pipe nobody writes.
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Own process group, so SendSignal reaches the children the command spawns.
-        .process_group(0)
         // The process outlives its request; the supervisor owns and reaps it.
         .kill_on_drop(false);
-    let child = command.spawn().map_err(|e| spawn_error(&config.cmd, e))?;
+    if launch.user.uid != rustix::process::geteuid().as_raw() {
+        command.uid(launch.user.uid).gid(launch.user.gid);
+    }
+
+    let (child, outputs, stdin, master) = match &request.pty {
+        Some(Pty { size }) => {
+            let pair = pty::open(*size)
+                .map_err(|e| error(code::INTERNAL, format!("allocating a pty: {e}")))?;
+            let slave = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| error(code::INTERNAL, format!("duplicating the pty: {e}")))
+            };
+            command
+                .stdin(slave(&pair.slave)?)
+                .stdout(slave(&pair.slave)?)
+                .stderr(Stdio::from(pair.slave));
+            let has_term =
+                config.envs.contains_key("TERM") || launch.env.iter().any(|(k, _)| k == "TERM");
+            if !has_term {
+                command.env("TERM", DEFAULT_TERM);
+            }
+            // A new session (so also a new process group: signals reach the group).
+            pty::make_controlling_terminal(&mut command);
+            let master = pty::Master::new(pair.master)
+                .map(Arc::new)
+                .map_err(|e| error(code::INTERNAL, format!("registering the pty: {e}")))?;
+            // The agent's copies of the slave must be closed once the child has its
+            // own, or reading the master would never see the end: `command` owns
+            // them and is dropped right after spawning.
+            let child = command.spawn().map_err(|e| spawn_error(&config.cmd, e))?;
+            drop(command);
+            (
+                child,
+                Outputs::Pty(Some(Arc::clone(&master))),
+                None,
+                Some(master),
+            )
+        }
+        None => {
+            // envd's default for an absent `stdin` is a pipe.
+            let with_stdin = request.stdin.unwrap_or(true);
+            command
+                .stdin(if with_stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                // Own process group, so signals reach the children it spawns.
+                .process_group(0);
+            let mut child = command.spawn().map_err(|e| spawn_error(&config.cmd, e))?;
+            let outputs = Outputs::Pipes {
+                stdout: child.stdout.take(),
+                stderr: child.stderr.take(),
+            };
+            if let Outputs::Pipes {
+                stdout: Some(out), ..
+            } = &outputs
+            {
+                // A 1 MiB pipe (the default cap for unprivileged processes) instead of
+                // 64 KiB lets a fast writer run on while we forward: far fewer
+                // wake-ups per byte. Best effort: a smaller pipe still works.
+                let _ = rustix::pipe::fcntl_setpipe_size(out, PIPE_BYTES);
+            }
+            let stdin = child.stdin.take();
+            (child, outputs, stdin, None)
+        }
+    };
     let Some(pid) = child.id() else {
         // Only possible once the child has been waited for, which it has not.
-        return Err(ConnectError::new("internal", "spawned child has no pid"));
+        return Err(error(code::INTERNAL, "spawned child has no pid"));
     };
-
-    crate::log!("pid {pid} started: {}", config.cmd);
-    let serial = table.insert(ProcessInfo {
-        config,
-        pid,
-        tag: request.tag,
-    });
+    crate::log!(
+        "pid {pid} started: {}{}",
+        config.cmd,
+        if master.is_some() { " (pty)" } else { "" }
+    );
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    let listing = Listing {
-        table: Arc::clone(table),
+    let process = table.insert(|serial| Process {
         pid,
         serial,
-    };
-    tokio::spawn(supervise(child, listing, tx));
+        info: ProcessInfo {
+            config,
+            pid,
+            tag: request.tag,
+        },
+        stdin: tokio::sync::Mutex::new(stdin),
+        pty: master,
+        fanout: Mutex::new(Fanout {
+            subscribers: vec![tx],
+            ended: false,
+        }),
+    });
+    tokio::spawn(supervise(
+        child,
+        process,
+        Arc::clone(table),
+        outputs,
+        launch.timeout,
+    ));
     Ok(rx)
+}
+
+/// The process's cwd: the requested one (resolved like every path), else the default
+/// working directory, else the user's home, else `/`.
+fn working_directory(config: &ProcessConfig, launch: &Launch) -> Result<PathBuf, ConnectError> {
+    match config.cwd.as_deref().filter(|cwd| !cwd.is_empty()) {
+        Some(cwd) => {
+            let cwd = users::resolve_path(cwd, &launch.user, None)?;
+            // Checked up front so a bad cwd is not reported as a missing executable:
+            // both come back from spawn as ENOENT.
+            match std::fs::metadata(&cwd) {
+                Ok(meta) if meta.is_dir() => Ok(cwd),
+                Ok(_) => Err(invalid_argument(format!(
+                    "cwd '{}' is not a directory",
+                    cwd.display()
+                ))),
+                Err(e) => Err(invalid_argument(format!(
+                    "cwd '{}' does not exist: {e}",
+                    cwd.display()
+                ))),
+            }
+        }
+        None => Ok([
+            launch.default_workdir.as_deref(),
+            Some(launch.user.home.as_path()),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()),
+    }
 }
 
 fn spawn_error(cmd: &str, error: io::Error) -> ConnectError {
     match error.kind() {
         // The cwd was checked above, so ENOENT is the executable.
         io::ErrorKind::NotFound => ConnectError::new(
-            "not_found",
+            code::NOT_FOUND,
             format!("executable {cmd:?} not found: {error}"),
         ),
-        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => {
-            invalid_argument(format!("cannot execute {cmd:?}: {error}"))
-        }
-        _ => ConnectError::new("internal", format!("starting {cmd:?}: {error}")),
+        io::ErrorKind::PermissionDenied => ConnectError::new(
+            code::PERMISSION_DENIED,
+            format!("cannot execute {cmd:?}: {error}"),
+        ),
+        io::ErrorKind::InvalidInput => invalid_argument(format!("cannot execute {cmd:?}: {error}")),
+        _ => ConnectError::new(code::INTERNAL, format!("starting {cmd:?}: {error}")),
     }
+}
+
+/// `Connect`: a new stream of a running process's events: the start event, then
+/// whatever it outputs from now on, then its end.
+pub fn connect(
+    table: &ProcessTable,
+    selector: Option<&ProcessSelector>,
+) -> Result<Events, ConnectError> {
+    let process = table.get(selector)?;
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let start = Arc::new(ProcessEvent::Start(StartEvent { pid: process.pid }));
+    // A fresh channel has room for its first event.
+    tx.try_send(Ok(start))
+        .map_err(|_| error(code::INTERNAL, "new stream has no room"))?;
+    process.subscribe(tx)?;
+    Ok(rx)
 }
 
 /// Sends a signal to the process group of a listed process.
 pub fn send_signal(
     table: &ProcessTable,
-    selector: &ProcessSelector,
+    selector: Option<&ProcessSelector>,
     signal: Signal,
 ) -> Result<(), ConnectError> {
     let signal_ = match signal {
@@ -207,78 +435,159 @@ pub fn send_signal(
             ));
         }
     };
-    let not_found = || {
-        let which = match selector {
-            ProcessSelector::Pid(pid) => format!("with pid {pid}"),
-            ProcessSelector::Tag(tag) => format!("tagged {tag:?}"),
-        };
-        ConnectError::new("not_found", format!("no running process {which}"))
-    };
-    let pid = table.resolve(selector).ok_or_else(not_found)?;
-    // Children are their own group leaders, so the pgid is the pid.
-    let pgid = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(not_found)?;
-    match rustix::process::kill_process_group(pgid, signal_) {
+    let process = table.get(selector)?;
+    let pid = process.pid;
+    let gone = || error(code::NOT_FOUND, format!("process with pid {pid} not found"));
+    match kill_group(pid, signal_) {
         Ok(()) => {
             crate::log!("pid {pid}: sent {signal:?} to its process group");
             Ok(())
         }
         // Everything in the group already exited; the supervisor is about to drop it.
-        Err(rustix::io::Errno::SRCH) => Err(not_found()),
-        Err(e) => Err(ConnectError::new(
-            "internal",
+        Err(rustix::io::Errno::SRCH) => Err(gone()),
+        Err(e) => Err(error(
+            code::INTERNAL,
             format!("signalling process group {pid}: {e}"),
         )),
     }
 }
 
-/// A process's place in the table.
-struct Listing {
-    table: Arc<ProcessTable>,
-    pid: u32,
-    serial: u64,
+/// Children lead their own process group (or session, with a pty): pgid = pid.
+fn kill_group(pid: u32, signal: rustix::process::Signal) -> Result<(), rustix::io::Errno> {
+    let pgid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(rustix::io::Errno::SRCH)?;
+    rustix::process::kill_process_group(pgid, signal)
 }
 
-impl Listing {
-    fn remove(&self) {
-        self.table.remove(self.pid, self.serial);
+/// `SendInput` and the data of `StreamInput`: bytes to the stdin pipe or the pty.
+/// Waits until the process has taken them (a process that does not read makes this
+/// wait, as a full pipe would).
+pub async fn send_input(
+    table: &ProcessTable,
+    selector: Option<&ProcessSelector>,
+    input: Option<&ProcessInput>,
+) -> Result<(), ConnectError> {
+    let process = table.get(selector)?;
+    write_input(&process, input).await
+}
+
+pub async fn write_input(
+    process: &Process,
+    input: Option<&ProcessInput>,
+) -> Result<(), ConnectError> {
+    let pid = process.pid;
+    match input {
+        None => Err(invalid_argument("input is missing")),
+        Some(ProcessInput::Stdin(Base64Bytes(data))) => {
+            if process.pty.is_some() {
+                return Err(error(
+                    code::FAILED_PRECONDITION,
+                    format!("process {pid} has a pty: send pty input, not stdin"),
+                ));
+            }
+            let mut stdin = process.stdin.lock().await;
+            let Some(pipe) = stdin.as_mut() else {
+                return Err(error(
+                    code::FAILED_PRECONDITION,
+                    format!("stdin of process {pid} is not enabled or closed"),
+                ));
+            };
+            let written = match pipe.write_all(data).await {
+                Ok(()) => pipe.flush().await,
+                Err(e) => Err(e),
+            };
+            written.map_err(|e| {
+                error(
+                    code::INTERNAL,
+                    format!("writing to stdin of process {pid}: {e}"),
+                )
+            })
+        }
+        Some(ProcessInput::Pty(Base64Bytes(data))) => {
+            let Some(master) = &process.pty else {
+                return Err(error(
+                    code::FAILED_PRECONDITION,
+                    format!("process {pid} has no pty: send stdin, not pty input"),
+                ));
+            };
+            master.write_all(data).await.map_err(|e| {
+                error(
+                    code::INTERNAL,
+                    format!("writing to the pty of process {pid}: {e}"),
+                )
+            })
+        }
     }
 }
 
-/// Where a supervisor sends its stream; `None` once the client has gone.
-struct Subscriber {
-    tx: Option<mpsc::Sender<Bytes>>,
-    pid: u32,
+/// `StreamInput`'s start message: the process the stream's input goes to.
+pub fn input_target(
+    table: &ProcessTable,
+    selector: Option<&ProcessSelector>,
+) -> Result<Arc<Process>, ConnectError> {
+    table.get(selector)
 }
 
-impl Subscriber {
-    fn connected(&self) -> bool {
-        self.tx.is_some()
+/// `CloseStdin`: EOF on the process's stdin (pipes only; a pty reads Ctrl-D).
+pub async fn close_stdin(
+    table: &ProcessTable,
+    selector: Option<&ProcessSelector>,
+) -> Result<(), ConnectError> {
+    let process = table.get(selector)?;
+    if process.pty.is_some() {
+        return Err(error(
+            code::FAILED_PRECONDITION,
+            format!(
+                "process {} has a pty: send Ctrl-D (0x04) instead of closing stdin",
+                process.pid
+            ),
+        ));
     }
+    // Dropping the pipe closes it; closing twice is fine, as in envd.
+    drop(process.stdin.lock().await.take());
+    Ok(())
+}
 
-    async fn send(&mut self, message: Bytes) {
-        if let Some(tx) = &self.tx
-            && tx.send(message).await.is_err()
-        {
-            crate::log!("pid {}: client gone, dropping its output", self.pid);
-            self.tx = None;
-        }
-    }
+/// `Update`: resizes the process's pty.
+pub fn update(
+    table: &ProcessTable,
+    selector: Option<&ProcessSelector>,
+    pty: Option<&Pty>,
+) -> Result<(), ConnectError> {
+    let process = table.get(selector)?;
+    let Some(Pty { size }) = pty else {
+        return Ok(());
+    };
+    let Some(master) = &process.pty else {
+        return Err(error(
+            code::FAILED_PRECONDITION,
+            format!("process {} has no pty to resize", process.pid),
+        ));
+    };
+    master.resize(*size).map_err(|e| {
+        error(
+            code::INTERNAL,
+            format!("resizing the pty of process {}: {e}", process.pid),
+        )
+    })
+}
 
-    async fn event(&mut self, event: ProcessEvent) {
-        if self.connected() {
-            self.send(stream_message(&StartResponse { event })).await;
-        }
-    }
+/// Where a child's output comes from.
+enum Outputs {
+    Pipes {
+        stdout: Option<tokio::process::ChildStdout>,
+        stderr: Option<tokio::process::ChildStderr>,
+    },
+    Pty(Option<Arc<pty::Master>>),
+}
 
-    async fn data(&mut self, event: impl FnOnce(Base64Bytes) -> DataEvent, bytes: &[u8]) {
-        if self.connected() {
-            let data = event(Base64Bytes(bytes.to_vec()));
-            self.event(ProcessEvent::Data(data)).await;
-        }
-    }
+#[derive(Clone, Copy)]
+enum Source {
+    Stdout,
+    Stderr,
+    Pty,
 }
 
 /// Reads from a pipe that may already be closed (`None`: never ready).
@@ -292,64 +601,95 @@ async fn read_pipe<R: AsyncRead + Unpin>(
     }
 }
 
-/// Owns a child until it is reaped: streams its output as data events, then the end
-/// event and the end-of-stream envelope.
-async fn supervise(mut child: Child, listing: Listing, tx: mpsc::Sender<Bytes>) {
-    let pid = listing.pid;
-    let mut subscriber = Subscriber { tx: Some(tx), pid };
-    subscriber
-        .event(ProcessEvent::Start(StartEvent { pid }))
+async fn read_pty(master: &Option<Arc<pty::Master>>, buf: &mut [u8]) -> io::Result<usize> {
+    match master {
+        Some(master) => master.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Owns a child until it is reaped: fans its output out as data events, then the end
+/// event.
+async fn supervise(
+    mut child: Child,
+    process: Arc<Process>,
+    table: Arc<ProcessTable>,
+    outputs: Outputs,
+    timeout: Option<Duration>,
+) {
+    let pid = process.pid;
+    process
+        .broadcast(ProcessEvent::Start(StartEvent { pid }))
         .await;
 
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let mut stdout_buf = vec![0u8; CHUNK_BYTES];
-    let mut stderr_buf = vec![0u8; CHUNK_BYTES];
+    let (mut stdout, mut stderr, mut pty) = match outputs {
+        Outputs::Pipes { stdout, stderr } => (stdout, stderr, None),
+        Outputs::Pty(master) => (None, None, master),
+    };
+    let mut out_buf = vec![0u8; if stdout.is_some() { CHUNK_BYTES } else { 0 }];
+    let mut err_buf = vec![0u8; if stderr.is_some() { CHUNK_BYTES } else { 0 }];
+    let mut pty_buf = vec![0u8; if pty.is_some() { PTY_CHUNK_BYTES } else { 0 }];
     let mut status: Option<io::Result<ExitStatus>> = None;
     let mut drained_after_exit = 0usize;
     let drain_timer = tokio::time::sleep(DRAIN_IDLE);
     tokio::pin!(drain_timer);
+    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::ZERO));
+    tokio::pin!(deadline);
+    let mut timed_out = timeout.is_none();
 
     loop {
-        if status.is_some()
-            && ((stdout.is_none() && stderr.is_none()) || drained_after_exit > DRAIN_MAX_BYTES)
-        {
+        let open = stdout.is_some() || stderr.is_some() || pty.is_some();
+        if status.is_some() && (!open || drained_after_exit > DRAIN_MAX_BYTES) {
             break;
         }
-        tokio::select! {
-            read = read_pipe(&mut stdout, &mut stdout_buf) => match read {
-                Ok(n) if n > 0 => {
-                    subscriber.data(DataEvent::Stdout, &stdout_buf[..n]).await;
-                    if status.is_some() {
-                        drained_after_exit += n;
-                    }
-                }
-                _ => stdout = None,
+        let (source, n) = tokio::select! {
+            read = read_pipe(&mut stdout, &mut out_buf) => match read {
+                Ok(n) if n > 0 => (Source::Stdout, n),
+                _ => { stdout = None; continue; }
             },
-            read = read_pipe(&mut stderr, &mut stderr_buf) => match read {
-                Ok(n) if n > 0 => {
-                    subscriber.data(DataEvent::Stderr, &stderr_buf[..n]).await;
-                    if status.is_some() {
-                        drained_after_exit += n;
-                    }
-                }
-                _ => stderr = None,
+            read = read_pipe(&mut stderr, &mut err_buf) => match read {
+                Ok(n) if n > 0 => (Source::Stderr, n),
+                _ => { stderr = None; continue; }
+            },
+            read = read_pty(&pty, &mut pty_buf) => match read {
+                Ok(n) if n > 0 => (Source::Pty, n),
+                _ => { pty = None; continue; }
             },
             exit = child.wait(), if status.is_none() => {
                 // Reaped: the pid is free for reuse, so it must leave the table now.
-                listing.remove();
+                table.remove(pid, process.serial);
                 status = Some(exit);
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + DRAIN_IDLE);
+                continue;
+            }
+            () = &mut deadline, if !timed_out => {
+                timed_out = true;
+                crate::log!("pid {pid}: timed out, killing its process group");
+                let _ = kill_group(pid, rustix::process::Signal::KILL);
+                continue;
             }
             () = &mut drain_timer, if status.is_some() => break,
+        };
+        if status.is_some() {
+            drained_after_exit += n;
         }
-        // Restarted after every event (and after any wait for a slow client), so it
-        // only fires when the pipes were idle for the whole period.
+        if process.has_subscribers() {
+            let data = match source {
+                Source::Stdout => DataEvent::Stdout(Base64Bytes(out_buf[..n].to_vec())),
+                Source::Stderr => DataEvent::Stderr(Base64Bytes(err_buf[..n].to_vec())),
+                Source::Pty => DataEvent::Pty(Base64Bytes(pty_buf[..n].to_vec())),
+            };
+            process.broadcast(ProcessEvent::Data(data)).await;
+        }
+        // Restarted after every chunk (and after any wait for a slow client), so it
+        // only fires when the output was idle for the whole period.
         drain_timer
             .as_mut()
             .reset(tokio::time::Instant::now() + DRAIN_IDLE);
     }
     // Closing our ends makes a grandchild still writing to them get SIGPIPE/EPIPE.
-    drop((stdout, stderr));
+    drop((stdout, stderr, pty));
+    drop(process.stdin.lock().await.take());
 
     let end = match status {
         Some(Ok(status)) => end_event(status),
@@ -371,8 +711,7 @@ async fn supervise(mut child: Child, listing: Listing, tx: mpsc::Sender<Bytes>) 
         _ => &end.status,
     };
     crate::log!("pid {pid} ended: {summary}");
-    subscriber.event(ProcessEvent::End(end)).await;
-    subscriber.send(end_of_stream(None)).await;
+    process.finish(end).await;
 }
 
 /// The end event for an exit status, worded like envd (Go's `ProcessState`):
@@ -448,7 +787,6 @@ fn signal_description(signal: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aetherium_types::agent::ProcessConfig;
 
     #[test]
     fn end_events_read_like_envd() {
@@ -476,61 +814,86 @@ mod tests {
         assert_eq!(signal_description(15), "terminated");
     }
 
-    fn info(pid: u32, tag: Option<&str>) -> ProcessInfo {
-        ProcessInfo {
-            config: ProcessConfig::default(),
-            pid,
-            tag: tag.map(str::to_string),
-        }
+    fn insert(table: &ProcessTable, pid: u32, tag: Option<&str>) -> u64 {
+        table
+            .insert(|serial| Process {
+                pid,
+                serial,
+                info: ProcessInfo {
+                    config: ProcessConfig::default(),
+                    pid,
+                    tag: tag.map(str::to_string),
+                },
+                stdin: tokio::sync::Mutex::new(None),
+                pty: None,
+                fanout: Mutex::default(),
+            })
+            .serial
     }
 
     #[test]
     fn table_resolves_pids_and_tags() {
         let table = ProcessTable::default();
-        table.insert(info(20, Some("web")));
-        let ten = table.insert(info(10, Some("web")));
-        let thirty = table.insert(info(30, None));
-        assert_eq!(table.resolve(&ProcessSelector::Pid(30)), Some(30));
-        assert_eq!(table.resolve(&ProcessSelector::Pid(31)), None);
-        assert_eq!(table.resolve(&ProcessSelector::Tag("web".into())), Some(10));
-        assert_eq!(table.resolve(&ProcessSelector::Tag("db".into())), None);
+        insert(&table, 20, Some("web"));
+        let ten = insert(&table, 10, Some("web"));
+        let thirty = insert(&table, 30, None);
+        let pid = |s: ProcessSelector| table.resolve(&s).map(|p| p.pid);
+        assert_eq!(pid(ProcessSelector::Pid(30)), Some(30));
+        assert_eq!(pid(ProcessSelector::Pid(31)), None);
+        assert_eq!(pid(ProcessSelector::Tag("web".into())), Some(10));
+        assert_eq!(pid(ProcessSelector::Tag("db".into())), None);
         table.remove(10, ten);
         // pid 30 reused: the old supervisor's removal must not unlist the new one.
-        table.insert(info(30, Some("new")));
+        insert(&table, 30, Some("new"));
         table.remove(30, thirty);
         assert_eq!(
             table.list().iter().map(|p| p.pid).collect::<Vec<_>>(),
             vec![20, 30]
         );
+        assert_eq!(table.len(), 2);
     }
 
-    #[test]
-    fn start_validates_before_spawning() {
+    fn launch() -> Launch {
+        Launch {
+            user: users::current(),
+            default_workdir: None,
+            env: Vec::new(),
+            timeout: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn start_validates_before_spawning() {
         let table = Arc::new(ProcessTable::default());
-        let code = |request: StartRequest| start(&table, request).map(|_| ()).map_err(|e| e.code);
+        let code = |request: StartRequest| {
+            start(&table, request, launch())
+                .map(|_| ())
+                .map_err(|e| e.code)
+        };
         assert_eq!(
             code(StartRequest::default()),
-            Err("invalid_argument".into())
+            Err(code::INVALID_ARGUMENT.into())
         );
         let mut bad_cwd = StartRequest::default();
         bad_cwd.process.cmd = "true".into();
         bad_cwd.process.cwd = Some("/definitely/not/here".into());
-        assert_eq!(code(bad_cwd), Err("invalid_argument".into()));
-        let mut pty = StartRequest::default();
-        pty.process.cmd = "true".into();
-        pty.pty = Some(Default::default());
-        assert_eq!(code(pty), Err("unimplemented".into()));
+        assert_eq!(code(bad_cwd), Err(code::INVALID_ARGUMENT.into()));
+        let mut missing = StartRequest::default();
+        missing.process.cmd = "no-such-command-aetherium".into();
+        assert_eq!(code(missing), Err(code::NOT_FOUND.into()));
         assert!(table.list().is_empty());
     }
 
     #[test]
-    fn unspecified_signal_is_refused() {
+    fn selectors_and_signals_are_checked() {
         let table = ProcessTable::default();
-        let err = send_signal(&table, &ProcessSelector::Pid(1), Signal::Unspecified)
+        let err = send_signal(&table, Some(&ProcessSelector::Pid(1)), Signal::Unspecified)
             .expect_err("unspecified");
-        assert_eq!(err.code, "invalid_argument");
-        let err =
-            send_signal(&table, &ProcessSelector::Pid(1), Signal::Sigterm).expect_err("not ours");
-        assert_eq!(err.code, "not_found");
+        assert_eq!(err.code, code::INVALID_ARGUMENT);
+        let err = send_signal(&table, Some(&ProcessSelector::Pid(1)), Signal::Sigterm)
+            .expect_err("not ours");
+        assert_eq!(err.code, code::NOT_FOUND);
+        let err = send_signal(&table, None, Signal::Sigterm).expect_err("no selector");
+        assert_eq!(err.code, code::INVALID_ARGUMENT);
     }
 }

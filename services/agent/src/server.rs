@@ -1,43 +1,24 @@
-//! The listener, the accept loop and the HTTP routes.
+//! The listener, the accept loop (HTTP/1.1 and h2c on every connection), shutdown on
+//! SIGTERM/SIGINT, and the idle shutdown.
 
 use std::convert::Infallible;
 use std::io;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use aetherium_types::agent::{
-    CONNECT_STREAM_JSON, KeepAlive, ListResponse, PROCESS_LIST_PATH, PROCESS_SEND_SIGNAL_PATH,
-    PROCESS_START_PATH, PROTOCOL_VERSION, ProcessEvent, SendSignalRequest, StartResponse,
-};
-use bytes::Bytes;
-use http::header::{ALLOW, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use aetherium_types::agent::PROTOCOL_VERSION;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body, Frame, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::de::DeserializeOwned;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
 
+use crate::api::{self, State};
 use crate::cli::{Config, Listen};
-use crate::connect::{
-    self, CONNECT_UNARY_JSON, MAX_START_BODY_BYTES, MAX_UNARY_BYTES, ResponseBody,
-};
-use crate::process::{self, ProcessTable};
-
-struct State {
-    processes: Arc<ProcessTable>,
-    keepalive: Duration,
-}
 
 enum Listener {
     Unix(UnixListener, PathBuf),
@@ -83,27 +64,31 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves until SIGTERM or SIGINT. Processes already started keep running.
+/// Serves until SIGTERM, SIGINT or the idle timeout. Processes already started keep
+/// running.
 pub async fn run(config: Config) -> io::Result<()> {
+    let state = Arc::new(State::new(&config).map_err(io::Error::other)?);
     let listener = Listener::bind(&config.listen).await?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let state = Arc::new(State {
-        processes: Arc::default(),
-        keepalive: config.keepalive,
-    });
     // The bound address, which differs from the requested one for port 0.
     let bound = match &listener {
         Listener::Tcp(tcp) => tcp.local_addr().map_or(config.listen.clone(), Listen::Tcp),
         Listener::Unix(..) => config.listen.clone(),
     };
     crate::log!("listening on {bound} (protocol {PROTOCOL_VERSION})");
+    let idle = idle_watch(Arc::clone(&state));
+    tokio::pin!(idle);
 
     loop {
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            () = &mut idle => {
+                crate::log!("idle for {:?}: exiting", state.idle_timeout.unwrap_or_default());
+                break;
+            }
         };
         match accepted {
             Ok(Connection::Unix(stream)) => {
@@ -124,6 +109,23 @@ pub async fn run(config: Config) -> io::Result<()> {
     Ok(())
 }
 
+/// Resolves once the agent has been idle for the idle timeout: no process running
+/// and no request in flight or arriving. Never, without a timeout.
+async fn idle_watch(state: Arc<State>) {
+    let Some(timeout) = state.idle_timeout else {
+        return std::future::pending().await;
+    };
+    let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        if state.processes.len() > 0 {
+            state.activity.touch();
+        } else if state.activity.idle_for() >= timeout {
+            return;
+        }
+    }
+}
+
 enum Connection {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
@@ -141,150 +143,34 @@ async fn accept(listener: &Listener) -> io::Result<Connection> {
     }
 }
 
+/// Serves one connection: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart
+/// by the connection preface.
 async fn serve_connection<S>(stream: S, state: Arc<State>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(route(&state, request).await) }
+        async move {
+            let guard = state.activity.begin();
+            let response = api::route(state, request).await;
+            // The request counts as in flight until its body has been sent.
+            Ok::<_, Infallible>(response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _ = &guard;
+                    frame
+                })
+                .boxed_unsync()
+            }))
+        }
     });
-    let served = http1::Builder::new()
-        .timer(TokioTimer::new())
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(e) = served {
-        crate::log!("connection closed: {e}");
-    }
-}
-
-async fn route(state: &State, request: Request<Incoming>) -> Response<ResponseBody> {
-    let path = request.uri().path();
-    let (allowed, allow) = if path == "/health" {
-        (Method::GET, "GET")
-    } else if [
-        PROCESS_START_PATH,
-        PROCESS_SEND_SIGNAL_PATH,
-        PROCESS_LIST_PATH,
-    ]
-    .contains(&path)
-    {
-        (Method::POST, "POST")
-    } else {
-        return connect::status_only(StatusCode::NOT_FOUND);
-    };
-    if request.method() != allowed {
-        let mut response = connect::status_only(StatusCode::METHOD_NOT_ALLOWED);
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
-        return response;
-    }
-    match path {
-        PROCESS_START_PATH => start(state, request).await,
-        PROCESS_SEND_SIGNAL_PATH => match unary::<SendSignalRequest>(request).await {
-            Ok(call) => match process::send_signal(&state.processes, &call.process, call.signal) {
-                Ok(()) => connect::unary_ok(&aetherium_types::agent::Empty {}),
-                Err(e) => connect::unary_error(&e),
-            },
-            Err(response) => response,
-        },
-        PROCESS_LIST_PATH => match unary::<aetherium_types::agent::Empty>(request).await {
-            Ok(_) => connect::unary_ok(&ListResponse {
-                processes: state.processes.list(),
-            }),
-            Err(response) => response,
-        },
-        // envd answers 204 to its liveness probe.
-        _ => connect::status_only(StatusCode::NO_CONTENT),
-    }
-}
-
-/// Decodes a Connect unary JSON request, or returns the error response to send.
-async fn unary<T: DeserializeOwned>(
-    request: Request<Incoming>,
-) -> Result<T, Response<ResponseBody>> {
-    if connect::media_type(request.headers()).as_deref() != Some(CONNECT_UNARY_JSON) {
-        return Err(connect::status_only(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-    }
-    let body = connect::read_bounded(request.into_body(), MAX_UNARY_BYTES)
         .await
-        .map_err(|e| connect::unary_error(&e))?;
-    // Be lenient with an empty body: it can only mean the empty message.
-    let json: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    serde_json::from_slice(json).map_err(|e| {
-        connect::unary_error(&connect::invalid_argument(format!(
-            "malformed request JSON: {e}"
-        )))
-    })
-}
-
-async fn start(state: &State, request: Request<Incoming>) -> Response<ResponseBody> {
-    if connect::media_type(request.headers()).as_deref() != Some(CONNECT_STREAM_JSON) {
-        return connect::status_only(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    }
-    let started = match connect::read_bounded(request.into_body(), MAX_START_BODY_BYTES).await {
-        Ok(body) => connect::decode_start_request(body)
-            .and_then(|call| process::start(&state.processes, call)),
-        Err(e) => Err(e),
-    };
-    match started {
-        Ok(events) => connect::response(
-            StatusCode::OK,
-            Some(CONNECT_STREAM_JSON),
-            StartBody::new(events, state.keepalive).boxed_unsync(),
-        ),
-        Err(e) => {
-            crate::log!("start refused: {e}");
-            connect::stream_error(e)
-        }
-    }
-}
-
-/// The streamed body of a Start response: the supervisor's envelopes as they come,
-/// with a keepalive event whenever the stream has been silent for `interval`. When
-/// the client disconnects hyper drops this body, which the supervisor notices on its
-/// next send.
-struct StartBody {
-    events: mpsc::Receiver<Bytes>,
-    keepalive: Pin<Box<Sleep>>,
-    interval: Duration,
-}
-
-impl StartBody {
-    fn new(events: mpsc::Receiver<Bytes>, interval: Duration) -> Self {
-        StartBody {
-            events,
-            keepalive: Box::pin(tokio::time::sleep(interval)),
-            interval,
-        }
-    }
-}
-
-impl Body for StartBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        let message = match this.events.poll_recv(cx) {
-            // The supervisor dropped its sender after the end-of-stream envelope.
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(message)) => message,
-            Poll::Pending => match this.keepalive.as_mut().poll(cx) {
-                Poll::Ready(()) => connect::stream_message(&StartResponse {
-                    event: ProcessEvent::Keepalive(KeepAlive {}),
-                }),
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        // Rearmed on every message: keepalives fill silences only. hyper polls again
-        // after writing this frame, which registers the new deadline.
-        let deadline = Instant::now() + this.interval;
-        this.keepalive.as_mut().reset(deadline);
-        Poll::Ready(Some(Ok(Frame::data(message))))
+    {
+        crate::log!("connection closed: {e}");
     }
 }

@@ -1,264 +1,53 @@
-//! Drives the real agent binary over a unix socket with raw HTTP/1.1 (a bare hyper
-//! client; no Aetherium client code), the way a host or an E2B SDK would.
+//! The process service and the HTTP basics of the real agent binary, over a unix
+//! socket, with a bare hyper client in both Connect codecs.
+
+mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aetherium_types::agent::{
-    CONNECT_END_STREAM_FLAG, CONNECT_STREAM_JSON, ConnectError, DataEvent, EndEvent,
-    EndStreamMessage, ListResponse, PROCESS_LIST_PATH, PROCESS_SEND_SIGNAL_PATH,
-    PROCESS_START_PATH, ProcessConfig, ProcessEvent, StartRequest, StartResponse, envelope,
-    take_envelope,
+    Base64Bytes, CONNECT_STREAM_JSON, CONNECT_STREAM_PROTO, Codec, ConnectRequest, DataEvent,
+    Empty, KeepAlive, ListResponse, PROCESS_CLOSE_STDIN_PATH, PROCESS_CONNECT_PATH,
+    PROCESS_LIST_PATH, PROCESS_SEND_INPUT_PATH, PROCESS_SEND_SIGNAL_PATH, PROCESS_START_PATH,
+    PROCESS_STREAM_INPUT_PATH, PROCESS_UPDATE_PATH, ProcessEvent, ProcessInput, ProcessSelector,
+    Pty, PtySize, SendInputRequest, SendSignalRequest, Signal, StreamInputData, StreamInputRequest,
+    StreamInputStart, UpdateRequest, code, envelope,
 };
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use tokio::net::UnixStream;
+use common::{Agent, Message, Stream, collect, command, sh};
+use http::{Method, StatusCode};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-/// An agent on its own socket in its own temp dir; killed through its own handle
-/// when dropped.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
+async fn list(agent: &Agent) -> Vec<u32> {
+    let list: ListResponse = agent
+        .unary(Codec::Proto, PROCESS_LIST_PATH, &Empty {})
+        .await
+        .expect("list");
+    list.processes.iter().map(|p| p.pid).collect()
 }
 
-impl Agent {
-    async fn spawn() -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // A parent directory that does not exist yet: the agent creates it.
-        let socket = dir.path().join("run/agent.sock");
-        Agent::spawn_at(dir, socket).await
-    }
-
-    async fn spawn_at(dir: tempfile::TempDir, socket: PathBuf) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_aetherium-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .args(["--keepalive-interval-ms", "200"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn agent");
-        let agent = Agent { child, socket, dir };
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(&agent.socket).await.is_err() {
-            assert!(Instant::now() < deadline, "agent did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        agent
-    }
-
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> http::Response<Incoming> {
-        let stream = UnixStream::connect(&self.socket).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let request = request.body(Full::new(Bytes::from(body))).expect("request");
-        sender.send_request(request).await.expect("response")
-    }
-
-    /// A unary Connect call: status and JSON body.
-    async fn unary(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .request(
-                Method::POST,
-                path,
-                Some("application/json"),
-                body.to_string().into_bytes(),
-            )
-            .await;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, serde_json::from_slice(&body).expect("JSON body"))
-    }
-
-    async fn start_raw(&self, body: Vec<u8>) -> EventStream {
-        let response = self
-            .request(
-                Method::POST,
-                PROCESS_START_PATH,
-                Some(CONNECT_STREAM_JSON),
-                body,
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()["content-type"], CONNECT_STREAM_JSON);
-        EventStream {
-            body: response.into_body(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn start(&self, request: &StartRequest) -> EventStream {
-        let json = serde_json::to_vec(request).expect("serialize");
-        self.start_raw(envelope(0, &json)).await
-    }
-
-    async fn list(&self) -> Vec<u32> {
-        let (status, body) = self.unary(PROCESS_LIST_PATH, json!({})).await;
-        assert_eq!(status, StatusCode::OK);
-        let list: ListResponse = serde_json::from_value(body).expect("ListResponse");
-        list.processes.iter().map(|p| p.pid).collect()
-    }
-
-    async fn wait_until_gone(&self, pid: u32) {
-        let deadline = Instant::now() + WAIT;
-        while self.list().await.contains(&pid) {
-            assert!(Instant::now() < deadline, "pid {pid} still listed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+async fn wait_until_gone(agent: &Agent, pid: u32) {
+    let deadline = Instant::now() + common::WAIT;
+    while list(agent).await.contains(&pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-enum Message {
-    Event(ProcessEvent),
-    EndOfStream(EndStreamMessage),
-}
-
-/// A Start response body, split into envelopes as they arrive.
-struct EventStream {
-    body: Incoming,
-    buf: Vec<u8>,
-}
-
-impl EventStream {
-    /// The next message; `None` at the end of the body.
-    async fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Some((flags, message)) = take_envelope(&mut self.buf).expect("bounded") {
-                return Some(if flags & CONNECT_END_STREAM_FLAG != 0 {
-                    Message::EndOfStream(serde_json::from_slice(&message).expect("end JSON"))
-                } else {
-                    let response: StartResponse =
-                        serde_json::from_slice(&message).expect("event JSON");
-                    Message::Event(response.event)
-                });
-            }
-            let frame = tokio::time::timeout(WAIT, self.body.frame())
-                .await
-                .expect("stream stalled");
-            match frame {
-                Some(frame) => {
-                    if let Ok(data) = frame.expect("body frame").into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                None => {
-                    assert!(self.buf.is_empty(), "body ended inside an envelope");
-                    return None;
-                }
-            }
-        }
-    }
-
-    async fn next_event(&mut self) -> ProcessEvent {
-        match self.next().await {
-            Some(Message::Event(event)) => event,
-            other => panic!("expected an event, got {other:?}"),
-        }
-    }
-
-    async fn pid(&mut self) -> u32 {
-        match self.next_event().await {
-            ProcessEvent::Start(start) => start.pid,
-            other => panic!("expected the start event, got {other:?}"),
-        }
-    }
-
-    /// Everything up to the end of the stream.
-    async fn finish(mut self) -> Finished {
-        let mut finished = Finished::default();
-        while let Some(message) = self.next().await {
-            match message {
-                Message::Event(ProcessEvent::Start(start)) => finished.pid = Some(start.pid),
-                Message::Event(ProcessEvent::Data(DataEvent::Stdout(bytes))) => {
-                    finished.stdout.extend(bytes.0)
-                }
-                Message::Event(ProcessEvent::Data(DataEvent::Stderr(bytes))) => {
-                    finished.stderr.extend(bytes.0)
-                }
-                Message::Event(ProcessEvent::Data(DataEvent::Pty(_))) => panic!("pty data"),
-                Message::Event(ProcessEvent::Keepalive(_)) => finished.keepalives += 1,
-                Message::Event(ProcessEvent::End(end)) => {
-                    assert!(finished.end.is_none(), "two end events");
-                    finished.end = Some(end);
-                }
-                Message::EndOfStream(end) => {
-                    assert!(
-                        finished.end_of_stream.is_none(),
-                        "two end-of-stream messages"
-                    );
-                    finished.end_of_stream = Some(end);
-                }
-            }
-        }
-        finished
-    }
-}
-
-#[derive(Debug, Default)]
-struct Finished {
-    pid: Option<u32>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    keepalives: usize,
-    end: Option<EndEvent>,
-    end_of_stream: Option<EndStreamMessage>,
-}
-
-impl Finished {
-    fn error(&self) -> Option<&ConnectError> {
-        self.end_of_stream.as_ref().and_then(|e| e.error.as_ref())
-    }
-}
-
-fn command(cmd: &str, args: &[&str]) -> StartRequest {
-    StartRequest {
-        process: ProcessConfig {
-            cmd: cmd.into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            ..ProcessConfig::default()
-        },
-        ..StartRequest::default()
-    }
-}
-
-fn sh(script: &str) -> StartRequest {
-    command("sh", &["-c", script])
+async fn signal(
+    agent: &Agent,
+    selector: ProcessSelector,
+    signal: Signal,
+) -> Result<Empty, (StatusCode, aetherium_types::agent::ConnectError)> {
+    agent
+        .unary(
+            Codec::Json,
+            PROCESS_SEND_SIGNAL_PATH,
+            &SendSignalRequest {
+                process: Some(selector),
+                signal: signal as i32,
+            },
+        )
+        .await
 }
 
 #[tokio::test]
@@ -270,18 +59,16 @@ async fn health_routes_and_socket_setup() {
         .mode();
     assert_eq!(mode & 0o777, 0o666, "socket connectable by any user");
 
-    let health = agent
-        .request(Method::GET, "/health", None, Vec::new())
-        .await;
+    let health = agent.request(Method::GET, "/health", &[], Vec::new()).await;
     assert_eq!(health.status(), StatusCode::NO_CONTENT);
-    let unknown = agent.request(Method::GET, "/nope", None, Vec::new()).await;
+    let unknown = agent.request(Method::GET, "/nope", &[], Vec::new()).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let wrong_method = agent
-        .request(Method::GET, PROCESS_LIST_PATH, None, Vec::new())
+        .request(Method::GET, PROCESS_LIST_PATH, &[], Vec::new())
         .await;
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     let wrong_method = agent
-        .request(Method::POST, "/health", None, Vec::new())
+        .request(Method::POST, "/health", &[], Vec::new())
         .await;
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
@@ -292,15 +79,13 @@ async fn replaces_a_stale_socket_and_exits_cleanly_on_sigterm() {
     let socket = dir.path().join("agent.sock");
     // A socket file nobody listens on, as a crashed agent leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
-    let mut agent = Agent::spawn_at(dir, socket.clone()).await;
-    let health = agent
-        .request(Method::GET, "/health", None, Vec::new())
-        .await;
+    let mut agent = Agent::spawn_at(dir, socket.clone(), &[]).await;
+    let health = agent.request(Method::GET, "/health", &[], Vec::new()).await;
     assert_eq!(health.status(), StatusCode::NO_CONTENT);
 
     let pid = rustix::process::Pid::from_child(&agent.child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + common::WAIT;
     let status = loop {
         if let Some(status) = agent.child.try_wait().expect("try_wait") {
             break status;
@@ -313,23 +98,35 @@ async fn replaces_a_stale_socket_and_exits_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
-async fn start_streams_output_and_exit_code() {
+async fn start_streams_output_and_exit_code_in_both_codecs() {
     let agent = Agent::spawn().await;
-    let finished = agent
-        .start(&sh("echo out; echo err >&2; exit 3"))
-        .await
-        .finish()
-        .await;
-    assert!(finished.pid.is_some_and(|pid| pid > 0));
-    assert_eq!(finished.stdout, b"out\n");
-    assert_eq!(finished.stderr, b"err\n");
-    let end = finished.end.as_ref().expect("end event");
-    assert_eq!(
-        (end.exit_code, end.exited, end.status.as_str()),
-        (3, true, "exit status 3")
-    );
-    assert_eq!(finished.error(), None);
-    assert!(finished.end_of_stream.is_some());
+    for codec in [Codec::Json, Codec::Proto] {
+        let stream = agent
+            .stream(
+                codec,
+                PROCESS_START_PATH,
+                &sh("echo out; echo err >&2; exit 3"),
+            )
+            .await;
+        assert_eq!(stream.status, StatusCode::OK);
+        assert_eq!(
+            stream.content_type,
+            match codec {
+                Codec::Json => CONNECT_STREAM_JSON,
+                Codec::Proto => CONNECT_STREAM_PROTO,
+            }
+        );
+        let finished = stream.finish().await;
+        assert!(finished.pid.is_some_and(|pid| pid > 0));
+        assert_eq!(finished.stdout, b"out\n");
+        assert_eq!(finished.stderr, b"err\n");
+        let end = finished.end.as_ref().expect("end event");
+        assert_eq!(
+            (end.exit_code, end.exited, end.status.as_str()),
+            (3, true, "exit status 3")
+        );
+        assert!(finished.ended && finished.error.is_none());
+    }
 
     // Many chunks, each stream in order.
     let finished = agent
@@ -351,20 +148,14 @@ async fn start_streams_output_and_exit_code() {
 }
 
 #[tokio::test]
-async fn output_streams_before_exit() {
+async fn output_streams_before_exit_with_keepalives() {
     let agent = Agent::spawn().await;
     let started = Instant::now();
     let mut stream = agent.start(&sh("echo first; sleep 3; echo second")).await;
     stream.pid().await;
-    loop {
-        match stream.next_event().await {
-            ProcessEvent::Keepalive(_) => continue,
-            ProcessEvent::Data(DataEvent::Stdout(bytes)) => {
-                assert_eq!(bytes.0, b"first\n");
-                break;
-            }
-            other => panic!("expected stdout, got {other:?}"),
-        }
+    match stream.next_real().await {
+        ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"first\n"),
+        other => panic!("expected stdout, got {other:?}"),
     }
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -374,10 +165,22 @@ async fn output_streams_before_exit() {
     assert_eq!(rest.stdout, b"second\n");
     // The agent was started with a 200 ms keepalive interval.
     assert!(rest.keepalives >= 3, "{} keepalives", rest.keepalives);
+
+    // envd's Keepalive-Ping-Interval header (seconds) overrides it per stream.
+    let stream = agent
+        .stream_with(
+            Codec::Json,
+            PROCESS_START_PATH,
+            &sh("sleep 1.5"),
+            &[("keepalive-ping-interval", "1")],
+        )
+        .await;
+    let finished = stream.finish().await;
+    assert_eq!(finished.keepalives, 1, "one keepalive in 1.5 s at 1 s");
 }
 
 #[tokio::test]
-async fn envs_and_cwd_apply() {
+async fn envs_cwd_and_defaults() {
     let agent = Agent::spawn().await;
     let cwd = agent.dir.path().canonicalize().expect("canonical dir");
     let mut request = sh("echo \"$GREETING\"; pwd");
@@ -392,9 +195,319 @@ async fn envs_and_cwd_apply() {
         format!("hello there\n{}\n", cwd.display())
     );
 
-    // Without a cwd, processes start in /. Stdin is /dev/null: `cat` sees EOF at once.
-    let finished = agent.start(&sh("pwd; cat")).await.finish().await;
-    assert_eq!(finished.stdout, b"/\n");
+    // Without a cwd, processes start in the user's home (as envd); HOME, USER and
+    // LOGNAME are the user's.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+    let mut request = sh("pwd; echo $HOME; test -n \"$USER\" && echo user-set");
+    request.stdin = Some(false);
+    let finished = agent.start(&request).await.finish().await;
+    let out = String::from_utf8_lossy(&finished.stdout).into_owned();
+    let mut lines = out.lines();
+    let pwd = lines.next().expect("pwd");
+    assert!(pwd == home || pwd == "/", "{out}");
+    assert_eq!(lines.next(), Some(home.as_str()));
+    assert_eq!(lines.next(), Some("user-set"));
+}
+
+#[tokio::test]
+async fn stdin_is_a_pipe_by_default_and_null_when_disabled() {
+    let agent = Agent::spawn().await;
+    // stdin: false → /dev/null: `cat` sees EOF at once.
+    let mut request = sh("cat; echo done");
+    request.stdin = Some(false);
+    let finished = agent.start(&request).await.finish().await;
+    assert_eq!(finished.stdout, b"done\n");
+
+    // Absent → a pipe (envd's default): input reaches the process, CloseStdin ends it.
+    let mut stream = agent.start(&command("cat", &[])).await;
+    let pid = stream.pid().await;
+    for codec in [Codec::Json, Codec::Proto] {
+        let sent: Result<Empty, _> = agent
+            .unary(
+                codec,
+                PROCESS_SEND_INPUT_PATH,
+                &SendInputRequest {
+                    process: Some(ProcessSelector::Pid(pid)),
+                    input: Some(ProcessInput::Stdin(Base64Bytes(b"ping\n".to_vec()))),
+                },
+            )
+            .await;
+        sent.expect("send input");
+        match stream.next_real().await {
+            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"ping\n"),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    // pty input to a pipe process is refused.
+    let wrong: Result<Empty, _> = agent
+        .unary(
+            Codec::Json,
+            PROCESS_SEND_INPUT_PATH,
+            &SendInputRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+                input: Some(ProcessInput::Pty(Base64Bytes(b"x".to_vec()))),
+            },
+        )
+        .await;
+    assert_eq!(
+        wrong.map_err(|e| e.1.code).err().as_deref(),
+        Some(code::FAILED_PRECONDITION)
+    );
+    let closed: Empty = agent
+        .unary(
+            Codec::Proto,
+            PROCESS_CLOSE_STDIN_PATH,
+            &ConnectRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+            },
+        )
+        .await
+        .expect("close stdin");
+    assert_eq!(closed, Empty {});
+    let finished = stream.finish().await;
+    assert_eq!(finished.end.map(|e| e.exit_code), Some(0), "cat saw EOF");
+}
+
+#[tokio::test]
+async fn stream_input_is_a_client_stream() {
+    let agent = Agent::spawn().await;
+    let mut request = command("cat", &[]);
+    request.tag = Some("catter".into());
+    let mut stream = agent.start(&request).await;
+    stream.pid().await;
+    for codec in [Codec::Proto, Codec::Json] {
+        let mut body = Vec::new();
+        let messages = [
+            StreamInputRequest::Start(StreamInputStart {
+                process: Some(ProcessSelector::Tag("catter".into())),
+            }),
+            StreamInputRequest::Keepalive(KeepAlive {}),
+            StreamInputRequest::Data(StreamInputData {
+                input: Some(ProcessInput::Stdin(Base64Bytes(b"one ".to_vec()))),
+            }),
+            StreamInputRequest::Data(StreamInputData {
+                input: Some(ProcessInput::Stdin(Base64Bytes(b"two\n".to_vec()))),
+            }),
+        ];
+        for message in &messages {
+            body.extend(envelope(0, &codec.encode(message)));
+        }
+        let response = agent
+            .request(
+                Method::POST,
+                PROCESS_STREAM_INPUT_PATH,
+                &[("content-type", codec.stream_content_type())],
+                body,
+            )
+            .await;
+        let mut response = Stream::new(response, codec);
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.next_message::<Empty>().await, Ok(Empty {}));
+        assert!(
+            matches!(response.next().await, Some(Message::EndOfStream(end)) if end.error.is_none())
+        );
+        let mut got = Vec::new();
+        while got != b"one two\n" {
+            match stream.next_real().await {
+                ProcessEvent::Data(DataEvent::Stdout(bytes)) => got.extend(bytes.0),
+                other => panic!("expected output, got {other:?}"),
+            }
+        }
+    }
+    // Data before the start message is refused in the end-of-stream message.
+    let body = envelope(
+        0,
+        &Codec::Json.encode(&StreamInputRequest::Data(StreamInputData::default())),
+    );
+    let response = agent
+        .request(
+            Method::POST,
+            PROCESS_STREAM_INPUT_PATH,
+            &[("content-type", CONNECT_STREAM_JSON)],
+            body,
+        )
+        .await;
+    let mut response = Stream::new(response, Codec::Json);
+    assert_eq!(
+        response
+            .next_message::<Empty>()
+            .await
+            .map_err(|e| e.map(|e| e.code)),
+        Err(Some(code::FAILED_PRECONDITION.into()))
+    );
+    signal(
+        &agent,
+        ProcessSelector::Tag("catter".into()),
+        Signal::Sigkill,
+    )
+    .await
+    .expect("kill");
+    stream.finish().await;
+}
+
+#[tokio::test]
+async fn connect_reattaches_by_pid_and_tag() {
+    let agent = Agent::spawn().await;
+    let mut request = sh("read line; echo got $line; read line; echo again $line");
+    request.tag = Some("reader".into());
+    let mut first = agent.start(&request).await;
+    let pid = first.pid().await;
+    // The first client goes away; the process stays.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(list(&agent).await.contains(&pid));
+
+    let mut by_pid = agent
+        .stream(
+            Codec::Proto,
+            PROCESS_CONNECT_PATH,
+            &ConnectRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+            },
+        )
+        .await;
+    assert_eq!(
+        by_pid.pid().await,
+        pid,
+        "Connect starts with the start event"
+    );
+    let mut by_tag = agent
+        .stream(
+            Codec::Json,
+            PROCESS_CONNECT_PATH,
+            &ConnectRequest {
+                process: Some(ProcessSelector::Tag("reader".into())),
+            },
+        )
+        .await;
+    assert_eq!(by_tag.pid().await, pid);
+    let input = |text: &str| SendInputRequest {
+        process: Some(ProcessSelector::Pid(pid)),
+        input: Some(ProcessInput::Stdin(Base64Bytes(text.as_bytes().to_vec()))),
+    };
+    let _: Empty = agent
+        .unary(Codec::Json, PROCESS_SEND_INPUT_PATH, &input("a\n"))
+        .await
+        .expect("input");
+    for stream in [&mut by_pid, &mut by_tag] {
+        match stream.next_real().await {
+            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"got a\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(by_tag);
+    let _: Empty = agent
+        .unary(Codec::Json, PROCESS_SEND_INPUT_PATH, &input("b\n"))
+        .await
+        .expect("input");
+    let rest = by_pid.finish().await;
+    assert_eq!(rest.stdout, b"again b\n");
+    assert_eq!(rest.end.map(|e| e.exit_code), Some(0));
+
+    // Unknown pid or tag: a not_found stream error.
+    let missing = agent
+        .stream(
+            Codec::Json,
+            PROCESS_CONNECT_PATH,
+            &ConnectRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+            },
+        )
+        .await
+        .finish()
+        .await;
+    assert_eq!(missing.code(), Some(code::NOT_FOUND));
+}
+
+#[tokio::test]
+async fn pty_echo_and_resize() {
+    let agent = Agent::spawn().await;
+    let mut request = command("sh", &[]);
+    request.pty = Some(Pty {
+        size: PtySize { cols: 80, rows: 24 },
+    });
+    let mut stream = agent.start(&request).await;
+    let pid = stream.pid().await;
+    let type_in = |text: &str| SendInputRequest {
+        process: Some(ProcessSelector::Pid(pid)),
+        input: Some(ProcessInput::Pty(Base64Bytes(text.as_bytes().to_vec()))),
+    };
+    let mut screen = Vec::new();
+    async fn read_until(stream: &mut Stream, screen: &mut Vec<u8>, needle: &str) {
+        while !String::from_utf8_lossy(screen).contains(needle) {
+            match stream.next_real().await {
+                ProcessEvent::Data(DataEvent::Pty(bytes)) => screen.extend(bytes.0),
+                other => panic!(
+                    "expected pty output, got {other:?} after {:?}",
+                    String::from_utf8_lossy(screen)
+                ),
+            }
+        }
+    }
+    let _: Empty = agent
+        .unary(
+            Codec::Proto,
+            PROCESS_SEND_INPUT_PATH,
+            &type_in("echo hi; tty; echo $TERM\n"),
+        )
+        .await
+        .expect("type");
+    // The output line, not the echoed command line.
+    read_until(&mut stream, &mut screen, "\nhi\r\n").await;
+    read_until(&mut stream, &mut screen, "xterm-256color\r\n").await;
+    assert!(
+        String::from_utf8_lossy(&screen).contains("/dev/pts/"),
+        "a terminal"
+    );
+
+    let _: Empty = agent
+        .unary(
+            Codec::Json,
+            PROCESS_UPDATE_PATH,
+            &UpdateRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+                pty: Some(Pty {
+                    size: PtySize {
+                        cols: 100,
+                        rows: 40,
+                    },
+                }),
+            },
+        )
+        .await
+        .expect("resize");
+    let _: Empty = agent
+        .unary(
+            Codec::Json,
+            PROCESS_SEND_INPUT_PATH,
+            &type_in("stty size\n"),
+        )
+        .await
+        .expect("type");
+    read_until(&mut stream, &mut screen, "40 100").await;
+
+    // stdin input and CloseStdin are for pipes only.
+    let stdin: Result<Empty, _> = agent
+        .unary(
+            Codec::Json,
+            PROCESS_SEND_INPUT_PATH,
+            &SendInputRequest {
+                process: Some(ProcessSelector::Pid(pid)),
+                input: Some(ProcessInput::Stdin(Base64Bytes(b"x".to_vec()))),
+            },
+        )
+        .await;
+    assert_eq!(
+        stdin.map_err(|e| e.1.code).err().as_deref(),
+        Some(code::FAILED_PRECONDITION)
+    );
+
+    // Ctrl-D at an empty prompt ends the shell.
+    let _: Empty = agent
+        .unary(Codec::Json, PROCESS_SEND_INPUT_PATH, &type_in("\x04"))
+        .await
+        .expect("ctrl-d");
+    let finished = stream.finish().await;
     assert_eq!(finished.end.map(|e| e.exit_code), Some(0));
 }
 
@@ -407,57 +520,70 @@ async fn spawn_failures_are_connect_errors() {
         .finish()
         .await;
     assert_eq!(finished.pid, None, "no start event");
-    assert_eq!(finished.error().map(|e| e.code.as_str()), Some("not_found"));
+    assert_eq!(finished.code(), Some(code::NOT_FOUND));
 
     let mut request = command("true", &[]);
-    request.process.cwd = Some(agent.dir.path().join("missing").display().to_string());
+    request.process.cwd = Some(agent.path("missing"));
     let finished = agent.start(&request).await.finish().await;
     assert_eq!(finished.pid, None);
-    assert_eq!(
-        finished.error().map(|e| e.code.as_str()),
-        Some("invalid_argument")
-    );
+    assert_eq!(finished.code(), Some(code::INVALID_ARGUMENT));
 }
 
 #[tokio::test]
 async fn malformed_requests_get_connect_errors() {
     let agent = Agent::spawn().await;
+    let raw_start = |body: Vec<u8>, content_type: &'static str| {
+        let agent = &agent;
+        async move {
+            let response = agent
+                .request(
+                    Method::POST,
+                    PROCESS_START_PATH,
+                    &[("content-type", content_type)],
+                    body,
+                )
+                .await;
+            Stream::new(response, Codec::Json).finish().await
+        }
+    };
     // JSON without an envelope.
-    let finished = agent
-        .start_raw(br#"{"process":{"cmd":"true"}}"#.to_vec())
-        .await
-        .finish()
-        .await;
-    assert_eq!(
-        finished.error().map(|e| e.code.as_str()),
-        Some("invalid_argument")
-    );
-    // An envelope around broken JSON.
-    let finished = agent
-        .start_raw(envelope(0, b"{\"process\":"))
-        .await
-        .finish()
-        .await;
-    assert_eq!(
-        finished.error().map(|e| e.code.as_str()),
-        Some("invalid_argument")
-    );
+    let finished = raw_start(
+        br#"{"process":{"cmd":"true"}}"#.to_vec(),
+        CONNECT_STREAM_JSON,
+    )
+    .await;
+    assert_eq!(finished.code(), Some(code::INVALID_ARGUMENT));
+    // An envelope around broken JSON, or broken protobuf.
+    let finished = raw_start(envelope(0, b"{\"process\":"), CONNECT_STREAM_JSON).await;
+    assert_eq!(finished.code(), Some(code::INVALID_ARGUMENT));
+    let finished = raw_start(envelope(0, &[0x0a, 0x7f, 0x01]), CONNECT_STREAM_PROTO).await;
+    assert_eq!(finished.code(), Some(code::INVALID_ARGUMENT));
+    // A compressed message without negotiated compression.
+    let finished = raw_start(envelope(1, b"{}"), CONNECT_STREAM_JSON).await;
+    assert_eq!(finished.code(), Some(code::INVALID_ARGUMENT));
     // A header announcing 2 GiB: refused without reading (or allocating) it.
-    let finished = agent
-        .start_raw(vec![0, 0x7f, 0xff, 0xff, 0xff, b'{'])
-        .await
-        .finish()
+    let finished = raw_start(vec![0, 0x7f, 0xff, 0xff, 0xff, b'{'], CONNECT_STREAM_JSON).await;
+    assert_eq!(finished.code(), Some(code::RESOURCE_EXHAUSTED));
+    // gzip is not negotiable: unimplemented.
+    let response = agent
+        .request(
+            Method::POST,
+            PROCESS_START_PATH,
+            &[
+                ("content-type", CONNECT_STREAM_JSON),
+                ("connect-content-encoding", "gzip"),
+            ],
+            envelope(0, b"{}"),
+        )
         .await;
-    assert_eq!(
-        finished.error().map(|e| e.code.as_str()),
-        Some("resource_exhausted")
-    );
+    let finished = Stream::new(response, Codec::Json).finish().await;
+    assert_eq!(finished.code(), Some(code::UNIMPLEMENTED));
     // Wrong content type.
     let response = agent
         .request(
             Method::POST,
             PROCESS_START_PATH,
-            Some("application/json"),
+            &[("content-type", "application/json")],
             b"{}".to_vec(),
         )
         .await;
@@ -467,23 +593,16 @@ async fn malformed_requests_get_connect_errors() {
         .request(
             Method::POST,
             PROCESS_SEND_SIGNAL_PATH,
-            Some("application/json"),
+            &[("content-type", "application/json")],
             b"{nope".to_vec(),
         )
         .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let error: ConnectError = serde_json::from_slice(&body).expect("ConnectError");
-    assert_eq!(error.code, "invalid_argument");
+    let error: aetherium_types::agent::ConnectError =
+        serde_json::from_slice(&collect(response).await).expect("ConnectError");
+    assert_eq!(error.code, code::INVALID_ARGUMENT);
     // The agent is still fine.
-    let health = agent
-        .request(Method::GET, "/health", None, Vec::new())
-        .await;
+    let health = agent.request(Method::GET, "/health", &[], Vec::new()).await;
     assert_eq!(health.status(), StatusCode::NO_CONTENT);
 }
 
@@ -492,15 +611,11 @@ async fn send_signal_kills_the_process_group() {
     let agent = Agent::spawn().await;
     let mut stream = agent.start(&sh("sleep 60 & sleep 60; echo never")).await;
     let pid = stream.pid().await;
-    assert_eq!(agent.list().await, vec![pid]);
+    assert_eq!(list(&agent).await, vec![pid]);
 
-    let (status, body) = agent
-        .unary(
-            PROCESS_SEND_SIGNAL_PATH,
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    signal(&agent, ProcessSelector::Pid(pid), Signal::Sigkill)
+        .await
+        .expect("signal");
     let finished = stream.finish().await;
     assert_eq!(finished.stdout, b"");
     let end = finished.end.expect("end event");
@@ -508,32 +623,79 @@ async fn send_signal_kills_the_process_group() {
         (end.exit_code, end.exited, end.status.as_str()),
         (-1, false, "signal: killed")
     );
-    assert!(agent.list().await.is_empty());
+    assert!(list(&agent).await.is_empty());
 
     // By tag, with SIGTERM.
     let mut request = command("sleep", &["60"]);
     request.tag = Some("napper".into());
     let mut stream = agent.start(&request).await;
     stream.pid().await;
-    let (status, _) = agent
-        .unary(
-            PROCESS_SEND_SIGNAL_PATH,
-            json!({"process": {"tag": "napper"}, "signal": "SIGNAL_SIGTERM"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    signal(
+        &agent,
+        ProcessSelector::Tag("napper".into()),
+        Signal::Sigterm,
+    )
+    .await
+    .expect("signal");
     let end = stream.finish().await.end.expect("end event");
     assert_eq!(end.status, "signal: terminated");
 
-    // Unknown pid: 404 with a Connect error.
-    let (status, body) = agent
-        .unary(
-            PROCESS_SEND_SIGNAL_PATH,
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
+    // Unknown pid: 404 with a Connect error; unspecified signal: 400.
+    let (status, error) = signal(&agent, ProcessSelector::Pid(pid), Signal::Sigkill)
+        .await
+        .expect_err("gone");
+    assert_eq!(
+        (status, error.code.as_str()),
+        (StatusCode::NOT_FOUND, code::NOT_FOUND)
+    );
+    let (status, _) = signal(&agent, ProcessSelector::Pid(pid), Signal::Unspecified)
+        .await
+        .expect_err("unspecified");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigterm_dies_of_sigkill() {
+    let agent = Agent::spawn().await;
+    let mut stream = agent
+        .start(&sh(
+            "trap '' TERM; echo armed; while true; do sleep 0.1; done",
+        ))
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["code"], "not_found");
+    let pid = stream.pid().await;
+    assert!(matches!(stream.next_real().await, ProcessEvent::Data(_)));
+    signal(&agent, ProcessSelector::Pid(pid), Signal::Sigterm)
+        .await
+        .expect("sigterm");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(list(&agent).await.contains(&pid), "SIGTERM was ignored");
+    signal(&agent, ProcessSelector::Pid(pid), Signal::Sigkill)
+        .await
+        .expect("sigkill");
+    let end = stream.finish().await.end.expect("end");
+    assert_eq!(end.status, "signal: killed");
+    wait_until_gone(&agent, pid).await;
+}
+
+#[tokio::test]
+async fn connect_timeout_ms_bounds_the_process() {
+    let agent = Agent::spawn().await;
+    let started = Instant::now();
+    let finished = agent
+        .stream_with(
+            Codec::Json,
+            PROCESS_START_PATH,
+            &command("sleep", &["30"]),
+            &[("connect-timeout-ms", "300")],
+        )
+        .await
+        .finish()
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        finished.end.map(|e| e.status).as_deref(),
+        Some("signal: killed")
+    );
 }
 
 #[tokio::test]
@@ -553,10 +715,10 @@ async fn survives_clients_that_disconnect_mid_stream() {
     let mut stream = agent.start(&sh("sleep 0.5; echo late")).await;
     let quiet = stream.pid().await;
     drop(stream);
-    assert!(agent.list().await.contains(&quiet));
+    assert!(list(&agent).await.contains(&quiet));
 
-    agent.wait_until_gone(flood).await;
-    agent.wait_until_gone(quiet).await;
+    wait_until_gone(&agent, flood).await;
+    wait_until_gone(&agent, quiet).await;
     let finished = agent.start(&sh("echo still here")).await.finish().await;
     assert_eq!(finished.stdout, b"still here\n");
 }
@@ -585,19 +747,46 @@ async fn list_shows_running_processes_with_their_config() {
     request.tag = Some("listed".into());
     let mut stream = agent.start(&request).await;
     let pid = stream.pid().await;
-    let (status, body) = agent.unary(PROCESS_LIST_PATH, json!({})).await;
-    assert_eq!(status, StatusCode::OK);
-    let list: ListResponse = serde_json::from_value(body).expect("ListResponse");
-    assert_eq!(list.processes.len(), 1);
-    assert_eq!(list.processes[0].pid, pid);
-    assert_eq!(list.processes[0].tag.as_deref(), Some("listed"));
-    assert_eq!(list.processes[0].config, request.process);
-    let (status, _) = agent
-        .unary(
-            PROCESS_SEND_SIGNAL_PATH,
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    for codec in [Codec::Json, Codec::Proto] {
+        let list: ListResponse = agent
+            .unary(codec, PROCESS_LIST_PATH, &Empty {})
+            .await
+            .expect("list");
+        assert_eq!(list.processes.len(), 1);
+        assert_eq!(list.processes[0].pid, pid);
+        assert_eq!(list.processes[0].tag.as_deref(), Some("listed"));
+        assert_eq!(list.processes[0].config, request.process);
+    }
+    signal(&agent, ProcessSelector::Pid(pid), Signal::Sigkill)
+        .await
+        .expect("kill");
     stream.finish().await;
+}
+
+#[tokio::test]
+async fn speaks_h2c() {
+    let agent = Agent::spawn().await;
+    let stream = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri("http://localhost/process.Process/Start")
+        .header("content-type", CONNECT_STREAM_PROTO)
+        .body(http_body_util::Full::new(bytes::Bytes::from(envelope(
+            0,
+            &Codec::Proto.encode(&sh("echo over h2")),
+        ))))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let finished = Stream::new(response, Codec::Proto).finish().await;
+    assert_eq!(finished.stdout, b"over h2\n");
 }

@@ -1,11 +1,15 @@
 //! Host-side client of the in-sandbox agent (`services/agent`), which speaks E2B
-//! envd's `process.Process` service over the Connect protocol with the JSON codec
-//! (message types in [`aetherium_types::agent`]).
+//! envd's API: the Connect services `process.Process` and `filesystem.Filesystem`
+//! (here with the protobuf codec; message types in [`aetherium_types::agent`]) and
+//! the HTTP routes `/files`, `/init`, plus our `/secrets`.
 //!
-//! One HTTP/1.1 connection per call. Calls carry no timeout of their own (a process
-//! may legitimately run for hours); wrap them in `tokio::time::timeout` where needed.
-//! [`AgentClient::wait_ready`] is the exception: it bounds itself.
+//! One HTTP/1.1 connection per call, over a unix socket (containers), TCP, or
+//! Firecracker's hybrid vsock (a unix socket plus a `CONNECT <port>` handshake).
+//! Calls carry no timeout of their own (a process may legitimately run for hours);
+//! wrap them in `tokio::time::timeout` where needed. [`AgentClient::wait_ready`] is
+//! the exception: it bounds itself.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -15,31 +19,42 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use aetherium_types::agent::{
-    CONNECT_END_STREAM_FLAG, CONNECT_STREAM_JSON, ConnectError, DataEvent, Empty, EndStreamMessage,
-    ListResponse, MAX_ENVELOPE_BYTES, PROCESS_LIST_PATH, PROCESS_SEND_SIGNAL_PATH,
-    PROCESS_START_PATH, ProcessEvent, ProcessInfo, ProcessSelector, SendSignalRequest, Signal,
-    StartRequest, StartResponse, envelope, take_envelope,
+    CONNECT_END_STREAM_FLAG, CONNECT_STREAM_PROTO, CloseStdinRequest, Codec, ConnectError,
+    ConnectRequest, DataEvent, Empty, EndStreamMessage, EntryInfo, EntryResponse,
+    FILESYSTEM_LIST_DIR_PATH, FILESYSTEM_MAKE_DIR_PATH, FILESYSTEM_REMOVE_PATH,
+    FILESYSTEM_STAT_PATH, ListDirRequest, ListDirResponse, ListResponse, MAX_ENVELOPE_BYTES,
+    PROCESS_CLOSE_STDIN_PATH, PROCESS_CONNECT_PATH, PROCESS_LIST_PATH, PROCESS_SEND_INPUT_PATH,
+    PROCESS_SEND_SIGNAL_PATH, PROCESS_START_PATH, PROCESS_STREAM_INPUT_PATH, PROCESS_UPDATE_PATH,
+    PathRequest, ProcessEvent, ProcessInfo, ProcessInput, ProcessSelector, Pty, PtySize,
+    SendInputRequest, SendSignalRequest, Signal, StartRequest, StartResponse, StreamInputData,
+    StreamInputRequest, StreamInputStart, UpdateRequest, WireMessage, code, envelope,
+    take_envelope,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Content type of Connect unary calls with the JSON codec.
-const CONNECT_UNARY_JSON: &str = "application/json";
 /// Bound on unary response bodies and on error bodies (a process list is the largest).
 const MAX_UNARY_RESPONSE_BYTES: usize = MAX_ENVELOPE_BYTES;
 /// Envelope flag of a compressed message; we never ask for compression.
 const COMPRESSED_FLAG: u8 = 0x01;
+/// The codec of our Connect calls (smaller and faster than JSON).
+const CODEC: Codec = Codec::Proto;
+/// Longest line the hybrid-vsock handshake may answer.
+const MAX_HANDSHAKE_LINE: usize = 64;
+
+/// Every request body this client sends.
+type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -56,13 +71,14 @@ pub enum AgentError {
     Protocol(String),
 }
 
-/// How to reach the agent. New transports (Firecracker's hybrid vsock: a unix socket
-/// plus a `CONNECT <port>\n` / `OK <port>\n` handshake) become another variant here:
-/// everything above `connect` only needs a byte stream.
+/// How to reach the agent: everything above `connect` only needs a byte stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Transport {
     Unix(PathBuf),
     Tcp(SocketAddr),
+    /// Firecracker's (and QEMU's vhost-user) hybrid vsock: the VMM's unix socket,
+    /// then `CONNECT <port>\n`, answered by `OK <host port>\n`.
+    HybridVsock(PathBuf, u32),
 }
 
 impl fmt::Display for Transport {
@@ -70,7 +86,42 @@ impl fmt::Display for Transport {
         match self {
             Transport::Unix(path) => write!(f, "unix:{}", path.display()),
             Transport::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Transport::HybridVsock(path, port) => write!(f, "vsock:{}:{port}", path.display()),
         }
+    }
+}
+
+/// Speaks the hybrid-vsock handshake on a fresh connection to the VMM's socket. The
+/// answer is read a byte at a time, so nothing the agent sends after it is consumed.
+async fn hybrid_vsock_handshake<S>(stream: &mut S, port: u32) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    let mut line = Vec::with_capacity(16);
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_HANDSHAKE_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "hybrid vsock handshake: answer line too long",
+            ));
+        }
+        line.push(byte);
+    }
+    let answer = String::from_utf8_lossy(&line);
+    if answer.starts_with("OK ") {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("hybrid vsock handshake refused: {answer:?}"),
+        ))
     }
 }
 
@@ -96,13 +147,22 @@ impl Transport {
                 stream.set_nodelay(true).map_err(unavailable)?;
                 Box::new(stream)
             }
+            Transport::HybridVsock(path, port) => {
+                let mut stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unavailable)?;
+                hybrid_vsock_handshake(&mut stream, *port)
+                    .await
+                    .map_err(unavailable)?;
+                Box::new(stream)
+            }
         })
     }
 }
 
 /// Keeps a call's HTTP connection alive; dropping it closes the connection.
 struct Connection {
-    _sender: http1::SendRequest<Full<Bytes>>,
+    _sender: http1::SendRequest<RequestBody>,
     task: JoinHandle<()>,
 }
 
@@ -112,30 +172,74 @@ impl Drop for Connection {
     }
 }
 
+/// An access token, never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
 /// Client of one sandbox's agent. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentClient {
     transport: Transport,
+    access_token: Option<Token>,
+}
+
+/// `POST /init`: what the host tells a fresh agent (envd's fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitOptions {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// RFC 3339; the agent sets its clock forward to it when it can (microVMs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_workdir: Option<String>,
 }
 
 impl AgentClient {
+    fn new(transport: Transport) -> Self {
+        AgentClient {
+            transport,
+            access_token: None,
+        }
+    }
+
     /// An agent listening on a unix socket (containers: a bind-mounted directory).
     pub fn unix(path: impl Into<PathBuf>) -> Self {
-        AgentClient {
-            transport: Transport::Unix(path.into()),
-        }
+        AgentClient::new(Transport::Unix(path.into()))
     }
 
     /// An agent listening on TCP (`aetherium-agent --listen tcp:IP:PORT`).
     pub fn tcp(addr: SocketAddr) -> Self {
-        AgentClient {
-            transport: Transport::Tcp(addr),
-        }
+        AgentClient::new(Transport::Tcp(addr))
+    }
+
+    /// An agent in a microVM, reached through the VMM's hybrid-vsock unix socket
+    /// and the guest port the agent listens on.
+    pub fn hybrid_vsock(uds_path: impl Into<PathBuf>, port: u32) -> Self {
+        AgentClient::new(Transport::HybridVsock(uds_path.into(), port))
+    }
+
+    /// Sends `X-Access-Token` with every call (agents started with `--access-token`
+    /// or initialised with one).
+    pub fn with_access_token(mut self, token: impl Into<String>) -> Self {
+        self.access_token = Some(Token(token.into()));
+        self
     }
 
     /// `GET /health`: Ok when the agent answers 2xx.
     pub async fn health(&self) -> Result<(), AgentError> {
-        let (response, _connection) = self.send(Method::GET, "/health", None).await?;
+        let (response, _connection) = self.send(Method::GET, "/health", None, empty()).await?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -176,12 +280,30 @@ impl AgentClient {
     /// returned stream yields the start event, output, keepalives and the end event.
     /// The process keeps running if the stream is dropped.
     pub async fn start(&self, request: &StartRequest) -> Result<ProcessStream, AgentError> {
-        let body = envelope(0, &to_json(request)?);
+        self.server_stream(PROCESS_START_PATH, request).await
+    }
+
+    /// `process.Process/Connect`: a new stream of a running process's events (the
+    /// start event, then its output from now on, then its end), by pid or tag.
+    pub async fn connect(&self, selector: ProcessSelector) -> Result<ProcessStream, AgentError> {
+        let request = ConnectRequest {
+            process: Some(selector),
+        };
+        self.server_stream(PROCESS_CONNECT_PATH, &request).await
+    }
+
+    async fn server_stream<M: WireMessage>(
+        &self,
+        path: &str,
+        message: &M,
+    ) -> Result<ProcessStream, AgentError> {
+        let body = envelope(0, &CODEC.encode(message));
         let (response, connection) = self
             .send(
                 Method::POST,
-                PROCESS_START_PATH,
-                Some((CONNECT_STREAM_JSON, body)),
+                path,
+                Some(CODEC.stream_content_type()),
+                full(body),
             )
             .await?;
         let status = response.status();
@@ -193,9 +315,9 @@ impl AgentClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if !content_type.starts_with(CONNECT_STREAM_JSON) {
+        if !content_type.starts_with(CONNECT_STREAM_PROTO) {
             return Err(AgentError::Protocol(format!(
-                "Start answered with content type {content_type:?}"
+                "{path} answered with content type {content_type:?}"
             )));
         }
         let mut stream = ProcessStream {
@@ -207,7 +329,7 @@ impl AgentClient {
             _connection: connection,
         };
         // The first message is the start event, or the end of the stream carrying
-        // the spawn error.
+        // the error.
         match poll_fn(|cx| stream.poll_message(cx)).await? {
             Message::Event(ProcessEvent::Start(start)) => {
                 stream.pid = start.pid;
@@ -216,16 +338,25 @@ impl AgentClient {
             }
             Message::End(EndStreamMessage { error: Some(e) }) => Err(AgentError::Connect(e)),
             other => Err(AgentError::Protocol(format!(
-                "Start stream began with {other:?} instead of a start event"
+                "{path} stream began with {other:?} instead of a start event"
             ))),
         }
     }
 
     /// `process.Process/SendSignal` to the process group of `pid`.
     pub async fn send_signal(&self, pid: u32, signal: Signal) -> Result<(), AgentError> {
+        self.signal(ProcessSelector::Pid(pid), signal).await
+    }
+
+    /// `process.Process/SendSignal` to the process group a selector names.
+    pub async fn signal(
+        &self,
+        selector: ProcessSelector,
+        signal: Signal,
+    ) -> Result<(), AgentError> {
         let request = SendSignalRequest {
-            process: ProcessSelector::Pid(pid),
-            signal,
+            process: Some(selector),
+            signal: signal as i32,
         };
         let Empty {} = self.unary(PROCESS_SEND_SIGNAL_PATH, &request).await?;
         Ok(())
@@ -235,6 +366,238 @@ impl AgentClient {
     pub async fn list(&self) -> Result<Vec<ProcessInfo>, AgentError> {
         let response: ListResponse = self.unary(PROCESS_LIST_PATH, &Empty {}).await?;
         Ok(response.processes)
+    }
+
+    /// `process.Process/SendInput`: bytes to a process's stdin pipe or terminal.
+    /// Returns once the process has taken them.
+    pub async fn send_input(
+        &self,
+        selector: ProcessSelector,
+        input: ProcessInput,
+    ) -> Result<(), AgentError> {
+        let request = SendInputRequest {
+            process: Some(selector),
+            input: Some(input),
+        };
+        let Empty {} = self.unary(PROCESS_SEND_INPUT_PATH, &request).await?;
+        Ok(())
+    }
+
+    /// `process.Process/StreamInput`: a client stream of input for one process,
+    /// delivered in order; returns once `input` ends and the agent has written it
+    /// all.
+    pub async fn stream_input<S>(
+        &self,
+        selector: ProcessSelector,
+        input: S,
+    ) -> Result<(), AgentError>
+    where
+        S: Stream<Item = ProcessInput> + Send + 'static,
+    {
+        let start = StreamInputRequest::Start(StreamInputStart {
+            process: Some(selector),
+        });
+        let messages = futures::stream::iter([start]).chain(
+            input.map(|input| StreamInputRequest::Data(StreamInputData { input: Some(input) })),
+        );
+        let frames = messages.map(|message| {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from(envelope(
+                0,
+                &CODEC.encode(&message),
+            ))))
+        });
+        let body = StreamBody::new(frames).boxed_unsync();
+        let (response, _connection) = self
+            .send(
+                Method::POST,
+                PROCESS_STREAM_INPUT_PATH,
+                Some(CODEC.stream_content_type()),
+                body,
+            )
+            .await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(error_response(status, response.into_body()).await);
+        }
+        // The response is a stream: the (empty) response message, then the end.
+        let mut stream = ProcessStream {
+            body: response.into_body(),
+            buf: Vec::new(),
+            pending: None,
+            pid: 0,
+            finished: false,
+            _connection,
+        };
+        loop {
+            match poll_fn(|cx| stream.poll_raw(cx)).await? {
+                (flags, _) if flags & CONNECT_END_STREAM_FLAG == 0 => continue,
+                (_, message) => {
+                    let end: EndStreamMessage = serde_json::from_slice(&message).map_err(|e| {
+                        AgentError::Protocol(format!("malformed end of stream: {e}"))
+                    })?;
+                    return match end.error {
+                        Some(e) => Err(AgentError::Connect(e)),
+                        None => Ok(()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// `process.Process/CloseStdin`: EOF on a process's stdin pipe.
+    pub async fn close_stdin(&self, selector: ProcessSelector) -> Result<(), AgentError> {
+        let request: CloseStdinRequest = ConnectRequest {
+            process: Some(selector),
+        };
+        let Empty {} = self.unary(PROCESS_CLOSE_STDIN_PATH, &request).await?;
+        Ok(())
+    }
+
+    /// `process.Process/Update`: resizes a process's terminal.
+    pub async fn update_pty(
+        &self,
+        selector: ProcessSelector,
+        cols: u32,
+        rows: u32,
+    ) -> Result<(), AgentError> {
+        let request = UpdateRequest {
+            process: Some(selector),
+            pty: Some(Pty {
+                size: PtySize { cols, rows },
+            }),
+        };
+        let Empty {} = self.unary(PROCESS_UPDATE_PATH, &request).await?;
+        Ok(())
+    }
+
+    /// `filesystem.Filesystem/Stat`.
+    pub async fn stat(&self, path: &str) -> Result<EntryInfo, AgentError> {
+        let response: EntryResponse = self
+            .unary(FILESYSTEM_STAT_PATH, &PathRequest { path: path.into() })
+            .await?;
+        response
+            .entry
+            .ok_or_else(|| AgentError::Protocol("Stat answered without an entry".into()))
+    }
+
+    /// `filesystem.Filesystem/ListDir`, `depth` levels down (0 means 1).
+    pub async fn list_dir(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>, AgentError> {
+        let request = ListDirRequest {
+            path: path.into(),
+            depth,
+        };
+        let response: ListDirResponse = self.unary(FILESYSTEM_LIST_DIR_PATH, &request).await?;
+        Ok(response.entries)
+    }
+
+    /// `filesystem.Filesystem/MakeDir` (with parents). An existing directory is
+    /// [`AgentError::Connect`] with `already_exists`.
+    pub async fn make_dir(&self, path: &str) -> Result<EntryInfo, AgentError> {
+        let response: EntryResponse = self
+            .unary(FILESYSTEM_MAKE_DIR_PATH, &PathRequest { path: path.into() })
+            .await?;
+        response
+            .entry
+            .ok_or_else(|| AgentError::Protocol("MakeDir answered without an entry".into()))
+    }
+
+    /// `filesystem.Filesystem/Remove`: a file or a directory with its contents;
+    /// nothing to remove is fine.
+    pub async fn remove(&self, path: &str) -> Result<(), AgentError> {
+        let Empty {} = self
+            .unary(FILESYSTEM_REMOVE_PATH, &PathRequest { path: path.into() })
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /files?path=` with the raw body: streams `body` into the file (parent
+    /// directories created, an existing file overwritten), in constant memory on
+    /// both sides.
+    pub async fn upload<S>(&self, path: &str, body: S) -> Result<(), AgentError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let body = StreamBody::new(body.map(|chunk| chunk.map(Frame::data))).boxed_unsync();
+        let (response, _connection) = self
+            .send(
+                Method::POST,
+                &format!("/files?path={}", percent_encode(path)),
+                Some("application/octet-stream"),
+                body,
+            )
+            .await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(error_response(status, response.into_body()).await);
+        }
+        // The list of written files; read to complete the exchange.
+        read_body(response.into_body(), MAX_UNARY_RESPONSE_BYTES).await?;
+        Ok(())
+    }
+
+    /// `GET /files?path=`: the file's bytes as they arrive.
+    pub async fn download(&self, path: &str) -> Result<Download, AgentError> {
+        let (response, connection) = self
+            .send(
+                Method::GET,
+                &format!("/files?path={}", percent_encode(path)),
+                None,
+                empty(),
+            )
+            .await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(error_response(status, response.into_body()).await);
+        }
+        Ok(Download {
+            body: response.into_body(),
+            _connection: connection,
+        })
+    }
+
+    /// `POST /init`.
+    pub async fn init(&self, options: &InitOptions) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(options)
+            .map_err(|e| AgentError::Protocol(format!("encoding /init: {e}")))?;
+        self.plain(Method::POST, "/init", Some(body)).await
+    }
+
+    /// Our `POST /secrets`: variables injected into every process from now on, kept
+    /// in the agent's memory only.
+    pub async fn set_secrets(&self, secrets: &BTreeMap<String, String>) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(secrets)
+            .map_err(|e| AgentError::Protocol(format!("encoding secrets: {e}")))?;
+        self.plain(Method::POST, "/secrets", Some(body)).await
+    }
+
+    /// Our `DELETE /secrets[?name=]`: one secret, or all.
+    pub async fn delete_secrets(&self, name: Option<&str>) -> Result<(), AgentError> {
+        let path = match name {
+            Some(name) => format!("/secrets?name={}", percent_encode(name)),
+            None => "/secrets".to_string(),
+        };
+        self.plain(Method::DELETE, &path, None).await
+    }
+
+    /// A plain HTTP call whose success is any 2xx.
+    async fn plain(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<(), AgentError> {
+        let (content_type, body) = match json {
+            Some(json) => (Some("application/json"), full(json)),
+            None => (None, empty()),
+        };
+        let (response, _connection) = self.send(method, path, content_type, body).await?;
+        let status = response.status();
+        if status.is_success() {
+            read_body(response.into_body(), MAX_UNARY_RESPONSE_BYTES).await?;
+            Ok(())
+        } else {
+            Err(error_response(status, response.into_body()).await)
+        }
     }
 
     /// Starts a process and collects its output, keeping at most `output_cap_bytes`
@@ -277,22 +640,23 @@ impl AgentClient {
         Ok(output)
     }
 
-    /// A Connect unary call with the JSON codec.
-    async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+    /// A Connect unary call with the protobuf codec.
+    async fn unary<Req: WireMessage, Resp: WireMessage>(
         &self,
         path: &str,
         request: &Req,
     ) -> Result<Resp, AgentError> {
-        let body = to_json(request)?;
+        let body = full(CODEC.encode(request));
         let (response, _connection) = self
-            .send(Method::POST, path, Some((CONNECT_UNARY_JSON, body)))
+            .send(Method::POST, path, Some(CODEC.unary_content_type()), body)
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(error_response(status, response.into_body()).await);
         }
         let body = read_body(response.into_body(), MAX_UNARY_RESPONSE_BYTES).await?;
-        serde_json::from_slice(&body)
+        CODEC
+            .decode(&body)
             .map_err(|e| AgentError::Protocol(format!("malformed {path} response: {e}")))
     }
 
@@ -301,7 +665,8 @@ impl AgentClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<(&'static str, Vec<u8>)>,
+        content_type: Option<&'static str>,
+        body: RequestBody,
     ) -> Result<(Response<Incoming>, Connection), AgentError> {
         let unavailable =
             |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
@@ -318,17 +683,16 @@ impl AgentClient {
             .uri(path)
             // HTTP/1.1 wants a Host; the agent does not look at it.
             .header(HOST, "localhost");
-        let body = match body {
-            Some((content_type, body)) => {
-                request = request
-                    .header(CONTENT_TYPE, content_type)
-                    .header("connect-protocol-version", "1");
-                body
-            }
-            None => Vec::new(),
-        };
+        if let Some(content_type) = content_type {
+            request = request
+                .header(CONTENT_TYPE, content_type)
+                .header("connect-protocol-version", "1");
+        }
+        if let Some(Token(token)) = &self.access_token {
+            request = request.header("x-access-token", token.as_str());
+        }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(body)
             .map_err(|e| AgentError::Protocol(format!("building request: {e}")))?;
         let response = sender.send_request(request).await.map_err(unavailable)?;
         Ok((
@@ -339,6 +703,29 @@ impl AgentClient {
             },
         ))
     }
+}
+
+fn full(bytes: impl Into<Bytes>) -> RequestBody {
+    Full::new(bytes.into())
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed_unsync()
+}
+
+fn empty() -> RequestBody {
+    full(Bytes::new())
+}
+
+/// Percent-encodes a query value (everything but unreserved characters and `/`).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// What [`AgentClient::run`] collected.
@@ -365,8 +752,8 @@ enum Message {
     End(EndStreamMessage),
 }
 
-/// The events of a started process, parsed from the Start response as they arrive.
-/// Ends after the end event; an error in the end-of-stream message becomes
+/// The events of a started (or reattached) process, parsed from the stream as they
+/// arrive. Ends after the end event; an error in the end-of-stream message becomes
 /// [`AgentError::Connect`], a broken connection [`AgentError::Unavailable`].
 pub struct ProcessStream {
     body: Incoming,
@@ -395,10 +782,11 @@ impl ProcessStream {
         self.pid
     }
 
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, AgentError>> {
+    /// The next envelope: flags and message.
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<(u8, Vec<u8>), AgentError>> {
         loop {
             match take_envelope(&mut self.buf) {
-                Ok(Some((flags, message))) => return Poll::Ready(decode_message(flags, &message)),
+                Ok(Some(envelope)) => return Poll::Ready(Ok(envelope)),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(AgentError::Protocol(e.to_string()))),
             }
@@ -411,16 +799,21 @@ impl ProcessStream {
                 }
                 Some(Err(e)) => {
                     return Poll::Ready(Err(AgentError::Unavailable(format!(
-                        "reading the Start stream: {e}"
+                        "reading the stream: {e}"
                     ))));
                 }
                 None => {
                     return Poll::Ready(Err(AgentError::Unavailable(
-                        "the Start stream was cut off before its end".into(),
+                        "the stream was cut off before its end".into(),
                     )));
                 }
             }
         }
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, AgentError>> {
+        let (flags, message) = ready!(self.poll_raw(cx))?;
+        Poll::Ready(decode_message(flags, &message))
     }
 }
 
@@ -450,27 +843,58 @@ impl Stream for ProcessStream {
     }
 }
 
+/// A file being downloaded: its bytes as they arrive.
+pub struct Download {
+    body: Incoming,
+    _connection: Connection,
+}
+
+impl fmt::Debug for Download {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Download").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Download {
+    type Item = Result<Bytes, AgentError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Some(Err(e)) => Poll::Ready(Some(Err(AgentError::Unavailable(format!(
+                    "download cut off: {e}"
+                ))))),
+                None => Poll::Ready(None),
+            };
+        }
+    }
+}
+
 fn decode_message(flags: u8, message: &[u8]) -> Result<Message, AgentError> {
     if flags & COMPRESSED_FLAG != 0 {
         return Err(AgentError::Protocol(
             "compressed message, but no compression was negotiated".into(),
         ));
     }
-    let malformed =
-        |e: serde_json::Error| AgentError::Protocol(format!("malformed Start message: {e}"));
     if flags & CONNECT_END_STREAM_FLAG != 0 {
         serde_json::from_slice(message)
             .map(Message::End)
-            .map_err(malformed)
+            .map_err(|e| AgentError::Protocol(format!("malformed end of stream: {e}")))
     } else {
-        serde_json::from_slice::<StartResponse>(message)
-            .map(|response| Message::Event(response.event))
-            .map_err(malformed)
+        match CODEC.decode::<StartResponse>(message) {
+            Ok(StartResponse { event: Some(event) }) => Ok(Message::Event(event)),
+            Ok(StartResponse { event: None }) => Err(AgentError::Protocol(
+                "stream message without an event".into(),
+            )),
+            Err(e) => Err(AgentError::Protocol(format!(
+                "malformed stream message: {e}"
+            ))),
+        }
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, AgentError> {
-    serde_json::to_vec(value).map_err(|e| AgentError::Protocol(format!("encoding request: {e}")))
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, AgentError> {
@@ -483,14 +907,38 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, AgentError> {
     }
 }
 
-/// A non-200 answer: a Connect error when the body is one, else a protocol error.
+/// A non-200 answer: a Connect error (`{"code": "not_found", ...}`), or envd's plain
+/// HTTP error (`{"code": 404, "message": ...}`, mapped to the matching Connect code),
+/// else a protocol error.
 async fn error_response(status: StatusCode, body: Incoming) -> AgentError {
-    match read_body(body, MAX_UNARY_RESPONSE_BYTES).await {
-        Ok(body) => match serde_json::from_slice::<ConnectError>(&body) {
-            Ok(error) => AgentError::Connect(error),
-            Err(_) => AgentError::Protocol(format!("agent answered HTTP {status}")),
-        },
-        Err(e) => e,
+    #[derive(serde::Deserialize)]
+    struct PlainError {
+        #[serde(default)]
+        message: String,
+    }
+    let body = match read_body(body, MAX_UNARY_RESPONSE_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return e,
+    };
+    if let Ok(error) = serde_json::from_slice::<ConnectError>(&body) {
+        return AgentError::Connect(error);
+    }
+    match serde_json::from_slice::<PlainError>(&body) {
+        Ok(plain) => {
+            let code = match status.as_u16() {
+                400 => code::INVALID_ARGUMENT,
+                401 => code::UNAUTHENTICATED,
+                403 => code::PERMISSION_DENIED,
+                404 => code::NOT_FOUND,
+                409 => code::ALREADY_EXISTS,
+                415 | 501 => code::UNIMPLEMENTED,
+                429 | 507 => code::RESOURCE_EXHAUSTED,
+                500 => code::INTERNAL,
+                _ => code::UNKNOWN,
+            };
+            AgentError::Connect(ConnectError::new(code, plain.message))
+        }
+        Err(_) => AgentError::Protocol(format!("agent answered HTTP {status}")),
     }
 }
 
@@ -500,7 +948,12 @@ mod tests {
 
     #[test]
     fn decodes_events_and_end_of_stream() {
-        let event = decode_message(0, br#"{"event":{"start":{"pid":7}}}"#).expect("event");
+        let start = StartResponse {
+            event: Some(ProcessEvent::Start(aetherium_types::agent::StartEvent {
+                pid: 7,
+            })),
+        };
+        let event = decode_message(0, &CODEC.encode(&start)).expect("event");
         assert!(matches!(event, Message::Event(ProcessEvent::Start(s)) if s.pid == 7));
         let end = decode_message(
             CONNECT_END_STREAM_FLAG,
@@ -515,8 +968,48 @@ mod tests {
             Err(AgentError::Protocol(_))
         ));
         assert!(matches!(
-            decode_message(0, b"{\"event\":"),
+            decode_message(0, &[0x0a, 0x7f]),
             Err(AgentError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent_encode("/tmp/a b&c=d.txt"), "/tmp/a%20b%26c%3Dd.txt");
+        assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn tokens_are_not_printed() {
+        let client = AgentClient::unix("/x").with_access_token("s3cret");
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_handshake_leaves_following_bytes() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let server = tokio::spawn(async move {
+            let mut line = [0u8; 13];
+            server.read_exact(&mut line).await.expect("read");
+            assert_eq!(&line, b"CONNECT 1024\n");
+            // The answer and the first bytes of the agent's side in one write.
+            server.write_all(b"OK 1024\nHTTP").await.expect("write");
+            server
+        });
+        hybrid_vsock_handshake(&mut client, 1024)
+            .await
+            .expect("handshake");
+        let mut rest = [0u8; 4];
+        client.read_exact(&mut rest).await.expect("rest");
+        assert_eq!(&rest, b"HTTP");
+        drop(server.await.expect("server"));
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            let mut line = [0u8; 11];
+            let _ = server.read_exact(&mut line).await;
+            let _ = server.write_all(b"FAILURE\n").await;
+        });
+        assert!(hybrid_vsock_handshake(&mut client, 52).await.is_err());
     }
 }

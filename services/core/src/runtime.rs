@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use crate::error::{CoreError, CoreResult};
 use crate::queue::EmbeddedQueue;
 use crate::services::{LocalAgents, Platform, PlatformDefaults};
-use crate::vmm::Backend;
 use crate::store::SqliteStore;
+use crate::vmm::Backend;
 use crate::vmm::docker::{DockerBackend, DockerBackendConfig};
 use crate::worker::{Worker, WorkerSettings};
 

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent_client::AgentClient;
 use crate::error::{CoreError, CoreResult};
-use crate::vmm::Backend;
 use crate::queue::{QueueStats, TaskQueue};
 use crate::store::{Page, Store, TaskFilter, VmFilter};
+use crate::vmm::Backend;
 
 /// Payload of `vm:create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,7 +92,10 @@ impl AgentRouter for LocalAgents {
                 "VM {} is owned by worker {owner}, which this process cannot reach",
                 vm.id
             ))),
-            None => Err(CoreError::Conflict(format!("VM {} has not started yet", vm.id))),
+            None => Err(CoreError::Conflict(format!(
+                "VM {} has not started yet",
+                vm.id
+            ))),
         }
     }
 }

@@ -7,8 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aetherium_core::agent_client::{AgentClient, AgentError};
-use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
+use std::collections::BTreeMap;
+
+use aetherium_core::agent_client::{AgentClient, AgentError, InitOptions};
+use aetherium_types::agent::{
+    Base64Bytes, DataEvent, FileType, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector,
+    Pty, PtySize, Signal, StartRequest, code,
+};
+use bytes::Bytes;
 use futures::StreamExt as _;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -55,13 +61,30 @@ struct Agent {
 
 impl Agent {
     fn spawn(socket: &Path) -> Agent {
+        Agent::spawn_with(socket, &[])
+    }
+
+    fn spawn_with(socket: &Path, args: &[&str]) -> Agent {
         let child = Command::new(agent_bin())
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            .args(args)
+            .env_remove("AETHERIUM_AGENT_ACCESS_TOKEN")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn the agent");
         Agent { child }
+    }
+
+    /// The agent's peak resident memory (`VmHWM`), in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
     }
 }
 
@@ -262,4 +285,284 @@ async fn agent_dying_mid_stream_is_unavailable() {
         "{next:?}"
     );
     assert!(stream.next().await.is_none(), "stream over after an error");
+}
+
+async fn next_output(stream: &mut aetherium_core::agent_client::ProcessStream) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("output in time")
+            .expect("event")
+            .expect("ok")
+        {
+            ProcessEvent::Data(
+                DataEvent::Stdout(bytes) | DataEvent::Stderr(bytes) | DataEvent::Pty(bytes),
+            ) => return bytes.0,
+            ProcessEvent::Keepalive(_) | ProcessEvent::Start(_) => continue,
+            ProcessEvent::End(end) => panic!("ended early: {end:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reattach_input_and_close_stdin() {
+    let (_agent, client, _dir) = agent().await;
+    let mut request = sh("while read line; do echo got $line; done; echo eof");
+    request.tag = Some("echoer".into());
+    let first = client.start(&request).await.expect("start");
+    let pid = first.pid();
+    drop(first);
+
+    let mut again = client
+        .connect(ProcessSelector::Tag("echoer".into()))
+        .await
+        .expect("connect");
+    assert_eq!(again.pid(), pid);
+    client
+        .send_input(
+            ProcessSelector::Pid(pid),
+            ProcessInput::Stdin(Base64Bytes(b"one\n".to_vec())),
+        )
+        .await
+        .expect("send input");
+    assert_eq!(next_output(&mut again).await, b"got one\n");
+    let input = futures::stream::iter(["two\n", "three\n"])
+        .map(|s| ProcessInput::Stdin(Base64Bytes(s.as_bytes().to_vec())));
+    client
+        .stream_input(ProcessSelector::Pid(pid), input)
+        .await
+        .expect("stream input");
+    let mut got = Vec::new();
+    while got != b"got two\ngot three\n" {
+        got.extend(next_output(&mut again).await);
+    }
+    client
+        .close_stdin(ProcessSelector::Pid(pid))
+        .await
+        .expect("close stdin");
+    assert_eq!(next_output(&mut again).await, b"eof\n");
+    match client.connect(ProcessSelector::Pid(u32::MAX)).await {
+        Err(AgentError::Connect(e)) => assert_eq!(e.code, code::NOT_FOUND),
+        other => panic!("expected not_found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pty_sessions_resize() {
+    let (_agent, client, _dir) = agent().await;
+    let mut request = sh("stty size; read x; stty size");
+    request.pty = Some(Pty {
+        size: PtySize { cols: 90, rows: 30 },
+    });
+    let mut stream = client.start(&request).await.expect("start");
+    let pid = stream.pid();
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains("30 90") {
+        screen.extend(next_output(&mut stream).await);
+    }
+    client
+        .update_pty(ProcessSelector::Pid(pid), 120, 50)
+        .await
+        .expect("resize");
+    client
+        .send_input(
+            ProcessSelector::Pid(pid),
+            ProcessInput::Pty(Base64Bytes(b"go\r".to_vec())),
+        )
+        .await
+        .expect("type");
+    while !String::from_utf8_lossy(&screen).contains("50 120") {
+        screen.extend(next_output(&mut stream).await);
+    }
+}
+
+#[tokio::test]
+async fn files_and_directories() {
+    let (_agent, client, dir) = agent().await;
+    let root = dir.path().display().to_string();
+    let path = format!("{root}/a dir/file.txt");
+    let chunks = futures::stream::iter(["hello ", "world"])
+        .map(|s| Ok::<_, std::io::Error>(Bytes::from_static(s.as_bytes())));
+    client.upload(&path, chunks).await.expect("upload");
+    let mut download = client.download(&path).await.expect("download");
+    let mut content = Vec::new();
+    while let Some(chunk) = download.next().await {
+        content.extend_from_slice(&chunk.expect("chunk"));
+    }
+    assert_eq!(content, b"hello world");
+    let entry = client.stat(&path).await.expect("stat");
+    assert_eq!((entry.size, entry.r#type), (11, FileType::File as i32));
+    client
+        .make_dir(&format!("{root}/x/y"))
+        .await
+        .expect("mkdir");
+    match client.make_dir(&format!("{root}/x/y")).await {
+        Err(AgentError::Connect(e)) => assert_eq!(e.code, code::ALREADY_EXISTS),
+        other => panic!("expected already_exists, got {other:?}"),
+    }
+    let names: Vec<String> = client
+        .list_dir(&root, 2)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.path.trim_start_matches(&root).to_string())
+        .collect();
+    assert!(names.contains(&"/a dir/file.txt".to_string()), "{names:?}");
+    assert!(names.contains(&"/x/y".to_string()), "{names:?}");
+    client
+        .remove(&format!("{root}/a dir"))
+        .await
+        .expect("remove");
+    match client.download(&path).await {
+        Err(AgentError::Connect(e)) => assert_eq!(e.code, code::NOT_FOUND),
+        other => panic!("expected not_found, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn init_access_token_and_secrets() {
+    let (_agent, client, _dir) = agent().await;
+    client
+        .init(&InitOptions {
+            env_vars: BTreeMap::from([("FROM_INIT".into(), "yes".into())]),
+            access_token: Some("tok".into()),
+            ..InitOptions::default()
+        })
+        .await
+        .expect("init");
+    match client.list().await {
+        Err(AgentError::Connect(e)) => assert_eq!(e.code, code::UNAUTHENTICATED),
+        other => panic!("expected unauthenticated, got {other:?}"),
+    }
+    let client = client.with_access_token("tok");
+    client
+        .set_secrets(&BTreeMap::from([("TOKEN".into(), "hunter2".into())]))
+        .await
+        .expect("secrets");
+    let output = client
+        .run(&sh("echo $FROM_INIT $TOKEN"), 1024)
+        .await
+        .expect("run");
+    assert_eq!(output.stdout, b"yes hunter2\n");
+    client.delete_secrets(Some("TOKEN")).await.expect("delete");
+    let output = client
+        .run(&sh("echo \"[$TOKEN]\""), 1024)
+        .await
+        .expect("run");
+    assert_eq!(output.stdout, b"[]\n");
+    assert!(client.delete_secrets(Some("TOKEN")).await.is_err());
+}
+
+/// A fake VMM socket: answers the hybrid-vsock handshake, then proxies the
+/// connection to the real agent's unix socket.
+#[tokio::test]
+async fn hybrid_vsock_through_a_fake_vmm() {
+    let (_agent, _direct, dir) = agent().await;
+    let agent_socket = dir.path().join("agent.sock");
+    let vmm_socket = dir.path().join("vmm.sock");
+    let listener = tokio::net::UnixListener::bind(&vmm_socket).expect("bind");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let agent_socket = agent_socket.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut line = Vec::new();
+                loop {
+                    let byte = conn.read_u8().await.expect("handshake byte");
+                    if byte == b'\n' {
+                        break;
+                    }
+                    line.push(byte);
+                }
+                let line = String::from_utf8(line).expect("utf8");
+                let Some(port) = line.strip_prefix("CONNECT ") else {
+                    let _ = conn.write_all(b"ERR bad request\n").await;
+                    return;
+                };
+                assert_eq!(port, "10789");
+                conn.write_all(b"OK 1073741824\n").await.expect("answer");
+                let mut upstream = tokio::net::UnixStream::connect(&agent_socket)
+                    .await
+                    .expect("agent");
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+            });
+        }
+    });
+    let client = AgentClient::hybrid_vsock(&vmm_socket, 10789);
+    client.wait_ready(WAIT).await.expect("ready through vsock");
+    let output = client.run(&sh("echo via vsock"), 1024).await.expect("run");
+    assert_eq!(output.stdout, b"via vsock\n");
+    let wrong = AgentClient::hybrid_vsock(dir.path().join("nobody.sock"), 1);
+    assert!(matches!(
+        wrong.health().await,
+        Err(AgentError::Unavailable(_))
+    ));
+}
+
+/// A deterministic, incompressible-looking byte stream of `len` bytes in 1 MiB
+/// chunks, regenerated for checking (never held in memory whole).
+fn generated(len: u64) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    const CHUNK: u64 = 1 << 20;
+    futures::stream::iter(0..len.div_ceil(CHUNK)).map(move |i| {
+        let size = CHUNK.min(len - i * CHUNK) as usize;
+        let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut chunk = Vec::with_capacity(size);
+        while chunk.len() < size {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        chunk.truncate(size);
+        Ok(Bytes::from(chunk))
+    })
+}
+
+#[tokio::test]
+async fn one_gib_in_and_out_in_constant_memory() {
+    const SIZE: u64 = 1 << 30;
+    let (agent, client, dir) = agent().await;
+    let path = dir.path().join("big.bin").display().to_string();
+    let started = Instant::now();
+    client.upload(&path, generated(SIZE)).await.expect("upload");
+    let uploaded = started.elapsed();
+    assert_eq!(std::fs::metadata(&path).expect("file").len(), SIZE);
+
+    let started = Instant::now();
+    let mut download = client.download(&path).await.expect("download");
+    let mut expected = Box::pin(generated(SIZE));
+    let mut pending = Bytes::new();
+    let mut total = 0u64;
+    while let Some(chunk) = download.next().await {
+        let mut chunk = chunk.expect("chunk");
+        total += chunk.len() as u64;
+        while !chunk.is_empty() {
+            if pending.is_empty() {
+                pending = expected.next().await.expect("more expected").expect("gen");
+            }
+            let n = pending.len().min(chunk.len());
+            assert!(
+                chunk[..n] == pending[..n],
+                "content differs near byte {total}"
+            );
+            chunk = chunk.slice(n..);
+            pending = pending.slice(n..);
+        }
+    }
+    let downloaded = started.elapsed();
+    assert_eq!(total, SIZE);
+    assert!(pending.is_empty() && expected.next().await.is_none());
+    let peak = agent.peak_rss_kib();
+    eprintln!(
+        "1 GiB: upload {uploaded:?} ({:.0} MB/s), download {downloaded:?} ({:.0} MB/s), agent peak RSS {} KiB",
+        SIZE as f64 / 1e6 / uploaded.as_secs_f64(),
+        SIZE as f64 / 1e6 / downloaded.as_secs_f64(),
+        peak
+    );
+    assert!(peak < 64 * 1024, "agent peak RSS {peak} KiB");
+    std::fs::remove_file(&path).expect("clean up");
 }
