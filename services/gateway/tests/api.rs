@@ -479,3 +479,53 @@ async fn any_image_works_even_one_without_a_libc() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// The agent vanishing mid-command: the execution fails with a reason instead of
+/// hanging, it is not re-run, and the VM is reported as what it now is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_disappears_mid_exec_fails_the_execution() {
+    let server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("agent-dies")).await;
+    let (status, queued) = server
+        .post(
+            &format!("/vms/{vm_id}/execute"),
+            json!({"command": "sh", "args": ["-c", "echo started; sleep 60"]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let execution_id = queued["execution_id"].as_str().unwrap().to_string();
+    // Wait until the command runs, then kill the agent (by its pid in the sandbox).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, e) = server.get(&format!("/executions/{execution_id}")).await;
+        if e["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let kill = docker(&[
+        "exec",
+        &container_of(&vm_id),
+        "sh",
+        "-c",
+        "kill -KILL $(ps -eo pid=,comm= | awk '$2 == \"aetherium-agent\" {print $1}')",
+    ]);
+    assert!(kill.status.success(), "{kill:?}");
+
+    let (status, done) = server
+        .get(&format!("/executions/{execution_id}?wait=30s"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(!done["error"].as_str().unwrap().is_empty(), "{done}");
+    let (_, task) = server
+        .get(&format!("/tasks/{}", queued["task_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(task["retry_count"], 0, "a started command must not re-run: {task}");
+    let (_, vm) = server
+        .wait_vm(&vm_id, 30, |_, v| v["status"] != "RUNNING")
+        .await;
+    assert_eq!(vm["status"], "FAILED", "{vm}");
+}
