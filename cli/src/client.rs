@@ -16,10 +16,10 @@ use crate::{ClientOpts, OutputFormat, TaskArgs, TaskCommand, VmArgs, VmCommand};
 /// Longest single wait the server grants (server.max_wait_seconds' default).
 const MAX_WAIT: &str = "600s";
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 fn default_token() -> anyhow::Result<String> {
@@ -35,7 +35,7 @@ fn default_token() -> anyhow::Result<String> {
 }
 
 impl Client {
-    fn new(opts: &ClientOpts) -> anyhow::Result<Client> {
+    pub(crate) fn new(opts: &ClientOpts) -> anyhow::Result<Client> {
         let token = match &opts.token {
             Some(t) => t.clone(),
             None => default_token()?,
@@ -56,10 +56,27 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let response = self.execute(request).await?;
+        let bytes = response.bytes().await.context("reading the response")?;
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {url}"))
+    }
+
+    /// A request to `/api/v1{path}` with the token.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error carrying the API's message.
+    pub(crate) async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let response = request.send().await.map_err(|e| {
             anyhow!(
                 "cannot reach aetherium at {}: {e} (is `aetherium up` running?)",
@@ -67,14 +84,11 @@ impl Client {
             )
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.context("reading the response")?;
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorResponse>(&bytes) {
-                Ok(e) => anyhow!("{} ({} {})", e.message, e.code, e.error),
-                Err(_) => anyhow!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
-            });
+        if status.is_success() {
+            return Ok(response);
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {url}"))
+        let bytes = response.bytes().await.context("reading the response")?;
+        Err(api_error(status, &bytes))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -82,8 +96,16 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment (ids and names are plain, but be safe).
-fn seg(s: &str) -> String {
+/// The API's `{error, message, code}` as an error, or the raw body if it is not one.
+pub(crate) fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(e) => anyhow!("{} ({} {})", e.message, e.code, e.error),
+        Err(_) => anyhow!("HTTP {status}: {}", String::from_utf8_lossy(body)),
+    }
+}
+
+/// Percent-encodes a path segment or query value (ids and names are plain, but be safe).
+pub(crate) fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
@@ -187,17 +209,36 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
         }
         VmCommand::Exec {
             vm,
+            interactive,
+            tty,
+            stream,
             timeout,
             env,
             cwd,
             command,
         } => {
             let mut env_map = serde_json::Map::new();
+            let mut env_pairs = std::collections::BTreeMap::new();
             for pair in env {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| anyhow!("--env {pair:?} is not KEY=VALUE"))?;
                 env_map.insert(k.to_string(), v.into());
+                env_pairs.insert(k.to_string(), v.to_string());
+            }
+            if stream || interactive || tty {
+                let spec = crate::exec::ExecSpec {
+                    vm,
+                    command,
+                    env: env_pairs,
+                    cwd,
+                    timeout,
+                };
+                return if stream {
+                    crate::exec::stream(&client, spec, format == OutputFormat::Json).await
+                } else {
+                    crate::exec::interactive(&client, spec, interactive, tty).await
+                };
             }
             let (cmd, rest) = command
                 .split_first()
@@ -276,6 +317,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        VmCommand::Cp { src, dst } => crate::cp::cp(&client, &src, &dst).await,
         VmCommand::Rm { vm, no_wait } => {
             let query = if no_wait { "" } else { "?wait=120s" };
             let deleted: DeleteVmResponse = client

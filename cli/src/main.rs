@@ -1,7 +1,10 @@
 //! `aetherium`: runs the platform (`aetherium up`) and drives it over the REST API.
 
 mod client;
+mod cp;
+mod exec;
 mod output;
+mod term;
 mod up;
 
 use std::process::ExitCode;
@@ -99,8 +102,21 @@ pub enum VmCommand {
     /// Show one sandbox (by id or name).
     Get { vm: String },
     /// Run a command in a sandbox; exits with the command's exit code.
+    ///
+    /// By default the command is queued and its output printed when it is done.
+    /// `--stream` prints output as it happens; `-i` streams stdin to it; `-t` gives
+    /// it a terminal (`-it`: an interactive shell, like `docker exec -it`).
     Exec {
         vm: String,
+        /// Keep stdin open and send it to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the command a terminal (raw mode locally, window size follows).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Print output as it is produced instead of when the command is done.
+        #[arg(long, conflicts_with_all = ["interactive", "tty"])]
+        stream: bool,
         /// Kill the command after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
@@ -116,6 +132,14 @@ pub enum VmCommand {
     },
     /// List the commands run in a sandbox.
     Executions { vm: String },
+    /// Copy a file into or out of a sandbox: `cp ./f <vm>:/path` or `cp <vm>:/path ./f`
+    /// (`-` for stdin or stdout; a directory destination keeps the file's name).
+    Cp {
+        /// `<vm>:<absolute path>`, a local path, or `-` (stdin).
+        src: String,
+        /// `<vm>:<absolute path>`, a local path, or `-` (stdout).
+        dst: String,
+    },
     /// Delete a sandbox (waits until it is gone unless --no-wait).
     Rm {
         vm: String,
@@ -158,6 +182,8 @@ fn main() -> ExitCode {
             Command::Task(args) => client::task(args).await,
         }
     });
+    // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.
+    runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// Where the database, token and sockets live.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Largest file `PUT /vms/{id}/files` (`aetherium vm cp` into a sandbox) accepts.
+    #[arg(long, env = "AETHERIUM_MAX_UPLOAD_BYTES", default_value_t = aetherium_gateway::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
 }
 
 /// Reads the admin token, or makes one on first start (mode 0600, never logged).
@@ -102,11 +105,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
-    let state = AppState {
-        platform: runtime.platform.clone(),
-        token_digest: token_digest(&token),
-        max_wait: Duration::from_secs(config.server.max_wait_seconds),
-    };
+    let mut state = AppState::new(
+        runtime.platform.clone(),
+        token_digest(&token),
+        Duration::from_secs(config.server.max_wait_seconds),
+    );
+    state.output_cap_bytes = config.vmm.output_cap_bytes;
+    state.max_upload_bytes = args.max_upload_bytes;
     // Scripts wait for this line; it carries no secret.
     println!("aetherium is up at http://{local}");
     if config.server.api_token.is_none() {

@@ -221,3 +221,324 @@ fn up_create_exec_rm_and_restart() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// Runs `body` against a fresh `aetherium up` with one running VM (its name is the
+/// argument), then stops it and removes the sandboxes, whatever happened.
+fn with_vm(prefix: &str, body: impl FnOnce(&Up, &str)) {
+    let dir = tempfile::tempdir().unwrap();
+    let worker_id = format!("{prefix}-{}", random_hex());
+    let up = Up::start(dir.path(), &worker_id);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let name = format!("{prefix}-{}", random_hex());
+        let out = up.cli(&["vm", "create", "--name", &name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        body(&up, &name);
+    }));
+    up.stop();
+    cleanup(&worker_id);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+impl Up {
+    fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("AETHERIUM_URL", &self.url)
+            .env("AETHERIUM_TOKEN", self.token())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let stdin = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&stdin);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+}
+
+#[test]
+fn cp_both_ways_and_streamed_exec() {
+    with_vm("cp", |up, name| {
+        let dir = tempfile::tempdir().unwrap();
+        // 3 MiB of varied bytes: more than one chunk each way, not text.
+        let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let local = dir.path().join("blob.bin");
+        std::fs::write(&local, &data).unwrap();
+        let remote = format!("{name}:/tmp/in/blob.bin");
+        let out = up.cli(&["vm", "cp", local.to_str().unwrap(), &remote]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let back = dir.path().join("back.bin");
+        let out = up.cli(&["vm", "cp", &remote, back.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(std::fs::read(&back).unwrap() == data, "the copy differs");
+
+        // Into a directory, the file keeps its name; `-` is stdin and stdout.
+        let out = up.cli(&[
+            "vm",
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{name}:/tmp/"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = up.cli(&[
+            "vm",
+            "exec",
+            name,
+            "--",
+            "stat",
+            "-c",
+            "%s",
+            "/tmp/blob.bin",
+        ]);
+        assert_eq!(text(&out.stdout).trim(), data.len().to_string());
+        let out = up.cli_with_stdin(
+            &["vm", "cp", "-", &format!("{name}:/tmp/piped")],
+            b"via stdin\n",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = up.cli(&["vm", "cp", &format!("{name}:/tmp/piped"), "-"]);
+        assert_eq!(text(&out.stdout), "via stdin\n");
+        let out = up.cli(&[
+            "vm",
+            "cp",
+            &format!("{name}:/tmp/piped"),
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("piped")).unwrap(),
+            "via stdin\n"
+        );
+
+        // Failures say why and exit 1.
+        let out = up.cli(&["vm", "cp", &format!("{name}:/no/such/file"), "-"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+        let out = up.cli(&["vm", "cp", &format!("{name}:relative"), "-"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("absolute"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        // `-i` streams stdin to the command and ends it.
+        let out = up.cli_with_stdin(&["vm", "exec", "-i", name, "--", "wc", "-l"], b"a\nb\nc\n");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "3");
+        // `--stream`: output as it happens, exit code, stderr apart.
+        let out = up.cli(&[
+            "vm",
+            "exec",
+            "--stream",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 4",
+        ]);
+        assert_eq!(out.status.code(), Some(4));
+        assert_eq!(text(&out.stdout), "out\n");
+        assert_eq!(text(&out.stderr), "err\n");
+        // `-t` without a terminal on stdin is refused, as docker does.
+        let out = up.cli_with_stdin(&["vm", "exec", "-it", name, "--", "true"], b"");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("not a TTY"),
+            "{}",
+            text(&out.stderr)
+        );
+    });
+}
+
+/// A pseudo-terminal whose output is collected by a thread.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    fn open(cols: u16, rows: u16) -> Pty {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        let master = std::fs::File::from(master);
+        let pty = Pty {
+            master,
+            slave,
+            output: Default::default(),
+        };
+        pty.resize(cols, rows);
+        let mut reader = pty.master.try_clone().unwrap();
+        let output = pty.output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        pty
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&self.master, size).unwrap();
+    }
+
+    fn type_in(&self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut &self.master, bytes).unwrap();
+    }
+
+    /// Waits until the output (since `from`) contains `needle`; returns where it ends.
+    fn wait_for(&self, needle: &str, from: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = self.output.lock().unwrap().clone();
+            let tail = &out[from.min(out.len())..];
+            if let Some(i) = tail
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
+                return from + i + needle.len();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the terminal after 20s; it shows:\n{}",
+                String::from_utf8_lossy(tail)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn exec_it_drives_a_remote_shell_through_a_real_terminal() {
+    with_vm("tty", |up, name| {
+        let pty = Pty::open(80, 24);
+        let stdio = || Stdio::from(pty.slave.try_clone().unwrap());
+        // setsid -c: a session of its own with the pty as controlling terminal, so
+        // that resizing the pty sends the CLI SIGWINCH, as a terminal emulator does.
+        let mut child = Command::new("setsid")
+            .args([
+                "-c",
+                "-w",
+                BIN,
+                "vm",
+                "exec",
+                "-it",
+                name,
+                "--",
+                "bash",
+                "--norc",
+                "--noprofile",
+            ])
+            .env("AETHERIUM_URL", &up.url)
+            .env("AETHERIUM_TOKEN", up.token())
+            .env("TERM", "xterm")
+            .stdin(stdio())
+            .stdout(stdio())
+            .stderr(stdio())
+            .spawn()
+            .unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The local terminal is raw while the session runs (no local echo, no
+            // signals from Ctrl-C): wait until the CLI has switched it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while rustix::termios::tcgetattr(&pty.slave)
+                .unwrap()
+                .local_modes
+                .contains(rustix::termios::LocalModes::ICANON)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the terminal never went raw"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            pty.type_in(b"echo hi-$((40+2))\r");
+            let at = pty.wait_for("hi-42\r\n", 0);
+            pty.type_in(b"stty size\r");
+            let at = pty.wait_for("24 80\r\n", at);
+            // The window changes: the CLI hears SIGWINCH and resizes the remote terminal.
+            pty.resize(100, 30);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            pty.type_in(b"stty size\r");
+            let at = pty.wait_for("30 100\r\n", at);
+            // Ctrl-C reaches the remote foreground process, not the CLI.
+            pty.type_in(b"sleep 100\r");
+            // Ctrl-C only once `sleep` is the terminal's foreground process.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !text(
+                &up.cli(&["vm", "exec", name, "--", "ps", "-eo", "args"])
+                    .stdout,
+            )
+            .lines()
+            .any(|l| l.trim() == "sleep 100")
+            {
+                assert!(std::time::Instant::now() < deadline, "sleep never ran");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            pty.type_in(b"\x03");
+            pty.type_in(b"echo alive-$((1+1))\r");
+            pty.wait_for("alive-2\r\n", at);
+            pty.type_in(b"exit 3\r");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(std::time::Instant::now() < deadline, "the CLI did not exit");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            assert_eq!(status.code(), Some(3));
+            // The terminal is back as it was.
+            let modes = rustix::termios::tcgetattr(&pty.slave).unwrap().local_modes;
+            assert!(modes.contains(rustix::termios::LocalModes::ICANON));
+            assert!(modes.contains(rustix::termios::LocalModes::ECHO));
+        }));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+        // The session is in the VM's history.
+        let out = up.cli(&["vm", "executions", name, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let session = list["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["command"] == "bash")
+            .unwrap();
+        assert_eq!(session["metadata"]["mode"], "interactive", "{list}");
+        assert_eq!(session["exit_code"], 3);
+        assert!(session["stdout"].as_str().unwrap().contains("hi-42"));
+    });
+}

@@ -14,7 +14,7 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 const MAX_KEEPALIVE_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub const USAGE: &str = "\
-usage: aetherium-agent --listen unix:PATH | --listen tcp:IP:PORT [options]
+usage: aetherium-agent --listen unix:PATH | tcp:IP:PORT | vsock:PORT [options]
        aetherium-agent --version
 
 Serves E2B envd's API (Connect process and filesystem services, /files, /init,
@@ -41,6 +41,9 @@ pub enum Listen {
     /// An IP literal and port only: parsing a host name would need getaddrinfo, which
     /// a static glibc binary cannot use reliably.
     Tcp(SocketAddr),
+    /// AF_VSOCK on any CID (inside a microVM; the host reaches it through the VMM's
+    /// hybrid-vsock socket with `CONNECT <port>`).
+    Vsock(u32),
 }
 
 impl FromStr for Listen {
@@ -56,9 +59,13 @@ impl FromStr for Listen {
             addr.parse().map(Listen::Tcp).map_err(|e| {
                 format!("bad tcp address {addr:?} ({e}); want IP:PORT, e.g. 127.0.0.1:49983")
             })
+        } else if let Some(port) = s.strip_prefix("vsock:") {
+            port.parse()
+                .map(Listen::Vsock)
+                .map_err(|e| format!("bad vsock port {port:?} ({e}); want vsock:PORT"))
         } else {
             Err(format!(
-                "bad listen address {s:?}; want unix:PATH or tcp:IP:PORT"
+                "bad listen address {s:?}; want unix:PATH, tcp:IP:PORT or vsock:PORT"
             ))
         }
     }
@@ -69,6 +76,7 @@ impl fmt::Display for Listen {
         match self {
             Listen::Unix(path) => write!(f, "unix:{}", path.display()),
             Listen::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Listen::Vsock(port) => write!(f, "vsock:{port}"),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aetherium_types::agent::{
     CONNECT_COMPRESSED_FLAG, CONNECT_END_STREAM_FLAG, Codec, ConnectError, EndStreamMessage,
-    MAX_ENVELOPE_BYTES, ProcessEvent, WatchDirResponse, WireMessage, code, envelope,
+    MAX_ENVELOPE_BYTES, ProcessEvent, StartResponse, WatchDirResponse, WireMessage, code, envelope,
     envelope_header,
 };
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -319,7 +319,7 @@ pub fn unary_error(error: &ConnectError) -> Response<ResponseBody> {
 
 /// One message of a Connect stream, enveloped.
 pub fn stream_message(codec: Codec, message: &impl WireMessage) -> Bytes {
-    Bytes::from(envelope(0, &codec.encode(message)))
+    Bytes::from(codec.encode_enveloped(0, message))
 }
 
 /// The end-of-stream envelope (always JSON): `{}` on success, `{"error": ...}` on
@@ -353,9 +353,16 @@ pub fn stream_single(codec: Codec, message: &impl WireMessage) -> Response<Respo
     )
 }
 
+/// One enveloped response message, in one or two parts sent in turn: a chunk of
+/// output goes out as the second part, as it was read, never copied.
+pub struct Enveloped {
+    pub head: Bytes,
+    pub tail: Option<Bytes>,
+}
+
 /// What a server stream carries: each item becomes one enveloped response message.
 pub trait StreamItem: Send + 'static {
-    fn encode(&self, codec: Codec) -> Vec<u8>;
+    fn encode(&self, codec: Codec) -> Enveloped;
     /// The message sent when the stream has been silent for the keepalive interval.
     fn keepalive() -> Self;
     /// Whether this is the stream's last message (then the end of stream follows).
@@ -365,20 +372,26 @@ pub trait StreamItem: Send + 'static {
 /// Process events are shared between a process's subscribers, each encoding them in
 /// its own codec as `StartResponse`/`ConnectResponse` (`{event: ...}`, field 1).
 impl StreamItem for Arc<ProcessEvent> {
-    fn encode(&self, codec: Codec) -> Vec<u8> {
-        match codec {
-            Codec::Proto => {
-                let mut buf = Vec::with_capacity(prost::Message::encoded_len(&**self) + 8);
-                prost::encoding::message::encode(1, &**self, &mut buf);
-                buf
-            }
-            Codec::Json => {
-                #[derive(Serialize)]
-                struct Event<'a> {
-                    event: &'a ProcessEvent,
-                }
-                to_json(&Event { event: self })
-            }
+    fn encode(&self, codec: Codec) -> Enveloped {
+        if let (Codec::Proto, ProcessEvent::Data(data)) = (codec, &**self) {
+            let mut head = Vec::with_capacity(32);
+            head.extend_from_slice(&[0; 5]);
+            let tail = data.encode_response_split(&mut head);
+            // Chunks are at most CHUNK_BYTES: far below the u32 limit.
+            let len = (head.len() - 5 + tail.len()) as u32;
+            head[1..5].copy_from_slice(&len.to_be_bytes());
+            return Enveloped {
+                head: Bytes::from(head),
+                tail: (!tail.is_empty()).then_some(tail),
+            };
+        }
+        // Cheap: events other than data are small, and data is a shared `Bytes`.
+        let response = StartResponse {
+            event: Some((**self).clone()),
+        };
+        Enveloped {
+            head: Bytes::from(codec.encode_enveloped(0, &response)),
+            tail: None,
         }
     }
 
@@ -392,8 +405,11 @@ impl StreamItem for Arc<ProcessEvent> {
 }
 
 impl StreamItem for WatchDirResponse {
-    fn encode(&self, codec: Codec) -> Vec<u8> {
-        codec.encode(self)
+    fn encode(&self, codec: Codec) -> Enveloped {
+        Enveloped {
+            head: stream_message(codec, self),
+            tail: None,
+        }
     }
 
     fn keepalive() -> Self {
@@ -416,6 +432,8 @@ pub struct ServerStream<T> {
     keepalive: Pin<Box<Sleep>>,
     interval: Duration,
     state: StreamState,
+    /// The second part of the message being sent.
+    tail: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,6 +456,7 @@ impl<T: StreamItem> ServerStream<T> {
             keepalive: Box::pin(tokio::time::sleep(interval)),
             interval,
             state: StreamState::Streaming,
+            tail: None,
         }
     }
 
@@ -456,6 +475,9 @@ impl<T: StreamItem> Body for ServerStream<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if let Some(tail) = this.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        }
         let frame = match this.state {
             StreamState::Done => return Poll::Ready(None),
             StreamState::Ending => {
@@ -467,7 +489,9 @@ impl<T: StreamItem> Body for ServerStream<T> {
                     if item.is_last() {
                         this.state = StreamState::Ending;
                     }
-                    Bytes::from(envelope(0, &item.encode(this.codec)))
+                    let Enveloped { head, tail } = item.encode(this.codec);
+                    this.tail = tail;
+                    head
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.state = StreamState::Done;
@@ -481,7 +505,7 @@ impl<T: StreamItem> Body for ServerStream<T> {
                     )))
                 }
                 Poll::Pending => match this.keepalive.as_mut().poll(cx) {
-                    Poll::Ready(()) => Bytes::from(envelope(0, &T::keepalive().encode(this.codec))),
+                    Poll::Ready(()) => T::keepalive().encode(this.codec).head,
                     Poll::Pending => return Poll::Pending,
                 },
             },
@@ -497,9 +521,7 @@ impl<T: StreamItem> Body for ServerStream<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aetherium_types::agent::{
-        CONNECT_STREAM_JSON, ProcessConfig, StartRequest, StartResponse, take_envelope,
-    };
+    use aetherium_types::agent::{CONNECT_STREAM_JSON, ProcessConfig, StartRequest, take_envelope};
 
     fn start_json() -> Vec<u8> {
         br#"{"process":{"cmd":"sh","args":["-c","exit 3"],"envs":{"A":"1"}},"tag":"t"}"#.to_vec()
@@ -654,11 +676,22 @@ mod tests {
         let event = Arc::new(ProcessEvent::Start(aetherium_types::agent::StartEvent {
             pid: 42,
         }));
-        let expected = StartResponse {
-            event: Some((*event).clone()),
-        };
-        for codec in [Codec::Proto, Codec::Json] {
-            assert_eq!(StreamItem::encode(&event, codec), codec.encode(&expected));
+        let data = Arc::new(ProcessEvent::Data(
+            aetherium_types::agent::DataEvent::Stderr(vec![9u8; 200_000].into()),
+        ));
+        let empty = Arc::new(ProcessEvent::Data(
+            aetherium_types::agent::DataEvent::Stdout(Vec::new().into()),
+        ));
+        for event in [event, data, empty] {
+            let expected = StartResponse {
+                event: Some((*event).clone()),
+            };
+            for codec in [Codec::Proto, Codec::Json] {
+                let Enveloped { head, tail } = StreamItem::encode(&event, codec);
+                let mut whole = head.to_vec();
+                whole.extend_from_slice(&tail.unwrap_or_default());
+                assert_eq!(whole, envelope(0, &codec.encode(&expected)));
+            }
         }
     }
 

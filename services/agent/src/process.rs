@@ -14,7 +14,7 @@
 //! subscriber that has gone (its connection closed) is dropped at the next event.
 //! A process has at most [`MAX_SUBSCRIBERS`] subscribers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use aetherium_types::agent::{
     Base64Bytes, ConnectError, DataEvent, EndEvent, ProcessConfig, ProcessEvent, ProcessInfo,
     ProcessInput, ProcessSelector, Pty, Signal, StartEvent, StartRequest, code,
 };
+use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -41,6 +42,11 @@ const CHUNK_BYTES: usize = 128 * 1024;
 const PIPE_BYTES: usize = 1024 * 1024;
 /// ...and for its pty.
 const PTY_CHUNK_BYTES: usize = 16 * 1024;
+/// Pipe output is read into buffers of this many chunks, cut into the chunks that go
+/// out (see [`ReadBuffer`])...
+const BUFFER_CHUNKS: usize = 4;
+/// ...and at most this many filled buffers are kept for reuse while output streams.
+const SPARE_BUFFERS: usize = 6;
 /// Events queued per subscriber. Small: when a client reads slowly, the child
 /// should feel back-pressure rather than the agent buffering its output.
 pub const EVENT_QUEUE: usize = 16;
@@ -590,13 +596,64 @@ enum Source {
     Pty,
 }
 
-/// Reads from a pipe that may already be closed (`None`: never ready).
+/// Where a pipe's output is read: buffers of [`BUFFER_CHUNKS`] chunks, each read
+/// landing after the previous one and split off as the `Bytes` of its data event.
+/// That chunk is what every stream sends, as is: no copy between the pipe and the
+/// socket. A filled buffer is reused once every chunk cut from it has been sent
+/// (dropped): while output streams, a few buffers go round (fresh allocations would
+/// cost a page fault per 4 KiB), at most [`SPARE_BUFFERS`] besides the current one.
+/// What is queued stays bounded by the queues (a chunk pins at most one buffer), and
+/// the spare buffers are let go when output slows down.
+struct ReadBuffer {
+    buf: BytesMut,
+    spent: VecDeque<BytesMut>,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            spent: VecDeque::new(),
+        }
+    }
+
+    /// Makes room for a whole chunk: in the current buffer, else in the first spent
+    /// one whose chunks have all gone, else in a new one.
+    fn prepare(&mut self) {
+        if self.buf.capacity() >= CHUNK_BYTES {
+            return;
+        }
+        let size = CHUNK_BYTES * BUFFER_CHUNKS;
+        self.spent.push_back(std::mem::take(&mut self.buf));
+        match self.spent.iter_mut().position(|b| b.try_reclaim(size)) {
+            Some(free) => self.buf = self.spent.remove(free).unwrap_or_default(),
+            None => {
+                if self.spent.len() > SPARE_BUFFERS {
+                    self.spent.pop_front();
+                }
+                self.buf = BytesMut::with_capacity(size);
+            }
+        }
+    }
+
+    /// The bytes the last read brought.
+    fn take(&mut self) -> Bytes {
+        let chunk = self.buf.split().freeze();
+        if chunk.len() < CHUNK_BYTES / 4 {
+            // A slow writer: a single buffer will do.
+            self.spent.clear();
+        }
+        chunk
+    }
+}
+
+/// Reads a chunk from a pipe that may already be closed (`None`: never ready).
 async fn read_pipe<R: AsyncRead + Unpin>(
     pipe: &mut Option<R>,
-    buf: &mut [u8],
+    buf: &mut ReadBuffer,
 ) -> io::Result<usize> {
     match pipe {
-        Some(pipe) => pipe.read(buf).await,
+        Some(pipe) => pipe.read_buf(&mut (&mut buf.buf).limit(CHUNK_BYTES)).await,
         None => std::future::pending().await,
     }
 }
@@ -626,8 +683,8 @@ async fn supervise(
         Outputs::Pipes { stdout, stderr } => (stdout, stderr, None),
         Outputs::Pty(master) => (None, None, master),
     };
-    let mut out_buf = vec![0u8; if stdout.is_some() { CHUNK_BYTES } else { 0 }];
-    let mut err_buf = vec![0u8; if stderr.is_some() { CHUNK_BYTES } else { 0 }];
+    let mut out_buf = ReadBuffer::new();
+    let mut err_buf = ReadBuffer::new();
     let mut pty_buf = vec![0u8; if pty.is_some() { PTY_CHUNK_BYTES } else { 0 }];
     let mut status: Option<io::Result<ExitStatus>> = None;
     let mut drained_after_exit = 0usize;
@@ -641,6 +698,12 @@ async fn supervise(
         let open = stdout.is_some() || stderr.is_some() || pty.is_some();
         if status.is_some() && (!open || drained_after_exit > DRAIN_MAX_BYTES) {
             break;
+        }
+        if stdout.is_some() {
+            out_buf.prepare();
+        }
+        if stderr.is_some() {
+            err_buf.prepare();
         }
         let (source, n) = tokio::select! {
             read = read_pipe(&mut stdout, &mut out_buf) => match read {
@@ -673,12 +736,12 @@ async fn supervise(
         if status.is_some() {
             drained_after_exit += n;
         }
+        let data = match source {
+            Source::Stdout => DataEvent::Stdout(Base64Bytes(out_buf.take())),
+            Source::Stderr => DataEvent::Stderr(Base64Bytes(err_buf.take())),
+            Source::Pty => DataEvent::Pty(Base64Bytes(Bytes::copy_from_slice(&pty_buf[..n]))),
+        };
         if process.has_subscribers() {
-            let data = match source {
-                Source::Stdout => DataEvent::Stdout(Base64Bytes(out_buf[..n].to_vec())),
-                Source::Stderr => DataEvent::Stderr(Base64Bytes(err_buf[..n].to_vec())),
-                Source::Pty => DataEvent::Pty(Base64Bytes(pty_buf[..n].to_vec())),
-            };
             process.broadcast(ProcessEvent::Data(data)).await;
         }
         // Restarted after every chunk (and after any wait for a slow client), so it

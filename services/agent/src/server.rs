@@ -23,6 +23,7 @@ use crate::cli::{Config, Listen};
 enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
+    Vsock(tokio_vsock::VsockListener),
 }
 
 impl Listener {
@@ -31,6 +32,9 @@ impl Listener {
             Listen::Unix(path) => Ok(Listener::Unix(bind_unix(path)?, path.clone())),
             // A `SocketAddr` goes straight to bind(2): no name resolution.
             Listen::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(*addr).await?)),
+            Listen::Vsock(port) => Ok(Listener::Vsock(tokio_vsock::VsockListener::bind(
+                tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port),
+            )?)),
         }
     }
 
@@ -74,7 +78,7 @@ pub async fn run(config: Config) -> io::Result<()> {
     // The bound address, which differs from the requested one for port 0.
     let bound = match &listener {
         Listener::Tcp(tcp) => tcp.local_addr().map_or(config.listen.clone(), Listen::Tcp),
-        Listener::Unix(..) => config.listen.clone(),
+        Listener::Unix(..) | Listener::Vsock(_) => config.listen.clone(),
     };
     crate::log!("listening on {bound} (protocol {PROTOCOL_VERSION})");
     let idle = idle_watch(Arc::clone(&state));
@@ -95,6 +99,9 @@ pub async fn run(config: Config) -> io::Result<()> {
                 tokio::spawn(serve_connection(stream, Arc::clone(&state)));
             }
             Ok(Connection::Tcp(stream)) => {
+                tokio::spawn(serve_connection(stream, Arc::clone(&state)));
+            }
+            Ok(Connection::Vsock(stream)) => {
                 tokio::spawn(serve_connection(stream, Arc::clone(&state)));
             }
             Err(e) => {
@@ -129,6 +136,7 @@ async fn idle_watch(state: Arc<State>) {
 enum Connection {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+    Vsock(tokio_vsock::VsockStream),
 }
 
 async fn accept(listener: &Listener) -> io::Result<Connection> {
@@ -140,6 +148,7 @@ async fn accept(listener: &Listener) -> io::Result<Connection> {
             stream.set_nodelay(true)?;
             Ok(Connection::Tcp(stream))
         }
+        Listener::Vsock(listener) => Ok(Connection::Vsock(listener.accept().await?.0)),
     }
 }
 

@@ -154,7 +154,7 @@ async fn output_streams_before_exit_with_keepalives() {
     let mut stream = agent.start(&sh("echo first; sleep 3; echo second")).await;
     stream.pid().await;
     match stream.next_real().await {
-        ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"first\n"),
+        ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(&bytes.0[..], b"first\n"),
         other => panic!("expected stdout, got {other:?}"),
     }
     assert!(
@@ -234,7 +234,7 @@ async fn stdin_is_a_pipe_by_default_and_null_when_disabled() {
             .await;
         sent.expect("send input");
         match stream.next_real().await {
-            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"ping\n"),
+            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(&bytes.0[..], b"ping\n"),
             other => panic!("expected the echo, got {other:?}"),
         }
     }
@@ -391,7 +391,7 @@ async fn connect_reattaches_by_pid_and_tag() {
         .expect("input");
     for stream in [&mut by_pid, &mut by_tag] {
         match stream.next_real().await {
-            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(bytes.0, b"got a\n"),
+            ProcessEvent::Data(DataEvent::Stdout(bytes)) => assert_eq!(&bytes.0[..], b"got a\n"),
             other => panic!("{other:?}"),
         }
     }

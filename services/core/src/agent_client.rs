@@ -28,9 +28,9 @@ use aetherium_types::agent::{
     PathRequest, ProcessEvent, ProcessInfo, ProcessInput, ProcessSelector, Pty, PtySize,
     SendInputRequest, SendSignalRequest, Signal, StartRequest, StartResponse, StreamInputData,
     StreamInputRequest, StreamInputStart, UpdateRequest, WireMessage, code, envelope,
-    take_envelope,
+    envelope_header, split_envelope,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt as _};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
@@ -160,15 +160,64 @@ impl Transport {
     }
 }
 
+type Http1Connection = http1::Connection<TokioIo<Box<dyn AgentIo>>, RequestBody>;
+
 /// Keeps a call's HTTP connection alive; dropping it closes the connection.
 struct Connection {
     _sender: http1::SendRequest<RequestBody>,
-    task: JoinHandle<()>,
+    driver: Driver,
+}
+
+/// What makes a connection read and write.
+enum Driver {
+    /// A task of its own: calls whose request body streams, or whose response is
+    /// read to its end at once.
+    Task(JoinHandle<()>),
+    /// The reader of the response body ([`ProcessStream`], [`Download`]), before
+    /// each read: the socket is read in the reader's own task, so handing a body
+    /// frame over wakes no other task (often on another thread). `None` once the
+    /// connection is done (how it ended, the body tells).
+    Inline(Option<Pin<Box<Http1Connection>>>),
+}
+
+impl Connection {
+    /// Lets an inline connection read what has arrived, registering the task for
+    /// more. Nothing to do for one with its own task.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Driver::Inline(conn) = &mut self.driver {
+            drive(conn, cx);
+        }
+    }
+
+    /// Hands an inline connection to a task of its own: for a response body read
+    /// by code that does not drive it (an error answer).
+    fn detach(&mut self) {
+        if let Driver::Inline(conn) = &mut self.driver {
+            let conn = conn.take();
+            self.driver = Driver::Task(tokio::spawn(async move {
+                if let Some(conn) = conn {
+                    let _ = conn.await;
+                }
+            }));
+        }
+    }
+}
+
+/// Polls a connection until it is done, then drops it: whatever still waits on it
+/// (a response, a body) is then told it was cut off.
+fn drive(conn: &mut Option<Pin<Box<Http1Connection>>>, cx: &mut Context<'_>) {
+    if let Some(c) = conn
+        && c.as_mut().poll(cx).is_ready()
+    {
+        *conn = None;
+    }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Driver::Task(task) = &self.driver {
+            task.abort();
+        }
     }
 }
 
@@ -298,16 +347,18 @@ impl AgentClient {
         message: &M,
     ) -> Result<ProcessStream, AgentError> {
         let body = envelope(0, &CODEC.encode(message));
-        let (response, connection) = self
-            .send(
+        let (response, mut connection) = self
+            .send_driven(
                 Method::POST,
                 path,
                 Some(CODEC.stream_content_type()),
                 full(body),
+                Drive::Inline,
             )
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
+            connection.detach();
             return Err(error_response(status, response.into_body()).await);
         }
         let content_type = response
@@ -322,11 +373,11 @@ impl AgentClient {
         }
         let mut stream = ProcessStream {
             body: response.into_body(),
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             pending: None,
             pid: 0,
             finished: false,
-            _connection: connection,
+            connection,
         };
         // The first message is the start event, or the end of the stream carrying
         // the error.
@@ -407,7 +458,7 @@ impl AgentClient {
             ))))
         });
         let body = StreamBody::new(frames).boxed_unsync();
-        let (response, _connection) = self
+        let (response, connection) = self
             .send(
                 Method::POST,
                 PROCESS_STREAM_INPUT_PATH,
@@ -422,16 +473,17 @@ impl AgentClient {
         // The response is a stream: the (empty) response message, then the end.
         let mut stream = ProcessStream {
             body: response.into_body(),
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             pending: None,
             pid: 0,
             finished: false,
-            _connection,
+            connection,
         };
         loop {
             match poll_fn(|cx| stream.poll_raw(cx)).await? {
                 (flags, _) if flags & CONNECT_END_STREAM_FLAG == 0 => continue,
-                (_, message) => {
+                (_, mut message) => {
+                    let message = message.copy_to_bytes(message.remaining());
                     let end: EndStreamMessage = serde_json::from_slice(&message).map_err(|e| {
                         AgentError::Protocol(format!("malformed end of stream: {e}"))
                     })?;
@@ -537,21 +589,23 @@ impl AgentClient {
 
     /// `GET /files?path=`: the file's bytes as they arrive.
     pub async fn download(&self, path: &str) -> Result<Download, AgentError> {
-        let (response, connection) = self
-            .send(
+        let (response, mut connection) = self
+            .send_driven(
                 Method::GET,
                 &format!("/files?path={}", percent_encode(path)),
                 None,
                 empty(),
+                Drive::Inline,
             )
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
+            connection.detach();
             return Err(error_response(status, response.into_body()).await);
         }
         Ok(Download {
             body: response.into_body(),
-            _connection: connection,
+            connection,
         })
     }
 
@@ -660,7 +714,8 @@ impl AgentClient {
             .map_err(|e| AgentError::Protocol(format!("malformed {path} response: {e}")))
     }
 
-    /// Opens a connection and sends one request on it.
+    /// Opens a connection and sends one request on it, the connection driven by a
+    /// task of its own.
     async fn send(
         &self,
         method: Method,
@@ -668,16 +723,25 @@ impl AgentClient {
         content_type: Option<&'static str>,
         body: RequestBody,
     ) -> Result<(Response<Incoming>, Connection), AgentError> {
+        self.send_driven(method, path, content_type, body, Drive::Task)
+            .await
+    }
+
+    /// Opens a connection and sends one request on it.
+    async fn send_driven(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: RequestBody,
+        drive_by: Drive,
+    ) -> Result<(Response<Incoming>, Connection), AgentError> {
         let unavailable =
             |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
         let io = self.transport.connect().await?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(unavailable)?;
-        let task = tokio::spawn(async move {
-            // Errors surface through the request or the response body.
-            let _ = conn.await;
-        });
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -694,15 +758,45 @@ impl AgentClient {
         let request = request
             .body(body)
             .map_err(|e| AgentError::Protocol(format!("building request: {e}")))?;
-        let response = sender.send_request(request).await.map_err(unavailable)?;
-        Ok((
-            response,
-            Connection {
-                _sender: sender,
-                task,
-            },
-        ))
+        match drive_by {
+            Drive::Task => {
+                let task = tokio::spawn(async move {
+                    // Errors surface through the request or the response body.
+                    let _ = conn.await;
+                });
+                let response = sender.send_request(request).await.map_err(unavailable)?;
+                let connection = Connection {
+                    _sender: sender,
+                    driver: Driver::Task(task),
+                };
+                Ok((response, connection))
+            }
+            Drive::Inline => {
+                let mut conn = Some(Box::pin(conn));
+                let response = {
+                    let mut response = std::pin::pin!(sender.send_request(request));
+                    poll_fn(|cx| {
+                        drive(&mut conn, cx);
+                        response.as_mut().poll(cx)
+                    })
+                    .await
+                    .map_err(unavailable)?
+                };
+                let connection = Connection {
+                    _sender: sender,
+                    driver: Driver::Inline(conn),
+                };
+                Ok((response, connection))
+            }
+        }
     }
+}
+
+/// Who drives a call's connection (see [`Connection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    Task,
+    Inline,
 }
 
 fn full(bytes: impl Into<Bytes>) -> RequestBody {
@@ -757,14 +851,17 @@ enum Message {
 /// [`AgentError::Connect`], a broken connection [`AgentError::Unavailable`].
 pub struct ProcessStream {
     body: Incoming,
-    /// Received bytes not yet split into envelopes; bounded by `take_envelope`'s
-    /// size limit.
-    buf: Vec<u8>,
+    /// Received bytes not yet split into envelopes; bounded by the envelope size
+    /// limit. Envelopes are split off it and their messages decoded from those
+    /// slices: an output chunk is copied once, from the response body into `buf`.
+    /// (Keeping hyper's frames instead would save that copy but pin hyper's read
+    /// buffer, which then gets reallocated, and page-faulted, on every read.)
+    buf: BytesMut,
     /// The start event, read by `start` and yielded first.
     pending: Option<ProcessEvent>,
     pid: u32,
     finished: bool,
-    _connection: Connection,
+    connection: Connection,
 }
 
 impl fmt::Debug for ProcessStream {
@@ -783,13 +880,20 @@ impl ProcessStream {
     }
 
     /// The next envelope: flags and message.
-    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<(u8, Vec<u8>), AgentError>> {
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<(u8, Bytes), AgentError>> {
         loop {
-            match take_envelope(&mut self.buf) {
+            match split_envelope(&mut self.buf) {
                 Ok(Some(envelope)) => return Poll::Ready(Ok(envelope)),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(AgentError::Protocol(e.to_string()))),
             }
+            // Room for the whole envelope at once (its size is known from its
+            // header, and bounded): one allocation, reused in place for the next
+            // envelope once this one's event has been dropped.
+            if let Ok(Some((_, len))) = envelope_header(&self.buf) {
+                self.buf.reserve(5 + len - self.buf.len());
+            }
+            self.connection.drive(cx);
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     // Trailers carry nothing in the Connect streaming protocol.
@@ -813,7 +917,7 @@ impl ProcessStream {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, AgentError>> {
         let (flags, message) = ready!(self.poll_raw(cx))?;
-        Poll::Ready(decode_message(flags, &message))
+        Poll::Ready(decode_message(flags, message))
     }
 }
 
@@ -846,7 +950,7 @@ impl Stream for ProcessStream {
 /// A file being downloaded: its bytes as they arrive.
 pub struct Download {
     body: Incoming,
-    _connection: Connection,
+    connection: Connection,
 }
 
 impl fmt::Debug for Download {
@@ -860,6 +964,7 @@ impl Stream for Download {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            self.connection.drive(cx);
             return match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => Poll::Ready(Some(Ok(data))),
@@ -874,18 +979,18 @@ impl Stream for Download {
     }
 }
 
-fn decode_message(flags: u8, message: &[u8]) -> Result<Message, AgentError> {
+fn decode_message(flags: u8, mut message: impl Buf) -> Result<Message, AgentError> {
     if flags & COMPRESSED_FLAG != 0 {
         return Err(AgentError::Protocol(
             "compressed message, but no compression was negotiated".into(),
         ));
     }
     if flags & CONNECT_END_STREAM_FLAG != 0 {
-        serde_json::from_slice(message)
+        serde_json::from_slice(&message.copy_to_bytes(message.remaining()))
             .map(Message::End)
             .map_err(|e| AgentError::Protocol(format!("malformed end of stream: {e}")))
     } else {
-        match CODEC.decode::<StartResponse>(message) {
+        match CODEC.decode_buf::<StartResponse>(message) {
             Ok(StartResponse { event: Some(event) }) => Ok(Message::Event(event)),
             Ok(StartResponse { event: None }) => Err(AgentError::Protocol(
                 "stream message without an event".into(),
@@ -953,22 +1058,22 @@ mod tests {
                 pid: 7,
             })),
         };
-        let event = decode_message(0, &CODEC.encode(&start)).expect("event");
+        let event = decode_message(0, Bytes::from(CODEC.encode(&start))).expect("event");
         assert!(matches!(event, Message::Event(ProcessEvent::Start(s)) if s.pid == 7));
         let end = decode_message(
             CONNECT_END_STREAM_FLAG,
-            br#"{"error":{"code":"not_found","message":"x"}}"#,
+            Bytes::from_static(br#"{"error":{"code":"not_found","message":"x"}}"#),
         )
         .expect("end");
         assert!(
             matches!(end, Message::End(EndStreamMessage { error: Some(e) }) if e.code == "not_found")
         );
         assert!(matches!(
-            decode_message(COMPRESSED_FLAG, b"{}"),
+            decode_message(COMPRESSED_FLAG, Bytes::from_static(b"{}")),
             Err(AgentError::Protocol(_))
         ));
         assert!(matches!(
-            decode_message(0, &[0x0a, 0x7f]),
+            decode_message(0, Bytes::from_static(&[0x0a, 0x7f])),
             Err(AgentError::Protocol(_))
         ));
     }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::error::{CoreError, CoreResult};
 use crate::queue::EmbeddedQueue;
 use crate::services::{LocalAgents, Platform, PlatformDefaults};
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 use crate::vmm::Backend;
 use crate::vmm::docker::{DockerBackend, DockerBackendConfig};
 use crate::worker::{Worker, WorkerSettings};
@@ -55,6 +55,17 @@ impl EmbeddedRuntime {
             CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
         })?;
         let store = SqliteStore::connect(&config.database_url()).await?;
+        // Embedded mode is one process: a direct execution still `running` now lost
+        // its connection when the previous process stopped.
+        let interrupted = store
+            .fail_interrupted_direct_executions("the server stopped while the command ran")
+            .await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "marked interrupted streamed/interactive executions failed"
+            );
+        }
         let queue = EmbeddedQueue::new(
             store.pool().clone(),
             Duration::from_secs(config.queue.retry_base_seconds),

@@ -683,3 +683,19 @@ pub struct SmartExecution {
     pub vm: Vm,
     pub vm_created: bool,
 }
+
+// ---- gateway use cases (added with the streaming/interactive/files API) --------------
+
+impl Platform {
+    /// Waits until the task has finished (completed, failed or cancelled), at most
+    /// `timeout`; returns it as it is then. The worker finishes a task's work (e.g.
+    /// removes a VM) before it records the task as done, so a caller that saw the
+    /// work's effect and wants the task's final status waits here.
+    pub async fn wait_task_finished(&self, id: &str, timeout: Duration) -> CoreResult<Task> {
+        self.wait_until(timeout, id, || async {
+            let task = self.get_task(id).await?;
+            Ok((task.status.is_finished(), task))
+        })
+        .await
+    }
+}

@@ -618,6 +618,17 @@ impl Worker {
         if execution.status.is_finished() {
             return Ok(execution_result(&execution));
         }
+        if execution.status == ExecutionStatus::Running {
+            // An earlier attempt started it and its worker died mid-run (the lease
+            // expired). The command may have had effects: never run it twice.
+            execution.status = ExecutionStatus::Failed;
+            execution.error =
+                Some("the worker stopped while the command ran; it was not run again".into());
+            execution.completed_at = Some(Utc::now());
+            store.update_execution(&execution).await?;
+            self.publish_execution_done(&execution);
+            return Ok(execution_result(&execution));
+        }
         let vm = store.get_vm(&payload.vm_id).await?;
         if vm.as_ref().map(|v| v.status) != Some(VmStatus::Running) {
             let why = match vm {

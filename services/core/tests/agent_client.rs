@@ -182,9 +182,7 @@ async fn stream_list_and_send_signal() {
         .expect("ok");
     assert_eq!(
         event,
-        ProcessEvent::Data(DataEvent::Stdout(aetherium_types::agent::Base64Bytes(
-            b"ready\n".to_vec()
-        )))
+        ProcessEvent::Data(DataEvent::Stdout(b"ready\n"[..].into()))
     );
 
     let processes = client.list().await.expect("list");
@@ -297,7 +295,7 @@ async fn next_output(stream: &mut aetherium_core::agent_client::ProcessStream) -
         {
             ProcessEvent::Data(
                 DataEvent::Stdout(bytes) | DataEvent::Stderr(bytes) | DataEvent::Pty(bytes),
-            ) => return bytes.0,
+            ) => return bytes.0.to_vec(),
             ProcessEvent::Keepalive(_) | ProcessEvent::Start(_) => continue,
             ProcessEvent::End(end) => panic!("ended early: {end:?}"),
         }

@@ -24,13 +24,15 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
+    let header = request
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+        .map(str::trim)
+        .map(str::to_string);
+    let presented = header.or_else(|| websocket_query_token(&request));
+    match presented.as_deref() {
         Some(token) if digests_equal(&token_digest(token), &state.token_digest) => {
             Ok(next.run(request).await)
         }
@@ -40,4 +42,22 @@ pub async fn require_token(
             "missing `Authorization: Bearer <token>` header",
         )),
     }
+}
+
+/// `?token=` on a WebSocket upgrade. Browsers cannot set headers on a WebSocket, so
+/// the token may ride in the URL there, and only there (the access log records paths
+/// without the query string).
+fn websocket_query_token(request: &Request) -> Option<String> {
+    let upgrade = request
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(request.uri().query()?).ok()?;
+    pairs
+        .into_iter()
+        .find(|(key, _)| key == "token")
+        .map(|(_, token)| token)
 }

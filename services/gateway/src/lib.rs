@@ -17,8 +17,15 @@ use tokio::net::TcpListener;
 pub use auth::token_digest;
 pub use error::ApiError;
 
-/// Request bodies larger than this are refused with 413.
+/// Request bodies larger than this are refused with 413 (file uploads excepted: see
+/// [`AppState::max_upload_bytes`]).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Default for [`AppState::max_upload_bytes`]: 10 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// Default for [`AppState::output_cap_bytes`]: 1 MiB, as `vmm.output_cap_bytes`.
+pub const DEFAULT_OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -26,6 +33,25 @@ pub struct AppState {
     /// SHA-256 of the accepted bearer token (the token itself is not kept).
     pub token_digest: [u8; 32],
     pub max_wait: Duration,
+    /// Most bytes of stdout (and of stderr) persisted for a streamed or interactive
+    /// execution (`vmm.output_cap_bytes`); the live stream itself is not capped.
+    pub output_cap_bytes: usize,
+    /// Largest file `PUT /vms/{id}/files` accepts (the only route exempt from
+    /// [`MAX_BODY_BYTES`]); the body is streamed to the sandbox, never held whole.
+    pub max_upload_bytes: u64,
+}
+
+impl AppState {
+    /// State with the default output cap and upload limit.
+    pub fn new(platform: Platform, token_digest: [u8; 32], max_wait: Duration) -> AppState {
+        AppState {
+            platform,
+            token_digest,
+            max_wait,
+            output_cap_bytes: DEFAULT_OUTPUT_CAP_BYTES,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -34,6 +60,17 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/{id}", get(routes::get_vm).delete(routes::delete_vm))
         .route("/vms/{id}/execute", post(routes::execute))
         .route("/vms/{id}/executions", get(routes::list_executions))
+        .route("/vms/{id}/exec/stream", post(routes::stream::exec_stream))
+        .route("/vms/{id}/exec/ws", get(routes::ws::exec_ws))
+        .route(
+            "/vms/{id}/files",
+            // Uploads stream to the sandbox under their own limit
+            // (`AppState::max_upload_bytes`), not the 1 MiB one for JSON bodies.
+            get(routes::files::download)
+                .put(routes::files::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/vms/{id}/files/stat", get(routes::files::stat))
         .route("/executions/{id}", get(routes::get_execution))
         .route("/smart-execute", post(routes::smart_execute))
         .route("/tasks", get(routes::list_tasks))
@@ -52,7 +89,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            // The path only: a WebSocket's URL may carry `?token=`, which must not be logged.
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::extract::Request| {
+                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 

@@ -1,4 +1,11 @@
 //! The `/api/v1` handlers: translate HTTP to the core's use cases and back.
+//! Work that talks to a sandbox directly (streamed and interactive exec, files) lives
+//! in the submodules.
+
+mod direct;
+pub mod files;
+pub mod stream;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -72,11 +79,15 @@ pub async fn create_vm(
     let mut done = false;
     let mut status = task.status.as_str().to_string();
     if let Some(wait) = wait {
+        let deadline = tokio::time::Instant::now() + wait;
         if let Some(current) = state.platform.wait_vm_settled(&vm.id, wait).await? {
             done = current.status.is_settled();
             vm = current;
         }
-        status = state.platform.get_task(&task.id).await?.status.to_string();
+        // The worker marks the VM RUNNING first and its task completed just after.
+        // (A FAILED VM may still have a retry coming: answer at once.)
+        let running = vm.status == aetherium_types::VmStatus::Running;
+        status = task_status_after(&state, &task.id, running, deadline).await?;
     }
     let body = CreateVmResponse {
         task_id: task.id,
@@ -85,6 +96,25 @@ pub async fn create_vm(
         vm: Some(vm),
     };
     Ok((accepted_or_done(done), Json(body)).into_response())
+}
+
+/// The status of the task whose work was awaited. Workers finish the work (the VM
+/// runs, or is gone) a moment before they record the task as done, so once the work
+/// is `done`, the task is awaited too, within the same `deadline` (a few ms in
+/// practice).
+async fn task_status_after(
+    state: &AppState,
+    task_id: &str,
+    done: bool,
+    deadline: tokio::time::Instant,
+) -> ApiResult<String> {
+    let task = if done {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        state.platform.wait_task_finished(task_id, left).await?
+    } else {
+        state.platform.get_task(task_id).await?
+    };
+    Ok(task.status.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,12 +162,14 @@ pub async fn delete_vm(
     let mut done = false;
     let mut status = task.status.to_string();
     if let Some(wait) = wait {
+        let deadline = tokio::time::Instant::now() + wait;
         done = state
             .platform
             .wait_vm_settled(&vm.id, wait)
             .await?
             .is_none();
-        status = state.platform.get_task(&task.id).await?.status.to_string();
+        // The worker removes the VM first and records its task as done just after.
+        status = task_status_after(&state, &task.id, done, deadline).await?;
     }
     let body = DeleteVmResponse {
         id: task.id.clone(),

@@ -523,9 +523,101 @@ async fn an_agent_that_disappears_mid_exec_fails_the_execution() {
     let (_, task) = server
         .get(&format!("/tasks/{}", queued["task_id"].as_str().unwrap()))
         .await;
-    assert_eq!(task["retry_count"], 0, "a started command must not re-run: {task}");
+    assert_eq!(
+        task["retry_count"], 0,
+        "a started command must not re-run: {task}"
+    );
     let (_, vm) = server
         .wait_vm(&vm_id, 30, |_, v| v["status"] != "RUNNING")
         .await;
     assert_eq!(vm["status"], "FAILED", "{vm}");
+}
+
+/// A `vm:execute` whose earlier attempt started the command and then lost its worker
+/// (the lease expired) must not run the command again: it may have had effects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_interrupted_mid_run_is_not_run_again() {
+    use aetherium_core::services::{ExecPayload, new_task};
+    use aetherium_types::{Execution, ExecutionStatus, TaskType};
+
+    let server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("once")).await;
+    let platform = server.platform();
+    let vm = platform.get_vm(&vm_id).await.unwrap();
+    let now = chrono::Utc::now();
+    // The state a crashed attempt leaves: the execution marked running.
+    let execution = Execution {
+        id: aetherium_types::new_id(),
+        vm_id: vm_id.clone(),
+        task_id: None,
+        command: "touch".into(),
+        args: vec!["/tmp/ran-again".into()],
+        status: ExecutionStatus::Running,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        error: None,
+        created_at: now,
+        started_at: Some(now),
+        completed_at: None,
+        duration_ms: None,
+        metadata: Default::default(),
+    };
+    platform.store.insert_execution(&execution).await.unwrap();
+    let payload = ExecPayload {
+        execution_id: execution.id.clone(),
+        vm_id: vm_id.clone(),
+        command: "touch".into(),
+        args: vec!["/tmp/ran-again".into()],
+        env: Default::default(),
+        cwd: None,
+        timeout_seconds: 30,
+    };
+    let mut task = new_task(
+        TaskType::VmExecute,
+        serde_json::to_value(&payload).unwrap(),
+        Some(&vm_id),
+    );
+    task.target_worker_id = vm.worker_id.clone();
+    task.retry_count = 1;
+    platform.submit(&task).await.unwrap();
+
+    let (_, done) = server
+        .get(&format!("/executions/{}?wait=30s", execution.id))
+        .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("not run again"),
+        "{done}"
+    );
+    let (_, check) = server
+        .post(
+            &format!("/vms/{vm_id}/execute?wait=30s"),
+            json!({"command": "test", "args": ["-e", "/tmp/ran-again"]}),
+        )
+        .await;
+    assert_eq!(
+        check["execution"]["exit_code"], 1,
+        "the command ran again: {check}"
+    );
+}
+
+/// A streamed or interactive command still `running` when the server stopped lost
+/// its connection with it: after a restart it reads as failed, not running forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_executions_cut_by_a_restart_are_marked_failed() {
+    let mut server = TestServer::start().await;
+    let vm_id = server.running_vm(&unique("cut")).await;
+    let execution = server
+        .platform()
+        .begin_direct_execution(&vm_id, "sleep", &["100".to_string()], "stream")
+        .await
+        .unwrap();
+    server.restart().await;
+    let (_, e) = server.get(&format!("/executions/{}", execution.id)).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("server stopped"),
+        "{e}"
+    );
 }

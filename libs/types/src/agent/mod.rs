@@ -18,6 +18,7 @@ pub use filesystem::*;
 pub use json::{ProtoEnum, decode_base64, encode_base64};
 pub use process::*;
 
+use bytes::{Buf, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -113,13 +114,48 @@ impl Codec {
         }
     }
 
+    /// A message in a Connect envelope (`flags`, big-endian length, message), encoded
+    /// straight after the header: no second buffer, no copy.
+    pub fn encode_enveloped<M: WireMessage>(self, flags: u8, message: &M) -> Vec<u8> {
+        let mut out = match self {
+            Codec::Proto => Vec::with_capacity(5 + message.encoded_len()),
+            Codec::Json => Vec::with_capacity(128),
+        };
+        out.extend_from_slice(&[flags, 0, 0, 0, 0]);
+        match self {
+            Codec::Proto => message.encode_raw(&mut out),
+            Codec::Json => {
+                if serde_json::to_writer(&mut out, message).is_err() {
+                    out.truncate(5);
+                    out.extend_from_slice(b"{}");
+                }
+            }
+        }
+        let len = (out.len() - 5) as u32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Decodes a message from shared buffers (a [`Bytes`], or any `Buf` over them):
+    /// with the protobuf codec, `bytes` fields held as [`Bytes`] (output chunks) are
+    /// slices of what was received (when the buffer's `copy_to_bytes` slices), not
+    /// copies.
+    pub fn decode_buf<M: WireMessage>(self, mut buf: impl Buf) -> Result<M, ConnectError> {
+        match self {
+            Codec::Proto => M::decode(buf).map_err(|e| {
+                ConnectError::new(
+                    code::INVALID_ARGUMENT,
+                    format!("malformed {}: {e}", short_type_name::<M>()),
+                )
+            }),
+            Codec::Json => self.decode(&buf.copy_to_bytes(buf.remaining())),
+        }
+    }
+
     /// Decodes a message; a malformed one is an `invalid_argument` error. An empty
     /// JSON body reads as `{}` (the empty message), as it does in protobuf.
     pub fn decode<M: WireMessage>(self, bytes: &[u8]) -> Result<M, ConnectError> {
-        let name = std::any::type_name::<M>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("message");
+        let name = short_type_name::<M>();
         match self {
             Codec::Proto => M::decode(bytes).map_err(|e| {
                 ConnectError::new(code::INVALID_ARGUMENT, format!("malformed {name}: {e}"))
@@ -139,6 +175,13 @@ impl Codec {
             }
         }
     }
+}
+
+fn short_type_name<M>() -> &'static str {
+    std::any::type_name::<M>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message")
 }
 
 /// Connect error codes.
@@ -261,6 +304,19 @@ pub fn take_envelope(buf: &mut Vec<u8>) -> Result<Option<(u8, Vec<u8>)>, Connect
     let message = buf[5..5 + len].to_vec();
     buf.drain(..5 + len);
     Ok(Some((flags, message)))
+}
+
+/// [`take_envelope`] on a shared buffer: the message is split off `buf` (no copy,
+/// nothing moved), ready for [`Codec::decode_buf`].
+pub fn split_envelope(buf: &mut BytesMut) -> Result<Option<(u8, Bytes)>, ConnectError> {
+    let Some((flags, len)) = envelope_header(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    buf.advance(5);
+    Ok(Some((flags, buf.split_to(len).freeze())))
 }
 
 #[cfg(test)]

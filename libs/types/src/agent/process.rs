@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::json::{self, ProtoEnum};
@@ -61,31 +62,46 @@ pub struct StartRequest {
 }
 
 /// Bytes carried as base64 text in JSON, as the protobuf JSON mapping does for
-/// `bytes`.
+/// `bytes`. `B` is the container: `Vec<u8>` (input, the default) or [`Bytes`] (output
+/// chunks, which the agent shares between its streams and the client decodes by
+/// slicing what it received, without copying).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Base64Bytes(pub Vec<u8>);
+pub struct Base64Bytes<B = Vec<u8>>(pub B);
 
-impl std::fmt::Debug for Base64Bytes {
+impl<B: AsRef<[u8]>> std::fmt::Debug for Base64Bytes<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match std::str::from_utf8(&self.0) {
+        let bytes = self.0.as_ref();
+        match std::str::from_utf8(bytes) {
             Ok(text) if text.len() <= 256 => write!(f, "Base64Bytes({text:?})"),
-            _ => write!(f, "Base64Bytes({} bytes)", self.0.len()),
+            _ => write!(f, "Base64Bytes({} bytes)", bytes.len()),
         }
     }
 }
 
-impl Serialize for Base64Bytes {
+impl<B: AsRef<[u8]>> Serialize for Base64Bytes<B> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&json::encode_base64(&self.0))
+        s.serialize_str(&json::encode_base64(self.0.as_ref()))
     }
 }
 
-impl<'de> Deserialize<'de> for Base64Bytes {
+impl<'de, B: From<Vec<u8>>> Deserialize<'de> for Base64Bytes<B> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = Option::<String>::deserialize(d)?.unwrap_or_default();
         json::decode_base64(&text)
-            .map(Base64Bytes)
+            .map(|bytes| Base64Bytes(B::from(bytes)))
             .map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<Vec<u8>> for Base64Bytes<Bytes> {
+    fn from(bytes: Vec<u8>) -> Self {
+        Base64Bytes(Bytes::from(bytes))
+    }
+}
+
+impl From<&'static [u8]> for Base64Bytes<Bytes> {
+    fn from(bytes: &'static [u8]) -> Self {
+        Base64Bytes(Bytes::from_static(bytes))
     }
 }
 
@@ -93,9 +109,46 @@ impl<'de> Deserialize<'de> for Base64Bytes {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum DataEvent {
-    Stdout(Base64Bytes),
-    Stderr(Base64Bytes),
-    Pty(Base64Bytes),
+    Stdout(Base64Bytes<Bytes>),
+    Stderr(Base64Bytes<Bytes>),
+    Pty(Base64Bytes<Bytes>),
+}
+
+impl DataEvent {
+    /// The chunk, whichever output it came from.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            DataEvent::Stdout(b) | DataEvent::Stderr(b) | DataEvent::Pty(b) => &b.0,
+        }
+    }
+
+    /// Its field number in `ProcessEvent.DataEvent`.
+    fn tag(&self) -> u32 {
+        match self {
+            DataEvent::Stdout(_) => 1,
+            DataEvent::Stderr(_) => 2,
+            DataEvent::Pty(_) => 3,
+        }
+    }
+
+    /// The protobuf encoding of `StartResponse{event: {data: self}}` in two parts:
+    /// everything up to the output bytes (appended to `prefix`: a dozen bytes), then
+    /// the output itself, returned as is. A stream sends both in turn and never
+    /// copies the chunk; together they are exactly the message's encoding.
+    pub fn encode_response_split(&self, prefix: &mut impl prost::bytes::BufMut) -> Bytes {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let payload = self.bytes();
+        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        // DataEvent{<stream>: payload} inside ProcessEvent{data (2)} inside
+        // StartResponse{event (1)}.
+        let data_len = field(self.tag(), payload.len());
+        let event_len = field(2, data_len);
+        for (tag, len) in [(1, event_len), (2, data_len), (self.tag(), payload.len())] {
+            encode_key(tag, WireType::LengthDelimited, prefix);
+            encode_varint(len as u64, prefix);
+        }
+        payload.clone()
+    }
 }
 
 impl Default for DataEvent {

@@ -34,9 +34,7 @@ fn events_use_protobuf_json_names() {
         serde_json::from_str(r#"{"event":{"data":{"stdout":"aGk="}}}"#).expect("parse");
     assert_eq!(
         data.event,
-        Some(ProcessEvent::Data(DataEvent::Stdout(Base64Bytes(
-            b"hi".to_vec()
-        ))))
+        Some(ProcessEvent::Data(DataEvent::Stdout(b"hi".to_vec().into())))
     );
     // proto3 JSON may omit default values, and use the proto field names.
     let end: StartResponse =
@@ -77,7 +75,7 @@ fn binary_encoding_matches_the_proto_spec() {
     );
     assert_eq!(signal.signal(), Signal::Sigkill);
     // DataEvent{pty: "a"} inside ProcessEvent (field 2).
-    let data = ProcessEvent::Data(DataEvent::Pty(Base64Bytes(b"a".to_vec())));
+    let data = ProcessEvent::Data(DataEvent::Pty(b"a"[..].into()));
     assert_eq!(
         prost::Message::encode_to_vec(&data),
         [0x12, 0x03, 0x1a, 0x01, b'a']
@@ -96,6 +94,84 @@ fn binary_encoding_matches_the_proto_spec() {
         Codec::Proto.decode::<ProcessSelector>(&unknown_then_pid),
         Ok(ProcessSelector::Pid(7))
     );
+}
+
+#[test]
+fn split_data_responses_encode_like_whole_ones() {
+    for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 131_072, 2_200_000] {
+        let payload = bytes::Bytes::from(vec![7u8; len]);
+        for data in [
+            DataEvent::Stdout(Base64Bytes(payload.clone())),
+            DataEvent::Stderr(Base64Bytes(payload.clone())),
+            DataEvent::Pty(Base64Bytes(payload.clone())),
+        ] {
+            let mut prefix = Vec::new();
+            let rest = data.encode_response_split(&mut prefix);
+            assert!(prefix.len() <= 20, "{len}: prefix of {}", prefix.len());
+            assert_eq!(
+                rest.as_ptr(),
+                payload.as_ptr(),
+                "the chunk itself, not a copy"
+            );
+            prefix.extend_from_slice(&rest);
+            let whole = StartResponse {
+                event: Some(ProcessEvent::Data(data)),
+            };
+            assert_eq!(prefix, Codec::Proto.encode(&whole), "{len}");
+        }
+    }
+}
+
+#[test]
+fn decoding_from_bytes_slices_output_chunks() {
+    let response = StartResponse {
+        event: Some(ProcessEvent::Data(DataEvent::Stdout(
+            vec![1u8; 1000].into(),
+        ))),
+    };
+    let encoded = bytes::Bytes::from(Codec::Proto.encode(&response));
+    let decoded: StartResponse = Codec::Proto.decode_buf(encoded.clone()).expect("decode");
+    assert_eq!(decoded, response);
+    let Some(ProcessEvent::Data(data)) = decoded.event else {
+        unreachable!()
+    };
+    let range = encoded.as_ptr_range();
+    assert!(
+        range.contains(&data.bytes().as_ptr()),
+        "a slice, not a copy"
+    );
+    // The JSON codec goes through the same entry point.
+    let json = bytes::Bytes::from(Codec::Json.encode(&response));
+    assert_eq!(Codec::Json.decode_buf::<StartResponse>(json), Ok(response));
+    assert_eq!(
+        Codec::Proto
+            .decode_buf::<StartResponse>(bytes::Bytes::from_static(&[0x0a, 0x7f]))
+            .map_err(|e| e.code),
+        Err(code::INVALID_ARGUMENT.to_string())
+    );
+}
+
+#[test]
+fn enveloped_encoding_matches_envelope() {
+    let messages = [
+        StartResponse {
+            event: Some(ProcessEvent::Start(StartEvent { pid: 9 })),
+        },
+        StartResponse::default(),
+        StartResponse {
+            event: Some(ProcessEvent::Data(DataEvent::Stdout(
+                vec![3u8; 70_000].into(),
+            ))),
+        },
+    ];
+    for codec in [Codec::Proto, Codec::Json] {
+        for message in &messages {
+            assert_eq!(
+                codec.encode_enveloped(CONNECT_END_STREAM_FLAG, message),
+                envelope(CONNECT_END_STREAM_FLAG, &codec.encode(message))
+            );
+        }
+    }
 }
 
 /// Bytes and JSON produced by the `e2b` Python SDK's own message classes (2.63).
@@ -162,9 +238,9 @@ fn every_message_roundtrips_through_both_codecs() {
     roundtrip(&StartRequest::default());
     for event in [
         ProcessEvent::Start(StartEvent { pid: 7 }),
-        ProcessEvent::Data(DataEvent::Stdout(Base64Bytes(vec![0, 255, 10]))),
-        ProcessEvent::Data(DataEvent::Stderr(Base64Bytes(b"e".to_vec()))),
-        ProcessEvent::Data(DataEvent::Pty(Base64Bytes(Vec::new()))),
+        ProcessEvent::Data(DataEvent::Stdout(vec![0, 255, 10].into())),
+        ProcessEvent::Data(DataEvent::Stderr(b"e"[..].into())),
+        ProcessEvent::Data(DataEvent::Pty(Vec::new().into())),
         ProcessEvent::End(EndEvent {
             exit_code: -1,
             exited: false,
@@ -381,7 +457,7 @@ proptest! {
         xor in 1u8..,
     ) {
         let message = StartResponse {
-            event: Some(ProcessEvent::Data(DataEvent::Stdout(Base64Bytes(data)))),
+            event: Some(ProcessEvent::Data(DataEvent::Stdout(data.into()))),
         };
         let start = StartResponse { event: Some(ProcessEvent::Start(StartEvent { pid })) };
         for codec in [Codec::Proto, Codec::Json] {
@@ -418,6 +494,25 @@ proptest! {
             }
         }
         prop_assert_eq!(total + buf.len(), bytes.len());
+    }
+
+    /// The shared-buffer reader agrees with the copying one.
+    #[test]
+    fn split_envelope_matches_take_envelope(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut vec = bytes.clone();
+        let mut shared = bytes::BytesMut::from(&bytes[..]);
+        loop {
+            let taken = take_envelope(&mut vec);
+            let split = split_envelope(&mut shared);
+            prop_assert_eq!(
+                &taken,
+                &split.map(|o| o.map(|(flags, message)| (flags, message.to_vec())))
+            );
+            if !matches!(taken, Ok(Some(_))) {
+                break;
+            }
+        }
+        prop_assert_eq!(&vec[..], &shared[..]);
     }
 
     /// Envelopes of any size and flags survive a split at any point.

@@ -72,25 +72,26 @@ pub mod message {
     }
 }
 
-/// `bytes` carried as [`Base64Bytes`](super::Base64Bytes).
+/// `bytes` carried as [`Base64Bytes`](super::Base64Bytes) (of `Vec<u8>` or `Bytes`:
+/// decoding into `Bytes` from a `Bytes` buffer slices it instead of copying).
 pub mod bytes {
     use prost::bytes::{Buf, BufMut};
-    use prost::encoding::{DecodeContext, WireType};
+    use prost::encoding::{BytesAdapter, DecodeContext, WireType};
 
     use super::super::Base64Bytes;
 
-    pub fn encode(tag: u32, value: &Base64Bytes, buf: &mut impl BufMut) {
+    pub fn encode<B: BytesAdapter>(tag: u32, value: &Base64Bytes<B>, buf: &mut impl BufMut) {
         prost::encoding::bytes::encode(tag, &value.0, buf);
     }
-    pub fn merge(
+    pub fn merge<B: BytesAdapter>(
         wire_type: WireType,
-        value: &mut Base64Bytes,
+        value: &mut Base64Bytes<B>,
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         prost::encoding::bytes::merge(wire_type, &mut value.0, buf, ctx)
     }
-    pub fn encoded_len(tag: u32, value: &Base64Bytes) -> usize {
+    pub fn encoded_len<B: BytesAdapter>(tag: u32, value: &Base64Bytes<B>) -> usize {
         prost::encoding::bytes::encoded_len(tag, &value.0)
     }
 }

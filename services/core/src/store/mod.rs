@@ -77,6 +77,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_executions(&self, vm_id: &str, page: &Page) -> CoreResult<(Vec<Execution>, u64)>;
     /// Marks every unfinished execution of a VM as failed with `error`.
     async fn fail_unfinished_executions(&self, vm_id: &str, error: &str) -> CoreResult<u64>;
+    /// Marks direct (streamed or interactive) executions still `running` as failed:
+    /// their connection died with the process that served them.
+    async fn fail_interrupted_direct_executions(&self, error: &str) -> CoreResult<u64>;
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)>;

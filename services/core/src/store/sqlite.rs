@@ -399,6 +399,19 @@ impl Store for SqliteStore {
         Ok(done)
     }
 
+    async fn fail_interrupted_direct_executions(&self, error: &str) -> CoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'failed', error = ?, completed_at = ?
+             WHERE status = 'running' AND json_extract(metadata, '$.mode') IS NOT NULL",
+        )
+        .bind(error)
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {
         sqlx::query("SELECT * FROM tasks WHERE id = ?")
             .bind(id)

@@ -12,6 +12,8 @@ use aetherium_gateway::{AppState, token_digest};
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+/// `vmm.output_cap_bytes` of the test platform (queued and direct executions alike).
+pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
 
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
@@ -39,6 +41,8 @@ pub struct TestServer {
     pub data_dir: tempfile::TempDir,
     pub worker_id: String,
     pub docker_host: String,
+    /// `AppState::max_upload_bytes` of the API (the default unless a test sets it).
+    pub max_upload_bytes: u64,
     runtime: Option<EmbeddedRuntime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -54,7 +58,7 @@ fn config_for(data_dir: &std::path::Path, worker_id: &str, docker_host: &str) ->
     config.vmm.agent_path = Some(agent_bin());
     config.vmm.docker.default_image = test_image();
     config.vmm.docker.host = docker_host.to_string();
-    config.vmm.output_cap_bytes = 64 * 1024;
+    config.vmm.output_cap_bytes = OUTPUT_CAP_BYTES;
     config.queue.retry_base_seconds = 1;
     config.server.port = 0;
     config
@@ -66,6 +70,10 @@ impl TestServer {
     }
 
     pub async fn start_with_docker(docker_host: &str) -> TestServer {
+        Self::start_inner(docker_host, aetherium_gateway::DEFAULT_MAX_UPLOAD_BYTES).await
+    }
+
+    async fn start_inner(docker_host: &str, max_upload_bytes: u64) -> TestServer {
         let data_dir = tempfile::Builder::new().prefix("aeth-").tempdir().unwrap();
         let worker_id = format!("test-{}", &random_hex()[..12]);
         let mut server = TestServer {
@@ -74,6 +82,7 @@ impl TestServer {
             data_dir,
             worker_id,
             docker_host: docker_host.to_string(),
+            max_upload_bytes,
             runtime: None,
             stop: None,
             server: None,
@@ -87,11 +96,13 @@ impl TestServer {
         let runtime = EmbeddedRuntime::start(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.url = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState {
-            platform: runtime.platform.clone(),
-            token_digest: token_digest(TOKEN),
-            max_wait: Duration::from_secs(600),
-        };
+        let mut state = AppState::new(
+            runtime.platform.clone(),
+            token_digest(TOKEN),
+            Duration::from_secs(600),
+        );
+        state.output_cap_bytes = OUTPUT_CAP_BYTES;
+        state.max_upload_bytes = self.max_upload_bytes;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.server = Some(tokio::spawn(async move {
             aetherium_gateway::serve(listener, state, async {
@@ -102,6 +113,11 @@ impl TestServer {
         }));
         self.stop = Some(stop);
         self.runtime = Some(runtime);
+    }
+
+    /// A server whose uploads may be at most `limit` bytes.
+    pub async fn start_with_upload_limit(limit: u64) -> TestServer {
+        Self::start_inner("unix:///var/run/docker.sock", limit).await
     }
 
     /// Stops the API and the worker (sandboxes keep running), then starts both again
@@ -183,6 +199,11 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The platform behind the API, for tests that stage states no request can make.
+    pub fn platform(&self) -> aetherium_core::Platform {
+        self.runtime.as_ref().unwrap().platform.clone()
     }
 
     /// Container ids carrying this test's worker label.
