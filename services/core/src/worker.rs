@@ -746,11 +746,7 @@ impl Worker {
                 Some(Ok(ProcessEvent::Keepalive(_))) => {}
                 Some(Ok(ProcessEvent::End(end))) => {
                     out.status = ExecutionStatus::Completed;
-                    out.exit_code = Some(if end.exited {
-                        end.exit_code
-                    } else {
-                        128 + signal_number(&end.status)
-                    });
+                    out.exit_code = Some(end.shell_exit_code());
                     // envd puts "exit status N" in `error` for any non-zero exit; a
                     // non-zero exit is a result here, so only a signal is worth a note.
                     out.error = (!end.exited).then(|| format!("terminated: {}", end.status));
@@ -792,20 +788,6 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<
 
 fn execution_result(e: &Execution) -> serde_json::Value {
     json!({"execution_id": e.id, "status": e.status, "exit_code": e.exit_code})
-}
-
-/// `signal: killed` and the like → a signal number, for the shell-style 128+N code.
-fn signal_number(status: &str) -> i32 {
-    let name = status.rsplit(' ').next().unwrap_or_default();
-    match name {
-        "hangup" => 1,
-        "interrupt" => 2,
-        "quit" => 3,
-        "aborted" => 6,
-        "killed" => 9,
-        "terminated" => 15,
-        other => other.parse().unwrap_or(0),
-    }
 }
 
 #[derive(Debug, Default)]

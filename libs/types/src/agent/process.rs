@@ -186,6 +186,26 @@ pub struct EndEvent {
     pub error: Option<String>,
 }
 
+impl EndEvent {
+    /// The exit code a shell would report: the process's own, or 128 + N when signal
+    /// N ended it (envd's `status` names the signal as Go does: `signal: killed`).
+    pub fn shell_exit_code(&self) -> i32 {
+        if self.exited {
+            return self.exit_code;
+        }
+        let signal = match self.status.rsplit(' ').next().unwrap_or_default() {
+            "hangup" => 1,
+            "interrupt" => 2,
+            "quit" => 3,
+            "aborted" => 6,
+            "killed" => 9,
+            "terminated" => 15,
+            other => other.parse().unwrap_or(0),
+        };
+        128 + signal
+    }
+}
+
 /// An empty message (`ProcessEvent.KeepAlive` and every empty request or response).
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message, Serialize, Deserialize)]
 pub struct KeepAlive {}

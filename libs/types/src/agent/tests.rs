@@ -533,3 +533,27 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn shell_exit_codes_follow_the_shell() {
+    use super::EndEvent;
+    let exited = EndEvent {
+        exit_code: 3,
+        exited: true,
+        status: "exit status 3".into(),
+        error: None,
+    };
+    assert_eq!(exited.shell_exit_code(), 3);
+    let killed = EndEvent {
+        exit_code: -1,
+        exited: false,
+        status: "signal: killed".into(),
+        error: None,
+    };
+    assert_eq!(killed.shell_exit_code(), 137);
+    let terminated = EndEvent {
+        status: "signal: terminated".into(),
+        ..killed
+    };
+    assert_eq!(terminated.shell_exit_code(), 143);
+}

@@ -138,19 +138,6 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// `signal: killed` → 9, as Go's `ProcessState.String()` (envd's `status`) names them.
-pub fn signal_number(status: &str) -> i32 {
-    match status.rsplit(' ').next().unwrap_or_default() {
-        "hangup" => 1,
-        "interrupt" => 2,
-        "quit" => 3,
-        "aborted" => 6,
-        "killed" => 9,
-        "terminated" => 15,
-        other => other.parse().unwrap_or(0),
-    }
-}
-
 impl Outcome {
     /// The execution status, exit code and error this outcome records.
     pub fn result(&self) -> (ExecutionStatus, Option<i32>, Option<String>) {
@@ -160,7 +147,7 @@ impl Outcome {
             }
             Outcome::Ended(end) => (
                 ExecutionStatus::Completed,
-                Some(128 + signal_number(&end.status)),
+                Some(end.shell_exit_code()),
                 Some(format!("terminated: {}", end.status)),
             ),
             Outcome::NotStarted { code, message } => (
