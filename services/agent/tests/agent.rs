@@ -435,7 +435,15 @@ async fn pty_echo_and_resize() {
     let mut screen = Vec::new();
     async fn read_until(stream: &mut Stream, screen: &mut Vec<u8>, needle: &str) {
         while !String::from_utf8_lossy(screen).contains(needle) {
-            match stream.next_real().await {
+            let next = tokio::time::timeout(Duration::from_secs(30), stream.next_real())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {needle:?} after 30 s; the terminal shows {:?}",
+                        String::from_utf8_lossy(screen)
+                    )
+                });
+            match next {
                 ProcessEvent::Data(DataEvent::Pty(bytes)) => screen.extend(bytes.0),
                 other => panic!(
                     "expected pty output, got {other:?} after {:?}",
