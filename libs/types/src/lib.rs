@@ -26,6 +26,7 @@ macro_rules! wire_names {
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod event;
 pub mod execution;
 pub mod task;
@@ -33,6 +34,7 @@ pub mod vm;
 pub mod worker;
 
 pub use api::*;
+pub use auth::{Principal, PrincipalKind, Role};
 pub use event::{Event, EventType};
 pub use execution::{Execution, ExecutionStatus};
 pub use task::{Task, TaskStatus, TaskType};

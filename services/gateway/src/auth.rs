@@ -7,7 +7,11 @@ use axum::response::Response;
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 
+use aetherium_types::{Principal, PrincipalKind, Role};
+use axum::extract::MatchedPath;
+
 use crate::AppState;
+use crate::access::required_role;
 use crate::error::ApiError;
 
 pub fn token_digest(token: &str) -> [u8; 32] {
@@ -34,6 +38,15 @@ pub async fn require_token(
     let presented = header.or_else(|| websocket_query_token(&request));
     match presented.as_deref() {
         Some(token) if digests_equal(&token_digest(token), &state.token_digest) => {
+            let principal = Principal {
+                id: "admin-token".into(),
+                name: "admin token".into(),
+                kind: PrincipalKind::ApiKey,
+                role: Role::Admin,
+            };
+            authorize(&principal, &request)?;
+            let mut request = request;
+            request.extensions_mut().insert(principal);
             Ok(next.run(request).await)
         }
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token")),
@@ -60,4 +73,35 @@ fn websocket_query_token(request: &Request) -> Option<String> {
         .into_iter()
         .find(|(key, _)| key == "token")
         .map(|(_, token)| token)
+}
+
+/// Checks the principal's role against the route's entry in [`crate::access`].
+fn authorize(principal: &Principal, request: &Request) -> Result<(), ApiError> {
+    let Some(path) = request.extensions().get::<MatchedPath>() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"));
+    };
+    match required_role(request.method(), path.as_str()) {
+        Some(role) if principal.role.allows(role) => Ok(()),
+        Some(role) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {} needs the {role} role; this {} has {}",
+                request.method(),
+                path.as_str(),
+                match principal.kind {
+                    PrincipalKind::ApiKey => "API key",
+                    PrincipalKind::Session => "session",
+                },
+                principal.role
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {} has no access rule, so nobody may call it",
+                request.method(),
+                path.as_str()
+            ),
+        )),
+    }
 }

@@ -1,6 +1,7 @@
 //! Aetherium's gateway: the REST API under `/api/v1`. Handlers validate and
 //! authenticate, then call the core's use cases ([`aetherium_core::Platform`]).
 
+pub mod access;
 mod auth;
 mod error;
 mod extract;

@@ -1,0 +1,79 @@
+//! Who may call what: the role each route needs, in one table. The auth middleware
+//! looks the matched route up here; a route missing from the table is refused, so a
+//! new route cannot go out unprotected by accident (a test checks the table against
+//! the router).
+
+use aetherium_types::Role;
+use http::Method;
+
+/// `(method, route template as axum matches it, least role)`.
+pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
+    // Sandboxes
+    (Method::GET, "/api/v1/vms", Role::Viewer),
+    (Method::POST, "/api/v1/vms", Role::Operator),
+    (Method::GET, "/api/v1/vms/{id}", Role::Viewer),
+    (Method::DELETE, "/api/v1/vms/{id}", Role::Operator),
+    (Method::POST, "/api/v1/vms/{id}/execute", Role::Operator),
+    (Method::GET, "/api/v1/vms/{id}/executions", Role::Viewer),
+    (Method::POST, "/api/v1/vms/{id}/exec/stream", Role::Operator),
+    (Method::GET, "/api/v1/vms/{id}/exec/ws", Role::Operator),
+    (Method::GET, "/api/v1/vms/{id}/files", Role::Operator),
+    (Method::PUT, "/api/v1/vms/{id}/files", Role::Operator),
+    (Method::GET, "/api/v1/vms/{id}/files/stat", Role::Viewer),
+    (Method::GET, "/api/v1/executions/{id}", Role::Viewer),
+    (Method::POST, "/api/v1/smart-execute", Role::Operator),
+    // Tasks and queue
+    (Method::GET, "/api/v1/tasks", Role::Viewer),
+    (Method::GET, "/api/v1/tasks/{id}", Role::Viewer),
+    (Method::GET, "/api/v1/queue/stats", Role::Viewer),
+];
+
+/// The least role for `method` on the route template `path`; `None` when the route is
+/// not in the table (refused).
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    // HEAD is answered by GET handlers and needs what GET needs.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    ROUTE_ROLES
+        .iter()
+        .find(|(m, p, _)| m == method && *p == path)
+        .map(|(_, _, role)| *role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_use_method_and_template() {
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/vms/{id}"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/vms/{id}"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role(&Method::HEAD, "/api/v1/vms"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(required_role(&Method::PATCH, "/api/v1/vms/{id}"), None);
+        assert_eq!(required_role(&Method::GET, "/api/v1/nope"), None);
+    }
+
+    #[test]
+    fn no_route_is_listed_twice() {
+        for (i, (m, p, _)) in ROUTE_ROLES.iter().enumerate() {
+            assert!(
+                !ROUTE_ROLES[i + 1..]
+                    .iter()
+                    .any(|(m2, p2, _)| m2 == m && p2 == p),
+                "{m} {p} listed twice"
+            );
+        }
+    }
+}
