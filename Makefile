@@ -14,6 +14,7 @@ NEXTEST := $(CARGO) nextest run
 AGENT_BIN := $(CARGO_TARGET_DIR)/agent/aetherium-agent
 TEST_IMAGE ?= aetherium/base:latest
 BENCH_ARGS ?=
+BENCH_HTTP_ARGS ?=
 
 # What the Docker-backed tests need.
 AETHERIUM_AGENT_BIN ?= $(AGENT_BIN)
@@ -22,7 +23,7 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b
+	test-e2b test-api-fuzz bench-http
 
 help:
 	@echo "make build        cargo build --workspace"
@@ -30,9 +31,11 @@ help:
 	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
 	@echo "make test-<svc>   one crate: types common core agent gateway cli k8s-manager"
 	@echo "make test-e2b     E2B Python SDK against the agent (tests/e2b, needs PyPI once)"
+	@echo "make test-api-fuzz  schemathesis against the served OpenAPI spec (tests/api-fuzz, needs PyPI once)"
 	@echo "make lint         rustfmt check + clippy -D warnings"
 	@echo "make fmt          rustfmt"
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
+	@echo "make bench-http   wrk: authenticated GET /api/v1/vms vs GET /health (BENCH_HTTP_ARGS='-d 30')"
 	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
 
 build:
@@ -50,11 +53,16 @@ check-env:
 test: check-env agent
 	status=0; $(NEXTEST) --workspace --no-fail-fast || status=$$?; \
 	bash tests/e2b/run.sh || status=$$((status ? status : $$?)); \
+	bash tests/api-fuzz/run.sh || status=$$((status ? status : $$?)); \
 	exit $$status
 
 # E2B's Python SDK (debug mode) against the agent: tests/e2b, docs/e2b-compat.md.
 test-e2b: agent
 	bash tests/e2b/run.sh
+
+# schemathesis against the OpenAPI document a real `aetherium up` serves: tests/api-fuzz.
+test-api-fuzz: check-env agent
+	bash tests/api-fuzz/run.sh
 
 # Per-service tests. Crates without Docker-backed tests skip the agent build.
 test-types:
@@ -89,6 +97,10 @@ bench-api:
 # and a raw unix-socket copy.
 bench-agent: check-env agent
 	$(CARGO) bench -p aetherium-core --bench agent_exec
+
+# HTTP throughput with wrk: authenticated GET /api/v1/vms next to GET /health.
+bench-http: check-env agent
+	bash benches/api_throughput.sh $(BENCH_HTTP_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -73,7 +73,8 @@ ensure_packages() {
 		curl:curl \
 		python3:python3 \
 		ca-certificates: \
-		file:file; do
+		file:file \
+		wrk:wrk; do
 		pkg=${spec%%:*}
 		cmds=${spec#*:}
 		have=1

@@ -225,7 +225,7 @@ URL_HINT=''
 cat <<EOF
 
   API:              http://127.0.0.1:$PORT   (health: $HEALTH_URL)
-  Admin token:      $TOKEN_FILE
+  Admin API key:    $TOKEN_FILE   (the bootstrap admin key; more: aetherium apikey create)
   Server log:       $LOG_FILE
   Stop it with:     $0 --stop
 
@@ -237,7 +237,7 @@ EOF
 if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
 	cat <<EOF
 
-  The server runs as root, so its token is root's: run the commands above with sudo,
+  The server runs as root, so its admin key file is root's: run the commands above with sudo,
   or copy $TOKEN_FILE to your own ~/.local/share/aetherium/.
 EOF
 fi

@@ -3,8 +3,8 @@
 use std::io::Write as _;
 
 use aetherium_types::{
-    CreateVmResponse, DeleteVmResponse, ErrorResponse, ExecuteResponse, ExecutionList, Task,
-    TaskList, Vm, VmList,
+    CancelTaskResponse, CreateVmResponse, DeleteVmResponse, ErrorResponse, ExecuteResponse,
+    ExecutionList, Task, TaskList, Vm, VmList,
 };
 use anyhow::{Context as _, anyhow, bail};
 use serde::de::DeserializeOwned;
@@ -22,34 +22,60 @@ pub(crate) struct Client {
     pub(crate) token: String,
 }
 
-fn default_token() -> anyhow::Result<String> {
+/// The URL used when neither `--url`, `AETHERIUM_URL` nor `aetherium login` gave one.
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// The bootstrap admin key `aetherium up` keeps in its data dir, for the CLI on the
+/// same host.
+fn local_admin_key() -> Option<String> {
     let path = aetherium_common::config::default_data_dir().join("admin-token");
-    std::fs::read_to_string(&path)
+    std::fs::read_to_string(path)
+        .ok()
         .map(|t| t.trim().to_string())
-        .with_context(|| {
-            format!(
-                "no API token: set AETHERIUM_TOKEN or --token (none found in {})",
-                path.display()
-            )
-        })
+        .filter(|t| !t.is_empty())
 }
 
 impl Client {
+    /// URL: `--url`/`AETHERIUM_URL`, else the one `aetherium login` saved, else
+    /// [`DEFAULT_URL`]. Key: `--token`/`AETHERIUM_TOKEN`, else the saved login (for
+    /// its URL), else the local bootstrap admin key.
     pub(crate) fn new(opts: &ClientOpts) -> anyhow::Result<Client> {
-        let token = match &opts.token {
-            Some(t) => t.clone(),
-            None => default_token()?,
-        };
+        let saved = crate::account::Credentials::load()?;
+        let base = opts
+            .url
+            .clone()
+            .or_else(|| saved.as_ref().map(|c| c.url.clone()))
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let token = opts
+            .token
+            .clone()
+            .or_else(|| {
+                saved
+                    .filter(|c| c.url.trim_end_matches('/') == base)
+                    .map(|c| c.token)
+            })
+            .or_else(local_admin_key)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no API key for {base}: run `aetherium login`, or set AETHERIUM_TOKEN / --token"
+                )
+            })?;
+        Client::with(base, token)
+    }
+
+    pub(crate) fn with(base: String, token: String) -> anyhow::Result<Client> {
         Ok(Client {
             http: reqwest::Client::builder()
                 .build()
                 .context("cannot build the HTTP client")?,
-            base: opts.url.trim_end_matches('/').to_string(),
+            base,
             token,
         })
     }
 
-    async fn send<T: DeserializeOwned>(
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -91,7 +117,7 @@ impl Client {
         Err(api_error(status, &bytes))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(reqwest::Method::GET, path, None).await
     }
 }
@@ -192,10 +218,18 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         VmCommand::Ls { status } => {
-            let query = status
-                .map(|s| format!("?status={}", seg(&s)))
+            // Every VM: the pages, followed to the end.
+            let filter = status
+                .map(|s| format!("&status={}", seg(&s)))
                 .unwrap_or_default();
-            let list: VmList = client.get(&format!("/vms{query}")).await?;
+            let mut list: VmList = client.get(&format!("/vms?limit=1000{filter}")).await?;
+            while let Some(cursor) = list.next_cursor.take() {
+                let next: VmList = client
+                    .get(&format!("/vms?limit=1000{filter}&cursor={}", seg(&cursor)))
+                    .await?;
+                list.vms.extend(next.vms);
+                list.next_cursor = next.next_cursor;
+            }
             match format {
                 OutputFormat::Json => print_json(&list)?,
                 OutputFormat::Table => print_table(&VM_HEADERS, &vm_rows(&list.vms)),
@@ -366,9 +400,17 @@ pub async fn task(args: TaskArgs) -> anyhow::Result<u8> {
         TaskCommand::Ls {
             status,
             task_type,
+            vm,
             limit,
+            cursor,
         } => {
             let mut query = format!("?limit={limit}");
+            if let Some(v) = vm {
+                query.push_str(&format!("&vm_id={}", seg(&v)));
+            }
+            if let Some(c) = cursor {
+                query.push_str(&format!("&cursor={}", seg(&c)));
+            }
             if let Some(s) = status {
                 query.push_str(&format!("&status={}", seg(&s)));
             }
@@ -378,8 +420,43 @@ pub async fn task(args: TaskArgs) -> anyhow::Result<u8> {
             let list: TaskList = client.get(&format!("/tasks{query}")).await?;
             match format {
                 OutputFormat::Json => print_json(&list)?,
-                OutputFormat::Table => print_table(&TASK_HEADERS, &task_rows(&list.tasks)),
+                OutputFormat::Table => {
+                    print_table(&TASK_HEADERS, &task_rows(&list.tasks));
+                    if let Some(next) = &list.next_cursor {
+                        eprintln!(
+                            "{} of {} shown; more with --cursor {next}",
+                            list.tasks.len(),
+                            list.total
+                        );
+                    }
+                }
             }
+        }
+        TaskCommand::Cancel { id, no_wait } => {
+            let query = if no_wait {
+                String::new()
+            } else {
+                format!("?wait={MAX_WAIT}")
+            };
+            let cancelled: CancelTaskResponse = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/tasks/{}/cancel{query}", seg(&id)),
+                    None,
+                )
+                .await?;
+            match format {
+                OutputFormat::Json => print_json(&cancelled)?,
+                OutputFormat::Table => print_table(
+                    &TASK_HEADERS,
+                    &task_rows(std::slice::from_ref(&cancelled.task)),
+                ),
+            }
+            // 0 once cancelled (or still being stopped with --no-wait); 1 when the
+            // task finished before it could be stopped.
+            return Ok(u8::from(
+                cancelled.status != "cancelled" && cancelled.status != "cancelling",
+            ));
         }
         TaskCommand::Get { id } => {
             let task: Task = client.get(&format!("/tasks/{}", seg(&id))).await?;

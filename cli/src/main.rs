@@ -1,7 +1,9 @@
 //! `aetherium`: runs the platform (`aetherium up`) and drives it over the REST API.
 
+mod account;
 mod client;
 mod cp;
+mod events;
 mod exec;
 mod output;
 mod term;
@@ -24,15 +26,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub struct ClientOpts {
-    /// The platform's URL.
-    #[arg(
-        long,
-        env = "AETHERIUM_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub url: String,
-    /// API token. Defaults to the one `aetherium up` wrote to its data dir.
+    /// The platform's URL [default: the one `aetherium login` saved, else
+    /// http://127.0.0.1:8080].
+    #[arg(long, env = "AETHERIUM_URL", global = true)]
+    pub url: Option<String>,
+    /// API key or session token. Defaults to the one `aetherium login` saved, else
+    /// the bootstrap admin key `aetherium up` keeps in its data dir.
     #[arg(long, env = "AETHERIUM_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Output format.
@@ -54,6 +53,18 @@ enum Command {
     Vm(VmArgs),
     /// Inspect queued work.
     Task(TaskArgs),
+    /// Save a server URL and API key (or a user's session) for the commands here.
+    Login(account::LoginArgs),
+    /// End the saved session and forget the saved credentials.
+    Logout(account::LogoutArgs),
+    /// Create, list and revoke API keys (admin).
+    Apikey(account::ApiKeyArgs),
+    /// Create, list, change and delete user accounts (admin).
+    User(account::UserArgs),
+    /// Follow the platform's events as they happen (reconnects and resumes by itself).
+    Events(events::EventsArgs),
+    /// Show (and with -f follow) the platform's own logs.
+    Logs(events::LogsArgs),
 }
 
 #[derive(Args)]
@@ -156,11 +167,26 @@ pub enum TaskCommand {
         status: Option<String>,
         #[arg(long = "type")]
         task_type: Option<String>,
+        /// Only tasks about this sandbox (its id).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Tasks per page (1-1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Continue after an earlier page (its `next_cursor`).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one task.
     Get { id: String },
+    /// Cancel a task: one that has not started at once; a running one is stopped
+    /// (its command killed, or its half-made sandbox removed).
+    Cancel {
+        id: String,
+        /// Return at once instead of waiting until a running task has stopped.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -180,6 +206,12 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await.map(|()| 0),
             Command::Vm(args) => client::vm(args).await,
             Command::Task(args) => client::task(args).await,
+            Command::Login(args) => account::login(args).await,
+            Command::Logout(args) => account::logout(args).await,
+            Command::Apikey(args) => account::apikey(args).await,
+            Command::User(args) => account::user(args).await,
+            Command::Events(args) => events::events(args).await,
+            Command::Logs(args) => events::logs(args).await,
         }
     });
     // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.

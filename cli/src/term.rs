@@ -40,3 +40,25 @@ pub fn size() -> Option<(u16, u16)> {
         .ok()?;
     (size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col, size.ws_row))
 }
+
+/// While alive, the terminal on stdin does not echo (password prompts).
+pub struct EchoOff {
+    original: Termios,
+}
+
+impl EchoOff {
+    pub fn enable() -> std::io::Result<EchoOff> {
+        let stdin = std::io::stdin();
+        let original = tcgetattr(&stdin)?;
+        let mut quiet = original.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
+        Ok(EchoOff { original })
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.original);
+    }
+}

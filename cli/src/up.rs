@@ -1,13 +1,12 @@
 //! `aetherium up`: the whole platform in one process.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aetherium_common::Config;
 use aetherium_core::EmbeddedRuntime;
-use aetherium_gateway::{AppState, token_digest};
+use aetherium_gateway::AppState;
 use anyhow::Context as _;
 use clap::Args;
 
@@ -30,36 +29,32 @@ pub struct UpArgs {
     max_upload_bytes: u64,
 }
 
-/// Reads the admin token, or makes one on first start (mode 0600, never logged).
-fn ensure_token(config: &Config) -> anyhow::Result<String> {
+/// The key to register as the bootstrap admin key if no API key exists yet: the
+/// configured one, else one kept in the token file by an earlier version.
+fn given_bootstrap_key(config: &Config) -> anyhow::Result<Option<String>> {
     if let Some(token) = &config.server.api_token {
-        return Ok(token.clone());
+        return Ok(Some(token.clone()));
     }
     let path = config.token_file();
     match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let bytes: [u8; 32] = rand_bytes()?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+}
+
+/// Keeps a new bootstrap key for the CLI on this host (mode 0600, like ~/.ssh keys).
+fn save_token_file(path: &Path, key: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(file, "{token}")?;
-    Ok(token)
-}
-
-fn rand_bytes() -> anyhow::Result<[u8; 32]> {
-    let mut buf = [0u8; 32];
-    let mut f = std::fs::File::open("/dev/urandom").context("open /dev/urandom")?;
-    std::io::Read::read_exact(&mut f, &mut buf).context("read /dev/urandom")?;
-    Ok(buf)
+    writeln!(file, "{key}")?;
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -98,24 +93,36 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let token = ensure_token(&config)?;
     let runtime = EmbeddedRuntime::start(&config).await?;
+    let created_key = runtime
+        .auth
+        .bootstrap_admin_key(given_bootstrap_key(&config)?.as_deref())
+        .await?;
+    if let Some(key) = &created_key {
+        save_token_file(&config.token_file(), key)?;
+    }
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
-    let mut state = AppState::new(
-        runtime.platform.clone(),
-        token_digest(&token),
-        Duration::from_secs(config.server.max_wait_seconds),
-    );
-    state.output_cap_bytes = config.vmm.output_cap_bytes;
+    let mut state = AppState::from_config(runtime.platform.clone(), runtime.auth.clone(), &config);
     state.max_upload_bytes = args.max_upload_bytes;
     // Scripts wait for this line; it carries no secret.
     println!("aetherium is up at http://{local}");
-    if config.server.api_token.is_none() {
-        println!("admin token: {}", display_path(&config.token_file()));
+    if let Some(key) = &created_key {
+        // Shown this once on a terminal; the database keeps only its hash. When stdout
+        // is a log file (scripts/setup.sh), only the key file is named, so that the
+        // key never lands in a log.
+        if std::io::stdout().is_terminal() {
+            println!("bootstrap admin API key (shown once): {key}");
+        } else {
+            println!("bootstrap admin API key created");
+        }
+        println!(
+            "  saved for the CLI on this host in {} (mode 0600); create more with `aetherium apikey create`",
+            display_path(&config.token_file())
+        );
     }
     println!("data: {}", display_path(&config.data_dir));
     let _ = std::io::stdout().flush();

@@ -542,3 +542,352 @@ fn exec_it_drives_a_remote_shell_through_a_real_terminal() {
         assert!(session["stdout"].as_str().unwrap().contains("hi-42"));
     });
 }
+
+impl Up {
+    /// Starts a long-running client command (e.g. a follow) with stdout piped.
+    fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .env("AETHERIUM_URL", &self.url)
+            .env("AETHERIUM_TOKEN", self.token())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Reads JSON lines from a child's stdout (on a thread) until `done` holds for one or
+/// 60 s pass; stops the child by its pid and returns what it printed.
+fn read_json_lines_until(
+    mut child: Child,
+    done: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> Vec<serde_json::Value> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let stop = done(&value);
+            let _ = tx.send(value);
+            if stop {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Ok(value) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        got.push(value);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    got
+}
+
+#[test]
+fn events_and_logs_follow_the_platform() {
+    with_vm("evt", |up, name| {
+        let out = up.cli(&["vm", "get", name, "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let vm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let vm_id = vm["id"].as_str().unwrap().to_string();
+
+        // Everything kept so far, replayed from seq 0, then live: the VM's creation.
+        let child = up.spawn_cli(&["events", "--after", "0", "--type", "vm.*", "-o", "json"]);
+        let id = vm_id.clone();
+        let events = read_json_lines_until(child, move |e| {
+            e["type"] == "vm.started" && e["resource_id"] == id.as_str()
+        });
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types, vec!["vm.created", "vm.started"], "{events:?}");
+        assert!(events[0]["seq"].as_i64().unwrap() < events[1]["seq"].as_i64().unwrap());
+
+        // A command's events, followed from after the VM started (so however late
+        // the follower connects, it misses nothing).
+        let after = events[1]["seq"].as_i64().unwrap().to_string();
+        let child = up.spawn_cli(&[
+            "events",
+            "--type",
+            "execution.*",
+            "--after",
+            &after,
+            "-o",
+            "json",
+        ]);
+        let out = up.cli(&["vm", "exec", name, "--", "true"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let events = read_json_lines_until(child, |e| e["type"] == "execution.completed");
+        assert_eq!(
+            events.last().map(|e| e["type"].clone()),
+            Some(serde_json::json!("execution.completed")),
+            "{events:?}"
+        );
+
+        // The VM's log records, oldest first, tagged with the VM.
+        let out = up.cli(&["logs", "--vm", &vm_id, "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let records: Vec<serde_json::Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(
+            records.iter().any(|r| r["message"] == "task started"),
+            "{records:?}"
+        );
+        assert!(records.iter().all(|r| r["vm_id"] == vm_id.as_str()));
+        // By name, as a human reads it.
+        let out = up.cli(&["logs", "--vm", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("INFO"), "{}", text(&out.stdout));
+        assert!(text(&out.stdout).contains("task started"));
+    });
+}
+
+#[test]
+fn task_cancel_stops_a_running_command_and_lists_page() {
+    with_vm("cli-cancel", |up, name| {
+        let out = up.cli(&["vm", "get", name, "-o", "json"]);
+        let vm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let vm_id = vm["id"].as_str().unwrap().to_string();
+        // A command that would run for minutes, run by a second CLI process.
+        let exec = Command::new(BIN)
+            .args(["vm", "exec", name, "--", "sleep", "299"])
+            .env("AETHERIUM_URL", &up.url)
+            .env("AETHERIUM_TOKEN", up.token())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let task_id = loop {
+            let out = up.cli(&[
+                "task",
+                "ls",
+                "--vm",
+                &vm_id,
+                "--type",
+                "vm:execute",
+                "-o",
+                "json",
+            ]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(list["next_cursor"].is_null(), "{list}");
+            if let Some(t) = list["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["status"] == "running")
+            {
+                break t["id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never running: {list}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let out = up.cli(&["task", "cancel", &task_id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("cancelled"),
+            "{}",
+            text(&out.stdout)
+        );
+        // The waiting `vm exec` ends (the command was killed): not with success.
+        let done = exec.wait_with_output().unwrap();
+        assert!(!done.status.success(), "{done:?}");
+        // Cancelling it again is refused with the API's message.
+        let out = up.cli(&["task", "cancel", &task_id]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("already cancelled"),
+            "{}",
+            text(&out.stderr)
+        );
+        // `task ls` pages: one per page, with a cursor to go on.
+        let out = up.cli(&["task", "ls", "--limit", "1", "-o", "json"]);
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cursor = page["next_cursor"].as_str().unwrap().to_string();
+        let out = up.cli(&[
+            "task", "ls", "--limit", "1", "--cursor", &cursor, "-o", "json",
+        ]);
+        let next: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_ne!(next["tasks"][0]["id"], page["tasks"][0]["id"]);
+        // `vm ls` lists every VM (all pages).
+        let out = up.cli(&["vm", "ls", "-o", "json"]);
+        let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            vms["vms"].as_array().unwrap().len() as u64,
+            vms["total"].as_u64().unwrap()
+        );
+    });
+}
+
+/// Runs the CLI with `stdin` fed in, credentials kept in `creds`, and no key or URL
+/// from the environment (so that the saved login is what counts).
+fn cli_with_creds(creds: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("AETHERIUM_CREDENTIALS", creds)
+        .env_remove("AETHERIUM_URL")
+        .env_remove("AETHERIUM_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn login_api_keys_and_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker_id = format!("cli-{}", random_hex());
+    let up = Up::start(dir.path(), &worker_id);
+    let creds = dir.path().join("home/credentials.json");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Log in with the bootstrap admin key from stdin; the file is private.
+        let out = cli_with_creds(
+            &creds,
+            &["login", "--url", &up.url, "--password-stdin"],
+            &format!("{}\n", up.token()),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("as bootstrap-admin (admin)"),
+            "{}",
+            text(&out.stdout)
+        );
+        let mode = std::fs::metadata(&creds).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A viewer key, printed once on stdout.
+        let out = cli_with_creds(
+            &creds,
+            &[
+                "apikey",
+                "create",
+                "--name",
+                "ro",
+                "--role",
+                "viewer",
+                "--expires-in",
+                "1d",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let viewer_key = text(&out.stdout).trim().to_string();
+        assert!(viewer_key.starts_with("ak_"), "{viewer_key}");
+        let out = cli_with_creds(&creds, &["apikey", "ls", "-o", "json"], "");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            !text(&out.stdout).contains(&viewer_key),
+            "keys are never listed"
+        );
+        let viewer = list["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "ro")
+            .unwrap();
+        assert_eq!(viewer["role"], "viewer");
+        let viewer_id = viewer["id"].as_str().unwrap().to_string();
+
+        // The viewer key reads but may not create.
+        let as_viewer = |args: &[&str]| {
+            Command::new(BIN)
+                .args(args)
+                .env("AETHERIUM_URL", &up.url)
+                .env("AETHERIUM_TOKEN", &viewer_key)
+                .env("AETHERIUM_CREDENTIALS", &creds)
+                .output()
+                .unwrap()
+        };
+        assert!(as_viewer(&["vm", "ls"]).status.success());
+        let out = as_viewer(&["vm", "create", "--no-wait"]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+        let out = cli_with_creds(&creds, &["apikey", "revoke", &viewer_id], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = as_viewer(&["vm", "ls"]);
+        assert!(
+            text(&out.stderr).contains("revoked"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        // A user, then a login as that user replaces the saved credentials.
+        let out = cli_with_creds(
+            &creds,
+            &[
+                "user",
+                "create",
+                "grace",
+                "--role",
+                "operator",
+                "--password-stdin",
+            ],
+            "a long enough password\n",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = cli_with_creds(
+            &creds,
+            &["login", "--url", &up.url, "-u", "grace", "--password-stdin"],
+            "a long enough password\n",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("as grace (operator)"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(cli_with_creds(&creds, &["vm", "ls"], "").status.success());
+        // An operator does not manage users.
+        let out = cli_with_creds(&creds, &["user", "ls"], "");
+        assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+        let saved = std::fs::read_to_string(&creds).unwrap();
+        let out = cli_with_creds(&creds, &["logout"], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!creds.exists());
+        // The session ended on the server too.
+        let token: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        let out = Command::new(BIN)
+            .args(["vm", "ls"])
+            .env("AETHERIUM_URL", &up.url)
+            .env("AETHERIUM_TOKEN", token["token"].as_str().unwrap())
+            .env("AETHERIUM_CREDENTIALS", &creds)
+            .output()
+            .unwrap();
+        assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+
+        // A wrong password fails clearly and saves nothing.
+        let out = cli_with_creds(
+            &creds,
+            &["login", "--url", &up.url, "-u", "grace", "--password-stdin"],
+            "not the password\n",
+        );
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("invalid username or password"));
+        assert!(!creds.exists());
+    }));
+    up.stop();
+    cleanup(&worker_id);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

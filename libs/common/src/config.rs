@@ -37,6 +37,8 @@ pub struct Config {
     pub vmm: VmmConfig,
     pub queue: QueueConfig,
     pub logging: LoggingConfig,
+    pub auth: AuthConfig,
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,11 +46,45 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// The admin API token. When unset, `aetherium up` generates one on first start
-    /// and keeps it in `<data_dir>/admin-token` (mode 0600).
+    /// The bootstrap admin API key, registered on first start if no key exists yet.
+    /// When unset, `aetherium up` generates one, prints it once and keeps it in
+    /// `<data_dir>/admin-token` (mode 0600) for the CLI on this host.
     pub api_token: Option<String>,
     /// Longest `wait` a request may ask for, in seconds.
     pub max_wait_seconds: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://dash.example.com`.
+    /// Empty: no cross-origin access. `*` allows any origin (credentials are bearer
+    /// tokens, never cookies, so no origin gets ambient authority).
+    pub cors_allowed_origins: Vec<String>,
+    /// A request (other than streams, WebSockets and file transfers) that takes longer
+    /// is answered 504. Must exceed `max_wait_seconds`.
+    pub request_timeout_seconds: u64,
+}
+
+/// API keys, sessions and request rate limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of a dashboard session (`POST /auth/login`).
+    pub session_ttl_seconds: u64,
+    /// Requests per second each API key or session may make (a key may carry its
+    /// own); 0 turns rate limiting off.
+    pub rate_limit_per_second: u32,
+    /// Requests a client may make in a burst above the rate.
+    pub rate_limit_burst: u32,
+    /// Login attempts per minute from one address for one username.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_ttl_seconds: 12 * 3600,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
+            login_attempts_per_minute: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,6 +162,32 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// A tracing filter such as `info` or `aetherium_core=debug,info`.
     pub level: String,
+    /// A tracing filter for the records kept for the logs API (`/logs/query`,
+    /// `/logs/stream`); independent of `level`.
+    pub capture_level: String,
+    /// Stored log records older than this are pruned.
+    pub retention_hours: u64,
+    /// At most this many stored log records are kept (the oldest go first).
+    pub retention_max_rows: u64,
+}
+
+/// The event log behind `GET /events` (resumable streams).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this are pruned (a stream cannot resume before them).
+    pub retention_hours: u64,
+    /// At most this many events are kept (the oldest go first).
+    pub retention_max_rows: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_hours: 168,
+            retention_max_rows: 100_000,
+        }
+    }
 }
 
 fn home_dir() -> PathBuf {
@@ -161,6 +223,8 @@ impl Default for Config {
             vmm: VmmConfig::default(),
             queue: QueueConfig::default(),
             logging: LoggingConfig::default(),
+            auth: AuthConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -172,6 +236,8 @@ impl Default for ServerConfig {
             port: 8080,
             api_token: None,
             max_wait_seconds: 600,
+            cors_allowed_origins: Vec::new(),
+            request_timeout_seconds: 660,
         }
     }
 }
@@ -233,8 +299,15 @@ impl Default for LoggingConfig {
         LoggingConfig {
             format: LogFormat::Pretty,
             level: "info".into(),
+            capture_level: "info".into(),
+            retention_hours: 72,
+            retention_max_rows: 200_000,
         }
     }
+}
+
+fn http_header_safe(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 type Setter = fn(&mut Config, &str) -> Result<(), String>;
@@ -263,6 +336,27 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     }),
     (&["AETHERIUM_API_TOKEN"], |c, v| {
         c.server.api_token = Some(v.to_string());
+        Ok(())
+    }),
+    (&["AETHERIUM_CORS_ALLOWED_ORIGINS"], |c, v| {
+        c.server.cors_allowed_origins = v
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(())
+    }),
+    (&["AETHERIUM_RATE_LIMIT_PER_SECOND"], |c, v| {
+        c.auth.rate_limit_per_second = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_RATE_LIMIT_BURST"], |c, v| {
+        c.auth.rate_limit_burst = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_SESSION_TTL_SECONDS"], |c, v| {
+        c.auth.session_ttl_seconds = parse(v)?;
         Ok(())
     }),
     (&["AETHERIUM_DATABASE_URL"], |c, v| {
@@ -350,6 +444,10 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     }),
     (&["AETHERIUM_LOG_LEVEL"], |c, v| {
         c.logging.level = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_LOG_CAPTURE_LEVEL"], |c, v| {
+        c.logging.capture_level = v.to_string();
         Ok(())
     }),
 ];
@@ -459,12 +557,66 @@ impl Config {
         {
             return invalid("server.api_token must be at least 16 characters".into());
         }
+        if self.server.request_timeout_seconds <= self.server.max_wait_seconds {
+            return invalid(format!(
+                "server.request_timeout_seconds ({}) must exceed server.max_wait_seconds ({})",
+                self.server.request_timeout_seconds, self.server.max_wait_seconds
+            ));
+        }
+        for origin in &self.server.cors_allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && http_header_safe(origin));
+            if !valid {
+                return invalid(format!(
+                    "server.cors_allowed_origins: {origin:?} is not an origin like https://host[:port] (no path, no trailing slash) or *"
+                ));
+            }
+        }
+        if self.server.cors_allowed_origins.len() > 1
+            && self.server.cors_allowed_origins.iter().any(|o| o == "*")
+        {
+            return invalid(
+                "server.cors_allowed_origins: `*` cannot be combined with other origins".into(),
+            );
+        }
+        if self.auth.session_ttl_seconds < 60 {
+            return invalid("auth.session_ttl_seconds must be at least 60".into());
+        }
+        if self.auth.rate_limit_per_second > 0 && self.auth.rate_limit_burst == 0 {
+            return invalid(
+                "auth.rate_limit_burst must be at least 1 when rate limiting is on".into(),
+            );
+        }
+        if self.auth.login_attempts_per_minute == 0 {
+            return invalid("auth.login_attempts_per_minute must be at least 1".into());
+        }
         if let Some(url) = &self.database.url
             && !url.starts_with("sqlite:")
         {
             return invalid(format!(
                 "database.url {url:?} is not supported yet: embedded mode uses sqlite://<path>"
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.capture_level) {
+            return invalid(format!(
+                "logging.capture_level {:?} is not a tracing filter: {e}",
+                self.logging.capture_level
+            ));
+        }
+        for (key, value) in [
+            ("logging.retention_hours", self.logging.retention_hours),
+            (
+                "logging.retention_max_rows",
+                self.logging.retention_max_rows,
+            ),
+            ("events.retention_hours", self.events.retention_hours),
+            ("events.retention_max_rows", self.events.retention_max_rows),
+        ] {
+            if value == 0 {
+                return invalid(format!("{key} must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -483,6 +635,7 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("sockets"))
     }
 
+    /// Where the bootstrap admin key is kept for the CLI on this host.
     pub fn token_file(&self) -> PathBuf {
         self.data_dir.join("admin-token")
     }
@@ -541,5 +694,36 @@ mod tests {
             .expect("load");
         assert_eq!(c.worker.labels.get("gpu").map(String::as_str), Some("no"));
         assert!(Config::load_with_env(None, env_of(&[("WORKER_LABELS", "oops")])).is_err());
+    }
+
+    #[test]
+    fn cors_timeouts_and_rate_limits_are_checked() {
+        let c = Config::load_with_env(
+            None,
+            env_of(&[
+                (
+                    "AETHERIUM_CORS_ALLOWED_ORIGINS",
+                    "https://a.example, http://localhost:3000",
+                ),
+                ("AETHERIUM_RATE_LIMIT_PER_SECOND", "0"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.server.cors_allowed_origins.len(), 2);
+        assert_eq!(c.auth.rate_limit_per_second, 0);
+        for origins in ["https://a.example/", "a.example", "*,https://a.example"] {
+            let err =
+                Config::load_with_env(None, env_of(&[("AETHERIUM_CORS_ALLOWED_ORIGINS", origins)]))
+                    .unwrap_err();
+            assert!(err.to_string().contains("cors_allowed_origins"), "{err}");
+        }
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        writeln!(
+            f,
+            "server:\n  max_wait_seconds: 600\n  request_timeout_seconds: 60"
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(f.path()), env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("request_timeout_seconds"), "{err}");
     }
 }

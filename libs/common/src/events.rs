@@ -5,7 +5,10 @@ use aetherium_types::Event;
 use tokio::sync::broadcast;
 
 /// Publish/subscribe of [`Event`]s. Delivery is best effort: a subscriber that lags
-/// behind loses the oldest events and must re-read state from the store.
+/// behind loses the oldest events and must re-read state from the store (or, for
+/// event streams, from the event log: embedded mode's bus is the core's
+/// `feed::PersistentEventBus`, which numbers and stores every event before
+/// broadcasting it). This in-process bus stores nothing; events keep `seq: None`.
 pub trait EventBus: Send + Sync + 'static {
     fn publish(&self, event: Event);
     fn subscribe(&self) -> broadcast::Receiver<Event>;

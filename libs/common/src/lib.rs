@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod events;
+pub mod logcapture;
 pub mod telemetry;
 
 pub use config::Config;

@@ -14,6 +14,7 @@ pub const MAX_NAME_LEN: usize = 63;
 /// The error body of every failed request: `{error, message, code}`, where `error`
 /// is the HTTP status text and `code` the HTTP status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorResponse {
     pub error: String,
     pub message: String,
@@ -56,25 +57,36 @@ fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Unique among live VMs. Generated when omitted.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", max_length = 63)
+    )]
     #[serde(default)]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
     #[serde(default)]
     pub vcpus: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
     #[serde(default)]
     pub memory_mb: Option<u64>,
     /// Image to run (Docker backend). The configured default when omitted.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^\S+$"))]
     #[serde(default)]
     pub image: Option<String>,
     /// Backend; the configured default when omitted.
     #[serde(default)]
     pub orchestrator: Option<crate::Orchestrator>,
+    /// Refused unless empty: tool installation does not exist yet.
+    #[cfg_attr(feature = "openapi", schema(max_items = 0))]
     #[serde(default)]
     pub additional_tools: Vec<String>,
     #[serde(default)]
     pub tool_versions: BTreeMap<String, String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -104,6 +116,7 @@ impl CreateVmRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateVmResponse {
     pub task_id: String,
     pub vm_id: String,
@@ -114,8 +127,10 @@ pub struct CreateVmResponse {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteCommandRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*\S[^\x00]*$"))]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
@@ -124,6 +139,7 @@ pub struct ExecuteCommandRequest {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Kill the command after this many seconds (default and maximum: 600).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 600))]
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
 }
@@ -167,6 +183,7 @@ impl ExecuteCommandRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecuteResponse {
     pub task_id: String,
     pub vm_id: String,
@@ -181,25 +198,37 @@ fn default_true() -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SmartExecuteRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*\S[^\x00]*$"))]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", max_length = 63)
+    )]
     #[serde(default)]
     pub vm_name: Option<String>,
+    /// Refused unless empty: tool installation does not exist yet.
+    #[cfg_attr(feature = "openapi", schema(max_items = 0))]
     #[serde(default)]
     pub required_tools: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(default = true))]
     #[serde(default = "default_true")]
     pub prefer_existing: bool,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
     #[serde(default)]
     pub vcpus: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
     #[serde(default)]
     pub memory_mb: Option<u64>,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 600))]
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
 }
@@ -207,6 +236,9 @@ pub struct SmartExecuteRequest {
 impl SmartExecuteRequest {
     pub fn validate(&self) -> Result<(), String> {
         validate_command(&self.command, &self.env, self.timeout_seconds)?;
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err("args must not contain NUL bytes".into());
+        }
         if let Some(name) = &self.vm_name {
             validate_name(name)?;
         }
@@ -222,6 +254,7 @@ impl SmartExecuteRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SmartExecuteResponse {
     pub execution_id: String,
     pub task_id: String,
@@ -236,6 +269,7 @@ pub struct SmartExecuteResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeleteVmResponse {
     /// The delete task's id (the original's `id`).
     pub id: String,
@@ -247,31 +281,70 @@ pub struct DeleteVmResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmList {
     pub vms: Vec<Vm>,
+    /// How many rows match the filters (all pages together).
     pub total: u64,
+    /// Pass as `?cursor=` to get the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionList {
     pub executions: Vec<Execution>,
+    /// How many rows match the filters (all pages together).
     pub total: u64,
+    /// Pass as `?cursor=` to get the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskList {
     pub tasks: Vec<Task>,
+    /// How many rows match the filters (all pages together).
     pub total: u64,
+    /// Pass as `?cursor=` to get the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ComponentHealth {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
+/// `GET /ready`: whether this instance can serve work now: its store and its queue
+/// answer, and a live worker with a healthy backend can take work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadyResponse {
+    /// `ready`, or `not_ready` when a component is not healthy.
+    pub status: String,
+    /// `store`, `queue` and `workers`: each `healthy` or `unhealthy`, with a message.
+    pub components: BTreeMap<String, ComponentHealth>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `POST /tasks/{id}/cancel`: the task, and whether its cancellation is complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelTaskResponse {
+    /// `cancelled` once the task is cancelled; `cancelling` while the worker that
+    /// runs it is still stopping it.
+    pub status: String,
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     /// `healthy`, or `degraded` when a component is not.
     pub status: String,
@@ -331,6 +404,15 @@ mod tests {
             .expect_err("unknown field must fail");
         assert!(err.to_string().contains("vcpu"));
         assert!(serde_json::from_str::<ExecuteCommandRequest>(r#"{"cmd":"ls"}"#).is_err());
+    }
+
+    #[test]
+    fn smart_execute_refuses_nul_in_args() {
+        let mut req: SmartExecuteRequest =
+            serde_json::from_str(r#"{"command": "echo", "args": ["a"]}"#).expect("parse");
+        assert!(req.validate().is_ok());
+        req.args.push("b\0c".into());
+        assert!(req.validate().expect_err("NUL").contains("NUL"));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Who is calling: roles and the authenticated principal.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What a caller may do. Ordered: every role can do what the roles below it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read-only: list and inspect everything but keys, users and the audit log.
@@ -35,6 +37,7 @@ wire_names!(Role, "role");
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     ApiKey,
@@ -44,6 +47,7 @@ pub enum PrincipalKind {
 /// The authenticated caller of a request (put into the request's extensions by the
 /// gateway's auth middleware; recorded in the audit log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Principal {
     /// The API key's id or the user's id.
     pub id: String,
@@ -51,6 +55,237 @@ pub struct Principal {
     pub name: String,
     pub kind: PrincipalKind,
     pub role: Role,
+}
+
+/// An API key as the API shows it: never the key itself, nor its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// The key's first characters, to tell keys apart (`ak_1a2b3c4d…`).
+    pub prefix: String,
+    pub role: Role,
+    /// Who created it (a principal's name).
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Updated at most once a minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Requests per second this key may make; `None`: the server's default.
+    pub rate_limit_per_second: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$"))]
+    pub name: String,
+    pub role: Role,
+    /// Lifetime in seconds; none: the key does not expire.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 315360000))]
+    pub expires_in_seconds: Option<u64>,
+    /// Requests per second; none: the server's default.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
+    pub rate_limit_per_second: Option<u32>,
+}
+
+/// Longest key lifetime one may ask for: ten years.
+pub const MAX_API_KEY_LIFETIME_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// Highest per-key rate limit one may ask for.
+pub const MAX_RATE_LIMIT_PER_SECOND: u32 = 100_000;
+
+impl CreateApiKeyRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_label("name", &self.name)?;
+        if let Some(s) = self.expires_in_seconds
+            && !(60..=MAX_API_KEY_LIFETIME_SECONDS).contains(&s)
+        {
+            return Err(format!(
+                "expires_in_seconds must be between 60 and {MAX_API_KEY_LIFETIME_SECONDS}"
+            ));
+        }
+        if let Some(r) = self.rate_limit_per_second
+            && !(1..=MAX_RATE_LIMIT_PER_SECOND).contains(&r)
+        {
+            return Err(format!(
+                "rate_limit_per_second must be between 1 and {MAX_RATE_LIMIT_PER_SECOND}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a key's creation: the only time the key itself is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateApiKeyResponse {
+    /// The secret to send as `Authorization: Bearer <key>`. Not stored: keep it now.
+    pub key: String,
+    pub api_key: ApiKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKey>,
+    pub total: u64,
+}
+
+/// A user account (dashboard logins). Never carries the password hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+pub const MIN_PASSWORD_CHARS: usize = 12;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+fn validate_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "password must have at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Names of keys and users: 1–64 characters of `[A-Za-z0-9._@-]`.
+fn validate_label(what: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be 1-64 characters of letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$"))]
+    pub username: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
+    pub password: String,
+    pub role: Role,
+}
+
+impl CreateUserRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_label("username", &self.username)?;
+        validate_password(&self.password)
+    }
+}
+
+/// Changes to a user; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+impl UpdateUserRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = &self.password {
+            validate_password(p)?;
+        }
+        if self.role.is_none() && self.password.is_none() && self.disabled.is_none() {
+            return Err("nothing to change: give role, password or disabled".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserList {
+    pub users: Vec<User>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
+    pub password: String,
+}
+
+/// A session token for the dashboard: short-lived, revoked by logout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: User,
+}
+
+/// `GET /auth/me`: who the presented credential belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    pub principal: Principal,
+    /// When the credential stops working, if it expires.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One line of the audit log: who did what to which resource, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// Increasing; pass it as `before` to page backwards.
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub actor_id: Option<String>,
+    pub actor_name: Option<String>,
+    /// e.g. `vm.create`, `vm.execute`, `vm.delete`, `apikey.create`, `auth.login`.
+    pub action: String,
+    pub method: String,
+    /// The route template (`/api/v1/vms/{id}`).
+    pub route: String,
+    pub resource_id: Option<String>,
+    /// The HTTP status the request ended with.
+    pub status: u16,
+    pub remote_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next (older) page; `None` at the end.
+    pub next_cursor: Option<String>,
 }
 
 #[cfg(test)]

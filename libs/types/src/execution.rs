@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 /// Where an execution is in its life. A non-zero exit code is `Completed`: it is a
 /// result, not a failure of the platform.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
     #[default]
@@ -48,6 +49,7 @@ wire_names!(ExecutionStatus, "execution status");
 
 /// One command run in a sandbox, with its (capped) output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Execution {
     pub id: String,
     pub vm_id: String,
@@ -69,5 +71,6 @@ pub struct Execution {
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }

@@ -29,13 +29,18 @@ pub mod api;
 pub mod auth;
 pub mod event;
 pub mod execution;
+pub mod logs;
 pub mod task;
 pub mod vm;
 pub mod worker;
 
 pub use api::*;
-pub use auth::{Principal, PrincipalKind, Role};
-pub use event::{Event, EventType};
+pub use auth::{
+    ApiKey, ApiKeyList, AuditEntry, AuditList, CreateApiKeyRequest, CreateApiKeyResponse,
+    CreateUserRequest, LoginRequest, LoginResponse, Principal, PrincipalKind, Role,
+    UpdateUserRequest, User, UserList, WhoAmI,
+};
+pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
 pub use task::{Task, TaskStatus, TaskType};
 pub use vm::{Orchestrator, Vm, VmStatus};

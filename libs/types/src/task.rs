@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The kinds of queued work. Wire names are the Go original's (`vm:create`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskType {
     #[serde(rename = "vm:create")]
     VmCreate,
@@ -85,6 +86,7 @@ impl TaskType {
 wire_names!(TaskType, "task type");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting to be leased (possibly scheduled for later, e.g. a retry's backoff).
@@ -128,6 +130,7 @@ wire_names!(TaskStatus, "task status");
 
 /// The original's four weighted queues. Priority 0-10 maps onto them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum QueueName {
     Critical,
@@ -167,6 +170,7 @@ impl QueueName {
 
 /// A unit of queued work. Every task is persisted, so it can be looked up at any time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub id: String,
     #[serde(rename = "type")]

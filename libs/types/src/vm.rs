@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// Lifecycle of a sandbox. Names and spelling follow the Go original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum VmStatus {
     Created,
@@ -47,6 +48,7 @@ wire_names!(VmStatus, "VM status");
 
 /// Which backend runs a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Orchestrator {
     Docker,
@@ -74,6 +76,7 @@ wire_names!(Orchestrator, "orchestrator");
 
 /// A sandbox, as stored and as returned by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Vm {
     pub id: String,
     pub name: String,
@@ -99,5 +102,6 @@ pub struct Vm {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }

@@ -5,6 +5,12 @@ pub enum CoreError {
     /// 400: the request is malformed or asks for something impossible.
     #[error("{0}")]
     InvalidInput(String),
+    /// 401: no valid credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid credential without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404
     #[error("{0}")]
     NotFound(String),

@@ -2,7 +2,10 @@
 //! worker, and the use cases ([`services::Platform`]) that the gateway calls.
 
 pub mod agent_client;
+pub mod auth;
 pub mod error;
+pub mod feed;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod services;

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aetherium_common::{Config, InProcessEventBus};
+use aetherium_common::Config;
 use aetherium_types::Orchestrator;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Auth, AuthSettings};
 use crate::error::{CoreError, CoreResult};
+use crate::feed::{self, LogFeed, PersistentEventBus, Retention};
 use crate::queue::EmbeddedQueue;
 use crate::services::{LocalAgents, Platform, PlatformDefaults};
 use crate::store::{SqliteStore, Store};
@@ -20,9 +22,15 @@ use crate::worker::{Worker, WorkerSettings};
 
 pub struct EmbeddedRuntime {
     pub platform: Platform,
+    /// API keys, users, sessions and the audit log (same database as the platform).
+    pub auth: Auth,
     pub worker: Arc<Worker>,
     shutdown: watch::Sender<bool>,
     worker_task: Option<JoinHandle<()>>,
+    bus: Arc<PersistentEventBus>,
+    background_stop: watch::Sender<bool>,
+    /// The log writer and the pruner: they stop with the worker.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// The agent binary: configured, or `aetherium-agent` next to the running program.
@@ -81,10 +89,47 @@ impl EmbeddedRuntime {
         .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         let heartbeat = Duration::from_secs(config.worker.heartbeat_interval_seconds);
         let backend: Arc<dyn Backend> = Arc::new(backend);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        // The log writer and the pruner outlive the worker, so its last words are kept.
+        let (background_stop, background_rx) = watch::channel(false);
+        let store = Arc::new(store);
+        let auth = Auth::new(
+            store.clone(),
+            AuthSettings {
+                session_ttl: Duration::from_secs(config.auth.session_ttl_seconds),
+            },
+        )
+        .await?;
+        // Every event is stored (and numbered) before subscribers see it.
+        let bus = PersistentEventBus::start(store.clone());
+        // The platform's own log records (captured when `telemetry::init` installed
+        // the capture layer) are stored and re-broadcast with their ids.
+        let log_feed = LogFeed::default();
+        let log_writer = feed::spawn_log_writer(
+            store.clone(),
+            aetherium_common::logcapture::attach(feed::LOG_CHANNEL_CAPACITY),
+            log_feed.clone(),
+            background_rx.clone(),
+        );
+        let pruner = feed::spawn_pruner(
+            store.clone(),
+            store.clone(),
+            Retention {
+                events_max_age: Duration::from_secs(config.events.retention_hours * 3600),
+                events_max_rows: config.events.retention_max_rows,
+                logs_max_age: Duration::from_secs(config.logging.retention_hours * 3600),
+                logs_max_rows: config.logging.retention_max_rows,
+                interval: Duration::from_secs(60),
+            },
+            background_rx,
+        );
         let platform = Platform {
-            store: Arc::new(store),
+            store: store.clone(),
             queue: Arc::new(queue),
-            bus: Arc::new(InProcessEventBus::default()),
+            bus: bus.clone(),
+            events: store.clone(),
+            logs: store,
+            log_feed,
             agents: Arc::new(LocalAgents {
                 worker_id: config.worker.id.clone(),
                 backend: backend.clone(),
@@ -125,13 +170,16 @@ impl EmbeddedRuntime {
         let worker = Worker::new(settings, platform.clone(), backend);
         // The first heartbeat registers the worker before the API takes requests.
         worker.heartbeat().await;
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let worker_task = Some(tokio::spawn(worker.clone().run(shutdown_rx)));
         Ok(EmbeddedRuntime {
             platform,
+            auth,
             worker,
             shutdown,
             worker_task,
+            bus,
+            background_stop,
+            background: vec![log_writer, pruner],
         })
     }
 
@@ -140,6 +188,13 @@ impl EmbeddedRuntime {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.worker_task.take() {
+            let _ = task.await;
+        }
+        // Events and log records already published are stored before the database
+        // closes.
+        self.bus.flush().await;
+        let _ = self.background_stop.send(true);
+        for task in self.background.drain(..) {
             let _ = task.await;
         }
         self.platform.store.close().await;

@@ -8,16 +8,17 @@ use std::time::Duration;
 use aetherium_common::EventBus;
 use aetherium_types::{
     ComponentHealth, CreateVmRequest, Event, EventType, ExecuteCommandRequest, Execution,
-    ExecutionStatus, HealthResponse, Orchestrator, SmartExecuteRequest, Task, TaskStatus, TaskType,
-    Vm, VmStatus, Worker, WorkerStatus, new_id,
+    ExecutionStatus, HealthResponse, Orchestrator, ReadyResponse, SmartExecuteRequest, Task,
+    TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, new_id,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::AgentClient;
 use crate::error::{CoreError, CoreResult};
-use crate::queue::{QueueStats, TaskQueue};
-use crate::store::{Page, Store, TaskFilter, VmFilter};
+use crate::feed::LogFeed;
+use crate::queue::{CancelOutcome, QueueStats, TaskQueue};
+use crate::store::{EventLog, LogStore, Page, Store, TaskFilter, VmFilter};
 use crate::vmm::Backend;
 
 /// Payload of `vm:create`.
@@ -69,6 +70,11 @@ pub struct Platform {
     pub bus: Arc<dyn EventBus>,
     pub agents: Arc<dyn AgentRouter>,
     pub defaults: PlatformDefaults,
+    /// Every published event with its sequence number (resumable event streams).
+    pub events: Arc<dyn EventLog>,
+    /// The platform's own stored log records, and their live feed.
+    pub logs: Arc<dyn LogStore>,
+    pub log_feed: LogFeed,
 }
 
 /// Reaches the agent of a VM for direct work (streamed and interactive exec, files),
@@ -522,8 +528,14 @@ impl Platform {
             execution.duration_ms = Some((now - started).num_milliseconds());
         }
         self.store.update_execution(execution).await?;
+        crate::metrics::record_execution(execution);
+        let event = if execution.status == ExecutionStatus::Failed {
+            EventType::ExecutionFailed
+        } else {
+            EventType::ExecutionCompleted
+        };
         self.publish(
-            EventType::ExecutionCompleted,
+            event,
             &execution.id,
             serde_json::json!({"vm_id": execution.vm_id, "status": execution.status, "exit_code": execution.exit_code}),
         );
@@ -549,6 +561,112 @@ impl Platform {
 
     pub async fn queue_stats(&self) -> CoreResult<QueueStats> {
         self.queue.stats().await
+    }
+
+    /// Cancels a task. One that has not started (pending, scheduled, waiting for a
+    /// retry) is `cancelled` at once and what it was for is marked so (a VM it would
+    /// have created ends FAILED, an execution it would have run ends failed); a
+    /// running one is stopped by its worker, which kills what it runs and records the
+    /// task `cancelled` ([`CancelledTask::done`] is false until then). A finished
+    /// task is a `Conflict`; `vm:delete` cannot be cancelled (a VM being deleted has
+    /// no state to go back to).
+    pub async fn cancel_task(&self, id: &str) -> CoreResult<CancelledTask> {
+        let task = self.get_task(id).await?;
+        if task.status.is_finished() {
+            return Err(finished_conflict(&task));
+        }
+        if task.task_type == TaskType::VmDelete {
+            return Err(CoreError::Conflict(format!(
+                "task {id} is a vm:delete, which cannot be cancelled: once asked for, a deletion runs to its end"
+            )));
+        }
+        match self.queue.cancel(id, CANCELLED_BEFORE_START).await? {
+            CancelOutcome::Cancelled(task) => {
+                self.cancelled_before_start(&task).await;
+                self.publish(
+                    EventType::TaskCancelled,
+                    &task.id,
+                    serde_json::json!({"type": task.task_type, "vm_id": task.vm_id, "reason": CANCELLED_BEFORE_START}),
+                );
+                Ok(CancelledTask { task, done: true })
+            }
+            CancelOutcome::Requested(task) => {
+                // Wakes the worker that runs it (in this process) at once; other
+                // workers notice on their next lease extension.
+                self.publish(
+                    EventType::TaskCancelRequested,
+                    &task.id,
+                    serde_json::json!({"type": task.task_type, "worker_id": task.worker_id}),
+                );
+                Ok(CancelledTask { task, done: false })
+            }
+            CancelOutcome::Finished(task) => Err(finished_conflict(&task)),
+            CancelOutcome::NotFound => Err(CoreError::NotFound(format!("task {id} not found"))),
+        }
+    }
+
+    /// What a task cancelled before it ran was for ends in a state that says so.
+    async fn cancelled_before_start(&self, task: &Task) {
+        match task.task_type {
+            TaskType::VmCreate => {
+                let Ok(payload) = serde_json::from_value::<CreatePayload>(task.payload.clone())
+                else {
+                    return;
+                };
+                let message = "VM creation was cancelled before it started";
+                if let Ok(true) = self
+                    .store
+                    .transition_vm(
+                        &payload.vm_id,
+                        &[VmStatus::Created, VmStatus::Starting],
+                        VmStatus::Failed,
+                        Some(message),
+                    )
+                    .await
+                {
+                    let _ = self
+                        .store
+                        .fail_unfinished_executions(&payload.vm_id, message)
+                        .await;
+                    self.publish(
+                        EventType::VmFailed,
+                        &payload.vm_id,
+                        serde_json::json!({"status": VmStatus::Failed, "error": message}),
+                    );
+                }
+                if let Some(exec) = payload.then_execute {
+                    self.fail_pending_execution(&exec.execution_id, message)
+                        .await;
+                }
+            }
+            TaskType::VmExecute => {
+                if let Ok(payload) = serde_json::from_value::<ExecPayload>(task.payload.clone()) {
+                    self.fail_pending_execution(
+                        &payload.execution_id,
+                        "the command was cancelled before it ran",
+                    )
+                    .await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn fail_pending_execution(&self, execution_id: &str, message: &str) {
+        if let Ok(Some(mut e)) = self.store.get_execution(execution_id).await
+            && !e.status.is_finished()
+        {
+            e.status = ExecutionStatus::Failed;
+            e.error = Some(message.to_string());
+            e.completed_at = Some(Utc::now());
+            if self.store.update_execution(&e).await.is_ok() {
+                self.publish(
+                    EventType::ExecutionFailed,
+                    &e.id,
+                    serde_json::json!({"vm_id": e.vm_id, "status": e.status, "exit_code": e.exit_code}),
+                );
+            }
+        }
     }
 
     // ---- waiting ---------------------------------------------------------------
@@ -617,6 +735,78 @@ impl Platform {
 
     // ---- health ----------------------------------------------------------------
 
+    /// Readiness: the store answers, the queue answers, and a live worker with a
+    /// healthy backend can take work. Each component says why when it is not.
+    pub async fn ready(&self) -> ReadyResponse {
+        fn component(result: Result<String, String>) -> ComponentHealth {
+            match result {
+                Ok(message) => ComponentHealth {
+                    status: "healthy".into(),
+                    message: Some(message),
+                },
+                Err(message) => ComponentHealth {
+                    status: "unhealthy".into(),
+                    message: Some(message),
+                },
+            }
+        }
+        let mut components = BTreeMap::new();
+        let store = match tokio::time::timeout(Duration::from_secs(5), self.store.ping()).await {
+            Ok(Ok(())) => Ok("answers".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5s".to_string()),
+        };
+        components.insert("store".to_string(), component(store));
+        let queue = match tokio::time::timeout(Duration::from_secs(5), self.queue.stats()).await {
+            Ok(Ok(stats)) => Ok(format!(
+                "{} pending, {} running",
+                stats.pending, stats.running
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5s".to_string()),
+        };
+        components.insert("queue".to_string(), component(queue));
+        let workers = match self.store.list_workers().await {
+            Ok(workers) => {
+                let live: Vec<&Worker> =
+                    workers.iter().filter(|w| self.worker_is_live(w)).collect();
+                let active = live
+                    .iter()
+                    .filter(|w| w.status == WorkerStatus::Active)
+                    .count();
+                if active > 0 {
+                    Ok(format!("{active} live worker(s) can take work"))
+                } else if live.is_empty() {
+                    Err("no live worker".to_string())
+                } else {
+                    Err(live
+                        .iter()
+                        .map(|w| {
+                            format!(
+                                "{} is {}{}",
+                                w.id,
+                                w.status.as_str(),
+                                w.status_message
+                                    .as_deref()
+                                    .map(|m| format!(": {m}"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                }
+            }
+            Err(e) => Err(format!("cannot list workers: {e}")),
+        };
+        components.insert("workers".to_string(), component(workers));
+        let ready = components.values().all(|c| c.status == "healthy");
+        ReadyResponse {
+            status: if ready { "ready" } else { "not_ready" }.into(),
+            components,
+            timestamp: Utc::now(),
+        }
+    }
+
     pub async fn health(&self) -> HealthResponse {
         let mut components = BTreeMap::new();
         let db = match self.store.ping().await {
@@ -672,6 +862,27 @@ impl Platform {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
+}
+
+/// `error` of a task cancelled before it started.
+pub const CANCELLED_BEFORE_START: &str = "cancelled by request before it started";
+/// `error` of a running task its worker stopped.
+pub const CANCELLED_WHILE_RUNNING: &str = "cancelled by request while it ran";
+
+fn finished_conflict(task: &Task) -> CoreError {
+    CoreError::Conflict(format!(
+        "task {} is already {}: only pending, scheduled or running tasks can be cancelled",
+        task.id, task.status
+    ))
+}
+
+/// What [`Platform::cancel_task`] did.
+#[derive(Debug, Clone)]
+pub struct CancelledTask {
+    /// The task as it is now.
+    pub task: Task,
+    /// `true` once the task is `cancelled`; `false` while its worker is stopping it.
+    pub done: bool,
 }
 
 /// What `smart_execute` did.

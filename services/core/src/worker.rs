@@ -14,11 +14,14 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use crate::agent_client::AgentError;
 use crate::queue::FailOutcome;
-use crate::services::{CreatePayload, DeletePayload, ExecPayload, Platform, new_task};
-use crate::store::{Page, VmFilter};
+use crate::services::{
+    CANCELLED_WHILE_RUNNING, CreatePayload, DeletePayload, ExecPayload, Platform, new_task,
+};
+use crate::store::{Cursor, Page, VmFilter};
 use crate::vmm::{Backend, SandboxExit, SandboxSpec, SandboxState};
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,8 @@ pub struct Worker {
     platform: Platform,
     backend: Arc<dyn Backend>,
     started_at: chrono::DateTime<Utc>,
+    /// The status last announced as a `worker.*` event (`None` before the first).
+    announced: std::sync::Mutex<Option<WorkerStatus>>,
 }
 
 impl Worker {
@@ -98,6 +103,7 @@ impl Worker {
             platform,
             backend,
             started_at: Utc::now(),
+            announced: std::sync::Mutex::new(None),
         })
     }
 
@@ -150,6 +156,16 @@ impl Worker {
         }
         heartbeat.abort();
         exits.abort();
+        tracing::info!(worker_id = %self.settings.id, "worker draining: no new tasks");
+        let vm_count = self.owned_vms().await.map(|v| v.len() as u32).unwrap_or(0);
+        let draining = self.info(
+            WorkerStatus::Draining,
+            Some("shutting down".into()),
+            vm_count,
+        );
+        if self.platform.store.upsert_worker(&draining).await.is_ok() {
+            self.announce(WorkerStatus::Draining, draining.status_message.as_deref());
+        }
         let all = self.settings.concurrency as u32;
         let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
         self.mark_offline().await;
@@ -203,19 +219,49 @@ impl Worker {
         if let Err(e) = self
             .platform
             .store
-            .upsert_worker(&self.info(status, message, vm_count))
+            .upsert_worker(&self.info(status, message.clone(), vm_count))
             .await
         {
             tracing::error!(error = %e, "heartbeat write failed");
+            return;
         }
+        self.announce(status, message.as_deref());
     }
 
     async fn mark_offline(&self) {
-        let _ = self
+        if self
             .platform
             .store
             .upsert_worker(&self.info(WorkerStatus::Offline, Some("stopped".into()), 0))
-            .await;
+            .await
+            .is_ok()
+        {
+            self.announce(WorkerStatus::Offline, Some("stopped"));
+        }
+    }
+
+    /// Publishes `worker.online`/`unhealthy`/`draining`/`offline` when the status
+    /// differs from the one announced last (the first heartbeat announces `online`).
+    fn announce(&self, status: WorkerStatus, message: Option<&str>) {
+        let mut last = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(status) {
+            return;
+        }
+        *last = Some(status);
+        drop(last);
+        let event = match status {
+            WorkerStatus::Active => EventType::WorkerOnline,
+            WorkerStatus::Unhealthy => EventType::WorkerUnhealthy,
+            WorkerStatus::Draining => EventType::WorkerDraining,
+            WorkerStatus::Offline => EventType::WorkerOffline,
+        };
+        tracing::info!(worker_id = %self.settings.id, status = status.as_str(), "worker status changed");
+        self.platform.publish(
+            event,
+            &self.settings.id,
+            json!({"worker_id": self.settings.id, "status": status, "message": message,
+                   "hostname": self.settings.hostname}),
+        );
     }
 
     async fn owned_vms(&self) -> crate::error::CoreResult<Vec<aetherium_types::Vm>> {
@@ -223,16 +269,16 @@ impl Worker {
             worker_id: Some(self.settings.id.clone()),
             ..Default::default()
         };
-        let mut all = Vec::new();
-        let mut page = Page::new(Some(Page::MAX_LIMIT), Some(0));
+        let mut all: Vec<aetherium_types::Vm> = Vec::new();
+        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
         loop {
-            let (vms, total) = self.platform.store.list_vms(&filter, &page).await?;
-            let n = vms.len() as u32;
+            let (vms, _) = self.platform.store.list_vms(&filter, &page).await?;
+            let full = vms.len() as u32 >= page.limit;
             all.extend(vms);
-            if n == 0 || u64::from(page.offset + n) >= total {
-                return Ok(all);
+            match all.last() {
+                Some(last) if full => page.cursor = Some(Cursor::after(last.created_at, &last.id)),
+                _ => return Ok(all),
             }
-            page.offset += n;
         }
     }
 
@@ -357,7 +403,27 @@ impl Worker {
 
     // ---- running one task --------------------------------------------------------
 
+    /// Runs one task inside a `task` span carrying its task, VM, worker and
+    /// execution ids, so every record logged on the way is tagged with them.
     async fn run_task(self: Arc<Self>, task: Task) {
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            task_type = %task.task_type,
+            worker_id = %self.settings.id,
+            vm_id = tracing::field::Empty,
+            execution_id = tracing::field::Empty,
+        );
+        if let Some(vm_id) = task.vm_id.as_deref() {
+            span.record("vm_id", vm_id);
+        }
+        if let Some(execution_id) = task.payload.get("execution_id").and_then(|v| v.as_str()) {
+            span.record("execution_id", execution_id);
+        }
+        self.run_task_in_span(task).instrument(span).await;
+    }
+
+    async fn run_task_in_span(self: Arc<Self>, task: Task) {
         let queue = self.platform.queue.clone();
         let worker_id = self.settings.id.clone();
         self.platform.publish(
@@ -368,31 +434,79 @@ impl Worker {
         tracing::info!(task_id = %task.id, task_type = %task.task_type, attempt = task.retry_count + 1, "task started");
         let timeout = Duration::from_secs(task.timeout_seconds.max(1));
         let lease = self.settings.lease;
-        // Keep the lease alive while the handler runs.
+        // Keep the lease alive while the handler runs, and watch for a cancellation:
+        // at every lease extension (any worker), and at once when this process's bus
+        // carries the request (embedded mode).
+        let (cancel_tx, cancel) = watch::channel(false);
         let keepalive = {
             let queue = queue.clone();
             let (task_id, worker_id) = (task.id.clone(), worker_id.clone());
+            let mut events = Some(self.platform.bus.subscribe());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(lease / 3);
                 tick.tick().await;
                 loop {
-                    tick.tick().await;
-                    match queue.extend_lease(&task_id, &worker_id, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(e) => tracing::warn!(%task_id, error = %e, "lease extension failed"),
+                    let extend = tokio::select! {
+                        _ = tick.tick() => true,
+                        event = next_event(&mut events) => match event {
+                            Some(e) if e.resource_id == task_id
+                                && e.event_type == EventType::TaskCancelRequested => false,
+                            Some(_) => continue,
+                            None => false,
+                        },
+                    };
+                    if extend {
+                        match queue.extend_lease(&task_id, &worker_id, lease).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(e) => {
+                                tracing::warn!(%task_id, error = %e, "lease extension failed")
+                            }
+                        }
+                    }
+                    if !*cancel_tx.borrow()
+                        && matches!(queue.cancel_requested(&task_id).await, Ok(true))
+                    {
+                        tracing::info!(%task_id, "cancellation requested: stopping the task");
+                        let _ = cancel_tx.send(true);
                     }
                 }
             })
         };
-        let outcome = match tokio::time::timeout(timeout, self.handle(&task)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(TaskError::retry(format!(
-                "timed out after {}s",
-                timeout.as_secs()
-            ))),
+        let work = tokio::time::timeout(timeout, self.handle(&task, cancel.clone()));
+        let outcome = tokio::select! {
+            outcome = work => match outcome {
+                Ok(outcome) => outcome,
+                Err(_) => Err(TaskError::retry(format!(
+                    "timed out after {}s",
+                    timeout.as_secs()
+                ))),
+            },
+            // Handlers stop cooperatively; one that does not within the grace period
+            // is dropped.
+            _ = async {
+                until_cancelled(cancel.clone()).await;
+                tokio::time::sleep(CANCEL_GRACE).await;
+            } => Err(TaskError::permanent(CANCELLED_WHILE_RUNNING)),
         };
         keepalive.abort();
+        // Cancelled: the handler stopped short (a handler that finished first wins).
+        if *cancel.borrow() && outcome.is_err() {
+            self.on_cancelled(&task).await;
+            if let Err(e) = queue
+                .mark_cancelled(&task.id, &worker_id, CANCELLED_WHILE_RUNNING)
+                .await
+            {
+                tracing::error!(task_id = %task.id, error = %e, "cannot record a task cancellation");
+            }
+            tracing::info!(task_id = %task.id, task_type = %task.task_type, "task cancelled");
+            self.platform.publish(
+                EventType::TaskCancelled,
+                &task.id,
+                json!({"type": task.task_type, "vm_id": task.vm_id, "reason": CANCELLED_WHILE_RUNNING}),
+            );
+            return;
+        }
         match outcome {
             Ok(result) => {
                 if let Err(e) = queue.complete(&task.id, &worker_id, result.clone()).await {
@@ -428,14 +542,48 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, task: &Task) -> TaskResult {
+    async fn handle(&self, task: &Task, cancel: watch::Receiver<bool>) -> TaskResult {
         match task.task_type {
-            TaskType::VmCreate => self.handle_create(parse(&task.payload)?).await,
-            TaskType::VmExecute => self.handle_execute(task, parse(&task.payload)?).await,
+            TaskType::VmCreate => self.handle_create(parse(&task.payload)?, cancel).await,
+            TaskType::VmExecute => {
+                self.handle_execute(task, parse(&task.payload)?, cancel)
+                    .await
+            }
             TaskType::VmDelete => self.handle_delete(parse(&task.payload)?).await,
             other => Err(TaskError::permanent(format!(
                 "task type {other} is not handled by this worker yet"
             ))),
+        }
+    }
+
+    /// The task was cancelled while it ran: nothing half-made stays behind, and what
+    /// it was for says it was cancelled.
+    async fn on_cancelled(&self, task: &Task) {
+        match task.task_type {
+            TaskType::VmCreate => {
+                if let Ok(payload) = parse::<CreatePayload>(&task.payload) {
+                    if let Err(e) = self.backend.delete(&payload.vm_id).await {
+                        tracing::warn!(vm_id = %payload.vm_id, error = %e, "cannot remove the sandbox of a cancelled create");
+                    }
+                    let message = "VM creation was cancelled";
+                    self.mark_vm_failed(
+                        &payload.vm_id,
+                        &[VmStatus::Created, VmStatus::Starting],
+                        message,
+                    )
+                    .await;
+                    if let Some(exec) = payload.then_execute {
+                        self.fail_execution(&exec.execution_id, message).await;
+                    }
+                }
+            }
+            TaskType::VmExecute => {
+                if let Ok(payload) = parse::<ExecPayload>(&task.payload) {
+                    self.fail_execution(&payload.execution_id, CANCELLED_WHILE_RUNNING)
+                        .await;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -492,8 +640,21 @@ impl Worker {
     }
 
     fn publish_execution_done(&self, e: &Execution) {
+        tracing::info!(
+            execution_id = %e.id,
+            vm_id = %e.vm_id,
+            status = %e.status,
+            exit_code = ?e.exit_code,
+            duration_ms = ?e.duration_ms,
+            "execution finished"
+        );
+        let event = if e.status == ExecutionStatus::Failed {
+            EventType::ExecutionFailed
+        } else {
+            EventType::ExecutionCompleted
+        };
         self.platform.publish(
-            EventType::ExecutionCompleted,
+            event,
             &e.id,
             json!({"vm_id": e.vm_id, "status": e.status, "exit_code": e.exit_code}),
         );
@@ -501,7 +662,11 @@ impl Worker {
 
     // ---- vm:create -----------------------------------------------------------------
 
-    async fn handle_create(&self, payload: CreatePayload) -> TaskResult {
+    async fn handle_create(
+        &self,
+        payload: CreatePayload,
+        cancel: watch::Receiver<bool>,
+    ) -> TaskResult {
         let store = &self.platform.store;
         let Some(mut vm) = store.get_vm(&payload.vm_id).await? else {
             return Ok(json!({"skipped": "the VM was deleted before it started"}));
@@ -531,6 +696,9 @@ impl Worker {
 
         // A retried attempt may find a sandbox from the attempt before: start clean.
         self.backend.delete(&vm.id).await?;
+        if *cancel.borrow() {
+            return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
+        }
         let spec = SandboxSpec {
             vm_id: vm.id.clone(),
             name: vm.name.clone(),
@@ -539,12 +707,15 @@ impl Worker {
             memory_mb: vm.memory_mb,
         };
         self.backend.create(&spec).await?;
-        if let Err(e) = self
-            .backend
-            .agent(&vm.id)
-            .wait_ready(self.settings.agent_ready_timeout)
-            .await
-        {
+        let agent = self.backend.agent(&vm.id);
+        let ready = tokio::select! {
+            ready = agent.wait_ready(self.settings.agent_ready_timeout) => ready,
+            _ = until_cancelled(cancel.clone()) => {
+                // `on_cancelled` removes the sandbox and fails the VM.
+                return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
+            }
+        };
+        if let Err(e) = ready {
             let state = self.backend.status(&vm.id).await.ok();
             let _ = self.backend.delete(&vm.id).await;
             return Err(match state {
@@ -610,7 +781,12 @@ impl Worker {
 
     // ---- vm:execute ----------------------------------------------------------------
 
-    async fn handle_execute(&self, task: &Task, payload: ExecPayload) -> TaskResult {
+    async fn handle_execute(
+        &self,
+        task: &Task,
+        payload: ExecPayload,
+        cancel: watch::Receiver<bool>,
+    ) -> TaskResult {
         let store = &self.platform.store;
         let Some(mut execution) = store.get_execution(&payload.execution_id).await? else {
             return Err(TaskError::permanent("the execution record is gone"));
@@ -637,6 +813,10 @@ impl Worker {
             };
             return Err(TaskError::permanent(why));
         }
+        if *cancel.borrow() {
+            // `on_cancelled` fails the execution: nothing ran.
+            return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
+        }
         execution.status = ExecutionStatus::Running;
         execution.started_at = Some(Utc::now());
         execution.task_id = Some(task.id.clone());
@@ -646,13 +826,17 @@ impl Worker {
             &execution.id,
             json!({"vm_id": execution.vm_id}),
         );
+        // The program's name only: arguments and environment may hold secrets.
+        tracing::info!(execution_id = %execution.id, command = %payload.command, "execution started");
 
         let started = Instant::now();
-        let run = self.run_in_sandbox(&payload).await;
+        let run = self.run_in_sandbox(&payload, cancel).await;
+        let mut cancelled = false;
         execution.duration_ms = Some(started.elapsed().as_millis() as i64);
         execution.completed_at = Some(Utc::now());
         match run {
             Ok(output) => {
+                cancelled = output.cancelled;
                 execution.status = output.status;
                 execution.exit_code = output.exit_code;
                 execution.stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -691,11 +875,19 @@ impl Worker {
             }
         }
         store.update_execution(&execution).await?;
+        crate::metrics::record_execution(&execution);
         self.publish_execution_done(&execution);
+        if cancelled {
+            return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
+        }
         Ok(execution_result(&execution))
     }
 
-    async fn run_in_sandbox(&self, payload: &ExecPayload) -> Result<RunOutput, RunFailure> {
+    async fn run_in_sandbox(
+        &self,
+        payload: &ExecPayload,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<RunOutput, RunFailure> {
         let agent = self.backend.agent(&payload.vm_id);
         let request = StartRequest {
             process: ProcessConfig {
@@ -718,9 +910,20 @@ impl Worker {
         let mut pid = None;
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(payload.timeout_seconds.max(1));
+        let cancelled = until_cancelled(cancel);
+        tokio::pin!(cancelled);
+        let mut cancelling = false;
         loop {
             let next = tokio::select! {
                 next = stream.next() => next,
+                _ = &mut cancelled, if !cancelling => {
+                    cancelling = true;
+                    match pid {
+                        Some(pid) => return Ok(out.cancel(&agent, pid).await),
+                        // Not started yet: killed as soon as its start is seen.
+                        None => continue,
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Some(pid) = pid {
                         let _ = agent.send_signal(pid, Signal::Sigkill).await;
@@ -731,7 +934,12 @@ impl Worker {
                 }
             };
             match next {
-                Some(Ok(ProcessEvent::Start(start))) => pid = Some(start.pid),
+                Some(Ok(ProcessEvent::Start(start))) => {
+                    pid = Some(start.pid);
+                    if cancelling {
+                        return Ok(out.cancel(&agent, start.pid).await);
+                    }
+                }
                 Some(Ok(ProcessEvent::Data(data))) => {
                     let (buf, bytes) = match data {
                         DataEvent::Stdout(b) | DataEvent::Pty(b) => (&mut out.stdout, b.0),
@@ -798,9 +1006,50 @@ struct RunOutput {
     stderr: Vec<u8>,
     truncated: bool,
     error: Option<String>,
+    /// Killed because its task was cancelled.
+    cancelled: bool,
+}
+
+/// How long a cancelled task's handler may take to stop before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+/// Resolves once `cancel` turns true; never when its sender is gone uncancelled.
+async fn until_cancelled(mut cancel: watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The next event of the bus, or `None` when it lagged (something may have been
+/// missed: check state). A closed bus is never ready again.
+async fn next_event(
+    events: &mut Option<tokio::sync::broadcast::Receiver<aetherium_types::Event>>,
+) -> Option<aetherium_types::Event> {
+    let Some(rx) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(event) => Some(event),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+            *events = None;
+            std::future::pending().await
+        }
+    }
 }
 
 impl RunOutput {
+    /// The task was cancelled: kills the command's process group.
+    async fn cancel(mut self, agent: &crate::agent_client::AgentClient, pid: u32) -> RunOutput {
+        if let Err(e) = agent.send_signal(pid, Signal::Sigkill).await {
+            tracing::warn!(pid, error = %e, "cannot kill a cancelled command");
+        }
+        self.status = ExecutionStatus::Failed;
+        self.cancelled = true;
+        self.error = Some("cancelled by request: the command was killed".into());
+        self
+    }
+
     /// The agent refused to start the command (e.g. not found): a result, with the
     /// shell's exit codes (127 not found, 126 cannot execute).
     fn not_started(code: &str, message: &str) -> RunOutput {

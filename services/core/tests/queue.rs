@@ -273,3 +273,106 @@ async fn higher_priority_queues_are_served_more_often() {
     assert_eq!(stats.running, 30);
     assert_eq!(stats.pending, 30);
 }
+
+#[tokio::test]
+async fn a_cancelled_task_is_never_leased_and_a_running_one_is_asked_to_stop() {
+    use aetherium_core::queue::CancelOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, queue) = open(&dir).await;
+    let lease = Duration::from_secs(30);
+
+    // Pending: cancelled at once, never leased.
+    let pending = task(TaskType::VmExecute);
+    queue.enqueue(&pending).await.unwrap();
+    match queue.cancel(&pending.id, "stop").await.unwrap() {
+        CancelOutcome::Cancelled(t) => {
+            assert_eq!(t.status, TaskStatus::Cancelled);
+            assert_eq!(t.error.as_deref(), Some("stop"));
+            assert!(t.completed_at.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(queue.lease("w1", lease).await.unwrap().is_none());
+    assert!(matches!(
+        queue.cancel(&pending.id, "again").await.unwrap(),
+        CancelOutcome::Finished(t) if t.status == TaskStatus::Cancelled
+    ));
+    assert!(matches!(
+        queue.cancel("no-such-task", "x").await.unwrap(),
+        CancelOutcome::NotFound
+    ));
+
+    // Running: flagged for its worker, which records the cancellation.
+    let running = task(TaskType::VmExecute);
+    queue.enqueue(&running).await.unwrap();
+    queue.lease("w1", lease).await.unwrap().unwrap();
+    assert!(!queue.cancel_requested(&running.id).await.unwrap());
+    assert!(matches!(
+        queue.cancel(&running.id, "stop").await.unwrap(),
+        CancelOutcome::Requested(t) if t.status == TaskStatus::Running
+    ));
+    assert!(queue.cancel_requested(&running.id).await.unwrap());
+    // Another worker cannot record it; the holder can.
+    queue.mark_cancelled(&running.id, "w2", "x").await.unwrap();
+    assert_eq!(
+        store.get_task(&running.id).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+    queue
+        .mark_cancelled(&running.id, "w1", "stopped")
+        .await
+        .unwrap();
+    let stored = store.get_task(&running.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Cancelled);
+    assert_eq!(stored.error.as_deref(), Some("stopped"));
+
+    // A task asked to stop whose worker died is not retried: it ends cancelled, and
+    // so does its execution.
+    let execution = aetherium_types::Execution {
+        id: aetherium_types::new_id(),
+        vm_id: "vm-1".into(),
+        task_id: None,
+        command: "sleep".into(),
+        args: vec!["100".into()],
+        status: aetherium_types::ExecutionStatus::Running,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        error: None,
+        created_at: Utc::now(),
+        started_at: Some(Utc::now()),
+        completed_at: None,
+        duration_ms: None,
+        metadata: Default::default(),
+    };
+    store.insert_execution(&execution).await.unwrap();
+    let orphan = new_task(
+        TaskType::VmExecute,
+        serde_json::json!({"execution_id": execution.id}),
+        None,
+    );
+    queue.enqueue(&orphan).await.unwrap();
+    queue
+        .lease("w1", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    queue.cancel(&orphan.id, "stop").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(queue.lease("w2", lease).await.unwrap().is_none());
+    let stored = store.get_task(&orphan.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Cancelled, "{stored:?}");
+    let e = store.get_execution(&execution.id).await.unwrap().unwrap();
+    assert_eq!(e.status, aetherium_types::ExecutionStatus::Failed, "{e:?}");
+    assert!(e.error.unwrap().contains("cancelled"));
+
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.cancelled, 3);
+    let depths = queue.depths().await.unwrap();
+    assert!(
+        depths
+            .iter()
+            .any(|d| d.queue == "high" && d.state == "cancelled" && d.count == 3),
+        "{depths:?}"
+    );
+}

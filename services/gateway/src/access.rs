@@ -26,6 +26,27 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/tasks", Role::Viewer),
     (Method::GET, "/api/v1/tasks/{id}", Role::Viewer),
     (Method::GET, "/api/v1/queue/stats", Role::Viewer),
+    (Method::POST, "/api/v1/tasks/{id}/cancel", Role::Operator),
+    // Live events and the platform's own logs
+    (Method::GET, "/api/v1/events", Role::Viewer),
+    (Method::POST, "/api/v1/logs/query", Role::Viewer),
+    (Method::GET, "/api/v1/logs/stream", Role::Viewer),
+    // Accounts and access (login itself needs no key)
+    (Method::POST, "/api/v1/auth/logout", Role::Viewer),
+    (Method::GET, "/api/v1/auth/me", Role::Viewer),
+    (Method::GET, "/api/v1/api-keys", Role::Admin),
+    (Method::POST, "/api/v1/api-keys", Role::Admin),
+    (Method::GET, "/api/v1/api-keys/{id}", Role::Admin),
+    (Method::DELETE, "/api/v1/api-keys/{id}", Role::Admin),
+    (Method::GET, "/api/v1/users", Role::Admin),
+    (Method::POST, "/api/v1/users", Role::Admin),
+    (Method::GET, "/api/v1/users/{id}", Role::Admin),
+    (Method::PATCH, "/api/v1/users/{id}", Role::Admin),
+    (Method::DELETE, "/api/v1/users/{id}", Role::Admin),
+    (Method::GET, "/api/v1/audit", Role::Admin),
+    // Operations (health and readiness need no key)
+    (Method::GET, "/metrics", Role::Viewer),
+    (Method::GET, "/api/v1/metrics", Role::Viewer),
 ];
 
 /// The least role for `method` on the route template `path`; `None` when the route is

@@ -1,33 +1,32 @@
-//! Bearer-token authentication. Every route but health needs it. Embedded mode has
-//! one admin token; API keys with roles replace it in the public-API work.
+//! Authentication, authorization, rate limits and the audit trail, in one middleware
+//! in front of every route but health, login and the API's documentation:
+//! bearer token → principal ([`aetherium_core::auth::Auth`]) → rate limit → role
+//! check against [`crate::access`] → handler → audit entry for anything beyond
+//! reading.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use aetherium_types::{AuditEntry, Principal, PrincipalKind, Role};
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
-use http::StatusCode;
-use sha2::{Digest, Sha256};
-
-use aetherium_types::{Principal, PrincipalKind, Role};
-use axum::extract::MatchedPath;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use http::{HeaderValue, StatusCode};
 
 use crate::AppState;
 use crate::access::required_role;
 use crate::error::ApiError;
 
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+/// Set by a handler on its response to name the resource it created (the audit
+/// log's `resource_id` when the route has no `{id}`).
+#[derive(Debug, Clone)]
+pub struct AuditResource(pub String);
 
-/// Compares digests in constant time, so response timing says nothing about the token.
-fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub async fn require_token(
+pub async fn require_auth(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Response {
     let header = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -35,26 +34,155 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .map(str::to_string);
-    let presented = header.or_else(|| websocket_query_token(&request));
-    match presented.as_deref() {
-        Some(token) if digests_equal(&token_digest(token), &state.token_digest) => {
-            let principal = Principal {
-                id: "admin-token".into(),
-                name: "admin token".into(),
-                kind: PrincipalKind::ApiKey,
-                role: Role::Admin,
-            };
-            authorize(&principal, &request)?;
-            let mut request = request;
-            request.extensions_mut().insert(principal);
-            Ok(next.run(request).await)
-        }
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token")),
-        None => Err(ApiError::new(
+    let Some(token) = header.or_else(|| websocket_query_token(&request)) else {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>` header",
+            "missing `Authorization: Bearer <API key>` header",
+        )
+        .into_response();
+    };
+    let who = match state.auth.authenticate(&token).await {
+        Ok(who) => who,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    // A key's own limit allows a burst of one second's worth.
+    let (rate, burst) = match who.rate_limit_per_second {
+        Some(own) => (f64::from(own), own),
+        None => (state.rate_limit_per_second, state.rate_limit_burst),
+    };
+    if let Err(wait) = state.rate_limits.check(&who.credential_id, rate, burst) {
+        return too_many_requests(wait);
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let method = request.method().clone();
+    let role = route.as_deref().and_then(|r| required_role(&method, r));
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    // Inside `nest`, `uri()` lost its prefix; the original matches the route template.
+    let path = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map(|u| u.0.path().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let principal = who.principal.clone();
+
+    let response = match authorize(&principal, &method, route.as_deref(), role) {
+        Ok(()) => {
+            request.extensions_mut().insert(principal.clone());
+            request.extensions_mut().insert(who);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    };
+
+    // Reading is not audited; creating, running, deleting and administering are,
+    // including attempts that were refused.
+    if let (Some(route), Some(role)) = (route, role)
+        && role > Role::Viewer
+    {
+        let resource_id = response
+            .extensions()
+            .get::<AuditResource>()
+            .map(|r| r.0.clone())
+            .or_else(|| path_id(&route, &path));
+        let entry = AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            actor_id: Some(principal.id.clone()),
+            actor_name: Some(principal.name.clone()),
+            action: action_name(&method, &route),
+            method: method.to_string(),
+            route,
+            resource_id,
+            status: response.status().as_u16(),
+            remote_addr: remote,
+        };
+        state.auth.audit(&entry).await;
+    }
+    response
+}
+
+/// 429 in the API's error shape, with `Retry-After` (whole seconds, at least 1).
+pub fn too_many_requests(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("rate limit exceeded: retry in {secs}s"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// Checks the principal's role against the route's entry in [`crate::access`].
+fn authorize(
+    principal: &Principal,
+    method: &http::Method,
+    route: Option<&str>,
+    role: Option<Role>,
+) -> Result<(), ApiError> {
+    let Some(route) = route else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"));
+    };
+    match role {
+        Some(role) if principal.role.allows(role) => Ok(()),
+        Some(role) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{method} {route} needs the {role} role; this {} has {}",
+                match principal.kind {
+                    PrincipalKind::ApiKey => "API key",
+                    PrincipalKind::Session => "session",
+                },
+                principal.role
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{method} {route} has no access rule, so nobody may call it"),
         )),
     }
+}
+
+/// `vms.create`, `vms.delete`, `vms.execute`, `api-keys.create`, `tasks.cancel`, …:
+/// the route's fixed segments, plus the verb for plain collection/item routes.
+pub fn action_name(method: &http::Method, route: &str) -> String {
+    let rest = route.trim_start_matches("/api/v1").trim_start_matches('/');
+    let parts: Vec<&str> = rest
+        .split('/')
+        .filter(|s| !s.is_empty() && !s.starts_with('{'))
+        .collect();
+    let ends_with_param = rest.ends_with('}');
+    let verb = match *method {
+        http::Method::POST if parts.len() == 1 && !ends_with_param => Some("create"),
+        http::Method::DELETE => Some("delete"),
+        http::Method::PATCH | http::Method::PUT if ends_with_param => Some("update"),
+        http::Method::PUT => Some("write"),
+        http::Method::GET => Some("read"),
+        _ => None,
+    };
+    let mut name = parts.join(".");
+    if let Some(verb) = verb {
+        name.push('.');
+        name.push_str(verb);
+    }
+    name
+}
+
+/// The value of `{id}` (the first path parameter) in `path` for `route`.
+fn path_id(route: &str, path: &str) -> Option<String> {
+    route
+        .split('/')
+        .zip(path.split('/'))
+        .find(|(template, _)| template.starts_with('{'))
+        .map(|(_, value)| value.to_string())
 }
 
 /// `?token=` on a WebSocket upgrade. Browsers cannot set headers on a WebSocket, so
@@ -75,33 +203,42 @@ fn websocket_query_token(request: &Request) -> Option<String> {
         .map(|(_, token)| token)
 }
 
-/// Checks the principal's role against the route's entry in [`crate::access`].
-fn authorize(principal: &Principal, request: &Request) -> Result<(), ApiError> {
-    let Some(path) = request.extensions().get::<MatchedPath>() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"));
-    };
-    match required_role(request.method(), path.as_str()) {
-        Some(role) if principal.role.allows(role) => Ok(()),
-        Some(role) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} {} needs the {role} role; this {} has {}",
-                request.method(),
-                path.as_str(),
-                match principal.kind {
-                    PrincipalKind::ApiKey => "API key",
-                    PrincipalKind::Session => "session",
-                },
-                principal.role
-            ),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} {} has no access rule, so nobody may call it",
-                request.method(),
-                path.as_str()
-            ),
-        )),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn actions_are_named_after_routes() {
+        assert_eq!(action_name(&Method::POST, "/api/v1/vms"), "vms.create");
+        assert_eq!(
+            action_name(&Method::DELETE, "/api/v1/vms/{id}"),
+            "vms.delete"
+        );
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/vms/{id}/execute"),
+            "vms.execute"
+        );
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/tasks/{id}/cancel"),
+            "tasks.cancel"
+        );
+        assert_eq!(
+            action_name(&Method::PATCH, "/api/v1/users/{id}"),
+            "users.update"
+        );
+        assert_eq!(
+            action_name(&Method::PUT, "/api/v1/vms/{id}/files"),
+            "vms.files.write"
+        );
+    }
+
+    #[test]
+    fn the_id_comes_from_the_path() {
+        assert_eq!(
+            path_id("/api/v1/vms/{id}/execute", "/api/v1/vms/abc/execute"),
+            Some("abc".into())
+        );
+        assert_eq!(path_id("/api/v1/vms", "/api/v1/vms"), None);
     }
 }

@@ -2,14 +2,78 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use serde::Deserialize;
 
 use crate::error::ApiError;
 
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body (or response). Bodies must be JSON objects: serde would
+/// otherwise take `[null, null]` as a struct's fields in order.
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        // Content type, size and syntax as axum checks them (415, 413, 400).
+        let axum::Json(mut value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "the request body must be a JSON object, not {}",
+                json_kind(&value)
+            )));
+        }
+        integral_floats_to_integers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(Json)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                ApiError::bad_request(if path == "." {
+                    format!("invalid request body: {inner}")
+                } else {
+                    format!("invalid request body: {path}: {inner}")
+                })
+            })
+    }
+}
+
+/// `128.0` is an integer to JSON (and JSON Schema), though serde will not read it
+/// into a `u64`: whole floats become integers before the body is read into its type.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+            {
+                if f >= 0.0 && f < u64::MAX as f64 {
+                    *n = serde_json::Number::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *n = serde_json::Number::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     fn into_response(self) -> axum::response::Response {
@@ -22,15 +86,21 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 pub struct Query<T>(pub T);
 
 /// `?wait=30s`: block until the work is done (or this long), instead of polling.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Block until the work is done, at most this long: `500ms`, `30s`, `2m` or bare
+    /// seconds, at most the server's `max_wait_seconds` (600 by default, which the
+    /// pattern spells out; longer is a 400). Without it the call answers 202 at once.
+    #[param(
+        pattern = r"^0*([0-9]{1,5}|[0-5][0-9]{5}|600000)ms$|^0*([0-9]{1,2}|[0-5][0-9]{2}|600)s?$|^0*([0-9]|10)m$"
+    )]
     pub wait: Option<String>,
 }
 
 /// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_wait(text: &str, max: Duration) -> Result<Duration, ApiError> {
-    let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
         None => (text, "s"),

@@ -2,20 +2,27 @@
 //! authenticate, then call the core's use cases ([`aetherium_core::Platform`]).
 
 pub mod access;
-mod auth;
+pub mod auth;
 mod error;
 mod extract;
+pub mod metrics;
+pub mod openapi;
+mod ratelimit;
 mod routes;
+mod timeout;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aetherium_core::Platform;
+use aetherium_core::auth::Auth;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use auth::token_digest;
+pub use aetherium_core::auth::token_hash;
 pub use error::ApiError;
 
 /// Request bodies larger than this are refused with 413 (file uploads excepted: see
@@ -31,8 +38,8 @@ pub const DEFAULT_OUTPUT_CAP_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub platform: Platform,
-    /// SHA-256 of the accepted bearer token (the token itself is not kept).
-    pub token_digest: [u8; 32],
+    /// API keys, users, sessions, audit log.
+    pub auth: Auth,
     pub max_wait: Duration,
     /// Most bytes of stdout (and of stderr) persisted for a streamed or interactive
     /// execution (`vmm.output_cap_bytes`); the live stream itself is not capped.
@@ -40,18 +47,56 @@ pub struct AppState {
     /// Largest file `PUT /vms/{id}/files` accepts (the only route exempt from
     /// [`MAX_BODY_BYTES`]); the body is streamed to the sandbox, never held whole.
     pub max_upload_bytes: u64,
+    /// Default requests per second per API key or session (0: unlimited).
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+    pub login_attempts_per_minute: u32,
+    pub rate_limits: Arc<ratelimit::RateLimiter>,
+    pub login_limits: Arc<ratelimit::RateLimiter>,
+    /// Origins allowed to call from a browser (`server.cors_allowed_origins`).
+    pub cors_allowed_origins: Vec<String>,
+    /// Longest a non-streaming request may take (`server.request_timeout_seconds`).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
-    /// State with the default output cap and upload limit.
-    pub fn new(platform: Platform, token_digest: [u8; 32], max_wait: Duration) -> AppState {
+    /// State with the defaults of [`aetherium_common::Config`] for everything else.
+    pub fn new(platform: Platform, auth: Auth, max_wait: Duration) -> AppState {
+        let defaults = aetherium_common::Config::default();
         AppState {
             platform,
-            token_digest,
+            auth,
             max_wait,
             output_cap_bytes: DEFAULT_OUTPUT_CAP_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            rate_limit_per_second: f64::from(defaults.auth.rate_limit_per_second),
+            rate_limit_burst: defaults.auth.rate_limit_burst,
+            login_attempts_per_minute: defaults.auth.login_attempts_per_minute,
+            rate_limits: Arc::default(),
+            login_limits: Arc::default(),
+            cors_allowed_origins: Vec::new(),
+            request_timeout: max_wait + Duration::from_secs(60),
         }
+    }
+
+    /// State configured from `config` (limits, CORS, timeouts).
+    pub fn from_config(
+        platform: Platform,
+        auth: Auth,
+        config: &aetherium_common::Config,
+    ) -> AppState {
+        let mut state = AppState::new(
+            platform,
+            auth,
+            Duration::from_secs(config.server.max_wait_seconds),
+        );
+        state.output_cap_bytes = config.vmm.output_cap_bytes;
+        state.rate_limit_per_second = f64::from(config.auth.rate_limit_per_second);
+        state.rate_limit_burst = config.auth.rate_limit_burst;
+        state.login_attempts_per_minute = config.auth.login_attempts_per_minute;
+        state.cors_allowed_origins = config.server.cors_allowed_origins.clone();
+        state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
+        state
     }
 }
 
@@ -76,20 +121,69 @@ pub fn router(state: AppState) -> Router {
         .route("/smart-execute", post(routes::smart_execute))
         .route("/tasks", get(routes::list_tasks))
         .route("/tasks/{id}", get(routes::get_task))
+        .route("/tasks/{id}/cancel", post(routes::ops::cancel_task))
+        .route("/metrics", get(metrics::render))
         .route("/queue/stats", get(routes::queue_stats))
+        .route("/events", get(routes::events::stream_events))
+        .route("/logs/query", post(routes::logs::query_logs))
+        .route("/logs/stream", get(routes::logs::stream_logs))
+        .route("/auth/logout", post(routes::admin::logout))
+        .route("/auth/me", get(routes::admin::me))
+        .route(
+            "/api-keys",
+            post(routes::admin::create_api_key).get(routes::admin::list_api_keys),
+        )
+        .route(
+            "/api-keys/{id}",
+            get(routes::admin::get_api_key).delete(routes::admin::revoke_api_key),
+        )
+        .route(
+            "/users",
+            post(routes::admin::create_user).get(routes::admin::list_users),
+        )
+        .route(
+            "/users/{id}",
+            get(routes::admin::get_user)
+                .patch(routes::admin::update_user)
+                .delete(routes::admin::delete_user),
+        )
+        .route("/audit", get(routes::admin::list_audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            timeout::limit_duration,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ));
+    // Prometheus scrapes the root path; it needs a key (viewer) like the API.
+    let root_authenticated = Router::new()
+        .route("/metrics", get(metrics::render))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
         ));
     let api = Router::new()
         .route("/health", get(routes::health))
+        .route("/ready", get(routes::ops::ready))
+        .route("/auth/login", post(routes::admin::login))
+        // The contract and its docs page are documentation: public, like health.
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(authenticated);
+    // Installs the process-wide recorder before the first request is counted.
+    metrics::handle();
     Router::new()
         .route("/health", get(routes::health))
+        .route("/ready", get(routes::ops::ready))
+        .merge(root_authenticated)
         .nest("/api/v1", api)
+        .merge(openapi::docs_router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        // Inside the routing, so the matched route template is known.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors_layer(&state.cors_allowed_origins))
         .layer(
             // The path only: a WebSocket's URL may carry `?token=`, which must not be logged.
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -101,13 +195,45 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// CORS for the configured origins only. Credentials are bearer tokens, never
+/// cookies, so `allow_credentials` stays off (and `*` can never pair with it).
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([
+            http::Method::GET,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+        ])
+        .allow_headers([
+            http::header::AUTHORIZATION,
+            http::header::CONTENT_TYPE,
+            http::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([http::header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<http::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| http::HeaderValue::from_str(o).ok())
+        .collect();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
 /// Serves the API until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -2,14 +2,20 @@
 //! Work that talks to a sandbox directly (streamed and interactive exec, files) lives
 //! in the submodules.
 
+pub mod admin;
 mod direct;
+pub mod events;
+mod feed;
 pub mod files;
+pub mod logs;
+pub mod ops;
 pub mod stream;
 pub mod ws;
 
 use std::time::Duration;
 
-use aetherium_core::store::{Page, TaskFilter, VmFilter};
+use aetherium_core::store::{Cursor, Page, TaskFilter, VmFilter};
+use aetherium_types::task::QueueName;
 use aetherium_types::{
     CreateVmRequest, CreateVmResponse, DeleteVmResponse, ExecuteCommandRequest, ExecuteResponse,
     Execution, ExecutionList, HealthResponse, SmartExecuteRequest, SmartExecuteResponse, Task,
@@ -59,6 +65,18 @@ async fn resolve_vm(state: &AppState, id_or_name: &str) -> ApiResult<Vm> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "health",
+    summary = "Health of the platform (no auth)",
+    description = "Also served at `/health`. 200 when every component is healthy, 503 when one is not (e.g. the Docker engine is down).",
+    security(()),
+    responses(
+        (status = 200, description = "Healthy", body = HealthResponse),
+        (status = 503, description = "Degraded: a component is unhealthy", body = HealthResponse),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let health: HealthResponse = state.platform.health().await;
     let status = if health.status == "healthy" {
@@ -69,6 +87,21 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, Json(health)).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms",
+    tag = "vms",
+    summary = "Create a VM",
+    description = "Queues a `vm:create` task. Answers 202 at once, or with `?wait=` 200 once the VM is RUNNING (or FAILED/STOPPED), 202 if the wait ran out.",
+    params(WaitQuery),
+    request_body = CreateVmRequest,
+    responses(
+        (status = 200, description = "Waited: the VM has settled", body = CreateVmResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = CreateVmResponse),
+        (status = 409, description = "The name is taken", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "No live worker with a healthy backend; nothing was recorded", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn create_vm(
     State(state): State<AppState>,
     Query(q): Query<WaitQuery>,
@@ -117,15 +150,63 @@ async fn task_status_after(
     Ok(task.status.to_string())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListVmsQuery {
-    status: Option<String>,
-    name: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+/// `?limit=&cursor=` of every list: a bad one is a 400.
+fn parse_page(limit: Option<u32>, cursor: Option<&str>) -> ApiResult<Page> {
+    Page::parse(limit, cursor).map_err(ApiError::bad_request)
 }
 
+fn parse_queue(text: &str) -> ApiResult<QueueName> {
+    [
+        QueueName::Critical,
+        QueueName::High,
+        QueueName::Default,
+        QueueName::Low,
+    ]
+    .into_iter()
+    .find(|q| q.as_str().eq_ignore_ascii_case(text))
+    .ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown queue {text:?}: critical, high, default or low"
+        ))
+    })
+}
+
+fn parse_time(what: &str, text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{what} {text:?} is not an RFC 3339 time like 2026-01-31T12:00:00Z: {e}"
+            ))
+        })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListVmsQuery {
+    /// Only VMs in this state (case-insensitive).
+    #[param(inline, value_type = Option<aetherium_types::VmStatus>)]
+    status: Option<String>,
+    /// Only the VM with this name.
+    name: Option<String>,
+    /// At most this many (default 100, 1 to 1000; anything else is a 400).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before (a malformed one is a 400).
+    cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms",
+    tag = "vms",
+    summary = "List VMs, newest first",
+    params(ListVmsQuery),
+    responses(
+        (status = 200, description = "The VMs", body = VmList),
+    )
+)]
 pub async fn list_vms(
     State(state): State<AppState>,
     Query(q): Query<ListVmsQuery>,
@@ -140,17 +221,51 @@ pub async fn list_vms(
         name: q.name,
         worker_id: None,
     };
-    let (vms, total) = state
-        .platform
-        .list_vms(&filter, &Page::new(q.limit, q.offset))
-        .await?;
-    Ok(Json(VmList { vms, total }))
+    let page = parse_page(q.limit, q.cursor.as_deref())?;
+    let (vms, total) = state.platform.list_vms(&filter, &page.probe()).await?;
+    let (vms, next_cursor) = page.finish(vms, |v| Cursor::after(v.created_at, &v.id));
+    Ok(Json(VmList {
+        vms,
+        total,
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms/{id}",
+    tag = "vms",
+    summary = "One VM",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+    ),
+    responses(
+        (status = 200, description = "The VM", body = Vm),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn get_vm(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vm>> {
     Ok(Json(resolve_vm(&state, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/vms/{id}",
+    tag = "vms",
+    summary = "Delete a VM",
+    description = "Queues a `vm:delete` task; the VM turns STOPPING, then disappears. With `?wait=`: 200 once it is gone.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        WaitQuery,
+    ),
+    responses(
+        (status = 200, description = "Waited: the VM is gone", body = DeleteVmResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = DeleteVmResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is already being deleted", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "No live worker with a healthy backend", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn delete_vm(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -198,6 +313,25 @@ async fn wait_for_execution(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms/{id}/execute",
+    tag = "executions",
+    summary = "Run a command on a VM (queued)",
+    description = "The command runs directly (no shell). Answers 202 at once, or with `?wait=` 200 with the finished execution.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        WaitQuery,
+    ),
+    request_body = ExecuteCommandRequest,
+    responses(
+        (status = 200, description = "Waited: the execution has finished", body = ExecuteResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = ExecuteResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "No live worker with a healthy backend", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn execute(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -225,13 +359,32 @@ pub async fn execute(
     Ok((accepted_or_done(done), Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// At most this many (default 100, 1 to 1000; anything else is a 400).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    offset: Option<u32>,
+    /// The `next_cursor` of the page before (a malformed one is a 400).
+    cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms/{id}/executions",
+    tag = "executions",
+    summary = "A VM's executions, newest first",
+    description = "Executions outlive their VM: a deleted VM's id still lists them.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "The executions", body = ExecutionList),
+        (status = 404, description = "No such VM, and no executions recorded for this id", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn list_executions(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -242,13 +395,34 @@ pub async fn list_executions(
         // Executions outlive their VM: a deleted VM's id still lists them.
         Err(_) => id,
     };
+    let page = parse_page(q.limit, q.cursor.as_deref())?;
     let (executions, total) = state
         .platform
-        .list_executions(&vm_id, &Page::new(q.limit, q.offset))
+        .list_executions(&vm_id, &page.probe())
         .await?;
-    Ok(Json(ExecutionList { executions, total }))
+    let (executions, next_cursor) = page.finish(executions, |e| Cursor::after(e.created_at, &e.id));
+    Ok(Json(ExecutionList {
+        executions,
+        total,
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}",
+    tag = "executions",
+    summary = "One execution",
+    description = "With `?wait=`: blocks until the execution has finished or the wait ran out.",
+    params(
+        ("id" = String, Path, description = "The execution's id"),
+        WaitQuery,
+    ),
+    responses(
+        (status = 200, description = "The execution", body = Execution),
+        (status = 404, description = "No such execution", body = aetherium_types::ErrorResponse),
+    )
+)]
 /// `?wait=` blocks until the execution has finished (or the wait is over).
 pub async fn get_execution(
     State(state): State<AppState>,
@@ -262,6 +436,20 @@ pub async fn get_execution(
     Ok(Json(execution))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/smart-execute",
+    tag = "executions",
+    summary = "Run a command on a suitable VM, creating one if needed",
+    params(WaitQuery),
+    request_body = SmartExecuteRequest,
+    responses(
+        (status = 200, description = "Waited: the execution has finished", body = SmartExecuteResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = SmartExecuteResponse),
+        (status = 409, description = "The named VM is not RUNNING or the name is taken", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "No live worker with a healthy backend", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn smart_execute(
     State(state): State<AppState>,
     Query(q): Query<WaitQuery>,
@@ -294,17 +482,47 @@ pub async fn smart_execute(
     Ok((accepted_or_done(done), Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
+    /// Only tasks in this state (case-insensitive).
+    #[param(inline, value_type = Option<aetherium_types::TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this type (case-insensitive).
     #[serde(rename = "type")]
+    #[param(inline, value_type = Option<aetherium_types::TaskType>)]
     task_type: Option<String>,
+    /// Only tasks about this VM (its id).
     vm_id: Option<String>,
+    /// Only tasks last leased by this worker.
+    worker_id: Option<String>,
+    /// Only tasks in this queue: `critical`, `high`, `default` or `low`.
+    #[param(inline, value_type = Option<aetherium_types::task::QueueName>)]
+    queue: Option<String>,
+    /// Only tasks created at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    created_after: Option<String>,
+    /// Only tasks created before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    created_before: Option<String>,
+    /// At most this many (default 100, 1 to 1000; anything else is a 400).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    offset: Option<u32>,
+    /// The `next_cursor` of the page before (a malformed one is a 400).
+    cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    summary = "List tasks, newest first",
+    params(ListTasksQuery),
+    responses(
+        (status = 200, description = "The tasks", body = TaskList),
+    )
+)]
 pub async fn list_tasks(
     State(state): State<AppState>,
     Query(q): Query<ListTasksQuery>,
@@ -323,14 +541,42 @@ pub async fn list_tasks(
             .transpose()
             .map_err(ApiError::bad_request)?,
         vm_id: q.vm_id,
+        worker_id: q.worker_id,
+        queue: q.queue.as_deref().map(parse_queue).transpose()?,
+        created_after: q
+            .created_after
+            .as_deref()
+            .map(|t| parse_time("created_after", t))
+            .transpose()?,
+        created_before: q
+            .created_before
+            .as_deref()
+            .map(|t| parse_time("created_before", t))
+            .transpose()?,
     };
-    let (tasks, total) = state
-        .platform
-        .list_tasks(&filter, &Page::new(q.limit, q.offset))
-        .await?;
-    Ok(Json(TaskList { tasks, total }))
+    let page = parse_page(q.limit, q.cursor.as_deref())?;
+    let (tasks, total) = state.platform.list_tasks(&filter, &page.probe()).await?;
+    let (tasks, next_cursor) = page.finish(tasks, |t| Cursor::after(t.created_at, &t.id));
+    Ok(Json(TaskList {
+        tasks,
+        total,
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "One task",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    responses(
+        (status = 200, description = "The task", body = Task),
+        (status = 404, description = "No such task", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn get_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -338,6 +584,15 @@ pub async fn get_task(
     Ok(Json(state.platform.get_task(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/queue/stats",
+    tag = "tasks",
+    summary = "Task counts by state",
+    responses(
+        (status = 200, description = "The counts", body = crate::openapi::QueueStats),
+    )
+)]
 pub async fn queue_stats(
     State(state): State<AppState>,
 ) -> ApiResult<Json<aetherium_core::queue::QueueStats>> {

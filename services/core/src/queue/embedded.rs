@@ -10,7 +10,9 @@ use chrono::Utc;
 use sqlx::{AssertSqlSafe, SqlitePool};
 use tokio::sync::Notify;
 
-use super::{FailOutcome, QueueStats, TaskQueue, backoff, weighted_queue_order};
+use super::{
+    CancelOutcome, FailOutcome, QueueDepth, QueueStats, TaskQueue, backoff, weighted_queue_order,
+};
 use crate::error::CoreResult;
 use crate::store::sqlite::{task_from_row, to_ms};
 use aetherium_types::task::QueueName;
@@ -31,25 +33,67 @@ impl EmbeddedQueue {
     }
 
     /// Puts tasks whose worker stopped heartbeating back in line, counting the lost
-    /// attempt as a retry (Asynq's lease recovery).
+    /// attempt as a retry (Asynq's lease recovery). One whose cancellation had been
+    /// asked for ends `cancelled` instead, and so does what it was for (the store
+    /// shares this database): its execution fails, its VM in the making fails.
     async fn recover_expired_leases(&self) -> CoreResult<()> {
         let now = to_ms(Utc::now());
-        let recovered = sqlx::query(
+        let recovered: Vec<(String, String, String)> = sqlx::query_as(
             "UPDATE tasks SET
-                status = CASE WHEN retry_count < max_retries THEN 'pending' ELSE 'failed' END,
+                status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                    WHEN retry_count < max_retries THEN 'pending' ELSE 'failed' END,
                 retry_count = retry_count + 1,
-                error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating',
+                error = 'lease expired: worker ' || COALESCE(worker_id, '?') || ' stopped heartbeating'
+                    || CASE WHEN cancel_requested_at IS NOT NULL
+                        THEN ' (it had been asked to cancel)' ELSE '' END,
                 scheduled_at = ?1,
-                completed_at = CASE WHEN retry_count < max_retries THEN NULL ELSE ?1 END,
+                completed_at = CASE WHEN cancel_requested_at IS NULL AND retry_count < max_retries
+                    THEN NULL ELSE ?1 END,
                 lease_expires_at = NULL
-             WHERE status = 'running' AND lease_expires_at < ?1",
+             WHERE status = 'running' AND lease_expires_at < ?1
+             RETURNING status, type, payload",
         )
         .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if recovered > 0 {
-            tracing::warn!(recovered, "recovered tasks with expired leases");
+        .fetch_all(&self.pool)
+        .await?;
+        if !recovered.is_empty() {
+            tracing::warn!(
+                recovered = recovered.len(),
+                "recovered tasks with expired leases"
+            );
+        }
+        for (status, task_type, payload) in recovered {
+            if status != "cancelled" {
+                continue;
+            }
+            let payload: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            let message = "cancelled by request; its worker stopped before it could finish";
+            if task_type == "vm:execute"
+                && let Some(id) = payload["execution_id"].as_str()
+            {
+                sqlx::query(
+                    "UPDATE executions SET status = 'failed', error = ?, completed_at = ?
+                     WHERE id = ? AND status IN ('pending', 'running')",
+                )
+                .bind(message)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            }
+            if task_type == "vm:create"
+                && let Some(id) = payload["vm_id"].as_str()
+            {
+                sqlx::query(
+                    "UPDATE vms SET status = 'FAILED', error = ?, stopped_at = ?
+                     WHERE id = ? AND status IN ('CREATED', 'STARTING')",
+                )
+                .bind(message)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -230,5 +274,89 @@ impl TaskQueue for EmbeddedQueue {
             }
         }
         Ok(stats)
+    }
+
+    async fn depths(&self) -> CoreResult<Vec<QueueDepth>> {
+        let now = to_ms(Utc::now());
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, CASE WHEN status = 'pending' AND scheduled_at > ? THEN 'scheduled'
+                    ELSE status END AS state, COUNT(*)
+             FROM tasks GROUP BY queue, state ORDER BY queue, state",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, state, count)| QueueDepth {
+                queue,
+                state,
+                count: count as u64,
+            })
+            .collect())
+    }
+
+    async fn cancel(&self, task_id: &str, reason: &str) -> CoreResult<CancelOutcome> {
+        let now = to_ms(Utc::now());
+        // Not started: cancelled at once. The lease query only takes `pending` rows,
+        // so a cancelled task is never run.
+        let cancelled = sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', error = ?, completed_at = ?,
+                lease_expires_at = NULL
+             WHERE id = ? AND status = 'pending'
+             RETURNING *",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = cancelled {
+            return Ok(CancelOutcome::Cancelled(task_from_row(&row)?));
+        }
+        let requested = sqlx::query(
+            "UPDATE tasks SET cancel_requested_at = COALESCE(cancel_requested_at, ?)
+             WHERE id = ? AND status = 'running'
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = requested {
+            return Ok(CancelOutcome::Requested(task_from_row(&row)?));
+        }
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => CancelOutcome::Finished(task_from_row(&row)?),
+            None => CancelOutcome::NotFound,
+        })
+    }
+
+    async fn cancel_requested(&self, task_id: &str) -> CoreResult<bool> {
+        let requested: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT cancel_requested_at FROM tasks WHERE id = ?")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(matches!(requested, Some(Some(_))))
+    }
+
+    async fn mark_cancelled(&self, task_id: &str, worker_id: &str, reason: &str) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', error = ?, completed_at = ?,
+                lease_expires_at = NULL
+             WHERE id = ? AND worker_id = ? AND status = 'running'",
+        )
+        .bind(reason)
+        .bind(to_ms(Utc::now()))
+        .bind(task_id)
+        .bind(worker_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

@@ -25,6 +25,29 @@ pub enum FailOutcome {
     Failed,
 }
 
+/// What asking a task to stop did ([`TaskQueue::cancel`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It had not started (pending, scheduled or waiting for a retry): it is
+    /// `cancelled` now and will never be leased.
+    Cancelled(Task),
+    /// It is running: the worker that holds it was asked to stop it (it notices on
+    /// its next lease extension, or at once through the event bus).
+    Requested(Task),
+    /// It had finished already (completed, failed or cancelled): nothing changed.
+    Finished(Task),
+    NotFound,
+}
+
+/// Tasks of one queue in one state, for metrics (`state`: pending, scheduled,
+/// running, completed, failed, cancelled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub state: String,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
     pub pending: u64,
@@ -73,6 +96,19 @@ pub trait TaskQueue: Send + Sync + 'static {
     async fn wait_for_work(&self, poll: Duration);
 
     async fn stats(&self) -> CoreResult<QueueStats>;
+
+    /// Task counts per queue and state (only pairs with tasks).
+    async fn depths(&self) -> CoreResult<Vec<QueueDepth>>;
+
+    /// Cancels a task that has not started; asks the worker of a running one to stop
+    /// it (see [`CancelOutcome`]). `reason` becomes the task's `error`.
+    async fn cancel(&self, task_id: &str, reason: &str) -> CoreResult<CancelOutcome>;
+
+    /// Whether a stop was asked for this (running) task.
+    async fn cancel_requested(&self, task_id: &str) -> CoreResult<bool>;
+
+    /// The worker stopped a task it was asked to stop: it ends `cancelled`.
+    async fn mark_cancelled(&self, task_id: &str, worker_id: &str, reason: &str) -> CoreResult<()>;
 }
 
 /// Orders the queues for one lease attempt: a weighted random pick first (like

@@ -35,7 +35,7 @@ fn json_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-fn parse_enum<T: FromStr<Err = String>>(text: &str) -> CoreResult<T> {
+pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> CoreResult<T> {
     T::from_str(text).map_err(|e| CoreError::Internal(anyhow::anyhow!("corrupt row: {e}")))
 }
 
@@ -152,12 +152,27 @@ fn worker_from_row(row: &SqliteRow) -> CoreResult<Worker> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// Keyset condition for lists ordered `created_at DESC, id DESC`: rows strictly after
+/// the cursor, whose created_at is bound as `?n` and id as `?n+1` (both NULL on the
+/// first page).
+fn keyset_sql(n: u32) -> String {
+    let m = n + 1;
+    format!("(?{n} IS NULL OR created_at < ?{n} OR (created_at = ?{n} AND id < ?{m}))")
+}
+
+fn keyset(page: &Page) -> (Option<i64>, Option<&str>) {
+    match &page.cursor {
+        Some(c) => (Some(c.created_at_ms), Some(c.id.as_str())),
+        None => (None, None),
+    }
 }
 
 #[async_trait]
@@ -227,28 +242,43 @@ impl Store for SqliteStore {
     }
 
     async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
-        const WHERE: &str = "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR worker_id = ?2)
+        const FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR worker_id = ?2)
               AND (?3 IS NULL OR name = ?3)";
         let status = filter.status.map(|s| s.as_str());
+        let (after_ms, after_id) = keyset(page);
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT * FROM vms {WHERE} ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+            "SELECT * FROM vms WHERE {FILTER} AND {}
+             ORDER BY created_at DESC, id DESC LIMIT ?6",
+            keyset_sql(4)
         )))
         .bind(status)
         .bind(&filter.worker_id)
         .bind(&filter.name)
+        .bind(after_ms)
+        .bind(after_id)
         .bind(page.limit as i64)
-        .bind(page.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let total: i64 =
-            sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM vms {WHERE}")))
-                .bind(status)
-                .bind(&filter.worker_id)
-                .bind(&filter.name)
-                .fetch_one(&self.pool)
-                .await?;
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM vms WHERE {FILTER}"
+        )))
+        .bind(status)
+        .bind(&filter.worker_id)
+        .bind(&filter.name)
+        .fetch_one(&self.pool)
+        .await?;
         let vms = rows.iter().map(vm_from_row).collect::<CoreResult<_>>()?;
         Ok((vms, total as u64))
+    }
+
+    async fn count_vms_by_status(&self) -> CoreResult<Vec<(VmStatus, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM vms GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(status, n)| Ok((parse_enum(&status)?, n as u64)))
+            .collect()
     }
 
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {
@@ -364,13 +394,16 @@ impl Store for SqliteStore {
     }
 
     async fn list_executions(&self, vm_id: &str, page: &Page) -> CoreResult<(Vec<Execution>, u64)> {
-        let rows = sqlx::query(
-            "SELECT * FROM executions WHERE vm_id = ? ORDER BY created_at DESC, id DESC
-             LIMIT ? OFFSET ?",
-        )
+        let (after_ms, after_id) = keyset(page);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM executions WHERE vm_id = ?1 AND {}
+             ORDER BY created_at DESC, id DESC LIMIT ?4",
+            keyset_sql(2)
+        )))
         .bind(vm_id)
+        .bind(after_ms)
+        .bind(after_id)
         .bind(page.limit as i64)
-        .bind(page.offset as i64)
         .fetch_all(&self.pool)
         .await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE vm_id = ?")
@@ -423,27 +456,45 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)> {
-        const WHERE: &str = "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR type = ?2)
-              AND (?3 IS NULL OR vm_id = ?3)";
+        const FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR type = ?2)
+              AND (?3 IS NULL OR vm_id = ?3) AND (?4 IS NULL OR worker_id = ?4)
+              AND (?5 IS NULL OR queue = ?5) AND (?6 IS NULL OR created_at >= ?6)
+              AND (?7 IS NULL OR created_at < ?7)";
         let status = filter.status.map(|s| s.as_str());
         let task_type = filter.task_type.map(|t| t.as_str());
+        let queue = filter.queue.map(|q| q.as_str());
+        let after = filter.created_after.map(to_ms);
+        let before = filter.created_before.map(to_ms);
+        let (after_ms, after_id) = keyset(page);
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT * FROM tasks {WHERE} ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+            "SELECT * FROM tasks WHERE {FILTER} AND {}
+             ORDER BY created_at DESC, id DESC LIMIT ?10",
+            keyset_sql(8)
         )))
         .bind(status)
         .bind(task_type)
         .bind(&filter.vm_id)
+        .bind(&filter.worker_id)
+        .bind(queue)
+        .bind(after)
+        .bind(before)
+        .bind(after_ms)
+        .bind(after_id)
         .bind(page.limit as i64)
-        .bind(page.offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        let total: i64 =
-            sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM tasks {WHERE}")))
-                .bind(status)
-                .bind(task_type)
-                .bind(&filter.vm_id)
-                .fetch_one(&self.pool)
-                .await?;
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM tasks WHERE {FILTER}"
+        )))
+        .bind(status)
+        .bind(task_type)
+        .bind(&filter.vm_id)
+        .bind(&filter.worker_id)
+        .bind(queue)
+        .bind(after)
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?;
         let tasks = rows.iter().map(task_from_row).collect::<CoreResult<_>>()?;
         Ok((tasks, total as u64))
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 /// One chunk of output as JSON: exactly one of `data` (the bytes are UTF-8 text) or
 /// `data_b64` (they are not; standard base64). Decoding and concatenating the chunks
 /// of a stream gives its exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Chunk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,

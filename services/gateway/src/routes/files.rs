@@ -19,9 +19,12 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PathQuery {
+    /// Absolute path in the sandbox, without NUL bytes.
+    #[param(pattern = r"^/[^\x00]*$")]
     path: String,
 }
 
@@ -42,12 +45,13 @@ impl PathQuery {
 }
 
 /// A file's metadata as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FileInfo {
     pub path: String,
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^(file|dir|symlink|other)$")]
     pub file_type: &'static str,
     pub size: i64,
     /// Permission bits, e.g. 420 (0o644).
@@ -88,7 +92,7 @@ impl From<EntryInfo> for FileInfo {
 }
 
 /// What an upload answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadResponse {
     pub path: String,
     /// Bytes written.
@@ -162,6 +166,28 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/vms/{id}/files",
+    tag = "files",
+    summary = "Write a file into a VM",
+    description = "The request body (any content type) becomes the file, created or replaced, with parent directories made as needed. Streamed: exempt from the 1 MiB body limit, limited by `--max-upload-bytes` instead.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        PathQuery,
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses(
+        (status = 200, description = "Written", body = UploadResponse),
+        (status = 400, description = "Bad path, or the agent refused the path as invalid (e.g. a parent is a file)", body = aetherium_types::ErrorResponse),
+        (status = 403, description = "The agent refused: permission denied", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
+        (status = 413, description = "The upload is over the limit", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -178,7 +204,22 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    if path.ends_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "path {path:?} names a directory, not a file"
+        )));
+    }
     let agent = sandbox(&state, &id).await?;
+    // The agent refuses a directory before it reads the body, and a refusal while the
+    // body is still being sent can surface as a broken connection (503) instead of
+    // its answer: ask first, so the answer is a 400 whatever the timing.
+    if let Ok(entry) = agent.stat(path).await
+        && FileInfo::from(entry).file_type == "dir"
+    {
+        return Err(ApiError::bad_request(format!(
+            "path is a directory: {path}"
+        )));
+    }
     let tally = Arc::new(Tally::default());
     let result = agent
         .upload(path, limited(body, limit, tally.clone()))
@@ -194,6 +235,26 @@ pub async fn upload(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms/{id}/files",
+    tag = "files",
+    summary = "Read a file from a VM",
+    description = "The file's bytes, streamed (chunked).",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        PathQuery,
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Bad path, or the path is a directory", body = aetherium_types::ErrorResponse),
+        (status = 403, description = "The agent refused: permission denied", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -213,6 +274,25 @@ pub async fn download(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms/{id}/files/stat",
+    tag = "files",
+    summary = "A file's metadata",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        PathQuery,
+    ),
+    responses(
+        (status = 200, description = "The file's metadata", body = FileInfo),
+        (status = 400, description = "Bad path", body = aetherium_types::ErrorResponse),
+        (status = 403, description = "The agent refused: permission denied", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn stat(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -36,7 +36,7 @@ use crate::extract::Json;
 const EVENT_BUFFER: usize = 64;
 
 /// One line of the NDJSON stream (or one SSE event, named by `type`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     Start {
@@ -110,6 +110,26 @@ pub fn start_request(req: &ExecuteCommandRequest) -> StartRequest {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms/{id}/exec/stream",
+    tag = "executions",
+    summary = "Run a command and stream its output (NDJSON or SSE)",
+    description = "Runs the command at once on the VM's agent (no queue) and answers with one `StreamEvent` JSON object per line (`application/x-ndjson`), written as the command produces output; with `Accept: text/event-stream` the same objects come as Server-Sent Events (`event: <type>`, `data: <object>`). The last line is `end`. If the client disconnects, the command runs on and is recorded.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+    ),
+    request_body = ExecuteCommandRequest,
+    responses(
+        (status = 200, description = "The stream: one StreamEvent per line (NDJSON), or per SSE event", content(
+            (StreamEvent = "application/x-ndjson"),
+            (String = "text/event-stream"),
+        )),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
+    )
+)]
 pub async fn exec_stream(
     State(state): State<AppState>,
     Path(id): Path<String>,

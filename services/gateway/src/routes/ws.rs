@@ -134,6 +134,33 @@ fn validate_size(cols: u32, rows: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/vms/{id}/exec/ws",
+    tag = "executions",
+    summary = "Interactive command over a WebSocket (like docker exec -it)",
+    description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`). Client → server: binary frames are input; text frames are JSON controls `{\"type\":\"resize\",\"cols\",\"rows\"}`, `{\"type\":\"signal\",\"signal\":\"SIGTERM\"|\"SIGKILL\"|\"SIGINT\"}`, `{\"type\":\"stdin_eof\"}`. Server → client: `{\"type\":\"start\"}` first, binary output frames, `stderr`/`error` text frames, and `{\"type\":\"exit\"}` before a normal close. Authentication may also come as `?token=` on this route only. Not an HTTP request/response route: fuzzers should skip it.",
+    params(
+        ("id" = String, Path, description = "The VM's id or name"),
+        ("cmd" = String, Query, description = "The command to run (required)"),
+        ("arg" = Option<Vec<String>>, Query, explode = true, description = "An argument (repeatable, in order)"),
+        ("env" = Option<Vec<String>>, Query, explode = true, description = "`KEY=VALUE` (repeatable)"),
+        ("cwd" = Option<String>, Query, description = "Working directory"),
+        ("tty" = Option<bool>, Query, description = "Run in a terminal"),
+        ("cols" = Option<u16>, Query, minimum = 1, description = "Terminal columns (default 80)"),
+        ("rows" = Option<u16>, Query, minimum = 1, description = "Terminal rows (default 24)"),
+        ("timeout_seconds" = Option<u64>, Query, minimum = 1, maximum = 86400, description = "Kill the command after this many seconds; none: the session lasts as long as its client"),
+        ("token" = Option<String>, Query, description = "The bearer token, for browsers (which cannot set headers on a WebSocket)"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket session"),
+        (status = 400, description = "Bad parameters, or not a valid WebSocket upgrade request", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
+        (status = 426, description = "The connection cannot be upgraded", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
+    ),
+)]
 pub async fn exec_ws(
     State(state): State<AppState>,
     Path(id): Path<String>,

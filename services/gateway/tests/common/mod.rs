@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aetherium_common::Config;
 use aetherium_core::EmbeddedRuntime;
-use aetherium_gateway::{AppState, token_digest};
+use aetherium_gateway::AppState;
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -43,6 +43,8 @@ pub struct TestServer {
     pub docker_host: String,
     /// `AppState::max_upload_bytes` of the API (the default unless a test sets it).
     pub max_upload_bytes: u64,
+    /// Applied to the config before each boot (see [`TestServer::start_with_config`]).
+    tweak: Option<fn(&mut Config)>,
     runtime: Option<EmbeddedRuntime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -83,6 +85,7 @@ impl TestServer {
             worker_id,
             docker_host: docker_host.to_string(),
             max_upload_bytes,
+            tweak: None,
             runtime: None,
             stop: None,
             server: None,
@@ -92,16 +95,19 @@ impl TestServer {
     }
 
     async fn boot(&mut self) {
-        let config = config_for(self.data_dir.path(), &self.worker_id, &self.docker_host);
+        let mut config = config_for(self.data_dir.path(), &self.worker_id, &self.docker_host);
+        if let Some(tweak) = self.tweak {
+            tweak(&mut config);
+        }
         let runtime = EmbeddedRuntime::start(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.url = format!("http://{}", listener.local_addr().unwrap());
-        let mut state = AppState::new(
-            runtime.platform.clone(),
-            token_digest(TOKEN),
-            Duration::from_secs(600),
-        );
-        state.output_cap_bytes = OUTPUT_CAP_BYTES;
+        // TOKEN becomes the bootstrap admin key on the first boot.
+        runtime.auth.bootstrap_admin_key(Some(TOKEN)).await.unwrap();
+        let mut state =
+            AppState::from_config(runtime.platform.clone(), runtime.auth.clone(), &config);
+        // Tests poll quickly; rate limits are tested with keys that carry their own.
+        state.rate_limit_per_second = 0.0;
         state.max_upload_bytes = self.max_upload_bytes;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.server = Some(tokio::spawn(async move {
@@ -113,6 +119,53 @@ impl TestServer {
         }));
         self.stop = Some(stop);
         self.runtime = Some(runtime);
+    }
+
+    /// A server whose config `tweak` changes (CORS, timeouts, …).
+    pub async fn start_with_config(tweak: fn(&mut Config)) -> TestServer {
+        let mut server = Self::start().await;
+        server.tweak = Some(tweak);
+        server.restart().await;
+        server
+    }
+
+    /// API keys, users, sessions and audit log behind the API.
+    pub fn auth(&self) -> aetherium_core::auth::Auth {
+        self.runtime.as_ref().unwrap().auth.clone()
+    }
+
+    /// Creates an API key with `role` (as the admin) and returns its secret.
+    pub async fn create_key(&self, role: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api-keys",
+                serde_json::json!({"name": format!("test-{role}"), "role": role}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["key"].as_str().unwrap().to_string()
+    }
+
+    /// A request with another credential than the admin key.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
     }
 
     /// A server whose uploads may be at most `limit` bytes.

@@ -1,0 +1,443 @@
+//! Authentication and accounts: API keys, user accounts with argon2id passwords,
+//! short-lived dashboard sessions, and the audit log. The gateway asks this service
+//! who a bearer token belongs to and enforces roles with the answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherium_types::{
+    ApiKey, AuditEntry, CreateApiKeyRequest, CreateUserRequest, LoginResponse, Principal,
+    PrincipalKind, Role, UpdateUserRequest, User, new_id,
+};
+use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{CoreError, CoreResult};
+use crate::store::{AuditFilter, AuthStore, Session};
+
+/// API keys start with this, session tokens with [`SESSION_PREFIX`]; the prefix says
+/// which table to look in and makes leaked keys easy to scan for.
+pub const API_KEY_PREFIX: &str = "ak_";
+pub const SESSION_PREFIX: &str = "as_";
+/// Longer bearer tokens are refused before hashing.
+const MAX_TOKEN_BYTES: usize = 512;
+/// `last_used_at` is written at most this often per key (not on every request).
+const TOUCH_INTERVAL_MS: i64 = 60_000;
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub session_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// What a valid bearer token resolves to.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// The API key's or session's id (for logout).
+    pub credential_id: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key's own rate limit, if it has one.
+    pub rate_limit_per_second: Option<u32>,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    store: Arc<dyn AuthStore>,
+    settings: AuthSettings,
+    /// Key id → last `last_used_at` write (ms), to throttle those writes.
+    touched: Arc<Mutex<HashMap<String, i64>>>,
+    /// A valid hash to verify against when the user does not exist, so that a login
+    /// for an unknown name takes as long as one with a wrong password.
+    dummy_hash: Arc<String>,
+}
+
+/// SHA-256 of a token, hex. Keys and session tokens carry 256 random bits, so a fast
+/// hash is enough (argon2 is for human-chosen passwords).
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_token(prefix: &str) -> CoreResult<String> {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes)?;
+    Ok(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+fn getrandom(buf: &mut [u8]) -> CoreResult<()> {
+    use rand::TryRngCore as _;
+    rand::rngs::OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| CoreError::Internal(anyhow::anyhow!("no randomness: {e}")))
+}
+
+fn unauthorized(message: &str) -> CoreError {
+    CoreError::Unauthorized(message.to_string())
+}
+
+async fn hash_password(password: String) -> CoreResult<String> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| CoreError::Internal(anyhow::anyhow!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| CoreError::Internal(e.into()))?
+}
+
+async fn verify_password(password: String, hash: String) -> CoreResult<bool> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .map_err(|e| CoreError::Internal(e.into()))
+}
+
+impl Auth {
+    pub async fn new(store: Arc<dyn AuthStore>, settings: AuthSettings) -> CoreResult<Auth> {
+        let dummy_hash = hash_password(random_token("dummy-")?).await?;
+        Ok(Auth {
+            store,
+            settings,
+            touched: Arc::default(),
+            dummy_hash: Arc::new(dummy_hash),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuthStore> {
+        &self.store
+    }
+
+    /// Resolves a bearer token, or `Unauthorized` saying why not.
+    pub async fn authenticate(&self, token: &str) -> CoreResult<Authenticated> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(unauthorized("invalid API key"));
+        }
+        let hash = token_hash(token);
+        let now = Utc::now();
+        if token.starts_with(SESSION_PREFIX) {
+            let session = self
+                .store
+                .session_by_hash(&hash)
+                .await?
+                .ok_or_else(|| unauthorized("invalid or expired session"))?;
+            if session.expires_at <= now {
+                return Err(unauthorized("session expired: log in again"));
+            }
+            let user = self
+                .store
+                .get_user(&session.user_id)
+                .await?
+                .ok_or_else(|| unauthorized("invalid or expired session"))?;
+            if user.disabled {
+                return Err(unauthorized("user account disabled"));
+            }
+            return Ok(Authenticated {
+                principal: Principal {
+                    id: user.id,
+                    name: user.username,
+                    kind: PrincipalKind::Session,
+                    role: user.role,
+                },
+                credential_id: session.id,
+                expires_at: Some(session.expires_at),
+                rate_limit_per_second: None,
+            });
+        }
+        let key = self
+            .store
+            .api_key_by_hash(&hash)
+            .await?
+            .ok_or_else(|| unauthorized("invalid API key"))?;
+        if key.revoked_at.is_some() {
+            return Err(unauthorized("API key revoked"));
+        }
+        if key.expires_at.is_some_and(|at| at <= now) {
+            return Err(unauthorized("API key expired"));
+        }
+        self.touch(&key.id, now);
+        Ok(Authenticated {
+            principal: Principal {
+                id: key.id.clone(),
+                name: key.name.clone(),
+                kind: PrincipalKind::ApiKey,
+                role: key.role,
+            },
+            credential_id: key.id,
+            expires_at: key.expires_at,
+            rate_limit_per_second: key.rate_limit_per_second,
+        })
+    }
+
+    /// Records the key's use in the background, at most once a minute.
+    fn touch(&self, id: &str, now: DateTime<Utc>) {
+        let now_ms = now.timestamp_millis();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            match touched.get(id) {
+                Some(last) if now_ms - last < TOUCH_INTERVAL_MS => return,
+                _ => touched.insert(id.to_string(), now_ms),
+            };
+        }
+        let store = self.store.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(&id, now).await {
+                tracing::warn!(key = %id, error = %e, "could not record the API key's last use");
+            }
+        });
+    }
+
+    /// On first start (no API key exists yet) creates the bootstrap admin key: the
+    /// given one (from config, or a token file of an earlier version) or a new one,
+    /// which is returned so that it can be shown once. Later starts change nothing.
+    pub async fn bootstrap_admin_key(&self, given: Option<&str>) -> CoreResult<Option<String>> {
+        if self.store.count_api_keys().await? > 0 {
+            return Ok(None);
+        }
+        let (secret, generated) = match given {
+            Some(s) => (s.to_string(), false),
+            None => (random_token(API_KEY_PREFIX)?, true),
+        };
+        let key = new_key_record(
+            "bootstrap-admin",
+            Role::Admin,
+            "aetherium",
+            None,
+            None,
+            &secret,
+        );
+        self.store
+            .insert_api_key(&key, &token_hash(&secret))
+            .await?;
+        tracing::info!(key = %key.id, "created the bootstrap admin API key");
+        Ok(generated.then_some(secret))
+    }
+
+    // ---- API keys ----------------------------------------------------------------
+
+    /// Creates a key no more powerful than its creator; returns it with its secret.
+    pub async fn create_api_key(
+        &self,
+        by: &Principal,
+        req: &CreateApiKeyRequest,
+    ) -> CoreResult<(ApiKey, String)> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        if !by.role.allows(req.role) {
+            return Err(CoreError::Forbidden(format!(
+                "a {} cannot create a key with the {} role",
+                by.role, req.role
+            )));
+        }
+        let secret = random_token(API_KEY_PREFIX)?;
+        let expires_at = req
+            .expires_in_seconds
+            .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
+        let key = new_key_record(
+            &req.name,
+            req.role,
+            &by.name,
+            expires_at,
+            req.rate_limit_per_second,
+            &secret,
+        );
+        self.store
+            .insert_api_key(&key, &token_hash(&secret))
+            .await?;
+        Ok((key, secret))
+    }
+
+    pub async fn list_api_keys(&self) -> CoreResult<Vec<ApiKey>> {
+        self.store.list_api_keys().await
+    }
+
+    pub async fn get_api_key(&self, id: &str) -> CoreResult<ApiKey> {
+        self.store
+            .get_api_key(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("API key {id} not found")))
+    }
+
+    /// Revokes a key (idempotent); it stops working at once.
+    pub async fn revoke_api_key(&self, id: &str) -> CoreResult<ApiKey> {
+        self.get_api_key(id).await?;
+        self.store.revoke_api_key(id, Utc::now()).await?;
+        self.get_api_key(id).await
+    }
+
+    // ---- Users and sessions ----------------------------------------------------
+
+    pub async fn create_user(&self, req: &CreateUserRequest) -> CoreResult<User> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        let now = Utc::now();
+        let user = User {
+            id: new_id(),
+            username: req.username.clone(),
+            role: req.role,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        };
+        let hash = hash_password(req.password.clone()).await?;
+        self.store.insert_user(&user, &hash).await?;
+        Ok(user)
+    }
+
+    pub async fn list_users(&self) -> CoreResult<Vec<User>> {
+        self.store.list_users().await
+    }
+
+    pub async fn get_user(&self, id: &str) -> CoreResult<User> {
+        self.store
+            .get_user(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("user {id} not found")))
+    }
+
+    /// Changes role, password or disabled. A new password or disabling ends the
+    /// user's sessions.
+    pub async fn update_user(&self, id: &str, req: &UpdateUserRequest) -> CoreResult<User> {
+        req.validate().map_err(CoreError::InvalidInput)?;
+        let mut user = self.get_user(id).await?;
+        if let Some(role) = req.role {
+            user.role = role;
+        }
+        if let Some(disabled) = req.disabled {
+            user.disabled = disabled;
+        }
+        user.updated_at = Utc::now();
+        let hash = match &req.password {
+            Some(p) => Some(hash_password(p.clone()).await?),
+            None => None,
+        };
+        self.store.update_user(&user, hash.as_deref()).await?;
+        if hash.is_some() || user.disabled {
+            self.store.delete_user_sessions(&user.id).await?;
+        }
+        Ok(user)
+    }
+
+    /// Deletes a user and ends its sessions. Nobody deletes their own account (that
+    /// would lock out the last admin by a slip of the mouse).
+    pub async fn delete_user(&self, by: &Principal, id: &str) -> CoreResult<()> {
+        if by.kind == PrincipalKind::Session && by.id == id {
+            return Err(CoreError::Conflict(
+                "you cannot delete your own account".into(),
+            ));
+        }
+        if !self.store.delete_user(id).await? {
+            return Err(CoreError::NotFound(format!("user {id} not found")));
+        }
+        Ok(())
+    }
+
+    /// Checks a username and password and opens a session. Every failure says the
+    /// same thing, after the same amount of work.
+    pub async fn login(&self, username: &str, password: &str) -> CoreResult<LoginResponse> {
+        const FAILED: &str = "invalid username or password";
+        if password.len() > aetherium_types::auth::MAX_PASSWORD_BYTES {
+            return Err(unauthorized(FAILED));
+        }
+        let found = self.store.user_credentials(username).await?;
+        let hash = found
+            .as_ref()
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| self.dummy_hash.to_string());
+        let valid = verify_password(password.to_string(), hash).await?;
+        let Some((mut user, _)) = found else {
+            return Err(unauthorized(FAILED));
+        };
+        if !valid {
+            return Err(unauthorized(FAILED));
+        }
+        if user.disabled {
+            return Err(unauthorized("user account disabled"));
+        }
+        let now = Utc::now();
+        let token = random_token(SESSION_PREFIX)?;
+        let session = Session {
+            id: new_id(),
+            user_id: user.id.clone(),
+            created_at: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.settings.session_ttl)
+                    .unwrap_or_else(|_| chrono::Duration::hours(12)),
+        };
+        self.store
+            .insert_session(&session, &token_hash(&token))
+            .await?;
+        user.last_login_at = Some(now);
+        self.store.update_user(&user, None).await?;
+        // Expired sessions are swept here rather than by a timer of their own.
+        self.store.delete_expired_sessions(now).await?;
+        Ok(LoginResponse {
+            token,
+            expires_at: session.expires_at,
+            user,
+        })
+    }
+
+    /// Ends a session; API keys are revoked instead.
+    pub async fn logout(&self, who: &Authenticated) -> CoreResult<()> {
+        match who.principal.kind {
+            PrincipalKind::Session => self.store.delete_session(&who.credential_id).await,
+            PrincipalKind::ApiKey => Err(CoreError::InvalidInput(
+                "API keys do not log out: revoke the key (DELETE /api/v1/api-keys/{id})".into(),
+            )),
+        }
+    }
+
+    // ---- Audit -----------------------------------------------------------------
+
+    pub async fn audit(&self, entry: &AuditEntry) {
+        if let Err(e) = self.store.append_audit(entry).await {
+            tracing::error!(action = %entry.action, error = %e, "could not write the audit log");
+        }
+    }
+
+    pub async fn list_audit(&self, filter: &AuditFilter) -> CoreResult<Vec<AuditEntry>> {
+        self.store.list_audit(filter).await
+    }
+}
+
+fn new_key_record(
+    name: &str,
+    role: Role,
+    created_by: &str,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit_per_second: Option<u32>,
+    secret: &str,
+) -> ApiKey {
+    ApiKey {
+        id: new_id(),
+        name: name.to_string(),
+        prefix: secret.chars().take(API_KEY_PREFIX.len() + 8).collect(),
+        role,
+        created_by: created_by.to_string(),
+        created_at: Utc::now(),
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+        rate_limit_per_second,
+    }
+}

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# API fuzzing: schemathesis against the OpenAPI document a real `aetherium up` serves
+# (/api/v1/openapi.json), authenticated, with every check: no 5xx, every status,
+# content type, header and body as the spec declares them, invalid input refused,
+# valid input accepted. See docs/api.md.
+#
+#   bash tests/api-fuzz/run.sh [extra `st run` args...]     (make test-api-fuzz)
+#
+# Environment: FUZZ_MAX_EXAMPLES (default 30, per operation), FUZZ_WORKERS (2; 1 on
+# Python 3.11),
+# FUZZ_PHASES (examples,coverage,fuzzing,stateful), FUZZ_SEED, FUZZ_MAX_TIME
+# (seconds, optional), FUZZ_CHECKS (all).
+#
+# Keeps a venv in ${XDG_CACHE_HOME:-$HOME/.cache}/aetherium/api-fuzz-venv, rebuilt
+# only when requirements.txt (or the Python version) changes. Builds the CLI and the
+# agent (incrementally), starts the server on a free port with a throw-away data dir
+# and its own worker id, and at the end deletes every sandbox through the API, stops
+# the server and removes, by id, every container labelled with that worker id.
+# Exits with schemathesis' status. Works unattended (CI=true, no stdin, as root).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$ROOT/tests/api-fuzz"
+REQ="$HERE/requirements.txt"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/aetherium"
+VENV="$CACHE/api-fuzz-venv"
+STAMP="$VENV/.requirements.sha256"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+AGENT_BIN="${AETHERIUM_AGENT_BIN:-$CARGO_TARGET_DIR/agent/aetherium-agent}"
+IMAGE="${AETHERIUM_TEST_IMAGE:-aetherium/base:latest}"
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+
+MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-30}"
+# CPython 3.11 (Debian 12's) can fail `ast.parse` when threads parse at once
+# ("AST constructor recursion depth mismatch", inside hypothesis): one worker there.
+if python3 -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+	WORKERS="${FUZZ_WORKERS:-2}"
+else
+	WORKERS="${FUZZ_WORKERS:-1}"
+fi
+PHASES="${FUZZ_PHASES:-examples,coverage,fuzzing,stateful}"
+CHECKS="${FUZZ_CHECKS:-all}"
+
+log() { echo "api-fuzz: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+command -v python3 >/dev/null 2>&1 || die "python3 is missing (apt-get install python3)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+	die "schemathesis needs Python >= 3.10; python3 is $(python3 -V 2>&1)"
+command -v curl >/dev/null 2>&1 || die "curl is missing (apt-get install curl)"
+docker info >/dev/null 2>&1 || die "docker is not reachable ('docker info' fails): run scripts/setup.sh --no-start first"
+docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: run scripts/setup.sh --no-start first"
+
+# `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
+ensure_venv_module() {
+	python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
+	command -v dpkg >/dev/null 2>&1 || die "python3 cannot create venvs (no ensurepip) and this is not a Debian system"
+	if ! dpkg -s python3-venv >/dev/null 2>&1; then
+		[ "$(id -u)" -eq 0 ] || die "python3-venv is missing: run 'apt-get install python3-venv' as root"
+		log "installing python3-venv"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv </dev/null >/dev/null
+	fi
+	python3 -c 'import ensurepip, venv' 2>/dev/null ||
+		die "python3 still cannot create venvs (ensurepip missing) after installing python3-venv"
+}
+
+want_hash() {
+	{ cat "$REQ"; python3 -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1
+}
+
+# Create or refresh the venv under a lock, so parallel runs don't race.
+setup_venv() {
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/api-fuzz-venv.lock"
+	flock 9
+	local want
+	want=$(want_hash)
+	if [ -x "$VENV/bin/st" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] &&
+		"$VENV/bin/python" -c 'import schemathesis' 2>/dev/null; then
+		flock -u 9
+		return 0
+	fi
+	ensure_venv_module
+	log "creating $VENV"
+	rm -rf "$VENV"
+	python3 -m venv "$VENV"
+	"$VENV/bin/python" -m pip install -q -r "$REQ" </dev/null
+	echo "$want" >"$STAMP"
+	flock -u 9
+}
+
+setup_venv
+
+# The binaries under test: incremental builds, cheap when up to date.
+log "building the CLI and the agent (incremental)"
+(cd "$ROOT" && cargo build -q -p aetherium-cli --bin aetherium </dev/null)
+BIN="$CARGO_TARGET_DIR/debug/aetherium"
+[ -x "$BIN" ] || die "no CLI binary at $BIN after cargo build"
+if [ ! -x "$AGENT_BIN" ]; then
+	make -C "$ROOT" agent </dev/null
+	[ -x "$AGENT_BIN" ] || die "still no agent binary at $AGENT_BIN after 'make agent'"
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/aetherium-api-fuzz.XXXXXX")
+DATA="$TMP/data"
+WORKER_ID="api-fuzz-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SERVER_PID=''
+URL=''
+TOKEN=''
+
+# The one place that knows where the server keeps the bootstrap admin credential.
+api_token() {
+	local file="$DATA/admin-token"
+	[ -s "$file" ] || return 1
+	tr -d '[:space:]' <"$file"
+}
+
+api() { # METHOD PATH -> body on stdout
+	curl -sS --max-time 120 -X "$1" -H "Authorization: Bearer $TOKEN" "$URL$2"
+}
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	if [ -n "$URL" ] && [ -n "$TOKEN" ] && [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+		# Every sandbox, through the API (it also removes their containers).
+		local ids
+		ids=$(api GET '/api/v1/vms?limit=1000' 2>/dev/null |
+			python3 -c 'import json,sys
+try: print("\n".join(v["id"] for v in json.load(sys.stdin).get("vms", [])))
+except Exception: pass' || true)
+		if [ -n "$ids" ]; then
+			log "deleting $(wc -l <<<"$ids") sandbox(es) the run left"
+			local id
+			for id in $ids; do
+				api DELETE "/api/v1/vms/$id" >/dev/null 2>&1 || true
+			done
+			local i
+			for ((i = 0; i < 60; i++)); do
+				[ -z "$(docker ps -aq --filter "label=io.aetherium.worker_id=$WORKER_ID")" ] && break
+				sleep 1
+			done
+		fi
+	fi
+	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+		kill -TERM "$SERVER_PID" 2>/dev/null || true
+		local i
+		for ((i = 0; i < 150; i++)); do
+			kill -0 "$SERVER_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$SERVER_PID" 2>/dev/null || true
+	fi
+	# Whatever is left of this server's containers, by id.
+	local cid
+	for cid in $(docker ps -aq --no-trunc --filter "label=io.aetherium.worker_id=$WORKER_ID"); do
+		docker rm -f "$cid" >/dev/null 2>&1 || true
+	done
+	if [ "$status" -ne 0 ] && [ -f "$TMP/server.log" ]; then
+		log "server log (last 40 lines):"
+		tail -n 40 "$TMP/server.log" >&2 || true
+	fi
+	if [ -n "${KEEP_FUZZ_TMP:-}" ]; then
+		log "kept $TMP"
+	else
+		rm -rf "$TMP"
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The default longest wait (the spec's `wait` pattern spells out 600 s), a request
+# timeout above it, and no rate limit, so examples are not throttled.
+cat >"$TMP/config.yaml" <<EOF
+server:
+  max_wait_seconds: 600
+  request_timeout_seconds: 660
+auth:
+  rate_limit_per_second: 0
+worker:
+  id: $WORKER_ID
+vmm:
+  docker:
+    default_image: $IMAGE
+EOF
+
+log "starting $BIN up (worker $WORKER_ID, data in $DATA)"
+# setsid: Ctrl-C must not reach the server before the sandboxes are deleted through it.
+env -u AETHERIUM_API_TOKEN AETHERIUM_AGENT_PATH="$AGENT_BIN" AETHERIUM_LOG_LEVEL="${AETHERIUM_LOG_LEVEL:-warn}" NO_COLOR=1 \
+	setsid "$BIN" up --config "$TMP/config.yaml" --host 127.0.0.1 --port 0 --data-dir "$DATA" \
+	>"$TMP/server.log" 2>&1 </dev/null &
+SERVER_PID=$!
+for ((i = 0; i < 600; i++)); do
+	kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start (log below)"
+	if [ -z "$URL" ]; then
+		URL=$(sed -n 's/^aetherium is up at \(http:[^ ]*\).*/\1/p' "$TMP/server.log" | head -n 1 || true)
+	fi
+	if [ -n "$URL" ] && curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" 2>/dev/null; then
+		break
+	fi
+	sleep 0.1
+done
+curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" || die "the server did not become healthy within 60 s"
+TOKEN=$(api_token) || die "no admin credential found in $DATA/admin-token"
+log "server up at $URL"
+
+# Not request/response routes: the WebSocket session and the endless SSE feeds.
+EXCLUDE='/exec/ws$|/events$|/logs/stream$'
+
+args=(
+	--no-color
+	--config-file "$HERE/schemathesis.toml"
+	run "$URL/api/v1/openapi.json"
+	--url "$URL"
+	-H "Authorization: Bearer $TOKEN"
+	--checks "$CHECKS"
+	--phases "$PHASES"
+	--max-examples "$MAX_EXAMPLES"
+	--workers "$WORKERS"
+	--exclude-path-regex "$EXCLUDE"
+	--request-timeout 120
+	--suppress-health-check too_slow,filter_too_much
+	--report junit
+	--report-dir "$TMP/report"
+)
+[ -n "${FUZZ_SEED:-}" ] && args+=(--seed "$FUZZ_SEED")
+[ -n "${FUZZ_MAX_TIME:-}" ] && args+=(--max-time "$FUZZ_MAX_TIME")
+
+log "st ${args[*]//$TOKEN/<token>} $*"
+status=0
+(cd "$TMP" && "$VENV/bin/st" "${args[@]}" "$@" </dev/null) || status=$?
+if [ -n "${FUZZ_REPORT_DIR:-}" ]; then
+	mkdir -p "$FUZZ_REPORT_DIR"
+	cp -r "$TMP/report/." "$FUZZ_REPORT_DIR/" 2>/dev/null || true
+fi
+exit "$status"
