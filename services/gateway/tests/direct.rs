@@ -681,6 +681,27 @@ async fn files_upload_download_stat() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // Under a file, however deep, whatever the timing: 400, never a broken upload.
+    for path in ["/etc/hostname/x", "/etc/hostname/a/b/c"] {
+        let response = server
+            .request(
+                reqwest::Method::PUT,
+                &format!("/vms/{vm}/files?path={path}"),
+            )
+            .body(vec![b'x'; 256 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a directory"),
+            "{body}"
+        );
+    }
 
     // A declared size over the upload limit is refused before any byte is sent.
     let address = server.url.trim_start_matches("http://").to_string();

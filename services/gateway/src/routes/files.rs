@@ -220,6 +220,7 @@ pub async fn upload(
             "path is a directory: {path}"
         )));
     }
+    refuse_non_directory_ancestor(&agent, path).await?;
     let tally = Arc::new(Tally::default());
     let result = agent
         .upload(path, limited(body, limit, tally.clone()))
@@ -233,6 +234,32 @@ pub async fn upload(
         path: path.to_string(),
         size,
     }))
+}
+
+/// The same early-refusal race for a path under a file (`/etc/hostname/x`): the
+/// nearest existing ancestor must be a directory. Missing ones the agent creates.
+async fn refuse_non_directory_ancestor(agent: &AgentClient, path: &str) -> ApiResult<()> {
+    let mut ancestor = std::path::Path::new(path).parent();
+    while let Some(dir) = ancestor.and_then(|d| d.to_str()) {
+        if dir == "/" || dir.is_empty() {
+            return Ok(());
+        }
+        match agent.stat(dir).await {
+            Ok(entry) => {
+                if FileInfo::from(entry).file_type == "dir" {
+                    return Ok(());
+                }
+                return Err(ApiError::bad_request(format!(
+                    "{dir} is not a directory, so {path} cannot be created"
+                )));
+            }
+            // Missing, or itself under a file (ENOTDIR): look one level up.
+            Err(AgentError::Connect(_)) => ancestor = std::path::Path::new(dir).parent(),
+            // An unreachable agent is the upload's to report.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(
