@@ -23,7 +23,7 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b test-api-fuzz bench-http
+	test-e2b test-api-fuzz bench-http bench-queue
 
 help:
 	@echo "make build        cargo build --workspace"
@@ -35,6 +35,7 @@ help:
 	@echo "make lint         rustfmt check + clippy -D warnings"
 	@echo "make fmt          rustfmt"
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
+	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
 	@echo "make bench-http   wrk: authenticated GET /api/v1/vms vs GET /health (BENCH_HTTP_ARGS='-d 30')"
 	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
 
@@ -97,6 +98,11 @@ bench-api:
 # and a raw unix-socket copy.
 bench-agent: check-env agent
 	$(CARGO) bench -p aetherium-core --bench agent_exec
+
+# Task queue: no-op tasks per second and enqueue→lease latency, embedded and Redis
+# (records in SQLite / PostgreSQL), next to redis-benchmark on the same server.
+bench-queue:
+	$(CARGO) bench -p aetherium-core --bench queue_throughput
 
 # HTTP throughput with wrk: authenticated GET /api/v1/vms next to GET /health.
 bench-http: check-env agent

@@ -74,7 +74,9 @@ ensure_packages() {
 		python3:python3 \
 		ca-certificates: \
 		file:file \
-		wrk:wrk; do
+		wrk:wrk \
+		postgresql: \
+		redis-server:redis-server; do
 		pkg=${spec%%:*}
 		cmds=${spec#*:}
 		have=1

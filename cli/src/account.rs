@@ -311,8 +311,8 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
         ApiKeyCommand::Revoke { id } => {
             let key: ApiKey = client
                 .send(
-                    reqwest::Method::DELETE,
-                    &format!("/api-keys/{}", seg(&id)),
+                    reqwest::Method::POST,
+                    &format!("/api-keys/{}/revoke", seg(&id)),
                     None,
                 )
                 .await?;

@@ -8,6 +8,7 @@ mod exec;
 mod output;
 mod term;
 mod up;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,10 @@ enum Command {
     Events(events::EventsArgs),
     /// Show (and with -f follow) the platform's own logs.
     Logs(events::LogsArgs),
+    /// List and inspect workers; drain and activate them (admin).
+    Worker(workers::WorkerArgs),
+    /// The cluster's capacity and how sandboxes spread over zones and workers.
+    Cluster(workers::ClusterArgs),
 }
 
 #[derive(Args)]
@@ -212,6 +217,8 @@ fn main() -> ExitCode {
             Command::User(args) => account::user(args).await,
             Command::Events(args) => events::events(args).await,
             Command::Logs(args) => events::logs(args).await,
+            Command::Worker(args) => workers::worker(args).await,
+            Command::Cluster(args) => workers::cluster(args).await,
         }
     });
     // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.

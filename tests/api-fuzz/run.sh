@@ -186,6 +186,7 @@ auth:
   rate_limit_per_second: 0
 worker:
   id: $WORKER_ID
+  max_vms: 1000
 vmm:
   docker:
     default_image: $IMAGE
@@ -212,7 +213,10 @@ TOKEN=$(api_token) || die "no admin credential found in $DATA/admin-token"
 log "server up at $URL"
 
 # Not request/response routes: the WebSocket session and the endless SSE feeds.
-EXCLUDE='/exec/ws$|/events$|/logs/stream$'
+# Nor draining a worker: the stateful phase finds this server's only worker in
+# GET /workers, and once it drains, every later POST /vms is a 503 by design
+# (services/gateway/tests/workers.rs tests drain and activate).
+EXCLUDE='/exec/ws$|/events$|/logs/stream$|/drain$'
 
 args=(
 	--no-color

@@ -90,7 +90,8 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` (embedded). Defaults to `<data_dir>/aetherium.db`.
+    /// `sqlite://path` (embedded mode) or `postgres://user:password@host:port/db`
+    /// (distributed mode). Defaults to `sqlite://<data_dir>/aetherium.db`.
     pub url: Option<String>,
 }
 
@@ -593,10 +594,15 @@ impl Config {
             return invalid("auth.login_attempts_per_minute must be at least 1".into());
         }
         if let Some(url) = &self.database.url
-            && !url.starts_with("sqlite:")
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
         {
+            // Only the scheme is shown: the rest may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
             return invalid(format!(
-                "database.url {url:?} is not supported yet: embedded mode uses sqlite://<path>"
+                "database.url: scheme {scheme:?} is not supported: use sqlite://<path> \
+                 (embedded mode) or postgres://user:password@host:port/database"
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.capture_level) {
@@ -686,6 +692,26 @@ mod tests {
         writeln!(f, "server:\n  prot: 1").expect("write");
         let err = Config::load_with_env(Some(f.path()), env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn database_urls_are_sqlite_or_postgres() {
+        for ok in [
+            "sqlite:///var/lib/a.db",
+            "postgres://u:p@db:5432/aetherium",
+            "postgresql://u@127.0.0.1/aetherium?sslmode=disable",
+        ] {
+            let c = Config::load_with_env(None, env_of(&[("AETHERIUM_DATABASE_URL", ok)]))
+                .expect("load");
+            assert_eq!(c.database_url(), ok);
+        }
+        let err = Config::load_with_env(
+            None,
+            env_of(&[("AETHERIUM_DATABASE_URL", "mysql://u:secret@h/db")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mysql") && !err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct CreateVmRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Where the VM may run: a zone and labels the chosen worker must have. Among
+    /// the workers that fit, the one with the most free capacity is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::Placement>,
 }
 
 impl CreateVmRequest {
@@ -110,6 +114,9 @@ impl CreateVmRequest {
                 "additional_tools is not supported yet: tool installation comes with workspaces"
                     .into(),
             );
+        }
+        if let Some(placement) = &self.placement {
+            placement.validate()?;
         }
         Ok(())
     }

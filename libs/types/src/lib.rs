@@ -44,7 +44,10 @@ pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
 pub use task::{Task, TaskStatus, TaskType};
 pub use vm::{Orchestrator, Vm, VmStatus};
-pub use worker::{Worker, WorkerStatus};
+pub use worker::{
+    ClusterDistribution, ClusterStats, Placement, Worker, WorkerCounts, WorkerDistribution,
+    WorkerList, WorkerStatus, WorkerUsage, WorkerView, ZoneDistribution,
+};
 
 /// A new random identifier, as used for every resource (UUID v4, hyphenated).
 pub fn new_id() -> String {

@@ -402,7 +402,8 @@ impl Auth {
         match who.principal.kind {
             PrincipalKind::Session => self.store.delete_session(&who.credential_id).await,
             PrincipalKind::ApiKey => Err(CoreError::InvalidInput(
-                "API keys do not log out: revoke the key (DELETE /api/v1/api-keys/{id})".into(),
+                "API keys do not log out: revoke the key (POST /api/v1/api-keys/{id}/revoke)"
+                    .into(),
             )),
         }
     }

@@ -28,12 +28,29 @@ pub enum CoreError {
 impl From<sqlx::Error> for CoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => {
+                CoreError::Unavailable(format!("database unavailable: {e}"))
+            }
+            sqlx::Error::Database(ref db)
+                if db.code().as_deref().is_some_and(is_unavailable_code) =>
+            {
                 CoreError::Unavailable(format!("database unavailable: {e}"))
             }
             other => CoreError::Internal(anyhow::Error::new(other).context("database error")),
         }
     }
+}
+
+/// PostgreSQL's SQLSTATEs that mean "the server is going away or not there yet", not
+/// "this query is wrong": connection exceptions (class 08), shutdowns and start-up
+/// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), and too
+/// many connections (53300). SQLite never reports these codes.
+fn is_unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 pub type CoreResult<T> = Result<T, CoreError>;

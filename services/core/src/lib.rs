@@ -3,6 +3,8 @@
 
 pub mod agent_client;
 pub mod auth;
+pub mod bus_redis;
+pub mod cluster;
 pub mod error;
 pub mod feed;
 pub mod metrics;

@@ -15,6 +15,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::AgentClient;
+use crate::cluster::PlacementRequest;
 use crate::error::{CoreError, CoreResult};
 use crate::feed::LogFeed;
 use crate::queue::{CancelOutcome, QueueStats, TaskQueue};
@@ -150,47 +151,6 @@ impl Platform {
         Ok(())
     }
 
-    fn worker_is_live(&self, w: &Worker) -> bool {
-        let age = Utc::now().signed_duration_since(w.last_seen);
-        age.to_std().unwrap_or_default() <= self.defaults.worker_stale_after
-    }
-
-    /// Refuses new sandboxes (503) while no live, healthy worker can run them, so a
-    /// request never queues work that nothing can do.
-    async fn ensure_worker_for(&self, orchestrator: Orchestrator) -> CoreResult<()> {
-        let workers = self.store.list_workers().await?;
-        let capable: Vec<&Worker> = workers
-            .iter()
-            .filter(|w| w.capabilities.iter().any(|c| c == orchestrator.as_str()))
-            .filter(|w| self.worker_is_live(w))
-            .collect();
-        if capable.iter().any(|w| w.status == WorkerStatus::Active) {
-            return Ok(());
-        }
-        let reasons: Vec<String> = capable
-            .iter()
-            .map(|w| {
-                format!(
-                    "{} is {}{}",
-                    w.id,
-                    w.status.as_str(),
-                    w.status_message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
-        Err(CoreError::Unavailable(if reasons.is_empty() {
-            format!("no live worker can run {orchestrator} sandboxes")
-        } else {
-            format!(
-                "no worker can take {orchestrator} sandboxes right now ({})",
-                reasons.join("; ")
-            )
-        }))
-    }
-
     // ---- VMs -------------------------------------------------------------------
 
     /// Validates, records the VM (CREATED) and queues `vm:create`.
@@ -213,7 +173,17 @@ impl Platform {
                 "orchestrator {orchestrator} is not available yet: only docker is built"
             )));
         }
-        self.ensure_worker_for(orchestrator).await?;
+        let vcpus = req.vcpus.unwrap_or(self.defaults.vcpus);
+        let memory_mb = req.memory_mb.unwrap_or(self.defaults.memory_mb);
+        // The worker that will run it (a 503 saying why when none fits).
+        let worker = self
+            .place_vm(&PlacementRequest {
+                orchestrator,
+                vcpus,
+                memory_mb,
+                placement: req.placement.as_ref(),
+            })
+            .await?;
         let id = new_id();
         let vm = Vm {
             name: req
@@ -227,12 +197,13 @@ impl Platform {
                 .image
                 .clone()
                 .unwrap_or_else(|| self.defaults.image.clone()),
-            vcpu_count: req.vcpus.unwrap_or(self.defaults.vcpus),
-            memory_mb: req.memory_mb.unwrap_or(self.defaults.memory_mb),
+            vcpu_count: vcpus,
+            memory_mb,
             kernel_path: None,
             rootfs_path: None,
             socket_path: None,
-            worker_id: None,
+            // Placed: it counts against the worker's capacity from now on.
+            worker_id: Some(worker.id.clone()),
             error: None,
             created_at: Utc::now(),
             started_at: None,
@@ -245,6 +216,7 @@ impl Platform {
             then_execute: None,
         };
         let mut task = new_task(TaskType::VmCreate, serde_json::Value::Null, Some(&vm.id));
+        task.target_worker_id = Some(worker.id.clone());
         let mut execution_to_fail = None;
         if let Some((execution, mut exec_payload)) = then {
             execution.vm_id = vm.id.clone();
@@ -310,7 +282,11 @@ impl Platform {
             Some(id),
         );
         task.priority = 8;
-        task.target_worker_id = vm.worker_id.clone();
+        // Its owner removes the sandbox; when the owner is offline any worker may
+        // remove the record (the owner removes a sandbox without one if it returns).
+        if self.owner_is_live(&vm).await? {
+            task.target_worker_id = vm.worker_id.clone();
+        }
         if let Err(e) = self.submit(&task).await {
             let _ = self
                 .store
@@ -357,6 +333,7 @@ impl Platform {
                 vm.status
             )));
         }
+        self.ensure_owner_reachable(&vm).await?;
         let mut execution = self.new_execution(vm_id, &req.command, &req.args);
         let payload = ExecPayload {
             execution_id: execution.id.clone(),
@@ -494,6 +471,7 @@ impl Platform {
                 vm.status
             )));
         }
+        self.ensure_owner_reachable(&vm).await?;
         let agent = self.agents.agent_for(&vm)?;
         Ok((vm, agent))
     }
@@ -652,7 +630,7 @@ impl Platform {
         }
     }
 
-    async fn fail_pending_execution(&self, execution_id: &str, message: &str) {
+    pub(crate) async fn fail_pending_execution(&self, execution_id: &str, message: &str) {
         if let Ok(Some(mut e)) = self.store.get_execution(execution_id).await
             && !e.status.is_finished()
         {

@@ -179,7 +179,17 @@ impl Worker {
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.heartbeat().await,
+                _ = tick.tick() => {
+                    // Every process sweeps: workers that stopped heartbeating are
+                    // declared offline and their VMs marked lost (idempotent). Only
+                    // after a heartbeat that was written, so that a worker whose own
+                    // writes fail never declares itself offline.
+                    if self.heartbeat().await
+                        && let Err(e) = self.platform.sweep_offline_workers().await
+                    {
+                        tracing::warn!(error = %e, "offline sweep failed");
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -205,7 +215,8 @@ impl Worker {
     }
 
     /// Reports liveness and backend health, then reconciles when the backend is up.
-    pub async fn heartbeat(&self) {
+    /// Returns whether the heartbeat was written.
+    pub async fn heartbeat(&self) -> bool {
         let (status, message) = match self.backend.ping().await {
             Ok(()) => (WorkerStatus::Active, None),
             Err(e) => (WorkerStatus::Unhealthy, Some(e.to_string())),
@@ -216,16 +227,32 @@ impl Worker {
             tracing::warn!(error = %e, "reconcile failed");
         }
         let vm_count = self.owned_vms().await.map(|v| v.len() as u32).unwrap_or(0);
-        if let Err(e) = self
-            .platform
-            .store
-            .upsert_worker(&self.info(status, message.clone(), vm_count))
+        let store = &self.platform.store;
+        let before = store.get_worker(&self.settings.id).await.ok().flatten();
+        // An administrator's drain outlives heartbeats (the store keeps it).
+        let stored = match store
+            .heartbeat_worker(&self.info(status, message.clone(), vm_count))
             .await
         {
-            tracing::error!(error = %e, "heartbeat write failed");
-            return;
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "heartbeat write failed");
+                return false;
+            }
+        };
+        let first = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if !first && before.as_ref().is_some_and(|b| b.status == stored.status) {
+            // The status was set by someone else (drain or activate through the
+            // API), who announced it: only remember it.
+            *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored.status);
+        } else {
+            self.announce(stored.status, stored.status_message.as_deref());
         }
-        self.announce(status, message.as_deref());
+        true
     }
 
     async fn mark_offline(&self) {

@@ -27,6 +27,14 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/tasks/{id}", Role::Viewer),
     (Method::GET, "/api/v1/queue/stats", Role::Viewer),
     (Method::POST, "/api/v1/tasks/{id}/cancel", Role::Operator),
+    // Workers and the cluster: reading is viewing, drain/activate administration
+    (Method::GET, "/api/v1/workers", Role::Viewer),
+    (Method::GET, "/api/v1/workers/{id}", Role::Viewer),
+    (Method::GET, "/api/v1/workers/{id}/vms", Role::Viewer),
+    (Method::POST, "/api/v1/workers/{id}/drain", Role::Admin),
+    (Method::POST, "/api/v1/workers/{id}/activate", Role::Admin),
+    (Method::GET, "/api/v1/cluster/stats", Role::Viewer),
+    (Method::GET, "/api/v1/cluster/distribution", Role::Viewer),
     // Live events and the platform's own logs
     (Method::GET, "/api/v1/events", Role::Viewer),
     (Method::POST, "/api/v1/logs/query", Role::Viewer),
@@ -37,7 +45,7 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/api-keys", Role::Admin),
     (Method::POST, "/api/v1/api-keys", Role::Admin),
     (Method::GET, "/api/v1/api-keys/{id}", Role::Admin),
-    (Method::DELETE, "/api/v1/api-keys/{id}", Role::Admin),
+    (Method::POST, "/api/v1/api-keys/{id}/revoke", Role::Admin),
     (Method::GET, "/api/v1/users", Role::Admin),
     (Method::POST, "/api/v1/users", Role::Admin),
     (Method::GET, "/api/v1/users/{id}", Role::Admin),

@@ -133,10 +133,8 @@ pub fn router(state: AppState) -> Router {
             "/api-keys",
             post(routes::admin::create_api_key).get(routes::admin::list_api_keys),
         )
-        .route(
-            "/api-keys/{id}",
-            get(routes::admin::get_api_key).delete(routes::admin::revoke_api_key),
-        )
+        .route("/api-keys/{id}", get(routes::admin::get_api_key))
+        .route("/api-keys/{id}/revoke", post(routes::admin::revoke_api_key))
         .route(
             "/users",
             post(routes::admin::create_user).get(routes::admin::list_users),
@@ -148,6 +146,19 @@ pub fn router(state: AppState) -> Router {
                 .delete(routes::admin::delete_user),
         )
         .route("/audit", get(routes::admin::list_audit))
+        .route("/workers", get(routes::workers::list_workers))
+        .route("/workers/{id}", get(routes::workers::get_worker))
+        .route("/workers/{id}/vms", get(routes::workers::list_worker_vms))
+        .route("/workers/{id}/drain", post(routes::workers::drain_worker))
+        .route(
+            "/workers/{id}/activate",
+            post(routes::workers::activate_worker),
+        )
+        .route("/cluster/stats", get(routes::workers::cluster_stats))
+        .route(
+            "/cluster/distribution",
+            get(routes::workers::cluster_distribution),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             timeout::limit_duration,

@@ -108,6 +108,13 @@ pub struct QueueStats {
         routes::admin::update_user,
         routes::admin::delete_user,
         routes::admin::list_audit,
+        routes::workers::list_workers,
+        routes::workers::get_worker,
+        routes::workers::list_worker_vms,
+        routes::workers::drain_worker,
+        routes::workers::activate_worker,
+        routes::workers::cluster_stats,
+        routes::workers::cluster_distribution,
     ),
     components(schemas(ErrorResponse, aetherium_types::Role)),
     tags(
@@ -120,6 +127,7 @@ pub struct QueueStats {
         (name = "events", description = "Live platform events"),
         (name = "logs", description = "The platform's own logs"),
         (name = "auth", description = "Sessions, API keys, users and the audit log"),
+        (name = "workers", description = "Workers, placement and the cluster's capacity"),
     ),
 )]
 struct ApiDoc;
@@ -360,6 +368,34 @@ fn restrict_request_strings(doc: &mut utoipa::openapi::OpenApi) {
                 .enum_values(Some([serde_json::json!("docker"), serde_json::Value::Null]))
                 .description(Some(
                     "Backend; the configured default when omitted. Only `docker` is built today.",
+                ))
+                .into(),
+        );
+    }
+    // Placement labels: bounded count, keys without spaces or `=`, short values.
+    if let Some(RefOr::T(Schema::Object(placement))) = components.schemas.get_mut("Placement") {
+        placement.properties.insert(
+            "labels".into(),
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .max_properties(Some(aetherium_types::worker::MAX_PLACEMENT_LABELS))
+                .property_names(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .max_length(Some(128))
+                        .pattern(Some(aetherium_types::worker::LABEL_KEY_PATTERN))
+                        .build(),
+                ))
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::RefOr(
+                    RefOr::T(Schema::Object(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .max_length(Some(256))
+                            .build(),
+                    )),
+                )))
+                .description(Some(
+                    "Only workers carrying every one of these labels with these values.",
                 ))
                 .into(),
         );

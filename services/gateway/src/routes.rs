@@ -10,6 +10,7 @@ pub mod files;
 pub mod logs;
 pub mod ops;
 pub mod stream;
+pub mod workers;
 pub mod ws;
 
 use std::time::Duration;
@@ -98,8 +99,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
     responses(
         (status = 200, description = "Waited: the VM has settled", body = CreateVmResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = CreateVmResponse),
-        (status = 409, description = "The name is taken", body = aetherium_types::ErrorResponse),
-        (status = 503, description = "No live worker with a healthy backend; nothing was recorded", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The name is taken, or no worker with the backend matches `placement` at all (the message names each worker and why)", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "No worker can take the VM now (none live and active with the backend, all draining or full; the message names each and why); nothing was recorded", body = aetherium_types::ErrorResponse),
     )
 )]
 pub async fn create_vm(
@@ -329,7 +330,7 @@ async fn wait_for_execution(
         (status = 202, description = "Queued (or the wait ran out)", body = ExecuteResponse),
         (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
-        (status = 503, description = "No live worker with a healthy backend", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's worker is offline (the message names it), or no live worker with a healthy backend", body = aetherium_types::ErrorResponse),
     )
 )]
 pub async fn execute(

@@ -107,7 +107,9 @@ async fn invalid_revoked_and_expired_keys_get_401() {
         .as_str()
         .unwrap()
         .to_string();
-    let (status, revoked) = server.delete(&format!("/api-keys/{id}")).await;
+    let (status, revoked) = server
+        .post(&format!("/api-keys/{id}/revoke"), json!({}))
+        .await;
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     let (status, body) = server

@@ -1,5 +1,7 @@
 //! The embedded queue: the `tasks` table of the SQLite store is the queue. Leasing
 //! is one `UPDATE … RETURNING` statement, so two workers can never lease one task.
+//! Unique keys, deadlines and the archive of dead tasks are columns of the same rows
+//! (`unique_key`/`unique_until`, `deadline`, `archived_at`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +13,11 @@ use sqlx::{AssertSqlSafe, SqlitePool};
 use tokio::sync::Notify;
 
 use super::{
-    CancelOutcome, FailOutcome, QueueDepth, QueueStats, TaskQueue, backoff, weighted_queue_order,
+    ArchivedTask, CancelOutcome, EnqueueOptions, EnqueueOutcome, FailOutcome, QueueDepth,
+    QueueStats, TaskQueue, backoff, weighted_queue_order,
 };
 use crate::error::CoreResult;
-use crate::store::sqlite::{task_from_row, to_ms};
+use crate::store::sqlite::{from_ms, task_from_row, to_ms};
 use aetherium_types::task::QueueName;
 
 pub struct EmbeddedQueue {
@@ -49,6 +52,8 @@ impl EmbeddedQueue {
                 scheduled_at = ?1,
                 completed_at = CASE WHEN cancel_requested_at IS NULL AND retry_count < max_retries
                     THEN NULL ELSE ?1 END,
+                archived_at = CASE WHEN cancel_requested_at IS NULL AND retry_count >= max_retries
+                    THEN ?1 ELSE NULL END,
                 lease_expires_at = NULL
              WHERE status = 'running' AND lease_expires_at < ?1
              RETURNING status, type, payload",
@@ -111,12 +116,39 @@ fn queue_rank_sql(order: &[QueueName]) -> String {
 #[async_trait]
 impl TaskQueue for EmbeddedQueue {
     async fn enqueue(&self, task: &Task) -> CoreResult<()> {
+        self.enqueue_with(task, &EnqueueOptions::default())
+            .await
+            .map(|_| ())
+    }
+
+    async fn enqueue_with(
+        &self,
+        task: &Task,
+        options: &EnqueueOptions,
+    ) -> CoreResult<EnqueueOutcome> {
         let queue = QueueName::for_priority(task.priority);
-        sqlx::query(
+        let now = to_ms(Utc::now());
+        let (unique_key, unique_until) = match &options.unique {
+            Some(u) => (
+                Some(u.key.as_str()),
+                Some(now + u.ttl.as_millis().max(1) as i64),
+            ),
+            None => (None, None),
+        };
+        // One statement: the row goes in only while no live task holds the key (a
+        // live holder: not expired, not completed or cancelled, not deleted from
+        // the archive).
+        let inserted = sqlx::query(
             "INSERT INTO tasks (id, type, status, queue, payload, result, error, priority,
                 retry_count, max_retries, timeout_seconds, worker_id, target_worker_id, vm_id,
-                created_at, scheduled_at, started_at, completed_at)
-             VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, NULL, ?, ?, ?, ?, NULL, NULL)",
+                created_at, scheduled_at, started_at, completed_at, unique_key, unique_until,
+                deadline)
+             SELECT ?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12, ?13,
+                NULL, NULL, ?14, ?15, ?16
+             WHERE ?14 IS NULL OR NOT EXISTS (
+                SELECT 1 FROM tasks WHERE unique_key = ?14 AND unique_until > ?17
+                  AND status IN ('pending', 'running', 'failed')
+                  AND (status != 'failed' OR archived_at IS NOT NULL))",
         )
         .bind(&task.id)
         .bind(task.task_type.as_str())
@@ -131,15 +163,42 @@ impl TaskQueue for EmbeddedQueue {
         .bind(&task.vm_id)
         .bind(to_ms(task.created_at))
         .bind(to_ms(task.scheduled_at))
+        .bind(unique_key)
+        .bind(unique_until)
+        .bind(options.deadline.map(to_ms))
+        .bind(now)
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM tasks WHERE unique_key = ? AND unique_until > ?
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(unique_key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            return Ok(EnqueueOutcome::Duplicate {
+                task_id: holder.unwrap_or_default(),
+            });
+        }
         // notify_one stores a permit, so a worker that is between polls still sees it.
         self.notify.notify_one();
-        Ok(())
+        Ok(EnqueueOutcome::Enqueued)
     }
 
     async fn lease(&self, worker_id: &str, lease: Duration) -> CoreResult<Option<Task>> {
         self.recover_expired_leases().await?;
+        // Tasks still waiting at their deadline never run: they fail (archived).
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', error = 'its deadline passed before it could run',
+                completed_at = ?1, archived_at = ?1
+             WHERE status = 'pending' AND deadline IS NOT NULL AND deadline <= ?1",
+        )
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
         let order = weighted_queue_order(|total| rand::random_range(0..total));
         let now = Utc::now();
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -159,7 +218,16 @@ impl TaskQueue for EmbeddedQueue {
         .bind(to_ms(now))
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(task_from_row).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut task = task_from_row(&row)?;
+        if let Some(deadline) = sqlx::Row::try_get::<Option<i64>, _>(&row, "deadline")? {
+            // The task's timeout never outlasts its deadline.
+            let left = ((deadline - to_ms(now)).max(1000) / 1000) as u64;
+            task.timeout_seconds = task.timeout_seconds.min(left);
+        }
+        Ok(Some(task))
     }
 
     async fn extend_lease(
@@ -235,8 +303,9 @@ impl TaskQueue for EmbeddedQueue {
             Ok(FailOutcome::WillRetry { after })
         } else {
             sqlx::query(
-                "UPDATE tasks SET status = 'failed', error = ?, completed_at = ?, lease_expires_at = NULL
-                 WHERE id = ? AND worker_id = ?",
+                "UPDATE tasks SET status = 'failed', error = ?1, completed_at = ?2, archived_at = ?2,
+                    lease_expires_at = NULL
+                 WHERE id = ?3 AND worker_id = ?4",
             )
             .bind(error)
             .bind(to_ms(now))
@@ -286,6 +355,15 @@ impl TaskQueue for EmbeddedQueue {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
+        let archived: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, 'archived', COUNT(*) FROM tasks WHERE archived_at IS NOT NULL
+             GROUP BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows = rows;
+        rows.extend(archived);
+        rows.sort();
         Ok(rows
             .into_iter()
             .map(|(queue, state, count)| QueueDepth {
@@ -358,5 +436,73 @@ impl TaskQueue for EmbeddedQueue {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn release(&self, task_id: &str, worker_id: &str) -> CoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE tasks SET status = 'pending', lease_expires_at = NULL, scheduled_at = ?,
+                error = 'its worker shut down; back in line'
+             WHERE id = ? AND worker_id = ? AND status = 'running'",
+        )
+        .bind(to_ms(Utc::now()))
+        .bind(task_id)
+        .bind(worker_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            self.notify.notify_one();
+        }
+        Ok(changed > 0)
+    }
+
+    async fn list_archived(&self, limit: u32) -> CoreResult<Vec<ArchivedTask>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE archived_at IS NOT NULL
+             ORDER BY archived_at DESC, id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let task = task_from_row(row)?;
+                Ok(ArchivedTask {
+                    archived_at: from_ms(sqlx::Row::try_get(row, "archived_at")?),
+                    error: task.error.clone(),
+                    task,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_archived(&self, task_id: &str) -> CoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE tasks SET status = 'pending', retry_count = 0, scheduled_at = ?,
+                completed_at = NULL, archived_at = NULL, cancel_requested_at = NULL,
+                lease_expires_at = NULL
+             WHERE id = ? AND status = 'failed' AND archived_at IS NOT NULL",
+        )
+        .bind(to_ms(Utc::now()))
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            self.notify.notify_one();
+        }
+        Ok(changed > 0)
+    }
+
+    async fn delete_archived(&self, task_id: &str) -> CoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE tasks SET archived_at = NULL, unique_key = NULL, unique_until = NULL
+             WHERE id = ? AND archived_at IS NOT NULL",
+        )
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
     }
 }

@@ -1,20 +1,62 @@
 //! The task queue: durable, leased, retried with backoff, weighted across the
 //! original's four queues (critical 6, high 5, default 3, low 1). The embedded
-//! implementation keeps the queue in the database's `tasks` table; a Redis one with
-//! Asynq's semantics joins it for distributed mode.
+//! implementation keeps the queue in the database's `tasks` table; the Redis one
+//! (distributed mode) has Asynq's semantics and keeps the records in the database
+//! ([`crate::store::TaskRecords`]). One conformance suite
+//! (`tests/queue_conformance.rs`) runs against both.
 
 mod embedded;
+mod redis;
 
 use std::time::Duration;
 
 use aetherium_types::Task;
 use aetherium_types::task::QueueName;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use self::redis::{ReconcileReport, RedisQueue, RedisQueueOptions, RetryPolicy};
 pub use embedded::EmbeddedQueue;
 
 use crate::error::CoreResult;
+
+/// A unique task: while a task holding `key` exists (up to `ttl`), another one with
+/// the same key is not enqueued (Asynq's `Unique`). The key is released when the
+/// task completes, is cancelled or is deleted from the archive; otherwise it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unique {
+    pub key: String,
+    pub ttl: Duration,
+}
+
+/// Options of [`TaskQueue::enqueue_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    pub unique: Option<Unique>,
+    /// The task must not start after this; its timeout never outlasts it. A task
+    /// still waiting at its deadline fails ("its deadline passed before it could run").
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Enqueued,
+    /// A task with the same unique key exists: nothing was enqueued.
+    Duplicate {
+        task_id: String,
+    },
+}
+
+/// A dead task in the archive: it failed for good (retries used up, a permanent
+/// error, or its deadline passed). It can be retried or deleted from the archive;
+/// its record stays `failed` unless retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchivedTask {
+    pub task: Task,
+    pub archived_at: DateTime<Utc>,
+    pub error: Option<String>,
+}
 
 /// What happened to a task whose attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +151,31 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// The worker stopped a task it was asked to stop: it ends `cancelled`.
     async fn mark_cancelled(&self, task_id: &str, worker_id: &str, reason: &str) -> CoreResult<()>;
+
+    /// Graceful shutdown: puts a task the worker holds (and has stopped) back in line
+    /// at once, no attempt counted, instead of waiting for its lease to expire.
+    /// `false` when the worker does not hold it.
+    async fn release(&self, task_id: &str, worker_id: &str) -> CoreResult<bool>;
+
+    /// [`TaskQueue::enqueue`] with options (unique key, deadline). A duplicate of a
+    /// live unique task is not persisted.
+    async fn enqueue_with(
+        &self,
+        task: &Task,
+        options: &EnqueueOptions,
+    ) -> CoreResult<EnqueueOutcome>;
+
+    /// The newest dead tasks (all queues), newest first, at most `limit` (≤ 1000).
+    async fn list_archived(&self, limit: u32) -> CoreResult<Vec<ArchivedTask>>;
+
+    /// Puts an archived task back in line with no retries used (its record goes from
+    /// `failed` back to `pending`: an operator's explicit reopen). `false` when it is
+    /// not in the archive.
+    async fn retry_archived(&self, task_id: &str) -> CoreResult<bool>;
+
+    /// Removes a task from the archive (its record stays `failed`; its unique key is
+    /// released). `false` when it is not in the archive.
+    async fn delete_archived(&self, task_id: &str) -> CoreResult<bool>;
 }
 
 /// Orders the queues for one lease attempt: a weighted random pick first (like

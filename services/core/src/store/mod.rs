@@ -1,16 +1,29 @@
-//! Persistent state: VMs, tasks, executions, workers. One trait, one implementation
-//! per database (SQLite now; PostgreSQL joins it for distributed mode and must pass
-//! the same conformance tests).
+//! Persistent state: VMs, tasks, executions, workers. One set of traits ([`Store`],
+//! [`AuthStore`], [`EventLog`], [`LogStore`]), one implementation per database:
+//! [`SqliteStore`] (embedded mode) and [`PgStore`] (distributed mode), both held to
+//! one conformance suite (`tests/store_conformance.rs`). [`connect`] picks one by
+//! the database URL.
 
 pub mod auth;
 pub mod events;
 pub mod logs;
+pub(crate) mod postgres;
+mod postgres_auth;
+mod postgres_events;
+mod postgres_tasks;
+mod postgres_workers;
 pub(crate) mod sqlite;
 mod sqlite_auth;
 mod sqlite_events;
+mod sqlite_tasks;
+mod sqlite_workers;
+pub mod tasks;
+pub mod workers;
 
 use aetherium_types::task::QueueName;
-use aetherium_types::{Execution, Task, TaskStatus, TaskType, Vm, VmStatus, Worker};
+use aetherium_types::{
+    Execution, Task, TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, WorkerUsage,
+};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,9 +32,110 @@ use chrono::{DateTime, Utc};
 pub use auth::{AuditFilter, AuthStore, Session};
 pub use events::EventLog;
 pub use logs::LogStore;
+pub use postgres::{PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
+pub use tasks::{TaskCount, TaskRecords};
 
-use crate::error::CoreResult;
+use crate::error::{CoreError, CoreResult};
+
+/// An open database, whichever the URL named. The concrete store is kept (the queue
+/// needs its pool); [`Database::store`] and friends give the trait objects the
+/// use cases take.
+#[derive(Clone)]
+pub enum Database {
+    Sqlite(std::sync::Arc<SqliteStore>),
+    Postgres(std::sync::Arc<PgStore>),
+}
+
+/// Opens the database named by `url` and runs its migrations:
+/// `sqlite://<path>` (or `sqlite:<path>`) opens (creating) a SQLite file,
+/// `postgres://…` / `postgresql://…` connects to PostgreSQL. Anything else is
+/// `InvalidInput`; a PostgreSQL server that cannot be reached is `Unavailable`.
+pub async fn connect(url: &str) -> CoreResult<Database> {
+    match DatabaseKind::of(url) {
+        Some(DatabaseKind::Sqlite) => Ok(Database::Sqlite(std::sync::Arc::new(
+            SqliteStore::connect(url).await?,
+        ))),
+        Some(DatabaseKind::Postgres) => Ok(Database::Postgres(std::sync::Arc::new(
+            PgStore::connect(url).await?,
+        ))),
+        None => Err(CoreError::InvalidInput(format!(
+            "database url {:?} names no supported database (sqlite://<path> or postgres://…)",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of(url: &str) -> Option<DatabaseKind> {
+        if url.starts_with("sqlite:") {
+            Some(DatabaseKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(DatabaseKind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl Database {
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Database::Sqlite(_) => DatabaseKind::Sqlite,
+            Database::Postgres(_) => DatabaseKind::Postgres,
+        }
+    }
+
+    pub fn store(&self) -> std::sync::Arc<dyn Store> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    pub fn auth(&self) -> std::sync::Arc<dyn AuthStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    pub fn events(&self) -> std::sync::Arc<dyn EventLog> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    pub fn logs(&self) -> std::sync::Arc<dyn LogStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+}
 
 /// A position in a list ordered newest first (`created_at DESC, id DESC`): the last
 /// row of the page before. Keyset paging, so rows inserted meanwhile never shift the
@@ -205,11 +319,114 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_worker(&self, worker: &Worker) -> CoreResult<()>;
     async fn get_worker(&self, id: &str) -> CoreResult<Option<Worker>>;
     async fn list_workers(&self) -> CoreResult<Vec<Worker>>;
+
+    /// Writes a worker's heartbeat and returns the row as stored: like
+    /// [`Store::upsert_worker`], except that a drain an administrator asked for
+    /// ([`workers::DRAINED_BY_REQUEST`]) stays while the worker reports `active` or
+    /// `unhealthy` (see [`workers::merge_heartbeat`]). Implementations should do it
+    /// in one statement; this default reads, then writes.
+    async fn heartbeat_worker(&self, reported: &Worker) -> CoreResult<Worker> {
+        let stored = self.get_worker(&reported.id).await?;
+        let next = workers::merge_heartbeat(stored.as_ref(), reported);
+        self.upsert_worker(&next).await?;
+        Ok(next)
+    }
+
+    /// Sets a worker's status (and message) if it is in one of `from` (a
+    /// compare-and-set); returns the row as it is then, or `None` for an unknown
+    /// worker. Whether it changed: compare the returned status.
+    async fn set_worker_status(
+        &self,
+        id: &str,
+        from: &[WorkerStatus],
+        to: WorkerStatus,
+        message: Option<&str>,
+    ) -> CoreResult<Option<Worker>> {
+        let Some(mut w) = self.get_worker(id).await? else {
+            return Ok(None);
+        };
+        if from.contains(&w.status) {
+            w.status = to;
+            w.status_message = message.map(str::to_string);
+            self.upsert_worker(&w).await?;
+        }
+        Ok(Some(w))
+    }
+
+    /// Marks every worker not seen since `seen_before` (and not offline yet)
+    /// `offline` with `message`; returns those it changed, so that exactly one caller
+    /// handles each (implementations should do it in one statement).
+    async fn mark_stale_workers_offline(
+        &self,
+        seen_before: DateTime<Utc>,
+        message: &str,
+    ) -> CoreResult<Vec<Worker>> {
+        let mut changed = Vec::new();
+        for w in self.list_workers().await? {
+            if w.status == WorkerStatus::Offline || w.last_seen >= seen_before {
+                continue;
+            }
+            let from = [w.status];
+            if let Some(now) = self
+                .set_worker_status(&w.id, &from, WorkerStatus::Offline, Some(message))
+                .await?
+                && now.status == WorkerStatus::Offline
+            {
+                changed.push(now);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// What each worker's VMs take (VMs in [`workers::HOLDING`] states), by worker
+    /// id; workers without such VMs are left out.
+    async fn worker_usage(&self) -> CoreResult<Vec<(String, WorkerUsage)>> {
+        let mut usage: std::collections::BTreeMap<String, WorkerUsage> = Default::default();
+        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
+        loop {
+            let (vms, _) = self.list_vms(&VmFilter::default(), &page).await?;
+            let full = vms.len() as u32 >= page.limit;
+            for vm in &vms {
+                if let Some(worker) = &vm.worker_id {
+                    workers::add_usage(usage.entry(worker.clone()).or_default(), vm);
+                }
+            }
+            match vms.last() {
+                Some(last) if full => page.cursor = Some(Cursor::after(last.created_at, &last.id)),
+                _ => break,
+            }
+        }
+        Ok(usage.into_iter().filter(|(_, u)| u.vms > 0).collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_pick_the_database_and_hide_passwords() {
+        assert_eq!(
+            DatabaseKind::of("sqlite:///x.db"),
+            Some(DatabaseKind::Sqlite)
+        );
+        assert_eq!(DatabaseKind::of("sqlite:x.db"), Some(DatabaseKind::Sqlite));
+        assert_eq!(
+            DatabaseKind::of("postgres://u@h/db"),
+            Some(DatabaseKind::Postgres)
+        );
+        assert_eq!(
+            DatabaseKind::of("postgresql://u@h/db"),
+            Some(DatabaseKind::Postgres)
+        );
+        assert_eq!(DatabaseKind::of("mysql://u@h/db"), None);
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?sslmode=disable"),
+            "postgres://u:***@h:5432/db?sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
+    }
 
     #[test]
     fn cursors_round_trip_and_refuse_forgeries() {

@@ -43,6 +43,13 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path`) and runs
     /// the migrations.
     pub async fn connect(url: &str) -> CoreResult<SqliteStore> {
+        if super::DatabaseKind::of(url) != Some(super::DatabaseKind::Sqlite) {
+            return Err(CoreError::InvalidInput(format!(
+                "database url {:?} is not a SQLite URL: embedded mode (`aetherium up`) keeps \
+                 its state in SQLite (sqlite://<path>); PostgreSQL is for distributed mode",
+                super::redact_url(url)
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| CoreError::InvalidInput(format!("bad database url {url:?}: {e}")))?
             .create_if_missing(true)
@@ -548,5 +555,33 @@ impl Store for SqliteStore {
             .iter()
             .map(worker_from_row)
             .collect()
+    }
+
+    // Worker lifecycle, one statement each: see `sqlite_workers.rs`.
+    async fn heartbeat_worker(&self, reported: &Worker) -> CoreResult<Worker> {
+        self.heartbeat_worker_sql(reported).await
+    }
+
+    async fn set_worker_status(
+        &self,
+        id: &str,
+        from: &[aetherium_types::WorkerStatus],
+        to: aetherium_types::WorkerStatus,
+        message: Option<&str>,
+    ) -> CoreResult<Option<Worker>> {
+        self.set_worker_status_sql(id, from, to, message).await
+    }
+
+    async fn mark_stale_workers_offline(
+        &self,
+        seen_before: DateTime<Utc>,
+        message: &str,
+    ) -> CoreResult<Vec<Worker>> {
+        self.mark_stale_workers_offline_sql(seen_before, message)
+            .await
+    }
+
+    async fn worker_usage(&self) -> CoreResult<Vec<(String, aetherium_types::WorkerUsage)>> {
+        self.worker_usage_sql().await
     }
 }

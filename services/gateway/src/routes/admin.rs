@@ -211,8 +211,8 @@ pub async fn get_api_key(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/api-keys/{id}",
+    post,
+    path = "/api/v1/api-keys/{id}/revoke",
     tag = "auth",
     summary = "Revoke an API key (idempotent)",
     params(("id" = String, Path, description = "The API key's id")),
@@ -221,7 +221,8 @@ pub async fn get_api_key(
         (status = 404, description = "No such key", body = aetherium_types::ErrorResponse),
     )
 )]
-/// `DELETE /api-keys/{id}`: revokes the key (idempotent); it stops working at once.
+/// `POST /api-keys/{id}/revoke`: revokes the key (idempotent); it stops working at
+/// once. Keys are revoked, never deleted: the record stays for the audit trail.
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     Path(id): Path<String>,

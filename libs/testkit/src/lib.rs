@@ -1,0 +1,13 @@
+//! Test support for distributed mode: real PostgreSQL and Redis servers, each test
+//! its own, on a free loopback port in a temp dir, stopped (by pid) when dropped.
+//! Dev-dependency only.
+//!
+//! Requirements on the host:
+//! - [`postgres::TempPostgres`]: PostgreSQL's server binaries (`initdb`, `postgres`,
+//!   `pg_isready`, `psql`): Debian's `postgresql` package (`scripts/lib.sh` installs
+//!   it), found through `$AETHERIUM_PG_BINDIR`, `pg_config --bindir` or
+//!   `/usr/lib/postgresql/*/bin`. As root (CI), the server runs as the `postgres`
+//!   system user (else `nobody`), since PostgreSQL refuses to run as root.
+
+pub mod postgres;
+pub mod redis;

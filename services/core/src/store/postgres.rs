@@ -1,0 +1,625 @@
+//! The PostgreSQL store (distributed mode): the same tables and semantics as the
+//! SQLite store (migrations in `migrations/postgres`), so both pass one conformance
+//! suite (`tests/store_conformance.rs`).
+//!
+//! - Timestamps are BIGINT milliseconds, as in SQLite; JSON documents are JSONB.
+//! - Migrations run at connect. sqlx's PostgreSQL migrator holds an advisory lock
+//!   while it runs, so many processes starting at once on a fresh database migrate it
+//!   exactly once (the others wait, then find nothing to do).
+//! - A server that is down or restarting is `CoreError::Unavailable` (HTTP 503): the
+//!   pool retries a refused connection until its acquire timeout (a few seconds), and
+//!   tests each pooled connection before handing it out, so after a restart it
+//!   reconnects by itself.
+
+use std::time::Duration;
+
+use aetherium_types::{Execution, Task, Vm, VmStatus, Worker};
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::sqlite::{from_ms, is_unique_violation, parse_enum, to_ms};
+use super::{Page, Store, TaskFilter, VmFilter};
+use crate::error::{CoreError, CoreResult};
+
+/// How long a query waits for a connection before answering `Unavailable`.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Connection settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgStoreOptions {
+    pub max_connections: u32,
+    /// How long a query waits for a connection (including reconnecting to a server
+    /// that is down) before failing with `Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        PgStoreOptions {
+            max_connections: 16,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>) -> Option<chrono::DateTime<Utc>> {
+    ms.map(from_ms)
+}
+
+pub(crate) fn json_map(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`) and runs the
+    /// migrations. The server must be reachable within the acquire timeout.
+    pub async fn connect(url: &str) -> CoreResult<PgStore> {
+        PgStore::connect_with(url, PgStoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: PgStoreOptions) -> CoreResult<PgStore> {
+        let connect: PgConnectOptions = url
+            .parse()
+            .map_err(|e| CoreError::InvalidInput(format!("bad database url: {e}")))?;
+        let connect = connect.application_name("aetherium");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            // A connection left over from before a server restart fails this check and
+            // is replaced, so callers never see it.
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("cannot connect to the database: {e}")))?;
+        PgStore::migrate(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Runs the PostgreSQL migrations (safe to run from many processes at once).
+    pub async fn migrate(pool: &PgPool) -> CoreResult<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => CoreError::from(inner),
+                other => CoreError::Internal(anyhow::Error::new(other).context("migrations")),
+            })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+pub(crate) fn vm_from_row(row: &PgRow) -> CoreResult<Vm> {
+    Ok(Vm {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        orchestrator: parse_enum(row.try_get::<&str, _>("orchestrator")?)?,
+        image: row.try_get("image")?,
+        vcpu_count: row.try_get::<i64, _>("vcpu_count")? as u32,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        kernel_path: row.try_get("kernel_path")?,
+        rootfs_path: row.try_get("rootfs_path")?,
+        socket_path: row.try_get("socket_path")?,
+        worker_id: row.try_get("worker_id")?,
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        stopped_at: opt_from_ms(row.try_get("stopped_at")?),
+        metadata: json_map(row.try_get("metadata")?),
+    })
+}
+
+pub(crate) fn execution_from_row(row: &PgRow) -> CoreResult<Execution> {
+    let args: serde_json::Value = row.try_get("args")?;
+    Ok(Execution {
+        id: row.try_get("id")?,
+        vm_id: row.try_get("vm_id")?,
+        task_id: row.try_get("task_id")?,
+        command: row.try_get("command")?,
+        args: serde_json::from_value(args).unwrap_or_default(),
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        exit_code: row
+            .try_get::<Option<i64>, _>("exit_code")?
+            .map(|c| c as i32),
+        stdout: row.try_get("stdout")?,
+        stderr: row.try_get("stderr")?,
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        completed_at: opt_from_ms(row.try_get("completed_at")?),
+        duration_ms: row.try_get("duration_ms")?,
+        metadata: json_map(row.try_get("metadata")?),
+    })
+}
+
+/// A `tasks` row (all columns, `SELECT *` or `RETURNING *`) as a [`Task`].
+pub(crate) fn task_from_row(row: &PgRow) -> CoreResult<Task> {
+    Ok(Task {
+        id: row.try_get("id")?,
+        task_type: parse_enum(row.try_get::<&str, _>("type")?)?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        payload: row.try_get("payload")?,
+        result: row.try_get("result")?,
+        error: row.try_get("error")?,
+        priority: row.try_get::<i64, _>("priority")? as i32,
+        retry_count: row.try_get::<i64, _>("retry_count")? as u32,
+        max_retries: row.try_get::<i64, _>("max_retries")? as u32,
+        timeout_seconds: row.try_get::<i64, _>("timeout_seconds")? as u64,
+        worker_id: row.try_get("worker_id")?,
+        target_worker_id: row.try_get("target_worker_id")?,
+        vm_id: row.try_get("vm_id")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        scheduled_at: from_ms(row.try_get("scheduled_at")?),
+        started_at: opt_from_ms(row.try_get("started_at")?),
+        completed_at: opt_from_ms(row.try_get("completed_at")?),
+    })
+}
+
+pub(crate) fn worker_from_row(row: &PgRow) -> CoreResult<Worker> {
+    let capabilities: serde_json::Value = row.try_get("capabilities")?;
+    Ok(Worker {
+        id: row.try_get("id")?,
+        hostname: row.try_get("hostname")?,
+        address: row.try_get("address")?,
+        zone: row.try_get("zone")?,
+        status: parse_enum(row.try_get::<&str, _>("status")?)?,
+        status_message: row.try_get("status_message")?,
+        capabilities: serde_json::from_value(capabilities).unwrap_or_default(),
+        labels: json_map(row.try_get("labels")?),
+        cpu_cores: row.try_get::<i64, _>("cpu_cores")? as u32,
+        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        max_vms: row.try_get::<i64, _>("max_vms")? as u32,
+        vm_count: row.try_get::<i64, _>("vm_count")? as u32,
+        started_at: from_ms(row.try_get("started_at")?),
+        last_seen: from_ms(row.try_get("last_seen")?),
+    })
+}
+
+/// A value bound as JSONB.
+pub(crate) fn jsonb<T: serde::Serialize>(value: &T) -> Json<&T> {
+    Json(value)
+}
+
+/// Keyset condition for lists ordered `created_at DESC, id DESC`: rows strictly after
+/// the cursor, whose created_at is bound as `$n` and id as `$n+1` (both NULL on the
+/// first page).
+fn keyset_sql(n: u32) -> String {
+    let m = n + 1;
+    format!(
+        "(${n}::BIGINT IS NULL OR created_at < ${n} OR (created_at = ${n} AND id < ${m}::TEXT))"
+    )
+}
+
+fn keyset(page: &Page) -> (Option<i64>, Option<&str>) {
+    match &page.cursor {
+        Some(c) => (Some(c.created_at_ms), Some(c.id.as_str())),
+        None => (None, None),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> CoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn insert_vm(&self, vm: &Vm) -> CoreResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
+                kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
+                stopped_at, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(&vm.id)
+        .bind(&vm.name)
+        .bind(vm.status.as_str())
+        .bind(vm.orchestrator.as_str())
+        .bind(&vm.image)
+        .bind(vm.vcpu_count as i64)
+        .bind(vm.memory_mb as i64)
+        .bind(&vm.kernel_path)
+        .bind(&vm.rootfs_path)
+        .bind(&vm.socket_path)
+        .bind(&vm.worker_id)
+        .bind(&vm.error)
+        .bind(to_ms(vm.created_at))
+        .bind(vm.started_at.map(to_ms))
+        .bind(vm.stopped_at.map(to_ms))
+        .bind(jsonb(&vm.metadata))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(CoreError::Conflict(format!(
+                "a VM named {:?} already exists",
+                vm.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_vm(&self, id: &str) -> CoreResult<Option<Vm>> {
+        sqlx::query("SELECT * FROM vms WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(vm_from_row)
+            .transpose()
+    }
+
+    async fn get_vm_by_name(&self, name: &str) -> CoreResult<Option<Vm>> {
+        sqlx::query("SELECT * FROM vms WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(vm_from_row)
+            .transpose()
+    }
+
+    async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
+        const FILTER: &str = "($1::TEXT IS NULL OR status = $1)
+              AND ($2::TEXT IS NULL OR worker_id = $2) AND ($3::TEXT IS NULL OR name = $3)";
+        let status = filter.status.map(|s| s.as_str());
+        let (after_ms, after_id) = keyset(page);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM vms WHERE {FILTER} AND {}
+             ORDER BY created_at DESC, id DESC LIMIT $6",
+            keyset_sql(4)
+        )))
+        .bind(status)
+        .bind(&filter.worker_id)
+        .bind(&filter.name)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(page.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM vms WHERE {FILTER}"
+        )))
+        .bind(status)
+        .bind(&filter.worker_id)
+        .bind(&filter.name)
+        .fetch_one(&self.pool)
+        .await?;
+        let vms = rows.iter().map(vm_from_row).collect::<CoreResult<_>>()?;
+        Ok((vms, total as u64))
+    }
+
+    async fn count_vms_by_status(&self) -> CoreResult<Vec<(VmStatus, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM vms GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(status, n)| Ok((parse_enum(&status)?, n as u64)))
+            .collect()
+    }
+
+    async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE vms SET status = $1, socket_path = $2, worker_id = $3, error = $4,
+                started_at = $5, stopped_at = $6, metadata = $7, kernel_path = $8,
+                rootfs_path = $9
+             WHERE id = $10",
+        )
+        .bind(vm.status.as_str())
+        .bind(&vm.socket_path)
+        .bind(&vm.worker_id)
+        .bind(&vm.error)
+        .bind(vm.started_at.map(to_ms))
+        .bind(vm.stopped_at.map(to_ms))
+        .bind(jsonb(&vm.metadata))
+        .bind(&vm.kernel_path)
+        .bind(&vm.rootfs_path)
+        .bind(&vm.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn transition_vm(
+        &self,
+        id: &str,
+        from: &[VmStatus],
+        to: VmStatus,
+        error: Option<&str>,
+    ) -> CoreResult<bool> {
+        // One UPDATE with the expected statuses in its WHERE: PostgreSQL re-checks the
+        // condition on the latest row version after waiting for a concurrent writer,
+        // so of two racing transitions from the same status only one changes the row.
+        let from: Vec<String> = from.iter().map(|s| s.as_str().to_string()).collect();
+        let stopped = matches!(to, VmStatus::Stopped | VmStatus::Failed).then(|| to_ms(Utc::now()));
+        let changed = sqlx::query(
+            "UPDATE vms SET status = $1, error = COALESCE($2, error),
+                stopped_at = COALESCE($3, stopped_at)
+             WHERE id = $4 AND status = ANY($5)",
+        )
+        .bind(to.as_str())
+        .bind(error)
+        .bind(stopped)
+        .bind(id)
+        .bind(&from)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn delete_vm(&self, id: &str) -> CoreResult<()> {
+        sqlx::query("DELETE FROM vms WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_execution(&self, e: &Execution) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO executions (id, vm_id, task_id, command, args, status, exit_code,
+                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&e.id)
+        .bind(&e.vm_id)
+        .bind(&e.task_id)
+        .bind(&e.command)
+        .bind(jsonb(&e.args))
+        .bind(e.status.as_str())
+        .bind(e.exit_code.map(i64::from))
+        .bind(&e.stdout)
+        .bind(&e.stderr)
+        .bind(&e.error)
+        .bind(to_ms(e.created_at))
+        .bind(e.started_at.map(to_ms))
+        .bind(e.completed_at.map(to_ms))
+        .bind(e.duration_ms)
+        .bind(jsonb(&e.metadata))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_execution(&self, id: &str) -> CoreResult<Option<Execution>> {
+        sqlx::query("SELECT * FROM executions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(execution_from_row)
+            .transpose()
+    }
+
+    async fn update_execution(&self, e: &Execution) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE executions SET status = $1, exit_code = $2, stdout = $3, stderr = $4,
+                error = $5, started_at = $6, completed_at = $7, duration_ms = $8,
+                metadata = $9, task_id = $10
+             WHERE id = $11",
+        )
+        .bind(e.status.as_str())
+        .bind(e.exit_code.map(i64::from))
+        .bind(&e.stdout)
+        .bind(&e.stderr)
+        .bind(&e.error)
+        .bind(e.started_at.map(to_ms))
+        .bind(e.completed_at.map(to_ms))
+        .bind(e.duration_ms)
+        .bind(jsonb(&e.metadata))
+        .bind(&e.task_id)
+        .bind(&e.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_executions(&self, vm_id: &str, page: &Page) -> CoreResult<(Vec<Execution>, u64)> {
+        let (after_ms, after_id) = keyset(page);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM executions WHERE vm_id = $1 AND {}
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+            keyset_sql(2)
+        )))
+        .bind(vm_id)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(page.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE vm_id = $1")
+            .bind(vm_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let list = rows
+            .iter()
+            .map(execution_from_row)
+            .collect::<CoreResult<_>>()?;
+        Ok((list, total as u64))
+    }
+
+    async fn fail_unfinished_executions(&self, vm_id: &str, error: &str) -> CoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'failed', error = $1, completed_at = $2
+             WHERE vm_id = $3 AND status IN ('pending', 'running')",
+        )
+        .bind(error)
+        .bind(to_ms(Utc::now()))
+        .bind(vm_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
+    async fn fail_interrupted_direct_executions(&self, error: &str) -> CoreResult<u64> {
+        // `metadata->'mode'` is SQL NULL when the key is absent; a JSON null value is
+        // not SQL NULL, but SQLite's json_extract maps it to NULL: match that.
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'failed', error = $1, completed_at = $2
+             WHERE status = 'running' AND metadata->'mode' IS NOT NULL
+               AND metadata->'mode' <> 'null'::jsonb",
+        )
+        .bind(error)
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
+    async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {
+        sqlx::query("SELECT * FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)> {
+        const FILTER: &str = "($1::TEXT IS NULL OR status = $1)
+              AND ($2::TEXT IS NULL OR type = $2)
+              AND ($3::TEXT IS NULL OR vm_id = $3) AND ($4::TEXT IS NULL OR worker_id = $4)
+              AND ($5::TEXT IS NULL OR queue = $5)
+              AND ($6::BIGINT IS NULL OR created_at >= $6)
+              AND ($7::BIGINT IS NULL OR created_at < $7)";
+        let status = filter.status.map(|s| s.as_str());
+        let task_type = filter.task_type.map(|t| t.as_str());
+        let queue = filter.queue.map(|q| q.as_str());
+        let after = filter.created_after.map(to_ms);
+        let before = filter.created_before.map(to_ms);
+        let (after_ms, after_id) = keyset(page);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM tasks WHERE {FILTER} AND {}
+             ORDER BY created_at DESC, id DESC LIMIT $10",
+            keyset_sql(8)
+        )))
+        .bind(status)
+        .bind(task_type)
+        .bind(&filter.vm_id)
+        .bind(&filter.worker_id)
+        .bind(queue)
+        .bind(after)
+        .bind(before)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(page.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM tasks WHERE {FILTER}"
+        )))
+        .bind(status)
+        .bind(task_type)
+        .bind(&filter.vm_id)
+        .bind(&filter.worker_id)
+        .bind(queue)
+        .bind(after)
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?;
+        let tasks = rows.iter().map(task_from_row).collect::<CoreResult<_>>()?;
+        Ok((tasks, total as u64))
+    }
+
+    async fn upsert_worker(&self, w: &Worker) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, address, zone, status, status_message,
+                capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,
+                address = excluded.address, zone = excluded.zone, status = excluded.status,
+                status_message = excluded.status_message, capabilities = excluded.capabilities,
+                labels = excluded.labels, cpu_cores = excluded.cpu_cores,
+                memory_mb = excluded.memory_mb, max_vms = excluded.max_vms,
+                vm_count = excluded.vm_count, started_at = excluded.started_at,
+                last_seen = excluded.last_seen",
+        )
+        .bind(&w.id)
+        .bind(&w.hostname)
+        .bind(&w.address)
+        .bind(&w.zone)
+        .bind(w.status.as_str())
+        .bind(&w.status_message)
+        .bind(jsonb(&w.capabilities))
+        .bind(jsonb(&w.labels))
+        .bind(w.cpu_cores as i64)
+        .bind(w.memory_mb as i64)
+        .bind(w.max_vms as i64)
+        .bind(w.vm_count as i64)
+        .bind(to_ms(w.started_at))
+        .bind(to_ms(w.last_seen))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &str) -> CoreResult<Option<Worker>> {
+        sqlx::query("SELECT * FROM workers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(worker_from_row)
+            .transpose()
+    }
+
+    async fn list_workers(&self) -> CoreResult<Vec<Worker>> {
+        sqlx::query("SELECT * FROM workers ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(worker_from_row)
+            .collect()
+    }
+
+    // Worker lifecycle, one statement each: see `postgres_workers.rs`.
+    async fn heartbeat_worker(&self, reported: &Worker) -> CoreResult<Worker> {
+        self.heartbeat_worker_sql(reported).await
+    }
+
+    async fn set_worker_status(
+        &self,
+        id: &str,
+        from: &[aetherium_types::WorkerStatus],
+        to: aetherium_types::WorkerStatus,
+        message: Option<&str>,
+    ) -> CoreResult<Option<Worker>> {
+        self.set_worker_status_sql(id, from, to, message).await
+    }
+
+    async fn mark_stale_workers_offline(
+        &self,
+        seen_before: chrono::DateTime<Utc>,
+        message: &str,
+    ) -> CoreResult<Vec<Worker>> {
+        self.mark_stale_workers_offline_sql(seen_before, message)
+            .await
+    }
+
+    async fn worker_usage(&self) -> CoreResult<Vec<(String, aetherium_types::WorkerUsage)>> {
+        self.worker_usage_sql().await
+    }
+}
