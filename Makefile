@@ -23,7 +23,7 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b test-api-fuzz bench-http bench-queue
+	test-e2b test-api-fuzz bench-http bench-queue cluster-up cluster-down
 
 help:
 	@echo "make build        cargo build --workspace"
@@ -37,6 +37,8 @@ help:
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
 	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
 	@echo "make bench-http   wrk: authenticated GET /api/v1/vms vs GET /health (BENCH_HTTP_ARGS='-d 30')"
+	@echo "make cluster-up   a local distributed cluster: PostgreSQL, Redis, 1 gateway (:8090), 2 workers (docs/distributed.md)"
+	@echo "make cluster-down stop it (by pid)"
 	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
 
 build:
@@ -110,3 +112,11 @@ bench-http: check-env agent
 
 clean:
 	$(CARGO) clean
+
+# A local distributed cluster (docs/distributed.md): state in ~/.local/state/aetherium-cluster.
+cluster-up: agent
+	$(CARGO) build -p aetherium-cli
+	bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down

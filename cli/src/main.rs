@@ -3,6 +3,7 @@
 mod account;
 mod client;
 mod cp;
+mod distributed;
 mod events;
 mod exec;
 mod output;
@@ -50,6 +51,8 @@ pub enum OutputFormat {
 enum Command {
     /// Run the platform on this machine: API + worker in one process (embedded mode).
     Up(up::UpArgs),
+    /// Distributed mode: serve the API on PostgreSQL + Redis (no worker; run many).
+    Gateway(distributed::GatewayArgs),
     /// Create, list, inspect, run commands in and delete sandboxes.
     Vm(VmArgs),
     /// Inspect queued work.
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await.map(|()| 0),
+            Command::Gateway(args) => distributed::gateway(args).await.map(|()| 0),
             Command::Vm(args) => client::vm(args).await,
             Command::Task(args) => client::task(args).await,
             Command::Login(args) => account::login(args).await,

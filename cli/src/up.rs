@@ -31,7 +31,7 @@ pub struct UpArgs {
 
 /// The key to register as the bootstrap admin key if no API key exists yet: the
 /// configured one, else one kept in the token file by an earlier version.
-fn given_bootstrap_key(config: &Config) -> anyhow::Result<Option<String>> {
+pub(crate) fn given_bootstrap_key(config: &Config) -> anyhow::Result<Option<String>> {
     if let Some(token) = &config.server.api_token {
         return Ok(Some(token.clone()));
     }
@@ -45,7 +45,7 @@ fn given_bootstrap_key(config: &Config) -> anyhow::Result<Option<String>> {
 }
 
 /// Keeps a new bootstrap key for the CLI on this host (mode 0600, like ~/.ssh keys).
-fn save_token_file(path: &Path, key: &str) -> anyhow::Result<()> {
+pub(crate) fn save_token_file(path: &Path, key: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -57,7 +57,7 @@ fn save_token_file(path: &Path, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -73,7 +73,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn display_path(p: &Path) -> String {
+pub(crate) fn display_path(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -88,7 +88,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    config.validate()?;
+    config.validate_for(aetherium_common::config::Role::Embedded)?;
     aetherium_common::telemetry::init(&config.logging);
 
     std::fs::create_dir_all(&config.data_dir)

@@ -43,6 +43,9 @@ pub enum WorkerCommand {
     Drain { id: String },
     /// Let a drained worker take new sandboxes again (admin).
     Activate { id: String },
+    /// Distributed mode: run this host's worker (tasks and sandboxes) on PostgreSQL
+    /// + Redis until SIGTERM, then drain and release unfinished tasks.
+    Run(crate::distributed::WorkerRunArgs),
 }
 
 #[derive(Args)]
@@ -109,6 +112,13 @@ fn print_worker(w: &WorkerView, format: OutputFormat) -> anyhow::Result<()> {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
+    let args = match args.command {
+        WorkerCommand::Run(run) => return crate::distributed::worker(run).await.map(|()| 0),
+        command => WorkerArgs {
+            opts: args.opts,
+            command,
+        },
+    };
     let client = Client::new(&args.opts)?;
     let format = args.opts.output;
     match args.command {
@@ -188,6 +198,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
                 .await?;
             print_worker(&w, format)?;
         }
+        WorkerCommand::Run(_) => anyhow::bail!("`worker run` is not a client command"),
     }
     Ok(0)
 }

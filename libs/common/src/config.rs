@@ -39,6 +39,39 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Distributed mode: what gateways and workers on several hosts share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Shared secret authenticating the processes of one cluster to each other (the
+    /// gateway calling a worker's internal endpoint). At least 16 characters;
+    /// required by `aetherium gateway` and `aetherium worker`.
+    pub secret: Option<String>,
+}
+
+/// Which task queue runs the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// The database's `tasks` table (one process: `aetherium up`).
+    #[default]
+    Embedded,
+    /// Redis (`queue.redis_url`), records in the database: distributed mode.
+    Redis,
+}
+
+/// The role a process plays, for [`Config::validate_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `aetherium up`: gateway and worker in one process, SQLite, embedded queue.
+    Embedded,
+    /// `aetherium gateway`: the API, no worker.
+    Gateway,
+    /// `aetherium worker`: runs tasks and sandboxes, no public API.
+    Worker,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +134,11 @@ pub struct WorkerConfig {
     /// Stable identity of this worker; containers are labelled with it so that a
     /// restarted worker finds (and adopts or removes) what it owns.
     pub id: String,
+    /// `host:port` where gateways reach this worker's tunnel endpoint (streams,
+    /// terminals and files of its VMs). Port 0: the port bound is advertised.
     pub address: String,
+    /// Where the tunnel endpoint listens (`host:port`); default: `address`.
+    pub tunnel_listen: Option<String>,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
     pub cpu_cores: u32,
@@ -148,6 +185,15 @@ pub struct QueueConfig {
     pub poll_interval_ms: u64,
     /// First retry delay; doubles with every attempt.
     pub retry_base_seconds: u64,
+    /// `embedded` (the database's `tasks` table; `aetherium up`) or `redis`
+    /// (distributed mode; needs `redis_url`).
+    pub backend: QueueBackend,
+    /// `redis://[:password@]host:port[/db]` (or `rediss://…`): the queue and the
+    /// event bus of distributed mode.
+    pub redis_url: Option<String>,
+    /// Every Redis key (and the event channel) starts with it, so deployments can
+    /// share one Redis.
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +272,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             auth: AuthConfig::default(),
             events: EventsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -249,6 +296,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             id: format!("worker-{}", default_hostname()),
             address: String::new(),
+            tunnel_listen: None,
             zone: "default".into(),
             labels: BTreeMap::new(),
             cpu_cores: cores,
@@ -291,6 +339,9 @@ impl Default for QueueConfig {
             lease_seconds: 30,
             poll_interval_ms: 500,
             retry_base_seconds: 2,
+            backend: QueueBackend::Embedded,
+            redis_url: None,
+            redis_prefix: "aetherium:".into(),
         }
     }
 }
@@ -364,12 +415,59 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.database.url = Some(v.to_string());
         Ok(())
     }),
+    (&["AETHERIUM_QUEUE_BACKEND"], |c, v| {
+        c.queue.backend = match v.trim() {
+            "embedded" => QueueBackend::Embedded,
+            "redis" => QueueBackend::Redis,
+            _ => return Err("expected `embedded` or `redis`".into()),
+        };
+        Ok(())
+    }),
+    (&["AETHERIUM_REDIS_URL"], |c, v| {
+        c.queue.redis_url = Some(v.trim().to_string());
+        Ok(())
+    }),
+    // The original's `host:port`.
+    (&["REDIS_ADDR"], |c, v| {
+        if c.queue.redis_url.is_none() {
+            let addr = v.trim();
+            if addr.contains("://") {
+                return Err("expected host:port (use AETHERIUM_REDIS_URL for a URL)".into());
+            }
+            c.queue.redis_url = Some(format!("redis://{addr}"));
+        }
+        Ok(())
+    }),
+    (&["AETHERIUM_QUEUE_LEASE_SECONDS"], |c, v| {
+        c.queue.lease_seconds = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_QUEUE_RETRY_BASE_SECONDS"], |c, v| {
+        c.queue.retry_base_seconds = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_CONCURRENCY"], |c, v| {
+        c.worker.concurrency = parse(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_REDIS_PREFIX"], |c, v| {
+        c.queue.redis_prefix = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_CLUSTER_SECRET"], |c, v| {
+        c.cluster.secret = Some(v.to_string());
+        Ok(())
+    }),
     (&["AETHERIUM_WORKER_ID", "WORKER_ID"], |c, v| {
         c.worker.id = v.to_string();
         Ok(())
     }),
     (&["AETHERIUM_WORKER_ADDRESS", "WORKER_ADDRESS"], |c, v| {
         c.worker.address = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_WORKER_TUNNEL_LISTEN"], |c, v| {
+        c.worker.tunnel_listen = Some(v.trim().to_string());
         Ok(())
     }),
     (&["AETHERIUM_WORKER_ZONE", "WORKER_ZONE"], |c, v| {
@@ -453,6 +551,42 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     }),
 ];
 
+/// The Go original's `POSTGRES_HOST/PORT/USER/PASSWORD/DB` as a URL, when
+/// `POSTGRES_HOST` is set (user and password percent-encoded).
+fn postgres_url_from_env(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let get = |name: &str| env(name).filter(|v| !v.is_empty());
+    let host = get("POSTGRES_HOST")?;
+    let port = get("POSTGRES_PORT").unwrap_or_else(|| "5432".into());
+    let user = get("POSTGRES_USER").unwrap_or_else(|| "postgres".into());
+    let db = get("POSTGRES_DB").unwrap_or_else(|| "aetherium".into());
+    let auth = match get("POSTGRES_PASSWORD") {
+        Some(pw) => format!("{}:{}", percent_encode(&user), percent_encode(&pw)),
+        None => percent_encode(&user),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Some(format!(
+        "postgres://{auth}@{host}:{}/{}",
+        port.trim(),
+        percent_encode(&db)
+    ))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `k=v,k2=v2` → map.
 fn parse_labels(value: &str) -> Result<BTreeMap<String, String>, String> {
     value
@@ -508,8 +642,69 @@ impl Config {
                 })?;
             }
         }
+        if config.database.url.is_none()
+            && let Some(url) = postgres_url_from_env(&env)
+        {
+            config.database.url = Some(url);
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks what the process of `role` needs beyond [`Config::validate`]: embedded
+    /// mode runs on SQLite and the embedded queue; a gateway or a worker needs
+    /// PostgreSQL, the Redis queue and the cluster secret.
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
+        self.validate()?;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let url = self.database_url();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        match role {
+            Role::Embedded => {
+                if self.queue.backend == QueueBackend::Redis {
+                    return invalid(
+                        "queue.backend `redis` is for distributed mode (`aetherium gateway`, \
+                         `aetherium worker`); `aetherium up` uses the embedded queue"
+                            .into(),
+                    );
+                }
+            }
+            Role::Gateway | Role::Worker => {
+                let name = if role == Role::Gateway {
+                    "aetherium gateway"
+                } else {
+                    "aetherium worker"
+                };
+                if !postgres {
+                    return invalid(format!(
+                        "{name} needs database.url = postgres://… (AETHERIUM_DATABASE_URL or \
+                         POSTGRES_HOST/PORT/USER/PASSWORD/DB): the processes of a cluster \
+                         share one PostgreSQL database"
+                    ));
+                }
+                if self.queue.backend != QueueBackend::Redis {
+                    return invalid(format!(
+                        "{name} needs queue.backend = redis (AETHERIUM_QUEUE_BACKEND=redis)"
+                    ));
+                }
+                match self.cluster.secret.as_deref() {
+                    Some(s) if s.len() >= 16 && http_header_safe(s) => {}
+                    Some(_) => {
+                        return invalid(
+                            "cluster.secret must be at least 16 printable characters, no spaces"
+                                .into(),
+                        );
+                    }
+                    None => {
+                        return invalid(format!(
+                            "{name} needs cluster.secret (AETHERIUM_CLUSTER_SECRET), the same \
+                             in every process of the cluster"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -604,6 +799,28 @@ impl Config {
                 "database.url: scheme {scheme:?} is not supported: use sqlite://<path> \
                  (embedded mode) or postgres://user:password@host:port/database"
             ));
+        }
+        if self.queue.backend == QueueBackend::Redis {
+            match self.queue.redis_url.as_deref() {
+                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+                Some(u) => {
+                    let scheme = u.split(':').next().unwrap_or_default();
+                    return invalid(format!(
+                        "queue.redis_url: scheme {scheme:?} is not supported: use \
+                         redis://[:password@]host:port[/db] or rediss://…"
+                    ));
+                }
+                None => {
+                    return invalid(
+                        "queue.backend `redis` needs queue.redis_url (AETHERIUM_REDIS_URL or \
+                         REDIS_ADDR=host:port)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if self.queue.redis_prefix.is_empty() || !http_header_safe(&self.queue.redis_prefix) {
+            return invalid("queue.redis_prefix must be non-empty printable characters".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.capture_level) {
             return invalid(format!(
@@ -712,6 +929,79 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("mysql") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn distributed_settings_come_from_the_original_names_too() {
+        let c = Config::load_with_env(
+            None,
+            env_of(&[
+                ("POSTGRES_HOST", "db.local"),
+                ("POSTGRES_USER", "ae"),
+                ("POSTGRES_PASSWORD", "p@ss/word"),
+                ("POSTGRES_DB", "aeth"),
+                ("REDIS_ADDR", "127.0.0.1:6380"),
+                ("AETHERIUM_QUEUE_BACKEND", "redis"),
+                ("AETHERIUM_CLUSTER_SECRET", "0123456789abcdef"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(
+            c.database_url(),
+            "postgres://ae:p%40ss%2Fword@db.local:5432/aeth"
+        );
+        assert_eq!(c.queue.redis_url.as_deref(), Some("redis://127.0.0.1:6380"));
+        c.validate_for(Role::Gateway).expect("a gateway's config");
+        c.validate_for(Role::Worker).expect("a worker's config");
+        let err = c.validate_for(Role::Embedded).unwrap_err().to_string();
+        assert!(err.contains("distributed mode"), "{err}");
+        // The AETHERIUM_* names win.
+        let c = Config::load_with_env(
+            None,
+            env_of(&[
+                ("POSTGRES_HOST", "db.local"),
+                ("AETHERIUM_DATABASE_URL", "postgres://x@y/z"),
+                ("REDIS_ADDR", "a:1"),
+                ("AETHERIUM_REDIS_URL", "redis://b:2/0"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.database_url(), "postgres://x@y/z");
+        assert_eq!(c.queue.redis_url.as_deref(), Some("redis://b:2/0"));
+    }
+
+    #[test]
+    fn distributed_roles_name_what_is_missing() {
+        let err = Config::load_with_env(None, env_of(&[("AETHERIUM_QUEUE_BACKEND", "redis")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.redis_url"), "{err}");
+        let c = Config::load_with_env(None, env_of(&[])).expect("defaults");
+        let err = c.validate_for(Role::Worker).unwrap_err().to_string();
+        assert!(err.contains("postgres://"), "{err}");
+        let c = Config::load_with_env(
+            None,
+            env_of(&[
+                ("AETHERIUM_DATABASE_URL", "postgres://u@h/d"),
+                ("AETHERIUM_QUEUE_BACKEND", "redis"),
+                ("AETHERIUM_REDIS_URL", "redis://h:1"),
+            ]),
+        )
+        .expect("load");
+        let err = c.validate_for(Role::Gateway).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret"), "{err}");
+        let err = Config::load_with_env(
+            None,
+            env_of(&[
+                ("AETHERIUM_QUEUE_BACKEND", "redis"),
+                ("AETHERIUM_REDIS_URL", "http://h:1"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("queue.redis_url"), "{err}");
+        c.validate_for(Role::Embedded)
+            .expect_err("up refuses the redis queue");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! (here with the protobuf codec; message types in [`aetherium_types::agent`]) and
 //! the HTTP routes `/files`, `/init`, plus our `/secrets`.
 //!
-//! One HTTP/1.1 connection per call, over a unix socket (containers), TCP, or
-//! Firecracker's hybrid vsock (a unix socket plus a `CONNECT <port>` handshake).
+//! One HTTP/1.1 connection per call, over a unix socket (containers), TCP,
+//! Firecracker's hybrid vsock (a unix socket plus a `CONNECT <port>` handshake), or
+//! another worker's tunnel endpoint (TCP plus an authenticated `CONNECT <vm>`
+//! handshake: [`crate::tunnel`]), for a sandbox that lives on another host.
 //! Calls carry no timeout of their own (a process may legitimately run for hours);
 //! wrap them in `tokio::time::timeout` where needed. [`AgentClient::wait_ready`] is
 //! the exception: it bounds itself.
@@ -44,6 +46,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::tunnel::{self, TunnelSecret};
+
 /// Bound on unary response bodies and on error bodies (a process list is the largest).
 const MAX_UNARY_RESPONSE_BYTES: usize = MAX_ENVELOPE_BYTES;
 /// Envelope flag of a compressed message; we never ask for compression.
@@ -79,6 +83,13 @@ enum Transport {
     /// Firecracker's (and QEMU's vhost-user) hybrid vsock: the VMM's unix socket,
     /// then `CONNECT <port>\n`, answered by `OK <host port>\n`.
     HybridVsock(PathBuf, u32),
+    /// The tunnel endpoint of the worker that owns the VM (`host:port`), then the
+    /// authenticated `CONNECT <vm_id> <mac>` handshake ([`crate::tunnel`]).
+    Tunnel {
+        addr: String,
+        vm_id: String,
+        secret: TunnelSecret,
+    },
 }
 
 impl fmt::Display for Transport {
@@ -87,6 +98,7 @@ impl fmt::Display for Transport {
             Transport::Unix(path) => write!(f, "unix:{}", path.display()),
             Transport::Tcp(addr) => write!(f, "tcp:{addr}"),
             Transport::HybridVsock(path, port) => write!(f, "vsock:{}:{port}", path.display()),
+            Transport::Tunnel { addr, vm_id, .. } => write!(f, "tunnel:{addr}/{vm_id}"),
         }
     }
 }
@@ -126,11 +138,15 @@ where
 }
 
 /// A byte stream to the agent, whatever the transport.
-trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AgentIo for T {}
 
+/// A connected byte stream to an agent, past any transport handshake: what the
+/// agent reads from it is HTTP ([`AgentClient::open_stream`]).
+pub type AgentStream = Box<dyn AgentIo>;
+
 impl Transport {
-    async fn connect(&self) -> Result<Box<dyn AgentIo>, AgentError> {
+    async fn connect(&self) -> Result<AgentStream, AgentError> {
         let unavailable =
             |e: std::io::Error| AgentError::Unavailable(format!("connecting to {self}: {e}"));
         Ok(match self {
@@ -156,11 +172,33 @@ impl Transport {
                     .map_err(unavailable)?;
                 Box::new(stream)
             }
+            Transport::Tunnel {
+                addr,
+                vm_id,
+                secret,
+            } => {
+                let connect = async {
+                    let mut stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                    stream.set_nodelay(true)?;
+                    tunnel::client_handshake(&mut stream, vm_id, secret).await?;
+                    Ok::<_, std::io::Error>(stream)
+                };
+                match tokio::time::timeout(tunnel::CLIENT_CONNECT_TIMEOUT, connect).await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => return Err(unavailable(e)),
+                    Err(_) => {
+                        return Err(unavailable(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no tunnel after {:?}", tunnel::CLIENT_CONNECT_TIMEOUT),
+                        )));
+                    }
+                }
+            }
         })
     }
 }
 
-type Http1Connection = http1::Connection<TokioIo<Box<dyn AgentIo>>, RequestBody>;
+type Http1Connection = http1::Connection<TokioIo<AgentStream>, RequestBody>;
 
 /// Keeps a call's HTTP connection alive; dropping it closes the connection.
 struct Connection {
@@ -277,6 +315,27 @@ impl AgentClient {
     /// and the guest port the agent listens on.
     pub fn hybrid_vsock(uds_path: impl Into<PathBuf>, port: u32) -> Self {
         AgentClient::new(Transport::HybridVsock(uds_path.into(), port))
+    }
+
+    /// An agent on another worker, reached through that worker's tunnel endpoint
+    /// (`addr`: its advertised `host:port`, [`aetherium_types::Worker::address`]),
+    /// which checks that it owns `vm_id` and authenticates this side with `secret`
+    /// (the cluster's shared tunnel secret) before splicing the connection to the
+    /// VM's agent. See [`crate::tunnel`]; [`crate::tunnel::RemoteAgents`] builds these.
+    pub fn tunnel(addr: impl Into<String>, vm_id: impl Into<String>, secret: TunnelSecret) -> Self {
+        AgentClient::new(Transport::Tunnel {
+            addr: addr.into(),
+            vm_id: vm_id.into(),
+            secret,
+        })
+    }
+
+    /// A raw byte stream to the agent, past the transport's handshake (hybrid
+    /// vsock, tunnel): the tunnel server splices it to a remote client. The agent
+    /// expects HTTP/1.1 or h2c on it. Access tokens are not involved: they are HTTP
+    /// headers, sent by whoever speaks HTTP on the stream.
+    pub async fn open_stream(&self) -> Result<AgentStream, AgentError> {
+        self.transport.connect().await
     }
 
     /// Sends `X-Access-Token` with every call (agents started with `--access-token`

@@ -49,6 +49,75 @@ pub fn resolve_agent_path(config: &Config) -> CoreResult<PathBuf> {
     )))
 }
 
+/// The use cases' defaults, from the configuration.
+pub fn platform_defaults(config: &Config) -> PlatformDefaults {
+    PlatformDefaults {
+        vcpus: config.vmm.default_vcpus,
+        memory_mb: config.vmm.default_memory_mb,
+        image: config.vmm.docker.default_image.clone(),
+        orchestrator: Orchestrator::Docker,
+        exec_timeout_seconds: aetherium_types::MAX_EXEC_TIMEOUT_SECONDS,
+        worker_stale_after: Duration::from_secs(config.worker.heartbeat_interval_seconds) * 3,
+    }
+}
+
+/// The worker's identity, capacity and timings, from the configuration.
+pub fn worker_settings(config: &Config) -> WorkerSettings {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    WorkerSettings {
+        id: config.worker.id.clone(),
+        hostname,
+        address: config.worker.address.clone(),
+        zone: config.worker.zone.clone(),
+        labels: config
+            .worker
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect(),
+        cpu_cores: config.worker.cpu_cores,
+        memory_mb: config.worker.memory_mb,
+        max_vms: config.worker.max_vms,
+        concurrency: config.worker.concurrency,
+        heartbeat_interval: Duration::from_secs(config.worker.heartbeat_interval_seconds),
+        lease: Duration::from_secs(config.queue.lease_seconds),
+        poll_interval: Duration::from_millis(config.queue.poll_interval_ms),
+        output_cap_bytes: config.vmm.output_cap_bytes,
+        agent_ready_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+/// The Docker backend of this host's worker.
+pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
+    let socket_dir = config.socket_dir();
+    std::fs::create_dir_all(&socket_dir).map_err(|e| {
+        CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
+    })?;
+    let backend = DockerBackend::connect(DockerBackendConfig {
+        host: config.vmm.docker.host.clone(),
+        worker_id: config.worker.id.clone(),
+        agent_path: resolve_agent_path(config)?,
+        socket_dir,
+        pids_limit: config.vmm.docker.pids_limit,
+        network_mode: config.vmm.docker.network_mode.clone(),
+    })
+    .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+    Ok(Arc::new(backend))
+}
+
+pub(crate) fn retention(config: &Config) -> Retention {
+    Retention {
+        events_max_age: Duration::from_secs(config.events.retention_hours * 3600),
+        events_max_rows: config.events.retention_max_rows,
+        logs_max_age: Duration::from_secs(config.logging.retention_hours * 3600),
+        logs_max_rows: config.logging.retention_max_rows,
+        interval: Duration::from_secs(60),
+    }
+}
+
 impl EmbeddedRuntime {
     /// Opens the database, connects the backend and starts the worker.
     pub async fn start(config: &Config) -> CoreResult<EmbeddedRuntime> {
@@ -57,10 +126,6 @@ impl EmbeddedRuntime {
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()
             ))
-        })?;
-        let socket_dir = config.socket_dir();
-        std::fs::create_dir_all(&socket_dir).map_err(|e| {
-            CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
         })?;
         let store = SqliteStore::connect(&config.database_url()).await?;
         // Embedded mode is one process: a direct execution still `running` now lost
@@ -78,17 +143,7 @@ impl EmbeddedRuntime {
             store.pool().clone(),
             Duration::from_secs(config.queue.retry_base_seconds),
         );
-        let backend = DockerBackend::connect(DockerBackendConfig {
-            host: config.vmm.docker.host.clone(),
-            worker_id: config.worker.id.clone(),
-            agent_path: resolve_agent_path(config)?,
-            socket_dir,
-            pids_limit: config.vmm.docker.pids_limit,
-            network_mode: config.vmm.docker.network_mode.clone(),
-        })
-        .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
-        let heartbeat = Duration::from_secs(config.worker.heartbeat_interval_seconds);
-        let backend: Arc<dyn Backend> = Arc::new(backend);
+        let backend = docker_backend(config)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         // The log writer and the pruner outlive the worker, so its last words are kept.
         let (background_stop, background_rx) = watch::channel(false);
@@ -114,13 +169,7 @@ impl EmbeddedRuntime {
         let pruner = feed::spawn_pruner(
             store.clone(),
             store.clone(),
-            Retention {
-                events_max_age: Duration::from_secs(config.events.retention_hours * 3600),
-                events_max_rows: config.events.retention_max_rows,
-                logs_max_age: Duration::from_secs(config.logging.retention_hours * 3600),
-                logs_max_rows: config.logging.retention_max_rows,
-                interval: Duration::from_secs(60),
-            },
+            retention(config),
             background_rx,
         );
         let platform = Platform {
@@ -134,39 +183,9 @@ impl EmbeddedRuntime {
                 worker_id: config.worker.id.clone(),
                 backend: backend.clone(),
             }),
-            defaults: PlatformDefaults {
-                vcpus: config.vmm.default_vcpus,
-                memory_mb: config.vmm.default_memory_mb,
-                image: config.vmm.docker.default_image.clone(),
-                orchestrator: Orchestrator::Docker,
-                exec_timeout_seconds: aetherium_types::MAX_EXEC_TIMEOUT_SECONDS,
-                worker_stale_after: heartbeat * 3,
-            },
+            defaults: platform_defaults(config),
         };
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        let settings = WorkerSettings {
-            id: config.worker.id.clone(),
-            hostname,
-            address: config.worker.address.clone(),
-            zone: config.worker.zone.clone(),
-            labels: config
-                .worker
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into()))
-                .collect(),
-            cpu_cores: config.worker.cpu_cores,
-            memory_mb: config.worker.memory_mb,
-            max_vms: config.worker.max_vms,
-            concurrency: config.worker.concurrency,
-            heartbeat_interval: heartbeat,
-            lease: Duration::from_secs(config.queue.lease_seconds),
-            poll_interval: Duration::from_millis(config.queue.poll_interval_ms),
-            output_cap_bytes: config.vmm.output_cap_bytes,
-            agent_ready_timeout: Duration::from_secs(30),
-        };
+        let settings = worker_settings(config);
         let worker = Worker::new(settings, platform.clone(), backend);
         // The first heartbeat registers the worker before the API takes requests.
         worker.heartbeat().await;

@@ -80,9 +80,14 @@ pub struct Platform {
 
 /// Reaches the agent of a VM for direct work (streamed and interactive exec, files),
 /// which cannot wait in a queue. Embedded mode reaches it through the local worker's
-/// backend; distributed mode will go through the owning worker's internal endpoint.
+/// backend ([`LocalAgents`]); distributed mode through the owning worker's tunnel
+/// endpoint ([`crate::tunnel::RemoteAgents`]).
+#[async_trait::async_trait]
 pub trait AgentRouter: Send + Sync + 'static {
-    fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient>;
+    /// A client of the agent of `vm` (which the caller has found RUNNING), or why it
+    /// cannot be reached (`Unavailable` for an owner that is gone, `Conflict` for a
+    /// VM with no owner yet). Builds the client only: nothing is connected yet.
+    async fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient>;
 }
 
 /// The agents of the sandboxes of the worker in this process.
@@ -91,8 +96,9 @@ pub struct LocalAgents {
     pub backend: Arc<dyn Backend>,
 }
 
+#[async_trait::async_trait]
 impl AgentRouter for LocalAgents {
-    fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient> {
+    async fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient> {
         match vm.worker_id.as_deref() {
             Some(owner) if owner == self.worker_id => Ok(self.backend.agent(&vm.id)),
             Some(owner) => Err(CoreError::Unavailable(format!(
@@ -472,7 +478,7 @@ impl Platform {
             )));
         }
         self.ensure_owner_reachable(&vm).await?;
-        let agent = self.agents.agent_for(&vm)?;
+        let agent = self.agents.agent_for(&vm).await?;
         Ok((vm, agent))
     }
 

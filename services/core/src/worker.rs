@@ -41,6 +41,9 @@ pub struct WorkerSettings {
     pub output_cap_bytes: usize,
     /// How long a new sandbox's agent may take to answer.
     pub agent_ready_timeout: Duration,
+    /// At shutdown, how long running tasks may take to finish before they are
+    /// stopped and released to the queue.
+    pub shutdown_grace: Duration,
 }
 
 /// Why a task attempt failed, and whether trying again can help.
@@ -90,6 +93,9 @@ pub struct Worker {
     started_at: chrono::DateTime<Utc>,
     /// The status last announced as a `worker.*` event (`None` before the first).
     announced: std::sync::Mutex<Option<WorkerStatus>>,
+    /// Tasks running now, by id: a shutdown stops the ones that outlast its grace
+    /// period and hands them back to the queue (`TaskQueue::release`).
+    running: std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Worker {
@@ -104,6 +110,7 @@ impl Worker {
             backend,
             started_at: Utc::now(),
             announced: std::sync::Mutex::new(None),
+            running: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -112,7 +119,9 @@ impl Worker {
     }
 
     /// Runs until `shutdown` turns true, then stops leasing and lets running tasks
-    /// finish (up to 10 s; anything still running is recovered through its lease).
+    /// finish (up to `shutdown_grace`); the ones still running then are stopped and
+    /// released to the queue at once (no attempt counted), so another worker (or this
+    /// one, restarted) takes them without waiting for their lease to expire.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         self.heartbeat().await;
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
@@ -135,10 +144,20 @@ impl Worker {
             {
                 Ok(Some(task)) => {
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        me.run_task(task).await;
+                    let id = task.id.clone();
+                    // Held until the handle is registered, so that the task's own
+                    // removal below comes after the insertion.
+                    let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                    let handle = tokio::spawn(async move {
+                        let id = task.id.clone();
+                        me.clone().run_task(task).await;
+                        me.running
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
                         drop(permit);
                     });
+                    running.insert(id, handle.abort_handle());
                 }
                 Ok(None) => {
                     drop(permit);
@@ -166,10 +185,56 @@ impl Worker {
         if self.platform.store.upsert_worker(&draining).await.is_ok() {
             self.announce(WorkerStatus::Draining, draining.status_message.as_deref());
         }
+        // Running tasks get the grace period; the row stays fresh meanwhile, so that
+        // no sweep takes a draining worker for a lost one (and fails its VMs).
         let all = self.settings.concurrency as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
+        let deadline = Instant::now() + self.settings.shutdown_grace;
+        let finished = permits.acquire_many(all);
+        tokio::pin!(finished);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut finished => break,
+                _ = tokio::time::sleep(left.min(self.settings.heartbeat_interval)) => {
+                    let fresh = self.info(WorkerStatus::Draining, draining.status_message.clone(), vm_count);
+                    let _ = self.platform.store.upsert_worker(&fresh).await;
+                }
+            }
+        }
+        self.release_unfinished().await;
         self.mark_offline().await;
         tracing::info!(worker = %self.settings.id, "worker stopped");
+    }
+
+    /// Stops the tasks still running and gives them back to the queue.
+    async fn release_unfinished(&self) {
+        let unfinished: Vec<(String, tokio::task::AbortHandle)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (task_id, handle) in unfinished {
+            // Stopped first, so that it cannot run here and elsewhere at once.
+            handle.abort();
+            match self
+                .platform
+                .queue
+                .release(&task_id, &self.settings.id)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(%task_id, "unfinished task released to the queue")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e, "cannot release a task: its lease will expire")
+                }
+            }
+        }
     }
 
     // ---- heartbeat and reconciliation -------------------------------------------

@@ -888,3 +888,52 @@ async fn retry_policies_are_per_task_type() {
         }
     }
 }
+
+/// Recovery decides in Redis, then writes the record; a worker may lease the task
+/// again (and record it `running` as the new attempt) in between. The late recovery
+/// write must not turn that record back to `pending`: the new holder's completion
+/// (a compare-and-set from `running`) would then miss, and the task run again.
+/// Found by the distributed fault tests (a worker killed mid-task and restarted).
+async fn a_late_recovery_write_keeps_the_new_lease(h: Harness) {
+    let rq = h.redis_queue.clone().unwrap();
+    let t = task(TaskType::VmExecute);
+    h.queue.enqueue(&t).await.unwrap();
+    h.queue.lease("w1", LONG).await.unwrap().unwrap();
+    let records = rq.records();
+    // The second attempt's lease landed first…
+    let now = Utc::now();
+    records
+        .record_running(&t.id, "w2", 1, now, now + chrono::Duration::seconds(30))
+        .await
+        .unwrap()
+        .unwrap();
+    // …then the recovery of the first attempt: no change.
+    assert!(
+        !records
+            .record_recovered(&t.id, 1, "lease expired", now)
+            .await
+            .unwrap()
+    );
+    let got = h.store.get_task(&t.id).await.unwrap().unwrap();
+    assert_eq!(got.status, TaskStatus::Running);
+    assert_eq!(got.worker_id.as_deref(), Some("w2"));
+    // A recovery of the second attempt does apply.
+    assert!(
+        records
+            .record_recovered(&t.id, 2, "lease expired", now)
+            .await
+            .unwrap()
+    );
+    let got = h.store.get_task(&t.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.retry_count), (TaskStatus::Pending, 2));
+}
+
+#[tokio::test]
+async fn a_late_recovery_write_keeps_the_new_lease_sqlite_records() {
+    a_late_recovery_write_keeps_the_new_lease(redis().await).await;
+}
+
+#[tokio::test]
+async fn a_late_recovery_write_keeps_the_new_lease_postgres_records() {
+    a_late_recovery_write_keeps_the_new_lease(redis_pg().await).await;
+}

@@ -404,8 +404,10 @@ impl RedisQueue {
         let unfinished = [TaskStatus::Pending, TaskStatus::Running];
         match outcome {
             "retry" => {
+                // Guarded by the count: a worker that leased the task again since
+                // (and recorded it `running` as this attempt) keeps its record.
                 self.records
-                    .record_retry(id, None, retried, error, Utc::now())
+                    .record_recovered(id, retried, error, Utc::now())
                     .await?;
             }
             "failed" => {

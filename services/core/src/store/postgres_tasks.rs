@@ -91,6 +91,28 @@ impl TaskRecords for PgStore {
         .transpose()
     }
 
+    async fn record_recovered(
+        &self,
+        id: &str,
+        retry_count: u32,
+        error: &str,
+        scheduled_at: DateTime<Utc>,
+    ) -> CoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE tasks SET status = 'pending', retry_count = $1, error = $2,
+                scheduled_at = $3, lease_expires_at = NULL, completed_at = NULL
+             WHERE id = $4 AND status IN ('pending', 'running') AND retry_count < $1",
+        )
+        .bind(i64::from(retry_count))
+        .bind(error)
+        .bind(to_ms(scheduled_at))
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
     async fn record_retry(
         &self,
         id: &str,

@@ -53,6 +53,24 @@ pub trait TaskRecords: Send + Sync + 'static {
         scheduled_at: DateTime<Utc>,
     ) -> CoreResult<bool>;
 
+    /// A lease expired and Redis put the task back in line as attempt
+    /// `retry_count`: `pending` again, but only while the record's count is lower.
+    /// A worker may lease the task again (and record it `running` with that count)
+    /// before this write lands; the guard keeps such a newer record from being
+    /// turned back to `pending`, which would make the new holder's completion miss
+    /// (and the task run again). Returns whether the row changed.
+    async fn record_recovered(
+        &self,
+        id: &str,
+        retry_count: u32,
+        error: &str,
+        scheduled_at: DateTime<Utc>,
+    ) -> CoreResult<bool> {
+        // Stores without the guarded statement (test doubles): the plain write.
+        self.record_retry(id, None, retry_count, error, scheduled_at)
+            .await
+    }
+
     /// The task ended in `status` (completed, failed or cancelled), from one of
     /// `from`, and — when `worker_id` is given — only while that worker holds it.
     /// `None` when the row was not in such a state (nothing changed). A `retry_count`
