@@ -543,8 +543,12 @@ impl Platform {
         self.store.list_tasks(filter, page).await
     }
 
+    /// Totals by state, and the same per queue (Asynq's pending, active, scheduled,
+    /// retry, archived, processed, failed).
     pub async fn queue_stats(&self) -> CoreResult<QueueStats> {
-        self.queue.stats().await
+        let mut stats = self.queue.stats().await?;
+        stats.queues = crate::queue::QueueCounts::from_depths(&self.queue.depths().await?);
+        Ok(stats)
     }
 
     /// Cancels a task. One that has not started (pending, scheduled, waiting for a

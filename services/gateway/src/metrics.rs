@@ -145,9 +145,11 @@ async fn gauges(state: &AppState) -> Result<String, ApiError> {
         "aetherium_queue_tasks",
         "Tasks by queue and state (pending: due now; scheduled: due later, e.g. a retry's backoff).",
     );
-    const STATES: [&str; 6] = [
+    const STATES: [&str; 8] = [
         "pending",
         "scheduled",
+        "retry",
+        "archived",
         "running",
         "completed",
         "failed",

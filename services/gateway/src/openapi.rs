@@ -62,6 +62,31 @@ pub struct QueueStats {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// The same per queue (always all four: critical, high, default, low).
+    pub queues: Vec<QueueCounts>,
+}
+
+/// One queue's tasks by state, as Asynq reports them; mirrors
+/// `aetherium_core::queue::QueueCounts`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct QueueCounts {
+    /// critical, high, default or low.
+    pub queue: String,
+    /// Due now, waiting for a worker.
+    pub pending: u64,
+    /// Leased by a worker and running.
+    pub active: u64,
+    /// Due later (delayed or scheduled).
+    pub scheduled: u64,
+    /// Failed an attempt, waiting for its backoff.
+    pub retry: u64,
+    /// Dead tasks in the archive (counted in `failed` too).
+    pub archived: u64,
+    /// Completed.
+    pub processed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
 }
 
 #[derive(OpenApi)]

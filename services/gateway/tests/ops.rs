@@ -327,6 +327,30 @@ async fn cancelling_tasks_that_have_not_started_or_have_finished() {
     platform.queue.enqueue(&task).await.unwrap();
     let (_, stats) = server.get("/queue/stats").await;
     assert!(stats["scheduled"].as_u64().unwrap() >= 1, "{stats}");
+    // Per queue too: all four, the delayed execute under its own queue.
+    let queues = stats["queues"].as_array().unwrap();
+    let names: Vec<&str> = queues
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["critical", "high", "default", "low"], "{stats}");
+    let own = queues
+        .iter()
+        .find(|q| {
+            q["queue"] == aetherium_types::task::QueueName::for_priority(task.priority).as_str()
+        })
+        .unwrap();
+    assert!(own["scheduled"].as_u64().unwrap() >= 1, "{stats}");
+    for field in [
+        "pending",
+        "active",
+        "retry",
+        "archived",
+        "processed",
+        "failed",
+    ] {
+        assert!(own[field].is_u64(), "{field} in {own}");
+    }
 
     let (status, body) = server
         .post(&format!("/tasks/{}/cancel", task.id), json!({}))

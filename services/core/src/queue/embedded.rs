@@ -348,7 +348,9 @@ impl TaskQueue for EmbeddedQueue {
     async fn depths(&self) -> CoreResult<Vec<QueueDepth>> {
         let now = to_ms(Utc::now());
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT queue, CASE WHEN status = 'pending' AND scheduled_at > ? THEN 'scheduled'
+            "SELECT queue, CASE WHEN status = 'pending' AND scheduled_at > ?1 AND retry_count > 0
+                        THEN 'retry'
+                    WHEN status = 'pending' AND scheduled_at > ?1 THEN 'scheduled'
                     ELSE status END AS state, COUNT(*)
              FROM tasks GROUP BY queue, state ORDER BY queue, state",
         )

@@ -918,7 +918,8 @@ impl TaskQueue for RedisQueue {
         };
         for (queue, pending, scheduled, retry, active, archived) in &live {
             push(queue, "pending", *pending);
-            push(queue, "scheduled", scheduled + retry);
+            push(queue, "scheduled", *scheduled);
+            push(queue, "retry", *retry);
             push(queue, "running", *active);
             push(queue, "archived", *archived);
         }
