@@ -171,6 +171,13 @@ for pair in "$CLI_BIN:aetherium" "$AGENT_BIN:aetherium-agent"; do
 		ok "installed $dst"
 	fi
 done
+# The distributed processes are the same program under their own names.
+for alias in aetherium-gateway aetherium-worker; do
+	if [ "$(readlink "$PREFIX/bin/$alias" 2>/dev/null)" != aetherium ]; then
+		ln -sfn aetherium "$PREFIX/bin/$alias"
+		ok "linked $PREFIX/bin/$alias -> aetherium"
+	fi
+done
 case ":$PATH:" in
 *":$PREFIX/bin:"*) ;;
 *) warn "$PREFIX/bin is not on your PATH" ;;

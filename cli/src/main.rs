@@ -197,8 +197,29 @@ pub enum TaskCommand {
     },
 }
 
+/// `aetherium-gateway …` is `aetherium gateway …` and `aetherium-worker …` is
+/// `aetherium worker run …`: one program, installed under those names as links.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    match name.as_str() {
+        "aetherium-gateway" => args.insert(1, "gateway".into()),
+        "aetherium-worker" => {
+            args.insert(1, "worker".into());
+            args.insert(2, "run".into());
+        }
+        _ => {}
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

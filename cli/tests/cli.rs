@@ -891,3 +891,21 @@ fn login_api_keys_and_users() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn gateway_and_worker_names_run_their_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, says) in [
+        ("aetherium-gateway", "serve the API"),
+        ("aetherium-worker", "run this host's worker"),
+    ] {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+        let out = Command::new(&link).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // The mode's own help, not the program's list of subcommands.
+        let help = text(&out.stdout);
+        assert!(help.contains(says), "{name}: {help}");
+        assert!(!help.contains("Commands:"), "{name}: {help}");
+    }
+}

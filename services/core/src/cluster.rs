@@ -36,6 +36,11 @@ pub fn offline_message(stale_after: Duration) -> String {
     )
 }
 
+/// `status_message` of a worker that stopped on purpose (SIGTERM, drain). Its
+/// sandboxes keep running and it adopts them when it starts again, so work queued
+/// for it waits for it instead of being cancelled as lost.
+pub const GRACEFUL_STOP_MESSAGE: &str = "stopped";
+
 /// `error` of a VM whose worker went offline.
 pub fn lost_vm_message(worker_id: &str) -> String {
     format!("worker {worker_id} went offline: the VM is lost")
@@ -307,7 +312,9 @@ impl Platform {
             }
         }
         for w in self.store.list_workers().await? {
+            let stopped_on_purpose = w.status_message.as_deref() == Some(GRACEFUL_STOP_MESSAGE);
             if w.status == WorkerStatus::Offline
+                && !stopped_on_purpose
                 && let Err(e) = self.cancel_tasks_stranded_on(&w.id).await
             {
                 tracing::warn!(worker_id = %w.id, error = %e, "cannot cancel the tasks of an offline worker");

@@ -324,11 +324,18 @@ impl Worker {
         if self
             .platform
             .store
-            .upsert_worker(&self.info(WorkerStatus::Offline, Some("stopped".into()), 0))
+            .upsert_worker(&self.info(
+                WorkerStatus::Offline,
+                Some(crate::cluster::GRACEFUL_STOP_MESSAGE.into()),
+                0,
+            ))
             .await
             .is_ok()
         {
-            self.announce(WorkerStatus::Offline, Some("stopped"));
+            self.announce(
+                WorkerStatus::Offline,
+                Some(crate::cluster::GRACEFUL_STOP_MESSAGE),
+            );
         }
     }
 
