@@ -41,6 +41,31 @@ pub fn offline_message(stale_after: Duration) -> String {
 /// for it waits for it instead of being cancelled as lost.
 pub const GRACEFUL_STOP_MESSAGE: &str = "stopped";
 
+/// Whether this process may declare workers offline: only once it has reached the
+/// store without a break for a whole stale period. During a database outage no
+/// worker can heartbeat, so right after it every worker looks stale; sweeping then
+/// would fail every VM of a healthy cluster.
+#[derive(Debug, Default)]
+pub struct SweepGate {
+    reachable_since: Option<std::time::Instant>,
+}
+
+impl SweepGate {
+    /// Records whether the store answered just now.
+    pub fn record(&mut self, reachable: bool) {
+        if !reachable {
+            self.reachable_since = None;
+        } else if self.reachable_since.is_none() {
+            self.reachable_since = Some(std::time::Instant::now());
+        }
+    }
+
+    pub fn is_open(&self, stale_after: Duration) -> bool {
+        self.reachable_since
+            .is_some_and(|since| since.elapsed() >= stale_after)
+    }
+}
+
 /// `error` of a VM whose worker went offline.
 pub fn lost_vm_message(worker_id: &str) -> String {
     format!("worker {worker_id} went offline: the VM is lost")
@@ -447,7 +472,8 @@ impl Platform {
         Ok(())
     }
 
-    /// Runs [`Platform::sweep_offline_workers`] every `interval` until `stop`.
+    /// Runs [`Platform::sweep_offline_workers`] every `interval` until `stop`, once
+    /// [`SweepGate`] says the store has been reachable long enough.
     pub fn spawn_offline_sweeper(
         &self,
         interval: Duration,
@@ -456,12 +482,18 @@ impl Platform {
         let platform = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            let mut gate = SweepGate::default();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
+                gate.record(platform.store.ping().await.is_ok());
+                if !gate.is_open(platform.defaults.worker_stale_after) {
+                    continue;
+                }
                 if let Err(e) = platform.sweep_offline_workers().await {
+                    gate.record(false);
                     tracing::warn!(error = %e, "offline sweep failed");
                 }
             }
@@ -600,5 +632,24 @@ impl Platform {
             zones: zones.into_values().collect(),
             workers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_waits_a_stale_period_after_the_store_comes_back() {
+        let mut gate = SweepGate::default();
+        assert!(!gate.is_open(Duration::ZERO), "never reached the store yet");
+        gate.record(true);
+        assert!(gate.is_open(Duration::ZERO));
+        assert!(
+            !gate.is_open(Duration::from_secs(60)),
+            "reachable for too short"
+        );
+        gate.record(false);
+        assert!(!gate.is_open(Duration::ZERO), "an outage closes it");
     }
 }

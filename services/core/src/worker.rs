@@ -242,16 +242,20 @@ impl Worker {
     async fn heartbeat_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
         tick.tick().await;
+        let mut gate = crate::cluster::SweepGate::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     // Every process sweeps: workers that stopped heartbeating are
                     // declared offline and their VMs marked lost (idempotent). Only
-                    // after a heartbeat that was written, so that a worker whose own
-                    // writes fail never declares itself offline.
-                    if self.heartbeat().await
+                    // while our own heartbeats have been written for a whole stale
+                    // period, so that neither this worker's failing writes nor a
+                    // database outage (when nobody could heartbeat) count as deaths.
+                    gate.record(self.heartbeat().await);
+                    if gate.is_open(self.platform.defaults.worker_stale_after)
                         && let Err(e) = self.platform.sweep_offline_workers().await
                     {
+                        gate.record(false);
                         tracing::warn!(error = %e, "offline sweep failed");
                     }
                 }
