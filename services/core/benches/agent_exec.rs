@@ -198,6 +198,7 @@ async fn main() {
         image,
         vcpus: 2,
         memory_mb: 1024,
+        network: None,
     };
     backend.create(&spec).await.expect("create sandbox");
     let container = format!("aetherium-{vm_id}");

@@ -808,6 +808,7 @@ impl Worker {
             image: vm.image.clone(),
             vcpus: vm.vcpu_count,
             memory_mb: vm.memory_mb,
+            network: None,
         };
         self.backend.create(&spec).await?;
         let agent = self.backend.agent(&vm.id);

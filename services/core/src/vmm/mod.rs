@@ -1,9 +1,12 @@
 //! Sandbox backends. Each one creates, inspects and removes sandboxes and tells the
-//! worker how to reach the agent inside. Docker now; Firecracker and QEMU next.
+//! worker how to reach the agent inside: Docker containers, and microVMs under
+//! Firecracker or QEMU (which share [`vmproc`] for their VMM processes).
 
 pub mod docker;
+pub mod vmproc;
 
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use aetherium_types::Orchestrator;
 use async_trait::async_trait;
@@ -18,6 +21,37 @@ pub struct SandboxSpec {
     pub image: String,
     pub vcpus: u32,
     pub memory_mb: u64,
+    /// The guest's network, made by the worker before `create` (microVM backends
+    /// attach the TAP device; Docker uses its own networking). `None`: no network.
+    pub network: Option<GuestNetwork>,
+}
+
+/// A microVM's network: a TAP device on the host bridge and the guest's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// Host TAP device name (at most 15 bytes), already created and on the bridge.
+    pub tap: String,
+    /// Guest MAC, derived from the VM id (`52:54:00:…`).
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl GuestNetwork {
+    /// The kernel command-line parameter the guest's init reads to configure `eth0`
+    /// (the classic `ip=` syntax: client::gateway:netmask::device:autoconf).
+    pub fn kernel_ip_arg(&self) -> String {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        format!(
+            "ip={}::{}:{}::eth0:off",
+            self.ip,
+            self.gateway,
+            Ipv4Addr::from(mask)
+        )
+    }
 }
 
 /// What a backend reports about one sandbox it owns.
@@ -50,6 +84,9 @@ pub struct SandboxExit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The backend cannot do this at all (e.g. snapshots under QEMU). Not retryable.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backend itself does not answer (engine down, socket missing). Retryable.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -62,7 +99,10 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, BackendError::Rejected(_))
+        !matches!(
+            self,
+            BackendError::Rejected(_) | BackendError::Unsupported(_)
+        )
     }
 }
 
@@ -93,5 +133,32 @@ pub trait Backend: Send + Sync + 'static {
 
     fn agent(&self, vm_id: &str) -> AgentClient {
         AgentClient::unix(self.agent_socket(vm_id))
+    }
+
+    /// Freezes the sandbox's vCPUs (its memory stays). Backends that cannot answer
+    /// [`BackendError::Unsupported`].
+    async fn pause(&self, vm_id: &str) -> Result<(), BackendError> {
+        let _ = vm_id;
+        Err(BackendError::Unsupported(format!(
+            "the {} backend cannot pause sandboxes",
+            self.kind()
+        )))
+    }
+
+    async fn resume(&self, vm_id: &str) -> Result<(), BackendError> {
+        let _ = vm_id;
+        Err(BackendError::Unsupported(format!(
+            "the {} backend cannot resume sandboxes",
+            self.kind()
+        )))
+    }
+
+    /// Writes a snapshot of a paused sandbox (VM state and memory) into `dir`.
+    async fn snapshot(&self, vm_id: &str, dir: &Path) -> Result<(), BackendError> {
+        let _ = (vm_id, dir);
+        Err(BackendError::Unsupported(format!(
+            "the {} backend cannot snapshot sandboxes",
+            self.kind()
+        )))
     }
 }
