@@ -9,5 +9,8 @@
 //!   `/usr/lib/postgresql/*/bin`. As root (CI), the server runs as the `postgres`
 //!   system user (else `nobody`), since PostgreSQL refuses to run as root.
 
+pub mod paths;
 pub mod postgres;
 pub mod redis;
+
+pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};

@@ -16,6 +16,7 @@ const MAX_KEEPALIVE_MS: u64 = 24 * 60 * 60 * 1000;
 pub const USAGE: &str = "\
 usage: aetherium-agent --listen unix:PATH | tcp:IP:PORT | vsock:PORT [options]
        aetherium-agent --version
+       aetherium-agent init -- AGENT-OPTIONS   (PID 1 of a microVM only)
 
 Serves E2B envd's API (Connect process and filesystem services, /files, /init,
 ...) on the given listener. A unix socket's parent directory is created if
@@ -122,6 +123,9 @@ impl fmt::Debug for Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run(Config),
+    /// PID 1 of a microVM: run the agent with these (already validated) options as
+    /// a child, reap orphans, reboot when it ends.
+    Init(Vec<String>),
     Version,
     Help,
 }
@@ -136,13 +140,22 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
     args: I,
     env_token: Option<String>,
 ) -> Result<Command, String> {
+    let mut args = args.into_iter().peekable();
+    if args.peek().map(String::as_str) == Some("init") {
+        args.next();
+        let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
+        // Checked now: a typo must fail before the agent would be started.
+        return match parse_with_env(rest.clone(), env_token)? {
+            Command::Run(_) => Ok(Command::Init(rest)),
+            _ => Err("init needs the agent's options (--listen …)".into()),
+        };
+    }
     let mut listen = None;
     let mut keepalive = DEFAULT_KEEPALIVE;
     let mut access_token = env_token.filter(|t| !t.is_empty());
     let mut idle_timeout = None;
     let mut default_user = None;
     let mut default_workdir = None;
-    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value)),
@@ -289,6 +302,17 @@ mod tests {
             panic!("env token");
         };
         assert_eq!(config.access_token.as_deref(), Some("from-env"));
+    }
+
+    #[test]
+    fn init_mode_takes_the_agent_options() {
+        assert_eq!(
+            parse_strs(&["init", "--", "--listen", "vsock:49983"]),
+            Ok(Command::Init(vec!["--listen".into(), "vsock:49983".into()]))
+        );
+        assert!(parse_strs(&["init", "--"]).is_err());
+        assert!(parse_strs(&["init", "--", "--version"]).is_err());
+        assert!(parse_strs(&["init", "--", "--listen", "bogus"]).is_err());
     }
 
     #[test]

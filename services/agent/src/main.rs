@@ -27,6 +27,7 @@ mod cli;
 mod connect;
 mod files;
 mod filesystem;
+mod init;
 mod multipart;
 mod process;
 mod pty;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout().lock(), "{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
+        cli::Command::Init(agent_args) => return init::run(agent_args),
         cli::Command::Run(config) => config,
     };
 
