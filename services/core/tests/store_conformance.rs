@@ -1684,3 +1684,177 @@ async fn urls_select_the_store() {
     assert!(matches!(r, Err(CoreError::Unavailable(_))), "{:?}", r.err());
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+// ---------------------------------------------------------------------------------
+// Guest address leases (`IpLeases`), on both stores.
+
+conformance!(
+    ip_leases_take_the_lowest_free_address_and_are_idempotent,
+    ip_leases_stay_distinct_under_concurrent_leasers,
+);
+
+impl Subject {
+    /// A second, independent handle on the same database (as another worker
+    /// process would open).
+    async fn another_handle(&self) -> Database {
+        let url = match (&self._sqlite_dir, &self._pg) {
+            (Some(dir), _) => format!("sqlite://{}", dir.path().join("conformance.db").display()),
+            (None, Some(pg)) => pg.url(),
+            (None, None) => unreachable!("a subject has a database"),
+        };
+        aetherium_core::store::connect(&url).await.unwrap()
+    }
+}
+
+fn v4(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 0, 0, last)
+}
+
+async fn ip_leases_take_the_lowest_free_address_and_are_idempotent(s: Subject) {
+    let leases = s.db.leases();
+    let net = "worker-1/aetherium0";
+    let range = v4(2)..=v4(6);
+    assert!(leases.list_leases(net).await.unwrap().is_empty());
+    for (vm, want) in [("a", 2), ("b", 3), ("c", 4)] {
+        assert_eq!(
+            leases.lease_ip(net, vm, range.clone()).await.unwrap(),
+            v4(want)
+        );
+    }
+    // Asking again gives the lease the VM holds.
+    assert_eq!(
+        leases.lease_ip(net, "a", range.clone()).await.unwrap(),
+        v4(2)
+    );
+    let listed = leases.list_leases(net).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|l| (l.vm_id.as_str(), l.ip))
+            .collect::<Vec<_>>(),
+        vec![("a", v4(2)), ("b", v4(3)), ("c", v4(4))]
+    );
+    assert!(listed.iter().all(|l| l.network == net));
+    assert!((Utc::now() - listed[0].leased_at).num_seconds().abs() < 60);
+
+    // A released address is the lowest free one again.
+    assert!(leases.release_ip(net, "b").await.unwrap());
+    assert!(!leases.release_ip(net, "b").await.unwrap());
+    assert_eq!(
+        leases.lease_ip(net, "d", range.clone()).await.unwrap(),
+        v4(3)
+    );
+
+    // Another network is another address space.
+    assert_eq!(
+        leases
+            .lease_ip("worker-2/aetherium0", "a", range.clone())
+            .await
+            .unwrap(),
+        v4(2)
+    );
+
+    // Full: a clear error, and nothing half-made.
+    assert_eq!(
+        leases.lease_ip(net, "e", range.clone()).await.unwrap(),
+        v4(5)
+    );
+    assert_eq!(
+        leases.lease_ip(net, "f", range.clone()).await.unwrap(),
+        v4(6)
+    );
+    match leases.lease_ip(net, "g", range.clone()).await {
+        Err(CoreError::Conflict(m)) => {
+            assert!(m.contains("no free") && m.contains(net), "{m}")
+        }
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+    assert_eq!(leases.list_leases(net).await.unwrap().len(), 5);
+    // A VM already holding an address still gets it when the range is full.
+    assert_eq!(
+        leases.lease_ip(net, "f", range.clone()).await.unwrap(),
+        v4(6)
+    );
+
+    // A lease outside a new range is replaced by one inside it.
+    let wider = v4(2)..=v4(9);
+    assert_eq!(
+        leases.lease_ip(net, "g", wider.clone()).await.unwrap(),
+        v4(7)
+    );
+    assert_eq!(
+        leases.lease_ip(net, "g", v4(8)..=v4(9)).await.unwrap(),
+        v4(8)
+    );
+    assert_eq!(leases.lease_ip(net, "h", wider).await.unwrap(), v4(7));
+
+    // Malformed requests.
+    for (n, vm, r) in [
+        (net, "x", v4(5)..=v4(4)),
+        ("", "x", range.clone()),
+        (net, "", range),
+    ] {
+        assert!(matches!(
+            leases.lease_ip(n, vm, r).await,
+            Err(CoreError::InvalidInput(_))
+        ));
+    }
+}
+
+async fn ip_leases_stay_distinct_under_concurrent_leasers(s: Subject) {
+    // Two handles, as two worker processes on one database would have.
+    let handles = [s.db.leases(), s.another_handle().await.leases()];
+    let net = "worker-1/aebr0";
+    let range = v4(2)..=v4(254);
+    let lease_all = |ids: Vec<String>| {
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, vm)| {
+                let leases = handles[i % 2].clone();
+                let range = range.clone();
+                tokio::spawn(async move {
+                    let ip = leases.lease_ip(net, &vm, range).await.unwrap();
+                    (vm, ip)
+                })
+            })
+            .collect();
+        async move {
+            let mut got = Vec::new();
+            for t in tasks {
+                got.push(t.await.unwrap());
+            }
+            got
+        }
+    };
+
+    let first: Vec<String> = (0..16).map(|i| format!("vm-{i}")).collect();
+    let got = lease_all(first.clone()).await;
+    let ips: BTreeSet<_> = got.iter().map(|(_, ip)| *ip).collect();
+    assert_eq!(ips.len(), 16, "two VMs share an address: {got:?}");
+    assert_eq!(ips, (2..18).map(v4).collect::<BTreeSet<_>>());
+
+    // The same VMs asking again at once (some twice) get what they hold.
+    let mut again = first.clone();
+    again.extend(first[..4].iter().cloned());
+    let held: std::collections::BTreeMap<_, _> = got.into_iter().collect();
+    for (vm, ip) in lease_all(again).await {
+        assert_eq!(held[&vm], ip, "{vm} moved");
+    }
+
+    // Release every other one; new VMs get exactly the freed, lowest addresses.
+    let mut freed = BTreeSet::new();
+    for vm in first.iter().step_by(2) {
+        assert!(handles[1].release_ip(net, vm).await.unwrap());
+        freed.insert(held[vm]);
+    }
+    let got = lease_all((0..8).map(|i| format!("new-{i}")).collect()).await;
+    let ips: BTreeSet<_> = got.iter().map(|(_, ip)| *ip).collect();
+    assert_eq!(ips, freed);
+    let listed = handles[0].list_leases(net).await.unwrap();
+    assert_eq!(listed.len(), 16);
+    assert_eq!(
+        listed.iter().map(|l| l.ip).collect::<BTreeSet<_>>().len(),
+        16
+    );
+}

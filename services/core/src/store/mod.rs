@@ -6,15 +6,18 @@
 
 pub mod auth;
 pub mod events;
+pub mod leases;
 pub mod logs;
 pub(crate) mod postgres;
 mod postgres_auth;
 mod postgres_events;
+mod postgres_leases;
 mod postgres_tasks;
 mod postgres_workers;
 pub(crate) mod sqlite;
 mod sqlite_auth;
 mod sqlite_events;
+mod sqlite_leases;
 mod sqlite_tasks;
 mod sqlite_workers;
 pub mod tasks;
@@ -31,6 +34,7 @@ use chrono::{DateTime, Utc};
 
 pub use auth::{AuditFilter, AuthStore, Session};
 pub use events::EventLog;
+pub use leases::{IpLease, IpLeases};
 pub use logs::LogStore;
 pub use postgres::{PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
@@ -130,6 +134,14 @@ impl Database {
     }
 
     pub fn logs(&self) -> std::sync::Arc<dyn LogStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Guest address leases of microVMs.
+    pub fn leases(&self) -> std::sync::Arc<dyn IpLeases> {
         match self {
             Database::Sqlite(s) => s.clone(),
             Database::Postgres(s) => s.clone(),

@@ -1,0 +1,51 @@
+//! IPv4 forwarding and our iptables rules, each tagged with a comment naming the
+//! bridge so that it is added once and found again for removal.
+
+use super::NetError;
+use super::cmd::{self, failed, run};
+use super::plan::{Rule, tagged_rule_deletions};
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Turns on IPv4 forwarding if it is off.
+pub(crate) async fn enable_forwarding() -> Result<(), NetError> {
+    let now = tokio::fs::read_to_string(IP_FORWARD)
+        .await
+        .map_err(|e| NetError::Command(format!("cannot read {IP_FORWARD}: {e}")))?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    tokio::fs::write(IP_FORWARD, "1\n").await.map_err(|e| {
+        NetError::Command(format!("cannot enable IPv4 forwarding ({IP_FORWARD}): {e}"))
+    })
+}
+
+fn args<'a>(rule: &'a Rule, op: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["-w", "-t", rule.table, op, rule.chain];
+    v.extend(rule.spec.iter().map(String::as_str));
+    v
+}
+
+/// Inserts the rule at the top of its chain unless it is there already (so rules
+/// appended later, such as a catch-all DROP, do not shadow it).
+pub(crate) async fn ensure_rule(rule: &Rule) -> Result<(), NetError> {
+    let check = args(rule, "-C");
+    let out = cmd::output("iptables", &check).await?;
+    match out.code {
+        Some(0) => Ok(()),
+        // 1: no such rule.
+        Some(1) => run("iptables", &args(rule, "-I")).await.map(drop),
+        _ => Err(failed("iptables", &check, &out)),
+    }
+}
+
+/// Deletes every rule of `table`/`chain` that carries `tag`.
+pub(crate) async fn remove_tagged(table: &str, chain: &str, tag: &str) -> Result<(), NetError> {
+    let listing = run("iptables", &["-w", "-t", table, "-S", chain]).await?;
+    for deletion in tagged_rule_deletions(&listing, tag) {
+        let mut argv = vec!["-w", "-t", table];
+        argv.extend(deletion.iter().map(String::as_str));
+        run("iptables", &argv).await?;
+    }
+    Ok(())
+}
