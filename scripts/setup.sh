@@ -24,10 +24,14 @@ Sets up Aetherium on this machine, step by step (each step is skipped when done)
   3. builds the base sandbox image $AETHERIUM_IMAGE (debootstrap + docker import)
   4. builds the aetherium CLI and the static in-sandbox agent and installs both
      into \${PREFIX:-/usr/local}/bin
-  5. starts \`aetherium up\` in the background and waits until it is healthy
+  5. microVMs: fetches the guest kernel (Debian's cloud kernel package, unpacked
+     into \$AETHERIUM_KERNEL_DIR, not installed), installs firecracker + jailer
+     (pinned, sha256-checked) and vhost-device-vsock (cargo), and builds the VM
+     image of $AETHERIUM_IMAGE (\`aetherium image build\`)
+  6. starts \`aetherium up\` in the background and waits until it is healthy
 
 Options:
-  --no-start        stop after step 4 (do not start the server)
+  --no-start        stop after step 5 (do not start the server)
   --rebuild-image   rebuild the base image even if it exists
   --stop            stop the background server started by this script
   --help            this text
@@ -115,20 +119,20 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------
-step "1/5 System packages and Rust toolchain"
+step "1/6 System packages and Rust toolchain"
 ensure_packages
 ensure_rust
 
 # ---------------------------------------------------------------------------
-step "2/5 Docker engine"
+step "2/6 Docker engine"
 ensure_dockerd
 
 # ---------------------------------------------------------------------------
-step "3/5 Base sandbox image $AETHERIUM_IMAGE"
+step "3/6 Base sandbox image $AETHERIUM_IMAGE"
 ensure_base_image "$REBUILD_IMAGE"
 
 # ---------------------------------------------------------------------------
-step "4/5 Build and install aetherium + aetherium-agent"
+step "4/6 Build and install aetherium + aetherium-agent"
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
 	if [ -n "${CARGO_USER:-}" ]; then
 		# cargo runs as the sudo user: keep the build in their cache, not root's.
@@ -184,14 +188,26 @@ case ":$PATH:" in
 esac
 
 # ---------------------------------------------------------------------------
+step "5/6 MicroVMs: guest kernel, firecracker, vhost-device-vsock, VM image"
+export AETHERIUM_KERNEL_DIR
+ensure_guest_kernel
+ensure_firecracker "$PREFIX"
+ensure_vhost_vsock "$PREFIX"
+t0=$(now_s)
+# Cached by content digest: a no-op (a second or so) when nothing changed.
+"$PREFIX/bin/aetherium" image build "$AETHERIUM_IMAGE" ||
+	die "building the VM image of $AETHERIUM_IMAGE failed (output above)"
+ok "VM image of $AETHERIUM_IMAGE ready in $(elapsed "$t0")s"
+
+# ---------------------------------------------------------------------------
 if [ "$NO_START" = 1 ]; then
-	step "5/5 Start the server: skipped (--no-start)"
+	step "6/6 Start the server: skipped (--no-start)"
 	info "start it later with: sudo $0   (or run: $PREFIX/bin/aetherium up)"
 	ok "setup done in $(elapsed "$T_ALL")s"
 	exit 0
 fi
 
-step "5/5 Start aetherium up (port $PORT)"
+step "6/6 Start aetherium up (port $PORT)"
 mkdir -p "$STATE_DIR"
 if pid=$(server_pid); then
 	if healthy; then

@@ -188,6 +188,8 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             image,
             vcpus,
             memory_mb,
+            orchestrator,
+            no_network,
             wait,
             no_wait,
         } => {
@@ -196,8 +198,14 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             } else {
                 format!("?wait={wait}")
             };
-            let body =
-                json!({"name": name, "image": image, "vcpus": vcpus, "memory_mb": memory_mb});
+            let body = json!({
+                "name": name,
+                "image": image,
+                "vcpus": vcpus,
+                "memory_mb": memory_mb,
+                "orchestrator": orchestrator,
+                "network": if no_network { Some("none") } else { None },
+            });
             let created: CreateVmResponse = client
                 .send(reqwest::Method::POST, &format!("/vms{query}"), Some(body))
                 .await?;
@@ -352,6 +360,9 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         VmCommand::Cp { src, dst } => crate::cp::cp(&client, &src, &dst).await,
+        VmCommand::Pause { vm } => vm_action(&client, format, &vm, "pause").await,
+        VmCommand::Resume { vm } => vm_action(&client, format, &vm, "resume").await,
+        VmCommand::Snapshot { vm } => vm_action(&client, format, &vm, "snapshot").await,
         VmCommand::Rm { vm, no_wait } => {
             let query = if no_wait { "" } else { "?wait=120s" };
             let deleted: DeleteVmResponse = client
@@ -372,6 +383,40 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             })
         }
     }
+}
+
+/// Pause, resume or snapshot, waiting until the worker has done it.
+async fn vm_action(
+    client: &Client,
+    format: OutputFormat,
+    vm: &str,
+    action: &str,
+) -> anyhow::Result<u8> {
+    let done: aetherium_types::VmActionResponse = client
+        .send(
+            reqwest::Method::POST,
+            &format!("/vms/{}/{action}?wait=120s", seg(vm)),
+            None,
+        )
+        .await?;
+    match format {
+        OutputFormat::Json => print_json(&done)?,
+        OutputFormat::Table => {
+            print_vm(&done.vm, format)?;
+            if let Some(dir) = done
+                .result
+                .as_ref()
+                .and_then(|r| r.get("snapshot_dir"))
+                .and_then(|d| d.as_str())
+            {
+                println!(
+                    "snapshot: {dir} (on worker {})",
+                    done.vm.worker_id.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(if done.status == "completed" { 0 } else { 1 })
 }
 
 fn task_rows(tasks: &[Task]) -> Vec<Vec<String>> {

@@ -4,8 +4,10 @@ mod account;
 mod client;
 mod cp;
 mod distributed;
+mod doctor;
 mod events;
 mod exec;
+mod image;
 mod output;
 mod term;
 mod up;
@@ -73,6 +75,10 @@ enum Command {
     Worker(workers::WorkerArgs),
     /// The cluster's capacity and how sandboxes spread over zones and workers.
     Cluster(workers::ClusterArgs),
+    /// Build, list and remove guest images for the microVM backends (on this host).
+    Image(image::ImageArgs),
+    /// What works on this host for each backend (Docker, QEMU, Firecracker, network), and why not.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -105,6 +111,12 @@ pub enum VmCommand {
         /// Memory in MiB (at least 128).
         #[arg(long = "memory")]
         memory_mb: Option<u64>,
+        /// Backend: docker, qemu or firecracker (default: the platform's).
+        #[arg(long, value_parser = ["docker", "qemu", "firecracker"])]
+        orchestrator: Option<String>,
+        /// MicroVMs only: no network device at all.
+        #[arg(long)]
+        no_network: bool,
         /// Longest time to wait for the sandbox to run, e.g. 2m.
         #[arg(long, default_value = "120s", num_args = 0..=1, default_missing_value = "120s")]
         wait: String,
@@ -159,6 +171,12 @@ pub enum VmCommand {
         /// `<vm>:<absolute path>`, a local path, or `-` (stdout).
         dst: String,
     },
+    /// Freeze a running sandbox (microVM vCPUs or container processes).
+    Pause { vm: String },
+    /// Let a paused sandbox run again.
+    Resume { vm: String },
+    /// Write a paused microVM's state and memory on its worker (Firecracker).
+    Snapshot { vm: String },
     /// Delete a sandbox (waits until it is gone unless --no-wait).
     Rm {
         vm: String,
@@ -244,6 +262,8 @@ fn main() -> ExitCode {
             Command::Logs(args) => events::logs(args).await,
             Command::Worker(args) => workers::worker(args).await,
             Command::Cluster(args) => workers::cluster(args).await,
+            Command::Image(args) => image::image(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.

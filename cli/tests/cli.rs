@@ -38,6 +38,8 @@ impl Up {
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .env("AETHERIUM_AGENT_PATH", agent_bin())
+            // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
+            .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_WORKER_ID", worker_id)
             .env("AETHERIUM_HEARTBEAT_INTERVAL_SECONDS", "1")
             .env(
@@ -908,4 +910,66 @@ fn gateway_and_worker_names_run_their_modes() {
         assert!(help.contains(says), "{name}: {help}");
         assert!(!help.contains("Commands:"), "{name}: {help}");
     }
+}
+
+#[test]
+fn doctor_reports_every_backend_and_why() {
+    let data_dir = tempfile::Builder::new()
+        .prefix("aeth-doc-")
+        .tempdir()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["doctor", "-o", "json", "--data-dir"])
+        .arg(data_dir.path())
+        .env("AETHERIUM_AGENT_PATH", agent_bin())
+        // An image store with nothing built: the VM image check must fail and say how.
+        .env("AETHERIUM_IMAGES_DIR", data_dir.path().join("images"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    // The default backend (docker) works here: exit code 0.
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let section = |name: &str| {
+        report["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["backend"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} section: {report}"))
+    };
+    assert_eq!(section("docker")["usable"], true, "{report}");
+    let images = section("guest images");
+    assert_eq!(images["usable"], false, "{report}");
+    let image_check = images["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("VM image"))
+        .unwrap()
+        .clone();
+    assert_eq!(image_check["ok"], false);
+    assert!(
+        image_check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("aetherium image build"),
+        "{image_check}"
+    );
+    // QEMU itself runs here (TCG); without an image it cannot boot a sandbox yet.
+    let qemu = section("qemu");
+    let tcg = qemu["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("TCG"))
+        .unwrap()
+        .clone();
+    assert_eq!(tcg["ok"], true, "{qemu}");
+    assert_eq!(qemu["usable"], false, "{qemu}");
+    // Firecracker's guest boot is not even tried without a kernel to boot.
+    let fc = section("firecracker");
+    assert_eq!(fc["usable"], false, "{fc}");
+    assert!(fc.to_string().contains("not tried"), "{fc}");
 }

@@ -161,6 +161,8 @@ impl Cluster {
             // Workers' tunnel endpoints on a free loopback port each.
             .env("AETHERIUM_WORKER_ADDRESS", "127.0.0.1:0")
             .env("AETHERIUM_AGENT_PATH", agent_bin())
+            // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
+            .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_DEFAULT_IMAGE", test_image())
             .env("AETHERIUM_HEARTBEAT_INTERVAL_SECONDS", "1")
             .env("AETHERIUM_LOG_FORMAT", "json")

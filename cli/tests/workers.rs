@@ -41,6 +41,8 @@ impl Up {
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .env("AETHERIUM_AGENT_PATH", agent_bin())
+            // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
+            .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_WORKER_ID", worker_id)
             .env("AETHERIUM_WORKER_ZONE", "zone-cli")
             .env("AETHERIUM_HEARTBEAT_INTERVAL_SECONDS", "1")

@@ -35,6 +35,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub worker: WorkerConfig,
     pub vmm: VmmConfig,
+    pub network: NetworkConfig,
     pub queue: QueueConfig,
     pub logging: LoggingConfig,
     pub auth: AuthConfig,
@@ -162,7 +163,105 @@ pub struct VmmConfig {
     pub socket_dir: Option<PathBuf>,
     /// Most bytes of stdout (and of stderr) kept per execution.
     pub output_cap_bytes: usize,
+    /// Backends this worker offers, each if it works on this host (`aetherium
+    /// doctor` says why one does not): `docker`, `qemu`, `firecracker`.
+    pub backends: Vec<String>,
+    /// Built guest images (`aetherium image build`). Defaults to `<data_dir>/images`.
+    pub images_dir: Option<PathBuf>,
+    /// An extracted Debian `linux-image-*-cloud-amd64` package (boot/vmlinuz-*,
+    /// lib/modules/…) that image builds take the guest kernel from.
+    pub kernel_dir: PathBuf,
+    /// Per-microVM runtime directories (VMM sockets, rootfs copies). Defaults to
+    /// `<data_dir>/vms`; keep it short: unix socket paths are limited to 108 bytes.
+    pub run_dir: Option<PathBuf>,
+    /// How long a microVM may take until its agent answers (TCG boots take seconds).
+    pub boot_timeout_seconds: u64,
     pub docker: DockerConfig,
+    pub qemu: QemuConfig,
+    pub firecracker: FirecrackerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    /// The vhost-user vsock device (hybrid-vsock socket, same as Firecracker's).
+    pub vhost_vsock_binary: PathBuf,
+    /// `auto` (KVM when a probe boot works, else TCG), `kvm` or `tcg`.
+    pub accel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirecrackerConfig {
+    pub binary: PathBuf,
+    /// Run each VMM under `jailer` (chroot, own uid) when set.
+    pub jailer_binary: Option<PathBuf>,
+}
+
+/// The microVMs' network: a bridge with NAT, one TAP per VM (the original's layout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Off: microVMs get no network device at all.
+    pub enabled: bool,
+    pub bridge: String,
+    /// The bridge's address and prefix; guests get the others of the subnet.
+    pub gateway_cidr: String,
+    /// Masquerade guest traffic to the outside.
+    pub nat: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            enabled: true,
+            bridge: "aetherium0".into(),
+            gateway_cidr: "172.16.0.1/24".into(),
+            nat: true,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The gateway address and prefix length of `gateway_cidr`.
+    pub fn gateway(&self) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
+        let bad = |why: &str| {
+            ConfigError::Invalid(format!(
+                "network.gateway_cidr {:?} {why}; want e.g. 172.16.0.1/24",
+                self.gateway_cidr
+            ))
+        };
+        let (ip, prefix) = self
+            .gateway_cidr
+            .split_once('/')
+            .ok_or_else(|| bad("has no /prefix"))?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad("is not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad("has a bad prefix"))?;
+        if !(16..=30).contains(&prefix) {
+            return Err(bad("needs a prefix between /16 and /30"));
+        }
+        Ok((ip, prefix))
+    }
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            vhost_vsock_binary: "vhost-device-vsock".into(),
+            accel: "auto".into(),
+        }
+    }
+}
+
+impl Default for FirecrackerConfig {
+    fn default() -> Self {
+        FirecrackerConfig {
+            binary: "/usr/local/bin/firecracker".into(),
+            jailer_binary: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +367,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             worker: WorkerConfig::default(),
             vmm: VmmConfig::default(),
+            network: NetworkConfig::default(),
             queue: QueueConfig::default(),
             logging: LoggingConfig::default(),
             auth: AuthConfig::default(),
@@ -317,7 +417,14 @@ impl Default for VmmConfig {
             agent_path: None,
             socket_dir: None,
             output_cap_bytes: 1024 * 1024,
+            backends: vec!["docker".into(), "qemu".into(), "firecracker".into()],
+            images_dir: None,
+            kernel_dir: "/var/lib/aetherium/kernel".into(),
+            run_dir: None,
+            boot_timeout_seconds: 120,
             docker: DockerConfig::default(),
+            qemu: QemuConfig::default(),
+            firecracker: FirecrackerConfig::default(),
         }
     }
 }
@@ -369,6 +476,14 @@ where
     T::Err: std::fmt::Display,
 {
     value.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true/false)")),
+    }
 }
 
 /// Environment overrides: each entry lists its names, first match wins, so the
@@ -519,6 +634,50 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     ),
     (&["AETHERIUM_SOCKET_DIR", "SOCKET_DIR"], |c, v| {
         c.vmm.socket_dir = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_KERNEL_DIR"], |c, v| {
+        c.vmm.kernel_dir = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_IMAGES_DIR"], |c, v| {
+        c.vmm.images_dir = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_VM_RUN_DIR"], |c, v| {
+        c.vmm.run_dir = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_BACKENDS"], |c, v| {
+        c.vmm.backends = v
+            .split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        Ok(())
+    }),
+    (&["AETHERIUM_DEFAULT_BACKEND"], |c, v| {
+        c.vmm.default_backend = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_QEMU_ACCEL"], |c, v| {
+        c.vmm.qemu.accel = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_FIRECRACKER_BIN"], |c, v| {
+        c.vmm.firecracker.binary = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_NETWORK_ENABLED"], |c, v| {
+        c.network.enabled = parse_bool(v)?;
+        Ok(())
+    }),
+    (&["AETHERIUM_NETWORK_BRIDGE"], |c, v| {
+        c.network.bridge = v.to_string();
+        Ok(())
+    }),
+    (&["AETHERIUM_NETWORK_CIDR"], |c, v| {
+        c.network.gateway_cidr = v.to_string();
         Ok(())
     }),
     (&["AETHERIUM_AGENT_PATH"], |c, v| {
@@ -730,11 +889,42 @@ impl Config {
                 self.vmm.default_memory_mb
             ));
         }
-        if self.vmm.default_backend != "docker" {
+        const BACKENDS: [&str; 3] = ["docker", "qemu", "firecracker"];
+        for backend in self.vmm.backends.iter().chain([&self.vmm.default_backend]) {
+            if !BACKENDS.contains(&backend.as_str()) {
+                return invalid(format!(
+                    "unknown backend {backend:?} in vmm.backends / vmm.default_backend; want one of {BACKENDS:?}"
+                ));
+            }
+        }
+        if !self.vmm.backends.contains(&self.vmm.default_backend) {
             return invalid(format!(
-                "vmm.default_backend {:?} is not available: only `docker` is built so far",
-                self.vmm.default_backend
+                "vmm.default_backend {:?} is not in vmm.backends {:?}",
+                self.vmm.default_backend, self.vmm.backends
             ));
+        }
+        if !["auto", "kvm", "tcg"].contains(&self.vmm.qemu.accel.as_str()) {
+            return invalid(format!(
+                "vmm.qemu.accel {:?} must be auto, kvm or tcg",
+                self.vmm.qemu.accel
+            ));
+        }
+        if self.vmm.boot_timeout_seconds == 0 {
+            return invalid("vmm.boot_timeout_seconds must be at least 1".into());
+        }
+        if self.network.enabled {
+            self.network.gateway()?;
+            let bridge = &self.network.bridge;
+            if bridge.is_empty()
+                || bridge.len() > 15
+                || !bridge
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return invalid(format!(
+                    "network.bridge {bridge:?} must be 1-15 letters, digits, - or _"
+                ));
+            }
         }
         if self.vmm.output_cap_bytes == 0 {
             return invalid("vmm.output_cap_bytes must be at least 1".into());
@@ -849,6 +1039,20 @@ impl Config {
             .url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("aetherium.db").display()))
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.vmm
+            .images_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
+    }
+
+    pub fn vm_run_dir(&self) -> PathBuf {
+        self.vmm
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("vms"))
     }
 
     pub fn socket_dir(&self) -> PathBuf {

@@ -80,6 +80,10 @@ pub struct CreateVmRequest {
     /// Backend; the configured default when omitted.
     #[serde(default)]
     pub orchestrator: Option<crate::Orchestrator>,
+    /// MicroVMs: `nat` (default: a TAP on the host bridge, egress through NAT) or
+    /// `none` (no network device at all). Containers use the configured Docker network.
+    #[serde(default)]
+    pub network: Option<crate::VmNetwork>,
     /// Refused unless empty: tool installation does not exist yet.
     #[cfg_attr(feature = "openapi", schema(max_items = 0))]
     #[serde(default)]
@@ -285,6 +289,24 @@ pub struct DeleteVmResponse {
     #[serde(rename = "type")]
     pub task_type: String,
     pub status: String,
+}
+
+/// The answer to pause, resume and snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmActionResponse {
+    pub task_id: String,
+    pub vm_id: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// The task's status: `completed` once done (with `?wait=`), else `pending`/`running`.
+    pub status: String,
+    /// The VM as it is now.
+    pub vm: crate::Vm,
+    /// What the task returned (a snapshot's directory on its worker).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,10 @@ pub enum EventType {
     VmStopped,
     #[serde(rename = "vm.failed")]
     VmFailed,
+    #[serde(rename = "vm.paused")]
+    VmPaused,
+    #[serde(rename = "vm.resumed")]
+    VmResumed,
     #[serde(rename = "vm.deleted")]
     VmDeleted,
     #[serde(rename = "execution.started")]
@@ -55,7 +59,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 21] = [
         EventType::TaskCreated,
         EventType::TaskStarted,
         EventType::TaskCompleted,
@@ -66,6 +70,8 @@ impl EventType {
         EventType::VmStarted,
         EventType::VmStopped,
         EventType::VmFailed,
+        EventType::VmPaused,
+        EventType::VmResumed,
         EventType::VmDeleted,
         EventType::ExecutionStarted,
         EventType::ExecutionCompleted,
@@ -89,6 +95,8 @@ impl EventType {
             EventType::VmStarted => "vm.started",
             EventType::VmStopped => "vm.stopped",
             EventType::VmFailed => "vm.failed",
+            EventType::VmPaused => "vm.paused",
+            EventType::VmResumed => "vm.resumed",
             EventType::VmDeleted => "vm.deleted",
             EventType::ExecutionStarted => "execution.started",
             EventType::ExecutionCompleted => "execution.completed",

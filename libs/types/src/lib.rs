@@ -43,7 +43,7 @@ pub use auth::{
 pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
 pub use task::{Task, TaskStatus, TaskType};
-pub use vm::{Orchestrator, Vm, VmStatus};
+pub use vm::{Orchestrator, Vm, VmNetwork, VmStatus};
 pub use worker::{
     ClusterDistribution, ClusterStats, Placement, Worker, WorkerCounts, WorkerDistribution,
     WorkerList, WorkerStatus, WorkerUsage, WorkerView, ZoneDistribution,

@@ -17,6 +17,12 @@ pub enum TaskType {
     VmDelete,
     #[serde(rename = "vm:execute")]
     VmExecute,
+    #[serde(rename = "vm:pause")]
+    VmPause,
+    #[serde(rename = "vm:resume")]
+    VmResume,
+    #[serde(rename = "vm:snapshot")]
+    VmSnapshot,
     #[serde(rename = "job:execute")]
     JobExecute,
     #[serde(rename = "integration:run")]
@@ -37,12 +43,15 @@ pub struct TaskPolicy {
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 10] = [
+    pub const ALL: [TaskType; 13] = [
         TaskType::VmCreate,
         TaskType::VmStart,
         TaskType::VmStop,
         TaskType::VmDelete,
         TaskType::VmExecute,
+        TaskType::VmPause,
+        TaskType::VmResume,
+        TaskType::VmSnapshot,
         TaskType::JobExecute,
         TaskType::IntegrationRun,
         TaskType::WorkspaceCreate,
@@ -57,6 +66,9 @@ impl TaskType {
             TaskType::VmStop => "vm:stop",
             TaskType::VmDelete => "vm:delete",
             TaskType::VmExecute => "vm:execute",
+            TaskType::VmPause => "vm:pause",
+            TaskType::VmResume => "vm:resume",
+            TaskType::VmSnapshot => "vm:snapshot",
             TaskType::JobExecute => "job:execute",
             TaskType::IntegrationRun => "integration:run",
             TaskType::WorkspaceCreate => "workspace:create",
@@ -71,6 +83,9 @@ impl TaskType {
             TaskType::VmStart | TaskType::VmStop => (2, 5),
             TaskType::VmDelete => (2, 2),
             TaskType::VmExecute => (2, 10),
+            // A freeze or thaw either works at once or the VM is broken: no retries.
+            TaskType::VmPause | TaskType::VmResume => (0, 2),
+            TaskType::VmSnapshot => (0, 10),
             TaskType::JobExecute | TaskType::IntegrationRun => (2, 30),
             TaskType::WorkspaceCreate => (2, 30),
             TaskType::WorkspaceDelete => (2, 5),

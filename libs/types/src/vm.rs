@@ -9,16 +9,19 @@ pub enum VmStatus {
     Created,
     Starting,
     Running,
+    /// vCPUs frozen (microVMs, containers); memory kept. Resume makes it RUNNING.
+    Paused,
     Stopping,
     Stopped,
     Failed,
 }
 
 impl VmStatus {
-    pub const ALL: [VmStatus; 6] = [
+    pub const ALL: [VmStatus; 7] = [
         VmStatus::Created,
         VmStatus::Starting,
         VmStatus::Running,
+        VmStatus::Paused,
         VmStatus::Stopping,
         VmStatus::Stopped,
         VmStatus::Failed,
@@ -29,6 +32,7 @@ impl VmStatus {
             VmStatus::Created => "CREATED",
             VmStatus::Starting => "STARTING",
             VmStatus::Running => "RUNNING",
+            VmStatus::Paused => "PAUSED",
             VmStatus::Stopping => "STOPPING",
             VmStatus::Stopped => "STOPPED",
             VmStatus::Failed => "FAILED",
@@ -39,7 +43,7 @@ impl VmStatus {
     pub fn is_settled(self) -> bool {
         matches!(
             self,
-            VmStatus::Running | VmStatus::Stopped | VmStatus::Failed
+            VmStatus::Running | VmStatus::Paused | VmStatus::Stopped | VmStatus::Failed
         )
     }
 }
@@ -47,7 +51,7 @@ impl VmStatus {
 wire_names!(VmStatus, "VM status");
 
 /// Which backend runs a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Orchestrator {
@@ -73,6 +77,17 @@ impl Orchestrator {
 }
 
 wire_names!(Orchestrator, "orchestrator");
+
+/// A microVM's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum VmNetwork {
+    /// A TAP device on the host bridge; egress through NAT.
+    Nat,
+    /// No network device.
+    None,
+}
 
 /// A sandbox, as stored and as returned by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -193,6 +193,7 @@ async fn main() {
     .expect("backend");
     let vm_id = format!("bench-{}", std::process::id());
     let spec = SandboxSpec {
+        orchestrator: aetherium_types::Orchestrator::Docker,
         vm_id: vm_id.clone(),
         name: vm_id.clone(),
         image,

@@ -375,7 +375,7 @@ impl Platform {
             self.cancel_pending_tasks_of_vm(&vm.id, worker_id, &message)
                 .await?;
             match vm.status {
-                VmStatus::Created | VmStatus::Starting | VmStatus::Running => {
+                VmStatus::Created | VmStatus::Starting | VmStatus::Running | VmStatus::Paused => {
                     if self
                         .store
                         .transition_vm(&vm.id, &[vm.status], VmStatus::Failed, Some(&message))

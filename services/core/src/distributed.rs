@@ -23,7 +23,7 @@ use crate::bus_redis::{RedisBusOptions, RedisEventBus};
 use crate::error::{CoreError, CoreResult};
 use crate::feed::{self, LogFeed};
 use crate::queue::{RedisQueue, RedisQueueOptions, RetryPolicy};
-use crate::runtime::{docker_backend, platform_defaults, retention, worker_settings};
+use crate::runtime::{platform_defaults, retention, worker_settings};
 use crate::services::{AgentRouter, LocalAgents, Platform};
 use crate::store::{PgStore, redact_url};
 use crate::tunnel::{self, OwnedAgents, RemoteAgents, TunnelSecret};
@@ -129,8 +129,14 @@ impl DistributedRuntime {
             background_rx.clone(),
         )];
         let backend = match role {
-            DistributedRole::Worker => Some(docker_backend(config)?),
+            DistributedRole::Worker => {
+                Some(crate::host::host_backends(config, store.clone()).await?)
+            }
             DistributedRole::Gateway => None,
+        };
+        let (backend, network): (Option<Arc<dyn crate::vmm::Backend>>, _) = match backend {
+            Some(host) => (Some(host.backends), host.network),
+            None => (None, None),
         };
         let secret = match config.cluster.secret.as_deref() {
             Some(secret) => Some(TunnelSecret::new(secret)?),
@@ -210,7 +216,12 @@ impl DistributedRuntime {
                         background_rx.clone(),
                     )));
                 }
-                let worker = Worker::new(worker_settings(config), platform.clone(), backend);
+                let worker = Worker::with_network(
+                    worker_settings(config),
+                    platform.clone(),
+                    backend,
+                    network,
+                );
                 // Registered before the process says it is up.
                 worker.heartbeat().await;
                 let task = tokio::spawn(worker.clone().run(shutdown_rx));

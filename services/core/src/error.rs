@@ -17,6 +17,9 @@ pub enum CoreError {
     /// 409: the resource is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),
+    /// 501: this VM's backend cannot do that (e.g. snapshots of a container).
+    #[error("{0}")]
+    NotImplemented(String),
     /// 503: a dependency (backend, database) is down; try again later.
     #[error("{0}")]
     Unavailable(String),

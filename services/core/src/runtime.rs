@@ -1,5 +1,6 @@
 //! Assembles embedded mode: one process holding the store (SQLite), the embedded
-//! queue, the in-process event bus, the Docker backend and one worker.
+//! queue, the in-process event bus, this host's backends ([`crate::host`]) and one
+//! worker.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use crate::queue::EmbeddedQueue;
 use crate::services::{LocalAgents, Platform, PlatformDefaults};
 use crate::store::{SqliteStore, Store};
 use crate::vmm::Backend;
-use crate::vmm::docker::{DockerBackend, DockerBackendConfig};
 use crate::worker::{Worker, WorkerSettings};
 
 pub struct EmbeddedRuntime {
@@ -55,7 +55,11 @@ pub fn platform_defaults(config: &Config) -> PlatformDefaults {
         vcpus: config.vmm.default_vcpus,
         memory_mb: config.vmm.default_memory_mb,
         image: config.vmm.docker.default_image.clone(),
-        orchestrator: Orchestrator::Docker,
+        orchestrator: config
+            .vmm
+            .default_backend
+            .parse()
+            .unwrap_or(Orchestrator::Docker),
         exec_timeout_seconds: aetherium_types::MAX_EXEC_TIMEOUT_SECONDS,
         worker_stale_after: Duration::from_secs(config.worker.heartbeat_interval_seconds) * 3,
     }
@@ -87,25 +91,8 @@ pub fn worker_settings(config: &Config) -> WorkerSettings {
         output_cap_bytes: config.vmm.output_cap_bytes,
         agent_ready_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        snapshot_dir: config.data_dir.join("snapshots"),
     }
-}
-
-/// The Docker backend of this host's worker.
-pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
-    let socket_dir = config.socket_dir();
-    std::fs::create_dir_all(&socket_dir).map_err(|e| {
-        CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
-    })?;
-    let backend = DockerBackend::connect(DockerBackendConfig {
-        host: config.vmm.docker.host.clone(),
-        worker_id: config.worker.id.clone(),
-        agent_path: resolve_agent_path(config)?,
-        socket_dir,
-        pids_limit: config.vmm.docker.pids_limit,
-        network_mode: config.vmm.docker.network_mode.clone(),
-    })
-    .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
-    Ok(Arc::new(backend))
 }
 
 pub(crate) fn retention(config: &Config) -> Retention {
@@ -143,11 +130,12 @@ impl EmbeddedRuntime {
             store.pool().clone(),
             Duration::from_secs(config.queue.retry_base_seconds),
         );
-        let backend = docker_backend(config)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         // The log writer and the pruner outlive the worker, so its last words are kept.
         let (background_stop, background_rx) = watch::channel(false);
         let store = Arc::new(store);
+        let host = crate::host::host_backends(config, store.clone()).await?;
+        let backend: Arc<dyn Backend> = host.backends.clone();
         let auth = Auth::new(
             store.clone(),
             AuthSettings {
@@ -186,7 +174,7 @@ impl EmbeddedRuntime {
             defaults: platform_defaults(config),
         };
         let settings = worker_settings(config);
-        let worker = Worker::new(settings, platform.clone(), backend);
+        let worker = Worker::with_network(settings, platform.clone(), backend, host.network);
         // The first heartbeat registers the worker before the API takes requests.
         worker.heartbeat().await;
         let worker_task = Some(tokio::spawn(worker.clone().run(shutdown_rx)));

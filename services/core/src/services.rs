@@ -45,7 +45,7 @@ pub struct ExecPayload {
     pub timeout_seconds: u64,
 }
 
-/// Payload of `vm:delete`.
+/// Payload of `vm:delete` and of the control tasks (`vm:pause`, `vm:resume`, `vm:snapshot`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeletePayload {
     pub vm_id: String,
@@ -113,6 +113,25 @@ impl AgentRouter for LocalAgents {
     }
 }
 
+/// The request's metadata, plus `network: none` when a microVM asked for no network
+/// (the worker reads it when it makes the VM).
+fn vm_metadata(req: &CreateVmRequest) -> serde_json::Map<String, serde_json::Value> {
+    let mut metadata = req.metadata.clone();
+    if req.network == Some(aetherium_types::VmNetwork::None) {
+        metadata.insert("network".into(), "none".into());
+    }
+    metadata
+}
+
+/// Which control operations each backend supports (the API answers 501 for others).
+pub fn backend_can(orchestrator: Orchestrator, task_type: TaskType) -> bool {
+    match task_type {
+        TaskType::VmPause | TaskType::VmResume => true,
+        TaskType::VmSnapshot => orchestrator == Orchestrator::Firecracker,
+        _ => true,
+    }
+}
+
 pub fn new_task(task_type: TaskType, payload: serde_json::Value, vm_id: Option<&str>) -> Task {
     let policy = task_type.policy();
     let now = Utc::now();
@@ -174,11 +193,6 @@ impl Platform {
     ) -> CoreResult<(Vm, Task)> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let orchestrator = req.orchestrator.unwrap_or(self.defaults.orchestrator);
-        if orchestrator != Orchestrator::Docker {
-            return Err(CoreError::InvalidInput(format!(
-                "orchestrator {orchestrator} is not available yet: only docker is built"
-            )));
-        }
         let vcpus = req.vcpus.unwrap_or(self.defaults.vcpus);
         let memory_mb = req.memory_mb.unwrap_or(self.defaults.memory_mb);
         // The worker that will run it (a 503 saying why when none fits).
@@ -214,7 +228,7 @@ impl Platform {
             created_at: Utc::now(),
             started_at: None,
             stopped_at: None,
-            metadata: req.metadata.clone(),
+            metadata: vm_metadata(req),
         };
         self.store.insert_vm(&vm).await?;
         let mut payload = CreatePayload {
@@ -270,6 +284,7 @@ impl Platform {
             VmStatus::Created,
             VmStatus::Starting,
             VmStatus::Running,
+            VmStatus::Paused,
             VmStatus::Stopped,
             VmStatus::Failed,
         ];
@@ -300,6 +315,55 @@ impl Platform {
                 .await;
             return Err(e);
         }
+        Ok(task)
+    }
+
+    /// Queues `vm:pause` on the VM's worker: a RUNNING VM's vCPUs freeze (PAUSED).
+    pub async fn pause_vm(&self, id: &str) -> CoreResult<Task> {
+        self.control_vm(id, TaskType::VmPause).await
+    }
+
+    /// Queues `vm:resume`: a PAUSED VM runs again.
+    pub async fn resume_vm(&self, id: &str) -> CoreResult<Task> {
+        self.control_vm(id, TaskType::VmResume).await
+    }
+
+    /// Queues `vm:snapshot`: the state and memory of a PAUSED microVM are written on
+    /// its worker (Firecracker only).
+    pub async fn snapshot_vm(&self, id: &str) -> CoreResult<Task> {
+        self.control_vm(id, TaskType::VmSnapshot).await
+    }
+
+    async fn control_vm(&self, id: &str, task_type: TaskType) -> CoreResult<Task> {
+        let vm = self.get_vm(id).await?;
+        let (needs, what) = match task_type {
+            TaskType::VmPause => (VmStatus::Running, "paused"),
+            TaskType::VmResume => (VmStatus::Paused, "resumed"),
+            _ => (VmStatus::Paused, "snapshotted"),
+        };
+        if !backend_can(vm.orchestrator, task_type) {
+            return Err(CoreError::NotImplemented(format!(
+                "{} VMs cannot be {what}: the {} backend does not support it",
+                vm.orchestrator, vm.orchestrator
+            )));
+        }
+        if vm.status != needs {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is {}: only a {needs} VM can be {what}",
+                vm.status
+            )));
+        }
+        self.ensure_owner_reachable(&vm).await?;
+        let mut task = new_task(
+            task_type,
+            to_value(&DeletePayload {
+                vm_id: vm.id.clone(),
+            })?,
+            Some(&vm.id),
+        );
+        task.priority = 8;
+        task.target_worker_id = vm.worker_id.clone();
+        self.submit(&task).await?;
         Ok(task)
     }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
 use aetherium_types::{
-    EventType, Execution, ExecutionStatus, Task, TaskType, VmStatus, Worker as WorkerInfo,
-    WorkerStatus,
+    EventType, Execution, ExecutionStatus, Orchestrator, Task, TaskType, Vm, VmStatus,
+    Worker as WorkerInfo, WorkerStatus,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -17,12 +17,13 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::agent_client::AgentError;
+use crate::net::HostNetwork;
 use crate::queue::FailOutcome;
 use crate::services::{
     CANCELLED_WHILE_RUNNING, CreatePayload, DeletePayload, ExecPayload, Platform, new_task,
 };
 use crate::store::{Cursor, Page, VmFilter};
-use crate::vmm::{Backend, SandboxExit, SandboxSpec, SandboxState};
+use crate::vmm::{Backend, GuestNetwork, SandboxExit, SandboxSpec, SandboxState};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -44,6 +45,8 @@ pub struct WorkerSettings {
     /// At shutdown, how long running tasks may take to finish before they are
     /// stopped and released to the queue.
     pub shutdown_grace: Duration,
+    /// Where `vm:snapshot` writes (`<dir>/<vm id>/<task id>/`).
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 /// Why a task attempt failed, and whether trying again can help.
@@ -90,6 +93,8 @@ pub struct Worker {
     settings: WorkerSettings,
     platform: Platform,
     backend: Arc<dyn Backend>,
+    /// Guest networking for microVMs (`None`: they get no network device).
+    network: Option<Arc<HostNetwork>>,
     started_at: chrono::DateTime<Utc>,
     /// The status last announced as a `worker.*` event (`None` before the first).
     announced: std::sync::Mutex<Option<WorkerStatus>>,
@@ -104,10 +109,20 @@ impl Worker {
         platform: Platform,
         backend: Arc<dyn Backend>,
     ) -> Arc<Self> {
+        Worker::with_network(settings, platform, backend, None)
+    }
+
+    pub fn with_network(
+        settings: WorkerSettings,
+        platform: Platform,
+        backend: Arc<dyn Backend>,
+        network: Option<Arc<HostNetwork>>,
+    ) -> Arc<Self> {
         Arc::new(Worker {
             settings,
             platform,
             backend,
+            network,
             started_at: Utc::now(),
             announced: std::sync::Mutex::new(None),
             running: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -123,6 +138,7 @@ impl Worker {
     /// released to the queue at once (no attempt counted), so another worker (or this
     /// one, restarted) takes them without waiting for their lease to expire.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        self.reconcile_network().await;
         self.heartbeat().await;
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
         let exits = tokio::spawn(self.clone().exit_watch_loop(shutdown.clone()));
@@ -271,7 +287,12 @@ impl Worker {
             address: self.settings.address.clone(),
             zone: self.settings.zone.clone(),
             status,
-            capabilities: vec![self.backend.kind().as_str().to_string()],
+            capabilities: self
+                .backend
+                .kinds()
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
             labels: self.settings.labels.clone(),
             cpu_cores: self.settings.cpu_cores,
             memory_mb: self.settings.memory_mb,
@@ -393,9 +414,9 @@ impl Worker {
             match self.platform.store.get_vm(&sandbox.vm_id).await? {
                 None => {
                     tracing::warn!(vm_id = %sandbox.vm_id, "removing a sandbox with no VM record");
-                    self.backend.delete(&sandbox.vm_id).await?;
+                    self.remove_sandbox(&sandbox.vm_id).await?;
                 }
-                Some(vm) if vm.status == VmStatus::Running => {
+                Some(vm) if matches!(vm.status, VmStatus::Running | VmStatus::Paused) => {
                     if let SandboxState::Exited {
                         exit_code,
                         oom_killed,
@@ -410,12 +431,16 @@ impl Worker {
         for vm in self.owned_vms().await? {
             let listed = sandboxes.iter().any(|s| s.vm_id == vm.id);
             // A VM may have started after the listing: ask again before judging it.
-            if vm.status == VmStatus::Running
+            if matches!(vm.status, VmStatus::Running | VmStatus::Paused)
                 && !listed
                 && self.backend.status(&vm.id).await? == SandboxState::Missing
             {
-                self.mark_vm_failed(&vm.id, &[VmStatus::Running], "the sandbox disappeared")
-                    .await;
+                self.mark_vm_failed(
+                    &vm.id,
+                    &[VmStatus::Running, VmStatus::Paused],
+                    "the sandbox disappeared",
+                )
+                .await;
             }
         }
         Ok(())
@@ -470,7 +495,12 @@ impl Worker {
             )
         };
         match store
-            .transition_vm(vm_id, &[VmStatus::Running], to, Some(&message))
+            .transition_vm(
+                vm_id,
+                &[VmStatus::Running, VmStatus::Paused],
+                to,
+                Some(&message),
+            )
             .await
         {
             Ok(true) => {
@@ -486,6 +516,60 @@ impl Worker {
             }
             Ok(false) => {} // Not RUNNING: being deleted or already handled.
             Err(e) => tracing::error!(vm_id, error = %e, "cannot record a stopped sandbox"),
+        }
+    }
+
+    /// At start, before any task runs (so no VM is half-made): TAP devices and address
+    /// leases of sandboxes that no longer exist are removed.
+    async fn reconcile_network(&self) {
+        let Some(network) = &self.network else { return };
+        let result = async {
+            let live = self
+                .backend
+                .list()
+                .await
+                .map_err(|e| crate::net::NetError::Command(e.to_string()))?
+                .into_iter()
+                .map(|s| s.vm_id)
+                .collect();
+            network.reconcile(&live).await
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(error = %e, "cannot reconcile the guest network");
+        }
+    }
+
+    /// Removes a sandbox and its network (TAP device, address lease).
+    async fn remove_sandbox(&self, vm_id: &str) -> Result<(), crate::vmm::BackendError> {
+        self.backend.delete(vm_id).await?;
+        if let Some(network) = &self.network {
+            network
+                .detach(vm_id)
+                .await
+                .map_err(|e| crate::vmm::BackendError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A microVM's network, unless the VM asked for none (`metadata.network: none`).
+    async fn attach_network(&self, vm: &Vm) -> Result<Option<GuestNetwork>, TaskError> {
+        let wants = !matches!(
+            vm.metadata.get("network").and_then(|v| v.as_str()),
+            Some("none")
+        );
+        match (&self.network, vm.orchestrator) {
+            (_, Orchestrator::Docker) => Ok(None),
+            (Some(network), _) if wants => {
+                // The bridge is made when the first microVM needs it (idempotent).
+                let attached = match network.ensure().await {
+                    Ok(()) => network.attach(&vm.id).await,
+                    Err(e) => Err(e),
+                };
+                attached
+                    .map(Some)
+                    .map_err(|e| TaskError::retry(format!("cannot set up the VM's network: {e}")))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -653,6 +737,9 @@ impl Worker {
                     .await
             }
             TaskType::VmDelete => self.handle_delete(parse(&task.payload)?).await,
+            TaskType::VmPause | TaskType::VmResume | TaskType::VmSnapshot => {
+                self.handle_control(task, parse(&task.payload)?).await
+            }
             other => Err(TaskError::permanent(format!(
                 "task type {other} is not handled by this worker yet"
             ))),
@@ -665,7 +752,7 @@ impl Worker {
         match task.task_type {
             TaskType::VmCreate => {
                 if let Ok(payload) = parse::<CreatePayload>(&task.payload) {
-                    if let Err(e) = self.backend.delete(&payload.vm_id).await {
+                    if let Err(e) = self.remove_sandbox(&payload.vm_id).await {
                         tracing::warn!(vm_id = %payload.vm_id, error = %e, "cannot remove the sandbox of a cancelled create");
                     }
                     let message = "VM creation was cancelled";
@@ -696,7 +783,7 @@ impl Worker {
             TaskType::VmCreate => {
                 if let Ok(payload) = parse::<CreatePayload>(&task.payload) {
                     // Nothing half-made stays behind.
-                    let _ = self.backend.delete(&payload.vm_id).await;
+                    let _ = self.remove_sandbox(&payload.vm_id).await;
                     let message = format!("VM failed to start: {error}");
                     self.mark_vm_failed(
                         &payload.vm_id,
@@ -798,22 +885,31 @@ impl Worker {
         store.update_vm(&vm).await?;
 
         // A retried attempt may find a sandbox from the attempt before: start clean.
-        self.backend.delete(&vm.id).await?;
+        self.remove_sandbox(&vm.id).await?;
         if *cancel.borrow() {
             return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
         }
         let spec = SandboxSpec {
+            orchestrator: vm.orchestrator,
             vm_id: vm.id.clone(),
             name: vm.name.clone(),
             image: vm.image.clone(),
             vcpus: vm.vcpu_count,
             memory_mb: vm.memory_mb,
-            network: None,
+            network: self.attach_network(&vm).await?,
         };
-        self.backend.create(&spec).await?;
+        if let Err(e) = self.backend.create(&spec).await {
+            // The backend left nothing; neither may the network.
+            let _ = self.remove_sandbox(&vm.id).await;
+            return Err(e.into());
+        }
         let agent = self.backend.agent(&vm.id);
         let ready = tokio::select! {
-            ready = agent.wait_ready(self.settings.agent_ready_timeout) => ready,
+            ready = agent.wait_ready(
+                self.backend
+                    .boot_timeout(&vm.id)
+                    .unwrap_or(self.settings.agent_ready_timeout),
+            ) => ready,
             _ = until_cancelled(cancel.clone()) => {
                 // `on_cancelled` removes the sandbox and fails the VM.
                 return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
@@ -821,12 +917,22 @@ impl Worker {
         };
         if let Err(e) = ready {
             let state = self.backend.status(&vm.id).await.ok();
-            let _ = self.backend.delete(&vm.id).await;
+            let context = self
+                .backend
+                .failure_context(&vm.id)
+                .map(|c| format!("\n{c}"))
+                .unwrap_or_default();
+            let _ = self.remove_sandbox(&vm.id).await;
             return Err(match state {
                 Some(SandboxState::Exited { exit_code, .. }) => TaskError::permanent(format!(
-                    "the sandbox exited with code {exit_code} before its agent answered (is the image built for this machine?)"
+                    "the sandbox exited with code {exit_code} before its agent answered (is the image built for this machine?){context}"
                 )),
-                _ => TaskError::retry(format!("the sandbox's agent did not answer: {e}")),
+                // A guest that never reaches its agent will not on a second boot of
+                // the same image either: fail at once, with its console.
+                _ if vm.orchestrator != Orchestrator::Docker => TaskError::permanent(format!(
+                    "the guest did not reach its agent (boot timeout): {e}{context}"
+                )),
+                _ => TaskError::retry(format!("the sandbox's agent did not answer: {e}{context}")),
             });
         }
 
@@ -863,6 +969,60 @@ impl Worker {
         Ok(json!({"vm_id": vm.id, "status": vm.status}))
     }
 
+    // ---- vm:pause, vm:resume, vm:snapshot -----------------------------------------
+
+    async fn handle_control(&self, task: &Task, payload: DeletePayload) -> TaskResult {
+        let store = &self.platform.store;
+        let vm_id = &payload.vm_id;
+        let Some(vm) = store.get_vm(vm_id).await? else {
+            return Err(TaskError::permanent(format!("VM {vm_id} no longer exists")));
+        };
+        let (from, to, event) = match task.task_type {
+            TaskType::VmPause => (VmStatus::Running, VmStatus::Paused, EventType::VmPaused),
+            TaskType::VmResume => (VmStatus::Paused, VmStatus::Running, EventType::VmResumed),
+            _ => {
+                if vm.status != VmStatus::Paused {
+                    return Err(TaskError::permanent(format!(
+                        "VM {vm_id} is {}: only a PAUSED VM can be snapshotted",
+                        vm.status
+                    )));
+                }
+                let dir = self.settings.snapshot_dir.join(vm_id).join(&task.id);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    TaskError::permanent(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                if let Err(e) = self.backend.snapshot(vm_id, &dir).await {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(TaskError::permanent(e.to_string()));
+                }
+                return Ok(json!({"vm_id": vm_id, "snapshot_dir": dir.display().to_string()}));
+            }
+        };
+        if vm.status != from {
+            return Err(TaskError::permanent(format!(
+                "VM {vm_id} is {}, not {from}",
+                vm.status
+            )));
+        }
+        let result = match task.task_type {
+            TaskType::VmPause => self.backend.pause(vm_id).await,
+            _ => self.backend.resume(vm_id).await,
+        };
+        // Not retried: a freeze or thaw that fails says something about the VM.
+        result.map_err(|e| TaskError::permanent(e.to_string()))?;
+        if !store.transition_vm(vm_id, &[from], to, None).await? {
+            return Err(TaskError::permanent(format!(
+                "VM {vm_id} changed state meanwhile"
+            )));
+        }
+        self.platform.publish(
+            event,
+            vm_id,
+            json!({"status": to, "worker_id": self.settings.id}),
+        );
+        Ok(json!({"vm_id": vm_id, "status": to}))
+    }
+
     // ---- vm:delete -----------------------------------------------------------------
 
     async fn handle_delete(&self, payload: DeletePayload) -> TaskResult {
@@ -870,7 +1030,7 @@ impl Worker {
         if store.get_vm(&payload.vm_id).await?.is_none() {
             return Ok(json!({"vm_id": payload.vm_id, "deleted": true}));
         }
-        self.backend.delete(&payload.vm_id).await?;
+        self.remove_sandbox(&payload.vm_id).await?;
         store
             .fail_unfinished_executions(&payload.vm_id, "the VM was deleted")
             .await?;

@@ -3,7 +3,8 @@
 //! The binary comes from `AETHERIUM_AGENT_BIN`, else `$CARGO_TARGET_DIR/agent/`
 //! (`make agent`), else `$CARGO_TARGET_DIR/debug/` (`cargo build -p aetherium-agent`).
 
-use std::path::{Path, PathBuf};
+use aetherium_testkit::agent_bin;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,41 +19,6 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Finds the agent binary; panics with what to do when there is none.
-fn agent_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "AETHERIUM_AGENT_BIN={} does not exist",
-            path.display()
-        );
-        return path;
-    }
-    // The test executable lives in <target>/debug/deps/.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            exe.ancestors().nth(3).map(Path::to_path_buf)
-        })
-        .expect("cannot tell the cargo target directory");
-    let candidates = [
-        target_dir.join("agent/aetherium-agent"),
-        target_dir.join("debug/aetherium-agent"),
-    ];
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "no aetherium-agent binary at {candidates:?}: run `make agent` \
-                 (or set AETHERIUM_AGENT_BIN)"
-            )
-        })
-}
 
 /// An agent process on a unix socket; killed through its own handle when dropped.
 struct Agent {

@@ -7,6 +7,7 @@
 //! (`make agent`), else `$CARGO_TARGET_DIR/debug/` (`cargo build -p aetherium-agent`).
 #![allow(clippy::unwrap_used)]
 
+use aetherium_testkit::agent_bin;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,28 +41,6 @@ use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "tunnel-test-secret-0123456789";
-
-fn agent_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        return PathBuf::from(path);
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            exe.ancestors().nth(3).map(Path::to_path_buf)
-        })
-        .expect("cannot tell the cargo target directory");
-    let candidates = [
-        target_dir.join("agent/aetherium-agent"),
-        target_dir.join("debug/aetherium-agent"),
-    ];
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("no aetherium-agent binary at {candidates:?}: run `make agent`"))
-}
 
 /// An agent process on a unix socket; killed through its own handle when dropped.
 struct Agent(Child);

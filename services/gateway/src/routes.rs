@@ -20,7 +20,7 @@ use aetherium_types::task::QueueName;
 use aetherium_types::{
     CreateVmRequest, CreateVmResponse, DeleteVmResponse, ExecuteCommandRequest, ExecuteResponse,
     Execution, ExecutionList, HealthResponse, SmartExecuteRequest, SmartExecuteResponse, Task,
-    TaskList, Vm, VmList,
+    TaskList, Vm, VmActionResponse, VmList,
 };
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -295,6 +295,114 @@ pub async fn delete_vm(
         status,
     };
     Ok((accepted_or_done(done), Json(body)).into_response())
+}
+
+/// Shared by pause, resume and snapshot: queue, optionally wait, answer with the VM.
+async fn vm_action(
+    state: &AppState,
+    id: &str,
+    wait: &WaitQuery,
+    action: aetherium_types::TaskType,
+) -> ApiResult<Response> {
+    let wait = wait.duration(state.max_wait)?;
+    let vm = resolve_vm(state, id).await?;
+    let platform = &state.platform;
+    let task = match action {
+        aetherium_types::TaskType::VmPause => platform.pause_vm(&vm.id).await?,
+        aetherium_types::TaskType::VmResume => platform.resume_vm(&vm.id).await?,
+        _ => platform.snapshot_vm(&vm.id).await?,
+    };
+    let task = match wait {
+        Some(wait) => platform.wait_task_finished(&task.id, wait).await?,
+        None => task,
+    };
+    if task.status == aetherium_types::TaskStatus::Failed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            task.error
+                .unwrap_or_else(|| format!("{} failed", task.task_type)),
+        ));
+    }
+    let done = task.status == aetherium_types::TaskStatus::Completed;
+    let body = VmActionResponse {
+        task_id: task.id.clone(),
+        vm_id: vm.id.clone(),
+        task_type: task.task_type.to_string(),
+        status: task.status.to_string(),
+        vm: platform.get_vm(&vm.id).await?,
+        result: if done { task.result.clone() } else { None },
+    };
+    Ok((accepted_or_done(done), Json(body)).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms/{id}/pause",
+    tag = "vms",
+    summary = "Pause a VM",
+    description = "Freezes a RUNNING VM's vCPUs (microVMs) or processes (containers); it turns PAUSED and keeps its memory. Queued on its worker; with `?wait=` 200 once done.",
+    params(("id" = String, Path, description = "The VM's id or name"), WaitQuery),
+    responses(
+        (status = 200, description = "Waited: the VM is PAUSED", body = VmActionResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING, or the backend refused", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn pause_vm(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    vm_action(&state, &id, &q, aetherium_types::TaskType::VmPause).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms/{id}/resume",
+    tag = "vms",
+    summary = "Resume a paused VM",
+    description = "A PAUSED VM runs again (RUNNING). Queued on its worker; with `?wait=` 200 once done.",
+    params(("id" = String, Path, description = "The VM's id or name"), WaitQuery),
+    responses(
+        (status = 200, description = "Waited: the VM is RUNNING", body = VmActionResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not PAUSED, or the backend refused", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn resume_vm(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    vm_action(&state, &id, &q, aetherium_types::TaskType::VmResume).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/vms/{id}/snapshot",
+    tag = "vms",
+    summary = "Snapshot a paused microVM",
+    description = "Writes the VM state and memory of a PAUSED Firecracker VM on its worker; the result names the directory. Other backends answer 501.",
+    params(("id" = String, Path, description = "The VM's id or name"), WaitQuery),
+    responses(
+        (status = 200, description = "Waited: the snapshot is written", body = VmActionResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not PAUSED, or the backend refused", body = aetherium_types::ErrorResponse),
+        (status = 501, description = "The VM's backend cannot snapshot", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn snapshot_vm(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    vm_action(&state, &id, &q, aetherium_types::TaskType::VmSnapshot).await
 }
 
 async fn wait_for_execution(

@@ -336,4 +336,19 @@ impl Backend for DockerBackend {
     fn agent_socket(&self, vm_id: &str) -> PathBuf {
         self.run_dir(vm_id).join(AGENT_SOCKET_NAME)
     }
+
+    /// `docker pause`: the cgroup freezer stops every process of the container.
+    async fn pause(&self, vm_id: &str) -> Result<(), BackendError> {
+        self.client()?
+            .pause_container(&container_name(vm_id))
+            .await
+            .map_err(map_err)
+    }
+
+    async fn resume(&self, vm_id: &str) -> Result<(), BackendError> {
+        self.client()?
+            .unpause_container(&container_name(vm_id))
+            .await
+            .map_err(map_err)
+    }
 }

@@ -3,6 +3,10 @@
 //! Firecracker or QEMU (which share [`vmproc`] for their VMM processes).
 
 pub mod docker;
+pub mod firecracker;
+pub mod multi;
+pub mod qemu;
+pub mod qmp;
 pub mod vmproc;
 
 use std::net::Ipv4Addr;
@@ -17,6 +21,8 @@ use crate::agent_client::AgentClient;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
     pub vm_id: String,
+    /// Which backend runs it (a worker may run several: see [`multi::Backends`]).
+    pub orchestrator: Orchestrator,
     pub name: String,
     pub image: String,
     pub vcpus: u32,
@@ -109,6 +115,25 @@ impl BackendError {
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> Orchestrator;
+
+    /// Every kind of sandbox this backend can run (several for [`multi::Backends`]).
+    fn kinds(&self) -> Vec<Orchestrator> {
+        vec![self.kind()]
+    }
+
+    /// How long a new sandbox may take until its agent answers (microVMs boot a
+    /// kernel first; under QEMU's software emulation that takes seconds).
+    fn boot_timeout(&self, vm_id: &str) -> Option<std::time::Duration> {
+        let _ = vm_id;
+        None
+    }
+
+    /// What to quote when a sandbox fails to come up: the last lines of its VMM log
+    /// and guest console. Read before `delete` removes them.
+    fn failure_context(&self, vm_id: &str) -> Option<String> {
+        let _ = vm_id;
+        None
+    }
 
     /// Whether the backend answers at all.
     async fn ping(&self) -> Result<(), BackendError>;

@@ -35,6 +35,9 @@ pub fn test_image() -> String {
     std::env::var("AETHERIUM_TEST_IMAGE").unwrap_or_else(|_| "aetherium/base:latest".into())
 }
 
+/// Changes a test server's config before each boot.
+type ConfigTweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 pub struct TestServer {
     pub url: String,
     pub http: reqwest::Client,
@@ -44,7 +47,7 @@ pub struct TestServer {
     /// `AppState::max_upload_bytes` of the API (the default unless a test sets it).
     pub max_upload_bytes: u64,
     /// Applied to the config before each boot (see [`TestServer::start_with_config`]).
-    tweak: Option<fn(&mut Config)>,
+    tweak: Option<ConfigTweak>,
     runtime: Option<EmbeddedRuntime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -60,6 +63,8 @@ fn config_for(data_dir: &std::path::Path, worker_id: &str, docker_host: &str) ->
     config.vmm.agent_path = Some(agent_bin());
     config.vmm.docker.default_image = test_image();
     config.vmm.docker.host = docker_host.to_string();
+    // MicroVM tests opt in (tests/microvm.rs); the others need only Docker.
+    config.vmm.backends = vec!["docker".into()];
     config.vmm.output_cap_bytes = OUTPUT_CAP_BYTES;
     config.queue.retry_base_seconds = 1;
     config.server.port = 0;
@@ -96,7 +101,7 @@ impl TestServer {
 
     async fn boot(&mut self) {
         let mut config = config_for(self.data_dir.path(), &self.worker_id, &self.docker_host);
-        if let Some(tweak) = self.tweak {
+        if let Some(tweak) = &self.tweak {
             tweak(&mut config);
         }
         let runtime = EmbeddedRuntime::start(&config).await.unwrap();
@@ -123,8 +128,13 @@ impl TestServer {
 
     /// A server whose config `tweak` changes (CORS, timeouts, …).
     pub async fn start_with_config(tweak: fn(&mut Config)) -> TestServer {
+        Self::start_with(tweak).await
+    }
+
+    /// Like [`TestServer::start_with_config`], with a tweak that may capture values.
+    pub async fn start_with(tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> TestServer {
         let mut server = Self::start().await;
-        server.tweak = Some(tweak);
+        server.tweak = Some(std::sync::Arc::new(tweak));
         server.restart().await;
         server
     }
