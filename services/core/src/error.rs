@@ -17,9 +17,10 @@ pub enum CoreError {
     /// 409: the resource is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),
-    /// 501: this VM's backend cannot do that (e.g. snapshots of a container).
+    /// 409 as well: this VM's backend cannot do that at all (e.g. snapshots of a
+    /// container). Not a 5xx: nothing is wrong with the server.
     #[error("{0}")]
-    NotImplemented(String),
+    Unsupported(String),
     /// 503: a dependency (backend, database) is down; try again later.
     #[error("{0}")]
     Unavailable(String),

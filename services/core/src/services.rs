@@ -123,7 +123,7 @@ fn vm_metadata(req: &CreateVmRequest) -> serde_json::Map<String, serde_json::Val
     metadata
 }
 
-/// Which control operations each backend supports (the API answers 501 for others).
+/// Which control operations each backend supports (the API answers 409 saying so for others).
 pub fn backend_can(orchestrator: Orchestrator, task_type: TaskType) -> bool {
     match task_type {
         TaskType::VmPause | TaskType::VmResume => true,
@@ -342,7 +342,7 @@ impl Platform {
             _ => (VmStatus::Paused, "snapshotted"),
         };
         if !backend_can(vm.orchestrator, task_type) {
-            return Err(CoreError::NotImplemented(format!(
+            return Err(CoreError::Unsupported(format!(
                 "{} VMs cannot be {what}: the {} backend does not support it",
                 vm.orchestrator, vm.orchestrator
             )));

@@ -52,7 +52,7 @@ impl From<CoreError> for ApiError {
             CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
             CoreError::NotFound(_) => StatusCode::NOT_FOUND,
             CoreError::Conflict(_) => StatusCode::CONFLICT,
-            CoreError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            CoreError::Unsupported(_) => StatusCode::CONFLICT,
             CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

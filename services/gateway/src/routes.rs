@@ -386,14 +386,13 @@ pub async fn resume_vm(
     path = "/api/v1/vms/{id}/snapshot",
     tag = "vms",
     summary = "Snapshot a paused microVM",
-    description = "Writes the VM state and memory of a PAUSED Firecracker VM on its worker; the result names the directory. Other backends answer 501.",
+    description = "Writes the VM state and memory of a PAUSED Firecracker VM on its worker; the result names the directory. Other backends answer 409 saying they cannot.",
     params(("id" = String, Path, description = "The VM's id or name"), WaitQuery),
     responses(
         (status = 200, description = "Waited: the snapshot is written", body = VmActionResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
         (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
-        (status = 409, description = "The VM is not PAUSED, or the backend refused", body = aetherium_types::ErrorResponse),
-        (status = 501, description = "The VM's backend cannot snapshot", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not PAUSED, its backend cannot snapshot, or the backend refused", body = aetherium_types::ErrorResponse),
         (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
     )
 )]

@@ -14,7 +14,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aetherium_core::image::{BuildRequest, BuildSource, ImageStore};
@@ -35,14 +35,29 @@ async fn build_base_image() {
         .expect("build the VM image of the base image");
 }
 
-/// Removes the test's bridge (and with it any TAP left on it) and its NAT rule.
+/// Whatever a failed test leaves: its VMs' processes (by the pids in their run
+/// directories), its bridge (and with it any TAP on it) and its NAT rules.
 struct BridgeGuard {
     bridge: String,
-    cidr: String,
+    run_dir: PathBuf,
 }
 
 impl Drop for BridgeGuard {
     fn drop(&mut self) {
+        if let Ok(vms) = std::fs::read_dir(&self.run_dir) {
+            for vm in vms.flatten() {
+                for pid in pids_in(&vm.path()) {
+                    if alive(pid) {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-KILL", &pid.to_string()])
+                            .status();
+                    }
+                }
+            }
+        }
+        if let Some(root) = self.run_dir.parent() {
+            let _ = std::fs::remove_dir_all(root);
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
@@ -61,7 +76,6 @@ impl Drop for BridgeGuard {
                 }
             }
         }
-        let _ = &self.cidr;
     }
 }
 
@@ -124,11 +138,17 @@ async fn microvm_server() -> (TestServer, BridgeGuard, Ipv4Addr) {
     );
     let gateway = Ipv4Addr::new(10, 200u8.wrapping_add(a % 50), b, 1);
     let cidr = format!("{gateway}/24");
+    let run_dir = tempfile::Builder::new()
+        .prefix("aevm-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let guard = BridgeGuard {
         bridge: bridge.clone(),
-        cidr: cidr.clone(),
+        run_dir: run_dir.join("qemu"),
     };
     let server = TestServer::start_with(move |config| {
+        config.vmm.run_dir = Some(run_dir.clone());
         config.vmm.backends = vec!["docker".into(), "qemu".into()];
         config.vmm.images_dir = Some(images_dir());
         config.vmm.boot_timeout_seconds = 240;
@@ -173,7 +193,7 @@ async fn a_qemu_microvm_boots_runs_commands_reaches_its_bridge_and_leaves_nothin
     assert_eq!(vm["status"], "RUNNING", "{created}");
     assert_eq!(vm["orchestrator"], "qemu");
     let id = vm["id"].as_str().unwrap().to_string();
-    let run_dir = server.data_dir.path().join("vms/qemu").join(&id);
+    let run_dir = guard.run_dir.join(&id);
     assert!(run_dir.is_dir(), "{}", run_dir.display());
     let pids = pids_in(&run_dir);
     assert!(
@@ -282,7 +302,7 @@ async fn a_qemu_microvm_boots_runs_commands_reaches_its_bridge_and_leaves_nothin
     assert_eq!(peer_ip.octets()[..3], gateway.octets()[..3], "{peer_ip}");
     assert_ne!(peer_ip, gateway);
 
-    // Pause freezes the vCPUs; resume thaws them. Snapshots are Firecracker's.
+    // Pause freezes the vCPUs; resume thaws them. Snapshots are Firecracker's (409 elsewhere).
     let (status, paused) = server
         .post(&format!("/vms/{id}/pause?wait=60s"), json!({}))
         .await;
@@ -293,7 +313,14 @@ async fn a_qemu_microvm_boots_runs_commands_reaches_its_bridge_and_leaves_nothin
         .await;
     assert_eq!(status, 409, "{refused}");
     let (status, snap) = server.post(&format!("/vms/{id}/snapshot"), json!({})).await;
-    assert_eq!(status, 501, "{snap}");
+    assert_eq!(status, 409, "{snap}");
+    assert!(
+        snap["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be snapshotted"),
+        "{snap}"
+    );
     let (status, resumed) = server
         .post(&format!("/vms/{id}/resume?wait=60s"), json!({}))
         .await;
@@ -335,7 +362,7 @@ async fn microvm_faults_end_failed_and_leave_nothing() {
         "{error}"
     );
     let id = vm["id"].as_str().unwrap();
-    assert!(!server.data_dir.path().join("vms/qemu").join(id).exists());
+    assert!(!guard.run_dir.join(id).exists());
     assert!(links_on(&bridge).is_empty(), "TAP left on {bridge}");
     assert!(leases_left(&server, &bridge).await.is_empty());
 
@@ -350,7 +377,7 @@ async fn microvm_faults_end_failed_and_leave_nothing() {
     assert_eq!(created["vm"]["status"], "RUNNING", "{created}");
     let id = created["vm"]["id"].as_str().unwrap().to_string();
     assert!(links_on(&bridge).is_empty(), "network none: no TAP");
-    let run_dir = server.data_dir.path().join("vms/qemu").join(&id);
+    let run_dir = guard.run_dir.join(&id);
     let pids = pids_in(&run_dir);
     let qemu_pid: u32 = std::fs::read_to_string(run_dir.join("qemu.pid"))
         .unwrap()
@@ -406,7 +433,14 @@ async fn a_microvm_backend_the_worker_does_not_offer_is_refused_clearly() {
     let (status, body) = server.post(&format!("/vms/{vm}/pause"), json!({})).await;
     assert_eq!(status, 409, "pausing twice: {body}");
     let (status, body) = server.post(&format!("/vms/{vm}/snapshot"), json!({})).await;
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be snapshotted"),
+        "{body}"
+    );
     let (status, body) = server
         .post(&format!("/vms/{vm}/resume?wait=30s"), json!({}))
         .await;
