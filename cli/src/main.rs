@@ -5,6 +5,7 @@ mod client;
 mod cp;
 mod distributed;
 mod doctor;
+mod environments;
 mod events;
 mod exec;
 mod image;
@@ -77,6 +78,10 @@ enum Command {
     Cluster(workers::ClusterArgs),
     /// Build, list and remove guest images for the microVM backends (on this host).
     Image(image::ImageArgs),
+    /// Workspace templates: image, size, tools, env vars, repository, MCP servers.
+    Env(environments::EnvArgs),
+    /// Global secrets for workspaces (encrypted at rest; values are write-only).
+    Secret(environments::SecretArgs),
     /// What works on this host for each backend (Docker, QEMU, Firecracker, network), and why not.
     Doctor(doctor::DoctorArgs),
 }
@@ -264,6 +269,8 @@ fn main() -> ExitCode {
             Command::Cluster(args) => workers::cluster(args).await,
             Command::Image(args) => image::image(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
+            Command::Env(args) => environments::env(args).await,
+            Command::Secret(args) => environments::secret(args).await,
         }
     });
     // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.

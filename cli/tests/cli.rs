@@ -973,3 +973,92 @@ fn doctor_reports_every_backend_and_why() {
     assert_eq!(fc["usable"], false, "{fc}");
     assert!(fc.to_string().contains("not tried"), "{fc}");
 }
+
+#[test]
+fn environments_and_secrets_from_the_cli() {
+    let data_dir = tempfile::Builder::new()
+        .prefix("aeth-env-")
+        .tempdir()
+        .unwrap();
+    let worker_id = format!("cli-env-{}", random_hex());
+    let up = Up::start(data_dir.path(), &worker_id);
+    let name = format!("env-{}", random_hex());
+
+    let out = up.cli(&[
+        "env",
+        "create",
+        &name,
+        "--tool",
+        "git",
+        "--tool",
+        "nodejs@20.11.1",
+        "-e",
+        "A=1",
+        "--repo",
+        "https://example.com/acme/app.git",
+        "--idle-timeout",
+        "600",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        created["tools"],
+        serde_json::json!(["git", "nodejs@20.11.1"])
+    );
+    assert_eq!(created["env_vars"]["A"], "1");
+    let out = up.cli(&["env", "ls"]);
+    assert!(text(&out.stdout).contains(&name), "{}", text(&out.stdout));
+    let out = up.cli(&["env", "get", &name]);
+    assert!(text(&out.stdout).contains("https://example.com/acme/app.git"));
+    // Bad input: the API's message, a non-zero exit.
+    let out = up.cli(&["env", "create", &name]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = up.cli(&["env", "create", "bad-env", "-e", "NOEQUALS"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("KEY=VALUE"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A secret's value goes in through stdin and never comes back out.
+    let value = format!("ghp_{}", random_hex());
+    let mut child = Command::new(BIN)
+        .args(["secret", "set", "GITHUB_TOKEN", "--type", "token"])
+        .env("AETHERIUM_URL", &up.url)
+        .env("AETHERIUM_TOKEN", up.token())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{value}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains(&value));
+    let out = up.cli(&["secret", "ls", "-o", "json"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("GITHUB_TOKEN") && !listed.contains(&value),
+        "{listed}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let id = list["secrets"][0]["id"].as_str().unwrap().to_string();
+    let out = up.cli(&["secret", "rm", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = up.cli(&["env", "rm", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    up.stop();
+    cleanup(&worker_id);
+}

@@ -41,6 +41,80 @@ pub struct Config {
     pub auth: AuthConfig,
     pub events: EventsConfig,
     pub cluster: ClusterConfig,
+    pub workspaces: WorkspacesConfig,
+}
+
+/// Workspaces for coding agents: secrets at rest, the agent CLIs, tools.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkspacesConfig {
+    /// AES-256 key for secrets at rest, 64 hex characters (the original's
+    /// `WORKSPACE_ENCRYPTION_KEY`). Embedded mode generates one on first start into
+    /// `<data_dir>/secrets.key` (0600); distributed mode needs it configured, the
+    /// same in every process.
+    pub encryption_key: Option<String>,
+    /// Keys used before (64 hex each): still read, never written with. Rotate by
+    /// moving the old key here and setting a new `encryption_key`.
+    pub retired_keys: Vec<String>,
+    /// The command a prompt runs, per AI assistant; `{prompt_file}` is replaced by
+    /// the path of a file holding the prompt (never put on a command line).
+    pub agent_commands: BTreeMap<String, String>,
+    /// The unprivileged user prompts run as inside the sandbox (created if missing).
+    pub agent_user: String,
+    /// Tool download mirrors: source name → base URL (see docs/tools.md).
+    pub tool_mirrors: BTreeMap<String, String>,
+    /// Extra tool recipes (one TOML file per tool) beside the built-in catalog.
+    pub tool_catalog_dir: Option<PathBuf>,
+    /// How often idle workspaces are looked for (the original's IDLE_CHECK_INTERVAL_SECONDS).
+    pub idle_check_interval_seconds: u64,
+}
+
+impl std::fmt::Debug for WorkspacesConfig {
+    // The keys stay out of every log line and error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspacesConfig")
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "[set]"),
+            )
+            .field("retired_keys", &self.retired_keys.len())
+            .field("agent_commands", &self.agent_commands)
+            .field("agent_user", &self.agent_user)
+            // Mirror URLs may carry credentials: names only.
+            .field(
+                "tool_mirrors",
+                &self.tool_mirrors.keys().collect::<Vec<_>>(),
+            )
+            .field("tool_catalog_dir", &self.tool_catalog_dir)
+            .field(
+                "idle_check_interval_seconds",
+                &self.idle_check_interval_seconds,
+            )
+            .finish()
+    }
+}
+
+impl Default for WorkspacesConfig {
+    fn default() -> Self {
+        WorkspacesConfig {
+            encryption_key: None,
+            retired_keys: Vec::new(),
+            agent_commands: BTreeMap::from([
+                (
+                    "claude-code".to_string(),
+                    "claude -p \"$(cat {prompt_file})\" --output-format text".to_string(),
+                ),
+                (
+                    "ampcode".to_string(),
+                    "amp -x \"$(cat {prompt_file})\"".to_string(),
+                ),
+            ]),
+            agent_user: "agent".into(),
+            tool_mirrors: BTreeMap::new(),
+            tool_catalog_dir: None,
+            idle_check_interval_seconds: 60,
+        }
+    }
 }
 
 /// Distributed mode: what gateways and workers on several hosts share.
@@ -373,6 +447,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             events: EventsConfig::default(),
             cluster: ClusterConfig::default(),
+            workspaces: WorkspacesConfig::default(),
         }
     }
 }
@@ -569,6 +644,26 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.queue.redis_prefix = v.to_string();
         Ok(())
     }),
+    (
+        &[
+            "AETHERIUM_WORKSPACE_ENCRYPTION_KEY",
+            "WORKSPACE_ENCRYPTION_KEY",
+        ],
+        |c, v| {
+            c.workspaces.encryption_key = Some(v.trim().to_string());
+            Ok(())
+        },
+    ),
+    (
+        &[
+            "AETHERIUM_IDLE_CHECK_INTERVAL_SECONDS",
+            "IDLE_CHECK_INTERVAL_SECONDS",
+        ],
+        |c, v| {
+            c.workspaces.idle_check_interval_seconds = parse(v)?;
+            Ok(())
+        },
+    ),
     (&["AETHERIUM_CLUSTER_SECRET"], |c, v| {
         c.cluster.secret = Some(v.to_string());
         Ok(())
@@ -908,6 +1003,29 @@ impl Config {
                 "vmm.qemu.accel {:?} must be auto, kvm or tcg",
                 self.vmm.qemu.accel
             ));
+        }
+        for (what, key) in self
+            .workspaces
+            .encryption_key
+            .iter()
+            .map(|k| ("workspaces.encryption_key", k))
+            .chain(
+                self.workspaces
+                    .retired_keys
+                    .iter()
+                    .map(|k| ("workspaces.retired_keys", k)),
+            )
+        {
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                // Never echo the key itself.
+                return invalid(format!(
+                    "{what} must be 64 hex characters (32 bytes), got {} characters",
+                    key.len()
+                ));
+            }
+        }
+        if self.workspaces.idle_check_interval_seconds == 0 {
+            return invalid("workspaces.idle_check_interval_seconds must be at least 1".into());
         }
         if self.vmm.boot_timeout_seconds == 0 {
             return invalid("vmm.boot_timeout_seconds must be at least 1".into());

@@ -27,18 +27,24 @@ macro_rules! wire_names {
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod environment;
 pub mod event;
 pub mod execution;
 pub mod logs;
 pub mod task;
 pub mod vm;
 pub mod worker;
+pub mod workspace;
 
 pub use api::*;
 pub use auth::{
     ApiKey, ApiKeyList, AuditEntry, AuditList, CreateApiKeyRequest, CreateApiKeyResponse,
     CreateUserRequest, LoginRequest, LoginResponse, Principal, PrincipalKind, Role,
     UpdateUserRequest, User, UserList, WhoAmI,
+};
+pub use environment::{
+    AddSecretRequest, CreateEnvironmentRequest, Environment, EnvironmentList, McpServer,
+    McpServerType, Secret, SecretList, SecretScope, SecretType, UpdateEnvironmentRequest,
 };
 pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
@@ -47,6 +53,12 @@ pub use vm::{Orchestrator, Vm, VmNetwork, VmStatus};
 pub use worker::{
     ClusterDistribution, ClusterStats, Placement, Worker, WorkerCounts, WorkerDistribution,
     WorkerList, WorkerStatus, WorkerUsage, WorkerView, ZoneDistribution,
+};
+pub use workspace::{
+    AiAssistant, CreateWorkspaceRequest, PrepStep, PrepStepRun, PrepStepStatus, PrepStepType,
+    Prompt, PromptList, PromptStatus, SessionClientMessage, SessionServerMessage, SessionStream,
+    SubmitPromptRequest, Workspace, WorkspaceList, WorkspaceSecretInput, WorkspaceSecretType,
+    WorkspaceStatus,
 };
 
 /// A new random identifier, as used for every resource (UUID v4, hyphenated).

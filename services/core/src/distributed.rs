@@ -191,6 +191,26 @@ impl DistributedRuntime {
             _ => None,
         };
         let config = &config;
+        let keyring = match &config.workspaces.encryption_key {
+            Some(key) => Some(crate::secrets::Keyring::from_hex(
+                key,
+                &crate::runtime::retired_keys(config),
+            )?),
+            None => {
+                tracing::warn!(
+                    "workspaces.encryption_key is not set: secrets cannot be stored or used in this cluster"
+                );
+                None
+            }
+        };
+        if let Some(keyring) = &keyring {
+            crate::runtime::rotate_secrets(&*store, keyring).await;
+        }
+        let workspace_data = crate::environments::WorkspaceData {
+            environments: store.clone(),
+            secrets: store.clone(),
+            keyring,
+        };
         let platform = Platform {
             store: store.clone(),
             queue: queue.clone(),
@@ -200,6 +220,7 @@ impl DistributedRuntime {
             log_feed,
             agents,
             defaults,
+            workspace_data,
         };
         let heartbeat = Duration::from_secs(config.worker.heartbeat_interval_seconds);
         let (worker, worker_task) = match backend {

@@ -95,6 +95,34 @@ pub fn worker_settings(config: &Config) -> WorkerSettings {
     }
 }
 
+pub(crate) fn retired_keys(config: &Config) -> Vec<&str> {
+    config
+        .workspaces
+        .retired_keys
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Re-encrypts secrets still under a retired key with the current one (idempotent;
+/// safe beside other processes doing the same).
+pub(crate) async fn rotate_secrets(
+    store: &dyn crate::store::SecretStore,
+    keyring: &crate::secrets::Keyring,
+) {
+    match crate::secrets::rotate_secrets(store, keyring).await {
+        Ok(report) if report.rotated > 0 || report.skipped > 0 => {
+            tracing::info!(
+                rotated = report.rotated,
+                skipped = report.skipped,
+                "secrets re-encrypted with the current key"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot re-encrypt secrets under retired keys"),
+    }
+}
+
 pub(crate) fn retention(config: &Config) -> Retention {
     Retention {
         events_max_age: Duration::from_secs(config.events.retention_hours * 3600),
@@ -160,6 +188,20 @@ impl EmbeddedRuntime {
             retention(config),
             background_rx,
         );
+        let keyring = match &config.workspaces.encryption_key {
+            Some(key) => crate::secrets::Keyring::from_hex(key, &retired_keys(config))?,
+            // One host: a key of its own, made on first start (0600, beside the database).
+            None => crate::secrets::Keyring::load_or_create(
+                &config.data_dir.join("secrets.key"),
+                &retired_keys(config),
+            )?,
+        };
+        rotate_secrets(&*store, &keyring).await;
+        let workspace_data = crate::environments::WorkspaceData {
+            environments: store.clone(),
+            secrets: store.clone(),
+            keyring: Some(keyring),
+        };
         let platform = Platform {
             store: store.clone(),
             queue: Arc::new(queue),
@@ -172,6 +214,7 @@ impl EmbeddedRuntime {
                 backend: backend.clone(),
             }),
             defaults: platform_defaults(config),
+            workspace_data,
         };
         let settings = worker_settings(config);
         let worker = Worker::with_network(settings, platform.clone(), backend, host.network);

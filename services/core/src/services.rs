@@ -76,6 +76,8 @@ pub struct Platform {
     /// The platform's own stored log records, and their live feed.
     pub logs: Arc<dyn LogStore>,
     pub log_feed: LogFeed,
+    /// Environments and secrets (and their key).
+    pub workspace_data: crate::environments::WorkspaceData,
 }
 
 /// Reaches the agent of a VM for direct work (streamed and interactive exec, files),

@@ -5,6 +5,9 @@
 //! a server restart) come at the end.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
+mod conformance;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,40 +26,9 @@ use aetherium_types::{
 };
 use chrono::{DateTime, TimeZone, Utc};
 
-/// A store under test and what keeps it alive (its temp dir or server).
-struct Subject {
-    db: Database,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    _pg: Option<TempPostgres>,
-}
+use conformance::Subject;
 
 impl Subject {
-    async fn sqlite() -> Subject {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
-        let db = aetherium_core::store::connect(&url).await.unwrap();
-        assert!(matches!(db, Database::Sqlite(_)));
-        Subject {
-            db,
-            _sqlite_dir: Some(dir),
-            _pg: None,
-        }
-    }
-
-    async fn postgres() -> Subject {
-        let pg = tokio::task::spawn_blocking(TempPostgres::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let db = aetherium_core::store::connect(&pg.url()).await.unwrap();
-        assert!(matches!(db, Database::Postgres(_)));
-        Subject {
-            db,
-            _sqlite_dir: None,
-            _pg: Some(pg),
-        }
-    }
-
     fn store(&self) -> Arc<dyn Store> {
         self.db.store()
     }
@@ -136,22 +108,6 @@ impl Subject {
             }
         }
     }
-}
-
-/// Runs `$name(subject)` once per store, as `$name::sqlite` and `$name::postgres`.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Subject::sqlite().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Subject::postgres().await).await;
-            }
-        }
-    )*};
 }
 
 conformance!(
@@ -1697,7 +1653,7 @@ impl Subject {
     /// A second, independent handle on the same database (as another worker
     /// process would open).
     async fn another_handle(&self) -> Database {
-        let url = match (&self._sqlite_dir, &self._pg) {
+        let url = match (&self.sqlite_dir, &self.pg) {
             (Some(dir), _) => format!("sqlite://{}", dir.path().join("conformance.db").display()),
             (None, Some(pg)) => pg.url(),
             (None, None) => unreachable!("a subject has a database"),

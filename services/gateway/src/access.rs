@@ -31,6 +31,15 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/queue/stats", Role::Viewer),
     (Method::POST, "/api/v1/tasks/{id}/cancel", Role::Operator),
     // Workers and the cluster: reading is viewing, drain/activate administration
+    (Method::POST, "/api/v1/environments", Role::Operator),
+    (Method::GET, "/api/v1/environments", Role::Viewer),
+    (Method::GET, "/api/v1/environments/{id}", Role::Viewer),
+    (Method::PUT, "/api/v1/environments/{id}", Role::Operator),
+    (Method::DELETE, "/api/v1/environments/{id}", Role::Operator),
+    // Secret metadata names what a team keeps secret: operators only.
+    (Method::POST, "/api/v1/secrets", Role::Operator),
+    (Method::GET, "/api/v1/secrets", Role::Operator),
+    (Method::DELETE, "/api/v1/secrets/{id}", Role::Operator),
     (Method::GET, "/api/v1/workers", Role::Viewer),
     (Method::GET, "/api/v1/workers/{id}", Role::Viewer),
     (Method::GET, "/api/v1/workers/{id}/vms", Role::Viewer),

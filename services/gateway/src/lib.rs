@@ -19,7 +19,7 @@ use aetherium_core::Platform;
 use aetherium_core::auth::Auth;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 
 pub use aetherium_core::auth::token_hash;
@@ -149,6 +149,26 @@ pub fn router(state: AppState) -> Router {
                 .delete(routes::admin::delete_user),
         )
         .route("/audit", get(routes::admin::list_audit))
+        .route(
+            "/environments",
+            post(routes::environments::create_environment)
+                .get(routes::environments::list_environments),
+        )
+        .route(
+            "/environments/{id}",
+            get(routes::environments::get_environment)
+                .put(routes::environments::update_environment)
+                .delete(routes::environments::delete_environment),
+        )
+        .route(
+            "/secrets",
+            post(routes::environments::put_global_secret)
+                .get(routes::environments::list_global_secrets),
+        )
+        .route(
+            "/secrets/{id}",
+            delete(routes::environments::delete_global_secret),
+        )
         .route("/workers", get(routes::workers::list_workers))
         .route("/workers/{id}", get(routes::workers::get_worker))
         .route("/workers/{id}/vms", get(routes::workers::list_worker_vms))

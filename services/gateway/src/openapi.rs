@@ -136,6 +136,14 @@ pub struct QueueCounts {
         routes::admin::update_user,
         routes::admin::delete_user,
         routes::admin::list_audit,
+        routes::environments::create_environment,
+        routes::environments::list_environments,
+        routes::environments::get_environment,
+        routes::environments::update_environment,
+        routes::environments::delete_environment,
+        routes::environments::put_global_secret,
+        routes::environments::list_global_secrets,
+        routes::environments::delete_global_secret,
         routes::workers::list_workers,
         routes::workers::get_worker,
         routes::workers::list_worker_vms,
@@ -156,6 +164,7 @@ pub struct QueueCounts {
         (name = "logs", description = "The platform's own logs"),
         (name = "auth", description = "Sessions, API keys, users and the audit log"),
         (name = "workers", description = "Workers, placement and the cluster's capacity"),
+        (name = "environments", description = "Workspace templates and secrets (values are write-only)"),
     ),
 )]
 struct ApiDoc;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod direct;
+pub mod environments;
 pub mod events;
 mod feed;
 pub mod files;
@@ -473,9 +474,9 @@ pub async fn execute(
 pub struct PageQuery {
     /// At most this many (default 100, 1 to 1000; anything else is a 400).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// The `next_cursor` of the page before (a malformed one is a 400).
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 #[utoipa::path(

@@ -5,23 +5,32 @@
 //! the database URL.
 
 pub mod auth;
+pub mod environments;
 pub mod events;
 pub mod leases;
 pub mod logs;
 pub(crate) mod postgres;
 mod postgres_auth;
+mod postgres_environments;
 mod postgres_events;
 mod postgres_leases;
+mod postgres_secrets;
 mod postgres_tasks;
 mod postgres_workers;
+mod postgres_workspaces;
+pub mod secrets;
 pub(crate) mod sqlite;
 mod sqlite_auth;
+mod sqlite_environments;
 mod sqlite_events;
 mod sqlite_leases;
+mod sqlite_secrets;
 mod sqlite_tasks;
 mod sqlite_workers;
+mod sqlite_workspaces;
 pub mod tasks;
 pub mod workers;
+pub mod workspaces;
 
 use aetherium_types::task::QueueName;
 use aetherium_types::{
@@ -33,12 +42,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 
 pub use auth::{AuditFilter, AuthStore, Session};
+pub use environments::EnvironmentStore;
 pub use events::EventLog;
 pub use leases::{IpLease, IpLeases};
 pub use logs::LogStore;
 pub use postgres::{PgStore, PgStoreOptions};
+pub use secrets::SecretStore;
 pub use sqlite::SqliteStore;
 pub use tasks::{TaskCount, TaskRecords};
+pub use workspaces::{PromptStore, WorkspaceStore};
 
 use crate::error::{CoreError, CoreResult};
 
@@ -142,6 +154,38 @@ impl Database {
 
     /// Guest address leases of microVMs.
     pub fn leases(&self) -> std::sync::Arc<dyn IpLeases> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Environments (workspace templates).
+    pub fn environments(&self) -> std::sync::Arc<dyn EnvironmentStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Workspace and global secrets (sealed values).
+    pub fn secrets(&self) -> std::sync::Arc<dyn SecretStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Workspaces and their preparation steps.
+    pub fn workspaces(&self) -> std::sync::Arc<dyn WorkspaceStore> {
+        match self {
+            Database::Sqlite(s) => s.clone(),
+            Database::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// The prompts queued to workspaces.
+    pub fn prompts(&self) -> std::sync::Arc<dyn PromptStore> {
         match self {
             Database::Sqlite(s) => s.clone(),
             Database::Postgres(s) => s.clone(),

@@ -1,0 +1,955 @@
+//! Environments (reusable workspace templates) and secrets, with the Go original's
+//! snake_case fields. Requests reject unknown fields; each has a `validate()` whose
+//! message says what is wrong and what is allowed.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{MIN_MEMORY_MB, validate_name};
+
+/// Idle timeout of a new environment when none is given (the original's default).
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 1800;
+/// Shortest idle timeout (0 means "never idle out").
+pub const MIN_IDLE_TIMEOUT_SECONDS: u64 = 60;
+/// Longest idle timeout: seven days.
+pub const MAX_IDLE_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_WORKING_DIRECTORY: &str = "/workspace";
+/// A coding agent plus a language toolchain needs more than a bare sandbox.
+pub const DEFAULT_ENVIRONMENT_VCPUS: u32 = 2;
+pub const DEFAULT_ENVIRONMENT_MEMORY_MB: u64 = 2048;
+pub const MAX_VCPUS: u32 = 64;
+pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+pub const MAX_TOOLS: usize = 64;
+pub const MAX_ENV_VARS: usize = 256;
+pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+pub const MAX_MCP_SERVERS: usize = 32;
+pub const MAX_PATH_LEN: usize = 4096;
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_BRANCH_LEN: usize = 255;
+pub const MAX_ENV_NAME_LEN: usize = 255;
+/// Largest secret value: 64 KiB (an SSH key or a token fits many times over).
+pub const MAX_SECRET_VALUE_LEN: usize = 64 * 1024;
+
+/// A reusable template for workspaces: what to run, which tools to install, what
+/// to clone and how long it may sit idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Environment {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Sandbox image; the configured default when absent.
+    pub image: Option<String>,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub git_repo_url: Option<String>,
+    /// Branch to check out; the remote's default when absent.
+    pub git_branch: Option<String>,
+    pub working_directory: String,
+    /// Tools to install, each `name` or `name@version`.
+    pub tools: Vec<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub mcp_servers: Vec<McpServer>,
+    /// Seconds without activity before a workspace is stopped; 0: never.
+    pub idle_timeout_seconds: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How an MCP server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum McpServerType {
+    /// A command the agent starts, talking over its stdin/stdout.
+    Stdio,
+    /// A server at a URL.
+    Http,
+}
+
+impl McpServerType {
+    pub const ALL: [McpServerType; 2] = [McpServerType::Stdio, McpServerType::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            McpServerType::Stdio => "stdio",
+            McpServerType::Http => "http",
+        }
+    }
+}
+
+wire_names!(McpServerType, "MCP server type");
+
+/// An MCP server the coding agent is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub server_type: McpServerType,
+    /// `stdio`: the command to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `http`: the server's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl McpServer {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name).map_err(|e| format!("mcp server {e}"))?;
+        let what = format!("mcp server {:?}", self.name);
+        match self.server_type {
+            McpServerType::Stdio => {
+                let command = self.command.as_deref().unwrap_or("");
+                if command.trim().is_empty() {
+                    return Err(format!("{what}: type stdio needs a command"));
+                }
+                if command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+                    return Err(format!(
+                        "{what}: command and args must not contain NUL bytes"
+                    ));
+                }
+            }
+            McpServerType::Http => {
+                let url = self.url.as_deref().unwrap_or("");
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || url.len() > MAX_URL_LEN
+                    || url.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(format!(
+                        "{what}: type http needs a url starting with https:// or http://"
+                    ));
+                }
+            }
+        }
+        for (key, value) in &self.headers {
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return Err(format!("{what}: invalid header name {key:?}"));
+            }
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(format!(
+                    "{what}: header {key:?} must not contain line breaks or NUL"
+                ));
+            }
+        }
+        validate_env_vars(&self.env).map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironmentRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", max_length = 63)
+    )]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub git_repo_url: Option<String>,
+    #[serde(default)]
+    pub git_branch: Option<String>,
+    #[serde(default = "default_working_directory")]
+    pub working_directory: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mcp_servers: Vec<McpServer>,
+    /// 0 (never) or 60 to 604800 seconds.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+}
+
+fn default_vcpus() -> u32 {
+    DEFAULT_ENVIRONMENT_VCPUS
+}
+
+fn default_memory_mb() -> u64 {
+    DEFAULT_ENVIRONMENT_MEMORY_MB
+}
+
+fn default_working_directory() -> String {
+    DEFAULT_WORKING_DIRECTORY.to_string()
+}
+
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECONDS
+}
+
+impl CreateEnvironmentRequest {
+    /// A request with only a name: every other field at its default.
+    pub fn named(name: &str) -> CreateEnvironmentRequest {
+        CreateEnvironmentRequest {
+            name: name.to_string(),
+            description: String::new(),
+            image: None,
+            vcpus: DEFAULT_ENVIRONMENT_VCPUS,
+            memory_mb: DEFAULT_ENVIRONMENT_MEMORY_MB,
+            git_repo_url: None,
+            git_branch: None,
+            working_directory: DEFAULT_WORKING_DIRECTORY.to_string(),
+            tools: Vec::new(),
+            env_vars: BTreeMap::new(),
+            mcp_servers: Vec::new(),
+            idle_timeout_seconds: DEFAULT_IDLE_TIMEOUT_SECONDS,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        validate_description(&self.description)?;
+        if let Some(image) = &self.image {
+            validate_image(image)?;
+        }
+        validate_size(self.vcpus, self.memory_mb)?;
+        if let Some(url) = &self.git_repo_url {
+            validate_git_url(url)?;
+        }
+        if let Some(branch) = &self.git_branch {
+            validate_git_branch(branch)?;
+        }
+        validate_working_directory(&self.working_directory)?;
+        validate_tools(&self.tools)?;
+        validate_env_vars(&self.env_vars)?;
+        validate_mcp_servers(&self.mcp_servers)?;
+        validate_idle_timeout(self.idle_timeout_seconds)
+    }
+
+    /// The environment this request describes (call [`Self::validate`] first).
+    pub fn into_environment(self, id: String, now: DateTime<Utc>) -> Environment {
+        Environment {
+            id,
+            name: self.name,
+            description: self.description,
+            image: self.image,
+            vcpus: self.vcpus,
+            memory_mb: self.memory_mb,
+            git_repo_url: self.git_repo_url,
+            git_branch: self.git_branch,
+            working_directory: self.working_directory,
+            tools: self.tools,
+            env_vars: self.env_vars,
+            mcp_servers: self.mcp_servers,
+            idle_timeout_seconds: self.idle_timeout_seconds,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Changes to an environment: absent fields stay as they are. For `image`,
+/// `git_repo_url` and `git_branch`, an empty string clears the value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEnvironmentRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub git_repo_url: Option<String>,
+    #[serde(default)]
+    pub git_branch: Option<String>,
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub mcp_servers: Option<Vec<McpServer>>,
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+impl UpdateEnvironmentRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        if let Some(d) = &self.description {
+            validate_description(d)?;
+        }
+        if let Some(image) = self.image.as_deref().filter(|i| !i.is_empty()) {
+            validate_image(image)?;
+        }
+        if let Some(v) = self.vcpus {
+            validate_size(v, MIN_MEMORY_MB)?;
+        }
+        if let Some(m) = self.memory_mb {
+            validate_size(1, m)?;
+        }
+        if let Some(url) = self.git_repo_url.as_deref().filter(|u| !u.is_empty()) {
+            validate_git_url(url)?;
+        }
+        if let Some(branch) = self.git_branch.as_deref().filter(|b| !b.is_empty()) {
+            validate_git_branch(branch)?;
+        }
+        if let Some(dir) = &self.working_directory {
+            validate_working_directory(dir)?;
+        }
+        if let Some(tools) = &self.tools {
+            validate_tools(tools)?;
+        }
+        if let Some(vars) = &self.env_vars {
+            validate_env_vars(vars)?;
+        }
+        if let Some(servers) = &self.mcp_servers {
+            validate_mcp_servers(servers)?;
+        }
+        if let Some(t) = self.idle_timeout_seconds {
+            validate_idle_timeout(t)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the changes to `env` (call [`Self::validate`] first) and stamps
+    /// `updated_at`.
+    pub fn apply_to(self, env: &mut Environment, now: DateTime<Utc>) {
+        let clearable = |v: String| (!v.is_empty()).then_some(v);
+        if let Some(v) = self.name {
+            env.name = v;
+        }
+        if let Some(v) = self.description {
+            env.description = v;
+        }
+        if let Some(v) = self.image {
+            env.image = clearable(v);
+        }
+        if let Some(v) = self.vcpus {
+            env.vcpus = v;
+        }
+        if let Some(v) = self.memory_mb {
+            env.memory_mb = v;
+        }
+        if let Some(v) = self.git_repo_url {
+            env.git_repo_url = clearable(v);
+        }
+        if let Some(v) = self.git_branch {
+            env.git_branch = clearable(v);
+        }
+        if let Some(v) = self.working_directory {
+            env.working_directory = v;
+        }
+        if let Some(v) = self.tools {
+            env.tools = v;
+        }
+        if let Some(v) = self.env_vars {
+            env.env_vars = v;
+        }
+        if let Some(v) = self.mcp_servers {
+            env.mcp_servers = v;
+        }
+        if let Some(v) = self.idle_timeout_seconds {
+            env.idle_timeout_seconds = v;
+        }
+        env.updated_at = now;
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvironmentList {
+    pub environments: Vec<Environment>,
+    pub total: u64,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+fn validate_description(description: &str) -> Result<(), String> {
+    if description.len() > MAX_DESCRIPTION_LEN {
+        return Err(format!(
+            "description must be at most {MAX_DESCRIPTION_LEN} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_image(image: &str) -> Result<(), String> {
+    if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("image must be a non-empty reference without spaces".into());
+    }
+    Ok(())
+}
+
+/// The same bounds as a VM's.
+fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(format!("vcpus must be between 1 and {MAX_VCPUS}"));
+    }
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(format!(
+            "memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}"
+        ));
+    }
+    Ok(())
+}
+
+/// A repository URL git can clone: `https://`, `http://`, `ssh://`, `file://` or
+/// scp-like `user@host:path`. Credentials inside the URL are refused: they would be
+/// stored and shown in clear; use a secret instead.
+pub fn validate_git_url(url: &str) -> Result<(), String> {
+    const HINT: &str = "git_repo_url must start with https://, http://, ssh:// or file://, \
+                        or be scp-like (git@host:path)";
+    if url.is_empty() || url.len() > MAX_URL_LEN {
+        return Err(format!("{HINT} and be at most {MAX_URL_LEN} bytes"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("git_repo_url must not contain spaces or control characters".into());
+    }
+    let schemes = ["https://", "http://", "ssh://", "file://"];
+    if let Some(scheme) = schemes.iter().find(|s| url.starts_with(**s)) {
+        let rest = &url[scheme.len()..];
+        if rest.is_empty() || (*scheme == "file://" && !rest.starts_with('/')) {
+            return Err(format!("{HINT}; {url:?} names no repository"));
+        }
+        let authority = rest.split('/').next().unwrap_or("");
+        if *scheme != "ssh://"
+            && let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            return Err(
+                "git_repo_url must not carry a password or token: store it as a secret".into(),
+            );
+        }
+        if *scheme == "ssh://"
+            && authority
+                .rsplit_once('@')
+                .is_some_and(|(u, _)| u.contains(':'))
+        {
+            return Err("git_repo_url must not carry a password: use an ssh_key secret".into());
+        }
+        return Ok(());
+    }
+    // scp-like: user@host:path (no scheme, the user part has no ':' or '/').
+    if let Some((user_host, path)) = url.split_once(':')
+        && let Some((user, host)) = user_host.split_once('@')
+        && !user.is_empty()
+        && !host.is_empty()
+        && !path.is_empty()
+        && !path.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+        && !host.starts_with('-')
+    {
+        return Ok(());
+    }
+    Err(format!("{HINT}; got {url:?}"))
+}
+
+/// A branch name git accepts (the rules of `git check-ref-format --branch`, the
+/// common ones), and never an option (`-…`).
+pub fn validate_git_branch(branch: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "git_branch {branch:?} is not a valid branch: {why}"
+        ))
+    };
+    if branch.is_empty() || branch.len() > MAX_BRANCH_LEN {
+        return bad(&format!("it must be 1 to {MAX_BRANCH_LEN} bytes"));
+    }
+    if branch.starts_with('-') || branch.starts_with('/') || branch.ends_with('/') {
+        return bad("it must not start with '-' or '/', nor end with '/'");
+    }
+    if branch.ends_with('.') || branch.ends_with(".lock") {
+        return bad("it must not end with '.' or '.lock'");
+    }
+    if branch.contains("..") || branch.contains("@{") || branch.contains("//") || branch == "@" {
+        return bad("it must not contain '..', '@{' or '//'");
+    }
+    if branch.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
+        return bad("it must not contain spaces, control characters or any of ~^:?*[\\");
+    }
+    if branch.split('/').any(|part| part.starts_with('.')) {
+        return bad("no part of it may start with '.'");
+    }
+    Ok(())
+}
+
+/// An absolute path without `..` components.
+pub fn validate_working_directory(dir: &str) -> Result<(), String> {
+    if !dir.starts_with('/') || dir.len() > MAX_PATH_LEN {
+        return Err(format!(
+            "working_directory must be an absolute path (like {DEFAULT_WORKING_DIRECTORY}) of at most {MAX_PATH_LEN} bytes"
+        ));
+    }
+    if dir.contains('\0') || dir.chars().any(char::is_control) {
+        return Err("working_directory must not contain control characters".into());
+    }
+    if dir.split('/').any(|part| part == "..") {
+        return Err("working_directory must not contain '..'".into());
+    }
+    Ok(())
+}
+
+/// A tool entry: `name` or `name@version`, the name in `[a-z0-9][a-z0-9-]*` and the
+/// version in `[A-Za-z0-9._-]+`.
+pub fn validate_tool_spec(spec: &str) -> Result<(), String> {
+    let (name, version) = match spec.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (spec, None),
+    };
+    let name_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.len() <= 64;
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    if !name_ok || !version_ok {
+        return Err(format!(
+            "tool {spec:?} must be name or name@version (name: lowercase letters, digits and \
+             '-'; version: letters, digits, '.', '_' and '-'), like nodejs@20"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_tools(tools: &[String]) -> Result<(), String> {
+    if tools.len() > MAX_TOOLS {
+        return Err(format!("at most {MAX_TOOLS} tools"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in tools {
+        validate_tool_spec(spec)?;
+        let name = spec.split('@').next().unwrap_or(spec);
+        if !seen.insert(name) {
+            return Err(format!("tool {name:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 255 bytes.
+pub fn validate_env_var_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= MAX_ENV_NAME_LEN;
+    if !ok {
+        return Err(format!(
+            "{name:?} is not a valid environment variable name: letters, digits and '_', \
+             not starting with a digit, at most {MAX_ENV_NAME_LEN} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_env_vars(vars: &BTreeMap<String, String>) -> Result<(), String> {
+    if vars.len() > MAX_ENV_VARS {
+        return Err(format!("at most {MAX_ENV_VARS} environment variables"));
+    }
+    for (name, value) in vars {
+        validate_env_var_name(name)?;
+        if value.contains('\0') || value.len() > MAX_ENV_VALUE_LEN {
+            return Err(format!(
+                "environment variable {name:?}: the value must be at most {MAX_ENV_VALUE_LEN} bytes without NUL"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_mcp_servers(servers: &[McpServer]) -> Result<(), String> {
+    if servers.len() > MAX_MCP_SERVERS {
+        return Err(format!("at most {MAX_MCP_SERVERS} mcp servers"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for server in servers {
+        server.validate()?;
+        if !seen.insert(server.name.as_str()) {
+            return Err(format!("mcp server {:?} is listed twice", server.name));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_idle_timeout(seconds: u64) -> Result<(), String> {
+    if seconds != 0 && !(MIN_IDLE_TIMEOUT_SECONDS..=MAX_IDLE_TIMEOUT_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "idle_timeout_seconds must be 0 (never) or between {MIN_IDLE_TIMEOUT_SECONDS} and {MAX_IDLE_TIMEOUT_SECONDS}"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Secrets
+
+/// What a secret is (informational, and `ssh_key` tells git clones to use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SecretType {
+    ApiKey,
+    SshKey,
+    Token,
+    Password,
+    #[default]
+    Other,
+}
+
+impl SecretType {
+    pub const ALL: [SecretType; 5] = [
+        SecretType::ApiKey,
+        SecretType::SshKey,
+        SecretType::Token,
+        SecretType::Password,
+        SecretType::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretType::ApiKey => "api_key",
+            SecretType::SshKey => "ssh_key",
+            SecretType::Token => "token",
+            SecretType::Password => "password",
+            SecretType::Other => "other",
+        }
+    }
+}
+
+wire_names!(SecretType, "secret type");
+
+/// Who sees a secret: one workspace, or every workspace (a workspace's own secret
+/// wins over a global one of the same name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SecretScope {
+    #[default]
+    Workspace,
+    Global,
+}
+
+impl SecretScope {
+    pub const ALL: [SecretScope; 2] = [SecretScope::Workspace, SecretScope::Global];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretScope::Workspace => "workspace",
+            SecretScope::Global => "global",
+        }
+    }
+}
+
+wire_names!(SecretScope, "secret scope");
+
+/// Adds (or replaces, by name) a secret. Its name is the environment variable it
+/// is injected as. The value is never returned nor printed: `Debug` hides it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddSecretRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$", max_length = 255)
+    )]
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 65536))]
+    pub value: String,
+    #[serde(rename = "type", default)]
+    pub secret_type: SecretType,
+    #[serde(default)]
+    pub description: String,
+    /// Left out: the route's own scope (`/secrets` global, a workspace's its own).
+    #[serde(default)]
+    pub scope: Option<SecretScope>,
+}
+
+impl std::fmt::Debug for AddSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddSecretRequest")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("type", &self.secret_type)
+            .field("description", &self.description)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl AddSecretRequest {
+    /// Messages never quote the value.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_env_var_name(&self.name).map_err(|e| format!("secret name {e}"))?;
+        if self.value.is_empty() || self.value.len() > MAX_SECRET_VALUE_LEN {
+            return Err(format!(
+                "secret value must be 1 to {MAX_SECRET_VALUE_LEN} bytes"
+            ));
+        }
+        if self.value.contains('\0') {
+            return Err(
+                "secret value must not contain NUL bytes (it becomes an environment variable)"
+                    .into(),
+            );
+        }
+        validate_description(&self.description)
+    }
+}
+
+/// A secret's metadata as stored and listed: never its value nor its ciphertext.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Secret {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub secret_type: SecretType,
+    pub description: String,
+    pub scope: SecretScope,
+    /// The owning workspace; absent for global secrets.
+    pub workspace_id: Option<String>,
+    /// Which encryption key sealed the value (changes when keys are rotated).
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecretList {
+    pub secrets: Vec<Secret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_request() -> CreateEnvironmentRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "py-agent",
+            "description": "python agent",
+            "vcpus": 2,
+            "memory_mb": 1024,
+            "git_repo_url": "https://example.com/org/repo.git",
+            "git_branch": "feature/x-1",
+            "working_directory": "/workspace/repo",
+            "tools": ["git", "nodejs@20", "python@3.11.4"],
+            "env_vars": {"FOO_BAR": "1", "_X": "y"},
+            "mcp_servers": [
+                {"name": "fs", "type": "stdio", "command": "mcp-fs", "args": ["/workspace"]},
+                {"name": "web", "type": "http", "url": "http://127.0.0.1:9/mcp",
+                 "headers": {"X-Team": "a"}}
+            ],
+            "idle_timeout_seconds": 0
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_and_a_full_request_are_valid() {
+        let minimal: CreateEnvironmentRequest =
+            serde_json::from_str(r#"{"name": "e1"}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(minimal, CreateEnvironmentRequest::named("e1"));
+        assert_eq!(minimal.idle_timeout_seconds, 1800);
+        assert_eq!(minimal.working_directory, "/workspace");
+        assert_eq!(minimal.validate(), Ok(()));
+        assert_eq!(full_request().validate(), Ok(()));
+        let json =
+            serde_json::to_value(&full_request().mcp_servers[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json["type"], "stdio");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<CreateEnvironmentRequest, _> =
+            serde_json::from_str(r#"{"name": "e1", "toolz": []}"#);
+        assert!(r.is_err());
+        let r: Result<AddSecretRequest, _> =
+            serde_json::from_str(r#"{"name": "A", "value": "v", "scop": "global"}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn bad_fields_say_what_is_wrong() {
+        type Mutation = Box<dyn Fn(&mut CreateEnvironmentRequest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|r| r.name = "-bad".into()), "name"),
+            (Box::new(|r| r.vcpus = 0), "vcpus"),
+            (Box::new(|r| r.memory_mb = 64), "memory_mb"),
+            (
+                Box::new(|r| r.git_repo_url = Some("ftp://x/y".into())),
+                "git_repo_url",
+            ),
+            (
+                Box::new(|r| r.git_repo_url = Some("https://u:tok@github.com/a/b".into())),
+                "secret",
+            ),
+            (
+                Box::new(|r| r.git_repo_url = Some("--upload-pack=x".into())),
+                "git_repo_url",
+            ),
+            (
+                Box::new(|r| r.git_branch = Some("a..b".into())),
+                "git_branch",
+            ),
+            (Box::new(|r| r.git_branch = Some("-f".into())), "git_branch"),
+            (
+                Box::new(|r| r.working_directory = "rel/dir".into()),
+                "absolute",
+            ),
+            (Box::new(|r| r.working_directory = "/a/../b".into()), ".."),
+            (Box::new(|r| r.tools = vec!["Node".into()]), "tool"),
+            (Box::new(|r| r.tools = vec!["node@".into()]), "tool"),
+            (
+                Box::new(|r| r.tools = vec!["go@1".into(), "go@2".into()]),
+                "twice",
+            ),
+            (
+                Box::new(|r| {
+                    r.env_vars.insert("1X".into(), "v".into());
+                }),
+                "environment variable",
+            ),
+            (
+                Box::new(|r| r.idle_timeout_seconds = 59),
+                "idle_timeout_seconds",
+            ),
+            (
+                Box::new(|r| r.idle_timeout_seconds = 7 * 24 * 3600 + 1),
+                "idle_timeout_seconds",
+            ),
+            (
+                Box::new(|r| r.mcp_servers[0].command = None),
+                "needs a command",
+            ),
+            (Box::new(|r| r.mcp_servers[1].url = None), "needs a url"),
+            (Box::new(|r| r.image = Some("a b".into())), "image"),
+        ];
+        for (i, (mutate, expected)) in cases.iter().enumerate() {
+            let mut r = full_request();
+            mutate(&mut r);
+            let err = r.validate().expect_err(&format!("case {i} should fail"));
+            assert!(
+                err.contains(expected),
+                "case {i}: {err:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn git_urls_of_every_supported_form_pass() {
+        for url in [
+            "https://github.com/a/b.git",
+            "http://127.0.0.1:8080/r.git",
+            "ssh://git@host:22/r.git",
+            "git@github.com:a/b.git",
+            "file:///tmp/repo",
+        ] {
+            assert_eq!(validate_git_url(url), Ok(()), "{url}");
+        }
+        for url in [
+            "",
+            "file://relative",
+            "github.com/a/b",
+            "git@:x",
+            "https://",
+        ] {
+            assert!(validate_git_url(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn updates_apply_and_clear() {
+        let mut env = full_request().into_environment("id".into(), chrono::Utc::now());
+        let update: UpdateEnvironmentRequest = serde_json::from_value(serde_json::json!({
+            "git_branch": "", "vcpus": 4, "tools": ["bun"]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(update.validate(), Ok(()));
+        update.apply_to(&mut env, chrono::Utc::now());
+        assert_eq!(env.git_branch, None);
+        assert_eq!(env.vcpus, 4);
+        assert_eq!(env.tools, vec!["bun".to_string()]);
+        assert!(
+            UpdateEnvironmentRequest {
+                memory_mb: Some(1),
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn secret_requests_are_checked_and_never_print_their_value() {
+        let r: AddSecretRequest = serde_json::from_str(
+            r#"{"name": "GITHUB_TOKEN", "value": "s3cr3t-value", "type": "token", "scope": "global"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.secret_type, SecretType::Token);
+        assert_eq!(r.scope, Some(SecretScope::Global));
+        let shown = format!("{r:?} {r:#?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+
+        let mut bad = r.clone();
+        bad.name = "my-token".into();
+        assert!(bad.validate().is_err_and(|e| !e.contains("s3cr3t")));
+        bad = r.clone();
+        bad.value = String::new();
+        assert!(bad.validate().is_err());
+        bad.value = "x".repeat(MAX_SECRET_VALUE_LEN + 1);
+        assert!(bad.validate().is_err());
+        bad.value = "x".repeat(MAX_SECRET_VALUE_LEN);
+        assert_eq!(bad.validate(), Ok(()));
+
+        let defaults: AddSecretRequest = serde_json::from_str(r#"{"name": "A", "value": "v"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults.secret_type, SecretType::Other);
+        assert_eq!(defaults.scope, None);
+        assert_eq!("ssh_key".parse::<SecretType>(), Ok(SecretType::SshKey));
+        assert!("nope".parse::<SecretScope>().is_err());
+    }
+}

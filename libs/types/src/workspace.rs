@@ -1,0 +1,1259 @@
+//! Workspaces for coding agents: a long-lived sandbox where an AI assistant
+//! (claude-code, ampcode) works in a prepared directory, the preparation steps that
+//! set it up (git clone, scripts, env vars) and the prompts queued to it. Field
+//! names and statuses follow the Go original (snake_case); requests reject unknown
+//! fields, as every API request does.
+//!
+//! # Session wire protocol
+//!
+//! `GET /api/v1/workspaces/{id}/session` upgrades to a WebSocket carrying one JSON
+//! object per text message, tagged by `type`:
+//!
+//! - client → server ([`SessionClientMessage`]):
+//!   `{"type":"prompt","prompt":"…","priority":5}` (priority optional, default 5),
+//!   `{"type":"cancel","prompt_id":"…"}`.
+//! - server → client ([`SessionServerMessage`]):
+//!   `{"type":"status","workspace_status":"ready"}`,
+//!   `{"type":"prompt_queued","prompt":{…}}`,
+//!   `{"type":"output","prompt_id":"…","stream":"stdout","data":"…"}`,
+//!   `{"type":"prompt_done","prompt":{…}}`,
+//!   `{"type":"error","message":"…"}`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::api::validate_name;
+
+/// Where the working directory goes when a request names none.
+pub const DEFAULT_WORKING_DIRECTORY: &str = "/workspace";
+/// Idle timeout of a workspace whose environment sets none (the original's 30 min).
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 1800;
+/// The longest idle timeout (a year); 0 means never.
+pub const MAX_IDLE_TIMEOUT_SECONDS: u64 = 365 * 24 * 3600;
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+pub const MAX_PREP_STEPS: usize = 64;
+pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
+pub const MAX_SCRIPT_TIMEOUT_SECONDS: u64 = 1800;
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
+pub const MAX_PROMPT_PRIORITY: u8 = 10;
+pub const DEFAULT_PROMPT_PRIORITY: u8 = 5;
+pub const MAX_SECRETS: usize = 64;
+pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_TOOLS: usize = 64;
+/// Stored output of one preparation step; the rest is cut (see [`cap_output`]).
+pub const MAX_STEP_OUTPUT_BYTES: usize = 256 * 1024;
+/// Stored output of one prompt; the rest is cut (see [`cap_output`]).
+pub const MAX_PROMPT_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Lifecycle of a workspace: `creating → preparing → ready | failed`, and `stopped`
+/// once its idle timeout stopped its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceStatus {
+    Creating,
+    Preparing,
+    Ready,
+    Failed,
+    Stopped,
+}
+
+impl WorkspaceStatus {
+    pub const ALL: [WorkspaceStatus; 5] = [
+        WorkspaceStatus::Creating,
+        WorkspaceStatus::Preparing,
+        WorkspaceStatus::Ready,
+        WorkspaceStatus::Failed,
+        WorkspaceStatus::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceStatus::Creating => "creating",
+            WorkspaceStatus::Preparing => "preparing",
+            WorkspaceStatus::Ready => "ready",
+            WorkspaceStatus::Failed => "failed",
+            WorkspaceStatus::Stopped => "stopped",
+        }
+    }
+}
+
+wire_names!(WorkspaceStatus, "workspace status");
+
+/// The coding agent a workspace runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AiAssistant {
+    #[default]
+    #[serde(rename = "claude-code")]
+    ClaudeCode,
+    #[serde(rename = "ampcode")]
+    Ampcode,
+}
+
+impl AiAssistant {
+    pub const ALL: [AiAssistant; 2] = [AiAssistant::ClaudeCode, AiAssistant::Ampcode];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiAssistant::ClaudeCode => "claude-code",
+            AiAssistant::Ampcode => "ampcode",
+        }
+    }
+}
+
+wire_names!(AiAssistant, "AI assistant");
+
+/// What a preparation step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PrepStepType {
+    GitClone,
+    Script,
+    EnvVar,
+}
+
+impl PrepStepType {
+    pub const ALL: [PrepStepType; 3] = [
+        PrepStepType::GitClone,
+        PrepStepType::Script,
+        PrepStepType::EnvVar,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrepStepType::GitClone => "git_clone",
+            PrepStepType::Script => "script",
+            PrepStepType::EnvVar => "env_var",
+        }
+    }
+}
+
+wire_names!(PrepStepType, "preparation step type");
+
+/// One preparation step as requested. Steps run in ascending `order`; `config`
+/// depends on the type (see [`PrepStep::spec`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PrepStep {
+    #[serde(rename = "type")]
+    pub step_type: PrepStepType,
+    #[serde(default)]
+    pub order: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `git_clone` config: `{url, branch?, directory?, ssh_key_secret?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitCloneConfig {
+    /// `https://`, `http://`, `ssh://`, `git@host:path` or `file://`.
+    pub url: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Where to clone, relative to the working directory or absolute; the
+    /// repository's name when omitted.
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// The name of a secret holding the private key for an SSH URL.
+    #[serde(default)]
+    pub ssh_key_secret: Option<String>,
+}
+
+/// `script` config: `{script, timeout_seconds?}` (run by `sh` in the working
+/// directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    pub script: String,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `env_var` config: `{name, value}` (set for every later step and prompt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarConfig {
+    pub name: String,
+    pub value: String,
+}
+
+/// A preparation step's config, checked and typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepStepSpec {
+    GitClone(GitCloneConfig),
+    Script(ScriptConfig),
+    EnvVar(EnvVarConfig),
+}
+
+impl PrepStep {
+    /// The config read for this step's type and checked; the error names the step.
+    pub fn spec(&self) -> Result<PrepStepSpec, String> {
+        let what = format!("prep step {} ({})", self.order, self.step_type);
+        let config = serde_json::Value::Object(self.config.clone());
+        let bad_config = |e: serde_json::Error| format!("{what}: invalid config: {e}");
+        let spec = match self.step_type {
+            PrepStepType::GitClone => {
+                PrepStepSpec::GitClone(serde_json::from_value(config).map_err(bad_config)?)
+            }
+            PrepStepType::Script => {
+                PrepStepSpec::Script(serde_json::from_value(config).map_err(bad_config)?)
+            }
+            PrepStepType::EnvVar => {
+                PrepStepSpec::EnvVar(serde_json::from_value(config).map_err(bad_config)?)
+            }
+        };
+        spec.check().map_err(|e| format!("{what}: {e}"))?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.spec().map(|_| ())
+    }
+}
+
+impl PrepStepSpec {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            PrepStepSpec::GitClone(c) => {
+                validate_git_url(&c.url)?;
+                if let Some(branch) = &c.branch {
+                    validate_branch(branch)?;
+                }
+                if let Some(dir) = &c.directory {
+                    validate_directory(dir, "directory")?;
+                }
+                if let Some(secret) = &c.ssh_key_secret {
+                    validate_secret_name(secret).map_err(|e| format!("ssh_key_secret: {e}"))?;
+                }
+                Ok(())
+            }
+            PrepStepSpec::Script(c) => {
+                if c.script.trim().is_empty() {
+                    return Err("script must not be empty".into());
+                }
+                if c.script.len() > MAX_SCRIPT_BYTES {
+                    return Err(format!("script must be at most {MAX_SCRIPT_BYTES} bytes"));
+                }
+                if c.script.contains('\0') {
+                    return Err("script must not contain NUL bytes".into());
+                }
+                if let Some(t) = c.timeout_seconds
+                    && (t == 0 || t > MAX_SCRIPT_TIMEOUT_SECONDS)
+                {
+                    return Err(format!(
+                        "timeout_seconds must be between 1 and {MAX_SCRIPT_TIMEOUT_SECONDS}"
+                    ));
+                }
+                Ok(())
+            }
+            PrepStepSpec::EnvVar(c) => {
+                validate_env_name(&c.name)?;
+                validate_env_value(&c.name, &c.value)
+            }
+        }
+    }
+}
+
+/// A git URL the clone step accepts: `https://`, `http://`, `ssh://`, `file://` or
+/// scp-like `git@host:path`, without whitespace or control characters.
+pub fn validate_git_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["https://", "http://", "ssh://", "file://"];
+    if url.is_empty() || url.len() > 2048 {
+        return Err("url must be 1 to 2048 characters long".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("url must not contain spaces or control characters".into());
+    }
+    let rest = SCHEMES
+        .iter()
+        .find_map(|s| url.strip_prefix(s))
+        .or_else(|| url.strip_prefix("git@").filter(|r| r.contains(':')));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('-') => Ok(()),
+        _ => Err(format!(
+            "url {url:?} must start with https://, http://, ssh://, file:// or git@host:"
+        )),
+    }
+}
+
+fn validate_branch(branch: &str) -> Result<(), String> {
+    let ok = !branch.is_empty()
+        && branch.len() <= 255
+        && !branch.starts_with('-')
+        && !branch.contains("..")
+        && branch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "branch {branch:?} must be a git ref name (letters, digits, '-', '_', '.', '/', '+')"
+        ))
+    }
+}
+
+fn validate_directory(dir: &str, what: &str) -> Result<(), String> {
+    if dir.is_empty() || dir.len() > 4096 {
+        return Err(format!("{what} must be 1 to 4096 characters long"));
+    }
+    if dir.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn validate_absolute_dir(dir: &str, what: &str) -> Result<(), String> {
+    validate_directory(dir, what)?;
+    if !dir.starts_with('/') {
+        return Err(format!("{what} {dir:?} must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 characters.
+pub fn validate_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 256
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "environment variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"
+        ))
+    }
+}
+
+fn validate_env_value(name: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_ENV_VALUE_BYTES {
+        return Err(format!(
+            "the value of {name} must be at most {MAX_ENV_VALUE_BYTES} bytes"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {name} must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+/// A secret's name: 1-128 characters of `[A-Za-z0-9_.-]`, starting with a letter,
+/// digit or `_`.
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "secret name {name:?} must be 1 to 128 characters of letters, digits, '_', '.' and '-'"
+        ))
+    }
+}
+
+fn validate_tool_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tool {name:?} must be 1 to 64 characters of letters, digits, '-', '_', '.' (and '@version')"
+        ))
+    }
+}
+
+fn validate_tool_version(tool: &str, version: &str) -> Result<(), String> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {version:?} of {tool} must be 1 to 64 characters of letters, digits, '-', '_', '.', '+'"
+        ))
+    }
+}
+
+/// The kind of a secret given with a workspace (the original's types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceSecretType {
+    ApiKey,
+    SshKey,
+    Token,
+    Password,
+    #[default]
+    Other,
+}
+
+impl WorkspaceSecretType {
+    pub const ALL: [WorkspaceSecretType; 5] = [
+        WorkspaceSecretType::ApiKey,
+        WorkspaceSecretType::SshKey,
+        WorkspaceSecretType::Token,
+        WorkspaceSecretType::Password,
+        WorkspaceSecretType::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceSecretType::ApiKey => "api_key",
+            WorkspaceSecretType::SshKey => "ssh_key",
+            WorkspaceSecretType::Token => "token",
+            WorkspaceSecretType::Password => "password",
+            WorkspaceSecretType::Other => "other",
+        }
+    }
+}
+
+wire_names!(WorkspaceSecretType, "secret type");
+
+/// A secret handed over when a workspace is created. Its `Debug` hides the value, so
+/// that logging a request never leaks it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSecretInput {
+    pub name: String,
+    pub value: String,
+    #[serde(rename = "type", default)]
+    pub secret_type: WorkspaceSecretType,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl std::fmt::Debug for WorkspaceSecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceSecretInput")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("secret_type", &self.secret_type)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+impl WorkspaceSecretInput {
+    /// Errors name the secret, never its value.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_secret_name(&self.name)?;
+        if self.value.is_empty() || self.value.len() > MAX_SECRET_VALUE_BYTES {
+            return Err(format!(
+                "secret {}: value must be 1 to {MAX_SECRET_VALUE_BYTES} bytes",
+                self.name
+            ));
+        }
+        if self.value.contains('\0') {
+            return Err(format!(
+                "secret {}: value must not contain NUL bytes",
+                self.name
+            ));
+        }
+        if self.description.len() > MAX_DESCRIPTION_LEN {
+            return Err(format!(
+                "secret {}: description must be at most {MAX_DESCRIPTION_LEN} bytes",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_working_directory() -> String {
+    DEFAULT_WORKING_DIRECTORY.to_string()
+}
+
+/// `POST /api/v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspaceRequest {
+    /// Unique among workspaces.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", max_length = 63)
+    )]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The environment to start from; its settings fill what the request leaves out.
+    #[serde(default)]
+    pub environment_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub ai_assistant: AiAssistant,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
+    pub ai_assistant_config: serde_json::Map<String, serde_json::Value>,
+    #[serde(default = "default_working_directory")]
+    pub working_directory: String,
+    #[serde(default)]
+    pub secrets: Vec<WorkspaceSecretInput>,
+    #[serde(default)]
+    pub prep_steps: Vec<PrepStep>,
+    #[serde(default)]
+    pub additional_tools: Vec<String>,
+    #[serde(default)]
+    pub tool_versions: BTreeMap<String, String>,
+}
+
+impl CreateWorkspaceRequest {
+    /// A request with just a name; everything else at its default.
+    pub fn named(name: &str) -> CreateWorkspaceRequest {
+        CreateWorkspaceRequest {
+            name: name.to_string(),
+            description: String::new(),
+            environment_id: None,
+            vcpus: None,
+            memory_mb: None,
+            ai_assistant: AiAssistant::default(),
+            ai_assistant_config: serde_json::Map::new(),
+            working_directory: default_working_directory(),
+            secrets: Vec::new(),
+            prep_steps: Vec::new(),
+            additional_tools: Vec::new(),
+            tool_versions: BTreeMap::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        if self.description.len() > MAX_DESCRIPTION_LEN {
+            return Err(format!(
+                "description must be at most {MAX_DESCRIPTION_LEN} bytes"
+            ));
+        }
+        if let Some(env) = &self.environment_id
+            && (env.is_empty() || env.len() > 128)
+        {
+            return Err("environment_id must be 1 to 128 characters long".into());
+        }
+        if let Some(vcpus) = self.vcpus
+            && !(1..=64).contains(&vcpus)
+        {
+            return Err("vcpus must be between 1 and 64".into());
+        }
+        if let Some(memory) = self.memory_mb
+            && !(crate::api::MIN_MEMORY_MB..=1024 * 1024).contains(&memory)
+        {
+            return Err(format!(
+                "memory_mb must be between {} and 1048576",
+                crate::api::MIN_MEMORY_MB
+            ));
+        }
+        validate_absolute_dir(&self.working_directory, "working_directory")?;
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(format!("at most {MAX_SECRETS} secrets"));
+        }
+        let mut secret_names = std::collections::BTreeSet::new();
+        for secret in &self.secrets {
+            secret.validate()?;
+            if !secret_names.insert(secret.name.as_str()) {
+                return Err(format!("secret {} is given twice", secret.name));
+            }
+        }
+        if self.prep_steps.len() > MAX_PREP_STEPS {
+            return Err(format!("at most {MAX_PREP_STEPS} prep steps"));
+        }
+        let mut orders = std::collections::BTreeSet::new();
+        for step in &self.prep_steps {
+            if !orders.insert(step.order) {
+                return Err(format!(
+                    "two prep steps have order {}: orders must be distinct",
+                    step.order
+                ));
+            }
+            // An ssh_key_secret may name a global secret, so it is not matched
+            // against this request's secrets here; the service resolves it.
+            step.validate()?;
+        }
+        if self.additional_tools.len() > MAX_TOOLS || self.tool_versions.len() > MAX_TOOLS {
+            return Err(format!("at most {MAX_TOOLS} tools"));
+        }
+        for tool in &self.additional_tools {
+            validate_tool_name(tool)?;
+        }
+        for (tool, version) in &self.tool_versions {
+            validate_tool_name(tool)?;
+            validate_tool_version(tool, version)?;
+        }
+        Ok(())
+    }
+
+    /// The prep steps in the order they run.
+    pub fn ordered_prep_steps(&self) -> Vec<PrepStep> {
+        let mut steps = self.prep_steps.clone();
+        steps.sort_by_key(|s| s.order);
+        steps
+    }
+}
+
+/// A workspace, as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_id: Option<String>,
+    /// The sandbox it runs in, once created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    pub status: WorkspaceStatus,
+    /// What is happening or what went wrong (a failed step, the idle stop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    pub ai_assistant: AiAssistant,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub ai_assistant_config: serde_json::Map<String, serde_json::Value>,
+    pub working_directory: String,
+    /// Tools installed in it (`name` or `name@version`).
+    pub tools: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// A ready workspace without activity for this long is stopped; 0: never.
+    pub idle_timeout_seconds: u64,
+    pub last_activity_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+    pub total: u64,
+    /// Pass back as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Where a preparation step is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PrepStepStatus {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    /// Not run, because an earlier step failed.
+    Skipped,
+}
+
+impl PrepStepStatus {
+    pub const ALL: [PrepStepStatus; 5] = [
+        PrepStepStatus::Pending,
+        PrepStepStatus::Running,
+        PrepStepStatus::Completed,
+        PrepStepStatus::Failed,
+        PrepStepStatus::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrepStepStatus::Pending => "pending",
+            PrepStepStatus::Running => "running",
+            PrepStepStatus::Completed => "completed",
+            PrepStepStatus::Failed => "failed",
+            PrepStepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+wire_names!(PrepStepStatus, "preparation step status");
+
+/// One preparation step of a workspace as it ran: status and (capped) output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PrepStepRun {
+    pub workspace_id: String,
+    pub order: u32,
+    #[serde(rename = "type")]
+    pub step_type: PrepStepType,
+    pub status: PrepStepStatus,
+    /// stdout and stderr as they came, at most [`MAX_STEP_OUTPUT_BYTES`].
+    pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl PrepStepRun {
+    /// A step not run yet.
+    pub fn pending(workspace_id: &str, step: &PrepStep) -> PrepStepRun {
+        PrepStepRun {
+            workspace_id: workspace_id.to_string(),
+            order: step.order,
+            step_type: step.step_type,
+            status: PrepStepStatus::Pending,
+            output: String::new(),
+            exit_code: None,
+            error: None,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+}
+
+/// Where a prompt is. Names follow the original.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStatus {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl PromptStatus {
+    pub const ALL: [PromptStatus; 5] = [
+        PromptStatus::Pending,
+        PromptStatus::Running,
+        PromptStatus::Completed,
+        PromptStatus::Failed,
+        PromptStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptStatus::Pending => "pending",
+            PromptStatus::Running => "running",
+            PromptStatus::Completed => "completed",
+            PromptStatus::Failed => "failed",
+            PromptStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            PromptStatus::Completed | PromptStatus::Failed | PromptStatus::Cancelled
+        )
+    }
+}
+
+wire_names!(PromptStatus, "prompt status");
+
+fn default_priority() -> u8 {
+    DEFAULT_PROMPT_PRIORITY
+}
+
+/// `POST /api/v1/workspaces/{id}/prompts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SubmitPromptRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 262144))]
+    pub prompt: String,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// The workspace's working directory when omitted.
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    /// Extra environment variables for the agent.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// 0 (lowest) to 10 (highest); higher runs first, then older.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+impl SubmitPromptRequest {
+    pub fn new(prompt: &str) -> SubmitPromptRequest {
+        SubmitPromptRequest {
+            prompt: prompt.to_string(),
+            system_prompt: None,
+            working_directory: None,
+            environment: BTreeMap::new(),
+            priority: DEFAULT_PROMPT_PRIORITY,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        validate_prompt_text(&self.prompt, "prompt")?;
+        if let Some(system) = &self.system_prompt {
+            if system.len() > MAX_PROMPT_BYTES {
+                return Err(format!(
+                    "system_prompt must be at most {MAX_PROMPT_BYTES} bytes"
+                ));
+            }
+            if system.contains('\0') {
+                return Err("system_prompt must not contain NUL bytes".into());
+            }
+        }
+        if let Some(dir) = &self.working_directory {
+            validate_absolute_dir(dir, "working_directory")?;
+        }
+        for (name, value) in &self.environment {
+            validate_env_name(name)?;
+            validate_env_value(name, value)?;
+        }
+        validate_priority(self.priority)
+    }
+}
+
+fn validate_prompt_text(text: &str, what: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(format!("{what} must be at most {MAX_PROMPT_BYTES} bytes"));
+    }
+    if text.contains('\0') {
+        return Err(format!("{what} must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+fn validate_priority(priority: u8) -> Result<(), String> {
+    if priority > MAX_PROMPT_PRIORITY {
+        return Err(format!(
+            "priority must be between 0 and {MAX_PROMPT_PRIORITY}"
+        ));
+    }
+    Ok(())
+}
+
+/// A prompt queued to a workspace's agent, as stored and returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Prompt {
+    pub id: String,
+    pub workspace_id: String,
+    pub prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    pub environment: BTreeMap<String, String>,
+    pub priority: u8,
+    pub status: PromptStatus,
+    /// The agent's stdout, at most [`MAX_PROMPT_OUTPUT_BYTES`].
+    pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The queue task that runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Prompt {
+    /// A new pending prompt (with a fresh id) from a request.
+    pub fn pending(
+        workspace_id: &str,
+        request: &SubmitPromptRequest,
+        now: DateTime<Utc>,
+    ) -> Prompt {
+        Prompt {
+            id: crate::new_id(),
+            workspace_id: workspace_id.to_string(),
+            prompt: request.prompt.clone(),
+            system_prompt: request.system_prompt.clone(),
+            working_directory: request.working_directory.clone(),
+            environment: request.environment.clone(),
+            priority: request.priority,
+            status: PromptStatus::Pending,
+            output: String::new(),
+            error: None,
+            exit_code: None,
+            task_id: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromptList {
+    pub prompts: Vec<Prompt>,
+    pub total: u64,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStream {
+    Stdout,
+    Stderr,
+}
+
+/// A message from the client on the session WebSocket (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SessionClientMessage {
+    /// Queue a prompt (priority 5 when omitted).
+    Prompt {
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<u8>,
+    },
+    /// Cancel a pending or running prompt of this workspace.
+    Cancel { prompt_id: String },
+}
+
+impl SessionClientMessage {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            SessionClientMessage::Prompt { prompt, priority } => {
+                validate_prompt_text(prompt, "prompt")?;
+                validate_priority(priority.unwrap_or(DEFAULT_PROMPT_PRIORITY))
+            }
+            SessionClientMessage::Cancel { prompt_id } => {
+                if prompt_id.is_empty() || prompt_id.len() > 128 {
+                    return Err("prompt_id must be 1 to 128 characters long".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A message from the server on the session WebSocket (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionServerMessage {
+    /// The workspace's status: sent on connect and on every change.
+    Status { workspace_status: WorkspaceStatus },
+    /// A prompt was queued (by this session or another client).
+    PromptQueued { prompt: Prompt },
+    /// A chunk of a running prompt's output (secrets already redacted).
+    Output {
+        prompt_id: String,
+        stream: SessionStream,
+        data: String,
+    },
+    /// A prompt finished (completed, failed or cancelled).
+    PromptDone { prompt: Prompt },
+    /// A message the server could not act on, or a fault; the session stays open.
+    Error { message: String },
+}
+
+/// `text` as it may be stored: at most `max` bytes (cut at a character boundary,
+/// with a note saying so) and without NUL bytes, which PostgreSQL text cannot hold.
+pub fn cap_output(text: &str, max: usize) -> String {
+    const NOTE: &str = "\n[output truncated]";
+    let clean = |s: &str| s.replace('\0', "\u{FFFD}");
+    if text.len() <= max {
+        return clean(text);
+    }
+    let mut end = max.saturating_sub(NOTE.len());
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut capped = clean(&text[..end]);
+    // U+FFFD is longer than NUL: cut again if replacing grew it past the budget.
+    while capped.len() + NOTE.len() > max && !capped.is_empty() {
+        capped.pop();
+    }
+    capped.push_str(NOTE);
+    capped
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn step(value: serde_json::Value) -> PrepStep {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn statuses_and_assistants_use_the_original_wire_names() {
+        assert_eq!(
+            serde_json::to_value(AiAssistant::ClaudeCode).unwrap(),
+            json!("claude-code")
+        );
+        assert_eq!("ampcode".parse::<AiAssistant>(), Ok(AiAssistant::Ampcode));
+        assert!("amp".parse::<AiAssistant>().is_err());
+        for s in WorkspaceStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(s.as_str().parse::<WorkspaceStatus>(), Ok(s));
+        }
+        for s in PromptStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+        for s in PrepStepStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+        for t in PrepStepType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
+        }
+        for t in WorkspaceSecretType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
+        }
+    }
+
+    #[test]
+    fn prep_steps_are_checked_per_type() {
+        let ok = [
+            json!({"type": "git_clone", "order": 1, "config": {"url": "https://example.com/r.git"}}),
+            json!({"type": "git_clone", "config": {"url": "git@github.com:a/b.git",
+                   "branch": "feature/x-1", "directory": "src", "ssh_key_secret": "deploy_key"}}),
+            json!({"type": "git_clone", "config": {"url": "file:///srv/git/r.git"}}),
+            json!({"type": "script", "config": {"script": "make deps", "timeout_seconds": 60}}),
+            json!({"type": "env_var", "config": {"name": "RUST_LOG", "value": ""}}),
+        ];
+        for v in ok {
+            assert_eq!(step(v.clone()).validate(), Ok(()), "{v}");
+        }
+        let bad = [
+            (
+                json!({"type": "git_clone", "config": {}}),
+                "missing field `url`",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "ftp://x/y"}}),
+                "must start with",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "git@host"}}),
+                "must start with",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "https://x/ y"}}),
+                "spaces",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "https://x/y", "branch": "--upload-pack=x"}}),
+                "branch",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "https://x/y", "ssh_key_secret": "a b"}}),
+                "ssh_key_secret",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "https://x/y", "depth": 1}}),
+                "unknown field `depth`",
+            ),
+            (
+                json!({"type": "script", "config": {"script": "  "}}),
+                "must not be empty",
+            ),
+            (
+                json!({"type": "script", "config": {"script": "x".repeat(MAX_SCRIPT_BYTES + 1)}}),
+                "at most",
+            ),
+            (
+                json!({"type": "script", "config": {"script": "ls", "timeout_seconds": 0}}),
+                "timeout_seconds",
+            ),
+            (
+                json!({"type": "env_var", "config": {"name": "1X", "value": "v"}}),
+                "must match",
+            ),
+            (
+                json!({"type": "env_var", "config": {"name": "X"}}),
+                "missing field `value`",
+            ),
+        ];
+        for (v, want) in bad {
+            let err = step(v.clone()).validate().unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
+            assert!(err.starts_with("prep step"), "{err}");
+        }
+        assert!(serde_json::from_value::<PrepStep>(json!({"type": "docker"})).is_err());
+        assert!(serde_json::from_value::<PrepStep>(json!({"type": "script", "extra": 1})).is_err());
+    }
+
+    #[test]
+    fn create_requests_take_the_originals_fields_and_defaults() {
+        let req: CreateWorkspaceRequest = serde_json::from_value(json!({
+            "name": "ws-1",
+            "ai_assistant": "ampcode",
+            "secrets": [{"name": "GH_TOKEN", "value": "s3cr3t-value", "type": "token"}],
+            "prep_steps": [
+                {"type": "script", "order": 2, "config": {"script": "ls"}},
+                {"type": "git_clone", "order": 1, "config": {"url": "https://x/r.git"}}
+            ],
+            "additional_tools": ["nodejs@20", "git"],
+            "tool_versions": {"go": "1.22.3"}
+        }))
+        .unwrap();
+        assert_eq!(req.validate(), Ok(()));
+        assert_eq!(req.working_directory, "/workspace");
+        assert_eq!(req.ai_assistant, AiAssistant::Ampcode);
+        let orders: Vec<u32> = req.ordered_prep_steps().iter().map(|s| s.order).collect();
+        assert_eq!(orders, vec![1, 2]);
+        assert_eq!(CreateWorkspaceRequest::named("a").validate(), Ok(()));
+
+        let debug = format!("{req:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(debug.contains("GH_TOKEN"));
+
+        let invalid = |edit: fn(&mut CreateWorkspaceRequest), want: &str| {
+            let mut r = req.clone();
+            edit(&mut r);
+            let err = r.validate().unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains("s3cr3t-value"));
+        };
+        invalid(|r| r.name = "-bad".into(), "name");
+        invalid(|r| r.vcpus = Some(0), "vcpus");
+        invalid(|r| r.memory_mb = Some(64), "memory_mb");
+        invalid(|r| r.working_directory = "rel".into(), "absolute");
+        invalid(|r| r.secrets[0].value.clear(), "GH_TOKEN");
+        invalid(|r| r.secrets.push(r.secrets[0].clone()), "twice");
+        invalid(|r| r.prep_steps[0].order = 1, "distinct");
+        invalid(|r| r.additional_tools.push("bad tool".into()), "tool");
+        invalid(
+            |r| {
+                r.tool_versions.insert("go".into(), "1 2".into());
+            },
+            "version",
+        );
+        assert!(
+            serde_json::from_value::<CreateWorkspaceRequest>(json!({"name": "a", "nme": 1}))
+                .is_err()
+        );
+        assert!(
+            serde_json::from_value::<CreateWorkspaceRequest>(
+                json!({"name": "a", "ai_assistant": "copilot"})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn prompt_requests_are_bounded() {
+        let req: SubmitPromptRequest = serde_json::from_value(json!({"prompt": "fix it"})).unwrap();
+        assert_eq!(req.priority, 5);
+        assert_eq!(req.validate(), Ok(()));
+        let mut r = req.clone();
+        r.priority = 11;
+        assert!(r.validate().unwrap_err().contains("priority"));
+        let mut r = req.clone();
+        r.prompt = " ".into();
+        assert!(r.validate().unwrap_err().contains("empty"));
+        let mut r = req.clone();
+        r.prompt = "x".repeat(MAX_PROMPT_BYTES + 1);
+        assert!(r.validate().unwrap_err().contains("at most"));
+        r.prompt = "x".repeat(MAX_PROMPT_BYTES);
+        assert_eq!(r.validate(), Ok(()));
+        let mut r = req.clone();
+        r.environment.insert("A=B".into(), "v".into());
+        assert!(r.validate().is_err());
+        let mut r = req;
+        r.working_directory = Some("tmp".into());
+        assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn session_messages_are_tagged_by_type() {
+        let msg: SessionClientMessage =
+            serde_json::from_value(json!({"type": "prompt", "prompt": "hi"})).unwrap();
+        assert_eq!(
+            msg,
+            SessionClientMessage::Prompt {
+                prompt: "hi".into(),
+                priority: None
+            }
+        );
+        assert_eq!(msg.validate(), Ok(()));
+        let msg: SessionClientMessage =
+            serde_json::from_value(json!({"type": "cancel", "prompt_id": "p1"})).unwrap();
+        assert_eq!(
+            msg,
+            SessionClientMessage::Cancel {
+                prompt_id: "p1".into()
+            }
+        );
+        assert!(serde_json::from_value::<SessionClientMessage>(json!({"type": "exec"})).is_err());
+
+        let out = SessionServerMessage::Output {
+            prompt_id: "p1".into(),
+            stream: SessionStream::Stderr,
+            data: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!({"type": "output", "prompt_id": "p1", "stream": "stderr", "data": "x"})
+        );
+        assert_eq!(
+            serde_json::to_value(SessionServerMessage::Status {
+                workspace_status: WorkspaceStatus::Ready
+            })
+            .unwrap(),
+            json!({"type": "status", "workspace_status": "ready"})
+        );
+        let p = Prompt::pending("w", &SubmitPromptRequest::new("go"), Utc::now());
+        let done =
+            serde_json::to_value(SessionServerMessage::PromptDone { prompt: p.clone() }).unwrap();
+        assert_eq!(done["type"], "prompt_done");
+        assert_eq!(done["prompt"]["id"], json!(p.id));
+    }
+
+    #[test]
+    fn output_is_capped_at_a_char_boundary_without_nul() {
+        assert_eq!(cap_output("a\0b", 100), "a\u{FFFD}b");
+        let long = "é".repeat(100);
+        let capped = cap_output(&long, 51);
+        assert!(capped.len() <= 51, "{}", capped.len());
+        assert!(capped.ends_with("[output truncated]"));
+        let nuls = "\0".repeat(100);
+        assert!(cap_output(&nuls, 40).len() <= 40);
+    }
+}

@@ -1,0 +1,613 @@
+//! The tool installer against a real sandbox: a container of the base image made by
+//! the Docker backend (host network, so it reaches the fixture server on loopback),
+//! recipes from a test catalog directory, downloads from a small HTTP server this
+//! test runs, serving tarballs it builds. The internet is never needed.
+//!
+//! Needs the Docker engine, the base image and the static agent (`make agent`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherium_core::agent_client::AgentClient;
+use aetherium_core::tools::{
+    Arch, Catalog, InstallPlan, ToolError, ToolProgress, ToolSources, ToolSpec, ToolStatus, install,
+};
+use aetherium_core::vmm::docker::{DockerBackend, DockerBackendConfig};
+use aetherium_core::vmm::{Backend, SandboxSpec};
+use aetherium_testkit::{static_agent_bin, test_image};
+use aetherium_types::agent::{ProcessConfig, StartRequest};
+
+// ---------------------------------------------------------------------------------
+// Fixtures: an HTTP file server, tarballs, a test catalog.
+
+/// Serves the files of a directory over HTTP/1.0 on 127.0.0.1, counting requests
+/// per path. Its thread ends with the test process.
+struct FileServer {
+    addr: SocketAddr,
+    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl FileServer {
+    fn start(root: PathBuf) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(Mutex::new(BTreeMap::new()));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, hits) = (root.clone(), counted.clone());
+                std::thread::spawn(move || serve(stream, &root, &hits));
+            }
+        });
+        FileServer { addr, hits }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn serve(mut stream: TcpStream, root: &Path, hits: &Mutex<BTreeMap<String, usize>>) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let request = String::from_utf8_lossy(&request);
+    let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let file = root.join(path.trim_start_matches('/'));
+    let (status, body) = match std::fs::read(&file) {
+        Ok(body) if !path.contains("..") => ("200 OK", body),
+        _ => ("404 Not Found", b"not found\n".to_vec()),
+    };
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+/// `<dir>/<tool>-<version>.tar.gz` holding `bin/<tool>`, a script printing
+/// `<tool> <version>`.
+fn build_tarball(dir: &Path, tool: &str, version: &str) {
+    let staging = tempfile::tempdir().unwrap();
+    let bin = staging.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join(tool);
+    std::fs::write(&script, format!("#!/bin/sh\necho \"{tool} {version}\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = dir.join(format!("{tool}-{version}.tar.gz"));
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(staging.path())
+        .arg("bin")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A recipe that installs `bin/<tool>` from the fixture server into /usr/local.
+fn fixture_recipe(tool: &str, requires: &[&str]) -> String {
+    let requires: Vec<String> = requires.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        r#"name = "{tool}"
+description = "a test tool from the fixture server"
+default_version = "1.0.0"
+requires = [{requires}]
+timeout_seconds = 60
+verify = '''
+test "$({tool} 2>/dev/null)" = "{tool} {{version}}"
+'''
+install = '''
+fetch "{{source.tarball}}" "$WORK/{tool}.tar.gz"
+tar -xzf "$WORK/{tool}.tar.gz" -C /usr/local --no-same-owner
+'''
+
+[sources]
+tarball = "{{mirror.fixture}}/{tool}-{{version}}.tar.gz"
+
+[mirrors]
+# Unreachable on purpose: the test points the mirror at its own server.
+fixture = "http://127.0.0.1:9"
+"#,
+        requires = requires.join(", ")
+    )
+}
+
+/// Sleeps far past its two-second limit; the marker argument finds its process.
+const SLOW_RECIPE: &str = r#"name = "slow"
+description = "never finishes in time"
+default_version = "1"
+timeout_seconds = 2
+verify = "false"
+install = '''
+echo "about to sleep"
+sleep 4321
+'''
+"#;
+
+/// A catalog directory with `hello` (requires `hello-dep`), `hello-dep` and `slow`.
+fn test_catalog() -> (tempfile::TempDir, Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hello.toml"),
+        fixture_recipe("hello", &["hello-dep"]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hello-dep.toml"),
+        fixture_recipe("hello-dep", &[]),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("slow.toml"), SLOW_RECIPE).unwrap();
+    let catalog = Catalog::load(Some(dir.path())).unwrap();
+    (dir, catalog)
+}
+
+// ---------------------------------------------------------------------------------
+// The sandbox.
+
+/// A container of the base image with its agent; removed by id when dropped, even
+/// when the test fails.
+struct Sandbox {
+    backend: DockerBackend,
+    vm_id: String,
+    agent: AgentClient,
+    _run_dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    async fn start(label: &str) -> Sandbox {
+        let run_dir = tempfile::tempdir().unwrap();
+        let vm_id = format!(
+            "tools-{label}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let backend = DockerBackend::connect(DockerBackendConfig {
+            host: "unix:///var/run/docker.sock".into(),
+            worker_id: format!("test-{vm_id}"),
+            agent_path: static_agent_bin(),
+            socket_dir: run_dir.path().to_path_buf(),
+            pids_limit: 512,
+            // The container shares the host's loopback, where the fixture server is.
+            network_mode: "host".into(),
+        })
+        .unwrap();
+        let spec = SandboxSpec {
+            orchestrator: aetherium_types::Orchestrator::Docker,
+            vm_id: vm_id.clone(),
+            name: vm_id.clone(),
+            image: test_image(),
+            vcpus: 1,
+            memory_mb: 512,
+            network: None,
+        };
+        backend.create(&spec).await.expect("create the sandbox");
+        let agent = backend.agent(&vm_id);
+        let sandbox = Sandbox {
+            backend,
+            vm_id,
+            agent,
+            _run_dir: run_dir,
+        };
+        sandbox
+            .agent
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("agent ready");
+        sandbox
+    }
+
+    /// Runs `sh -c script` in the sandbox; its stdout.
+    async fn sh(&self, script: &str) -> String {
+        let request = StartRequest {
+            process: ProcessConfig {
+                cmd: "sh".into(),
+                args: vec!["-c".into(), script.into()],
+                ..ProcessConfig::default()
+            },
+            ..StartRequest::default()
+        };
+        let output = self.agent.run(&request, 1 << 20).await.unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime: delete from a thread of its own.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                if let Err(e) = runtime.block_on(self.backend.delete(&self.vm_id)) {
+                    eprintln!("removing sandbox {}: {e}", self.vm_id);
+                }
+            });
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------
+
+fn plan(catalog: &Catalog, specs: &[&str], sources: &ToolSources) -> InstallPlan {
+    let specs: Vec<ToolSpec> = specs.iter().map(|s| s.parse().unwrap()).collect();
+    catalog
+        .plan(&specs, sources, Arch::host().unwrap())
+        .unwrap()
+}
+
+/// Collects progress events as `"<kind> <tool>@<version>"`.
+fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(ToolProgress) + Send + Sync) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let record = move |p: ToolProgress| {
+        let line = match p {
+            ToolProgress::Started { tool, version } => format!("started {tool}@{version}"),
+            ToolProgress::Skipped { tool, version, .. } => format!("skipped {tool}@{version}"),
+            ToolProgress::Installed { tool, version, .. } => {
+                format!("installed {tool}@{version}")
+            }
+            ToolProgress::Failed { tool, version, .. } => format!("failed {tool}@{version}"),
+        };
+        sink.lock().unwrap().push(line);
+    };
+    (events, record)
+}
+
+#[tokio::test]
+async fn installs_in_order_idempotently_and_reports_failures_with_output() {
+    let files = tempfile::tempdir().unwrap();
+    build_tarball(files.path(), "hello", "1.0.0");
+    build_tarball(files.path(), "hello", "2.0.0");
+    build_tarball(files.path(), "hello-dep", "1.0.0");
+    let server = FileServer::start(files.path().to_path_buf());
+    let sources = ToolSources::new().with("fixture", server.url()).unwrap();
+    let (_catalog_dir, catalog) = test_catalog();
+    catalog.check_sources(&sources).unwrap();
+    let sandbox = Sandbox::start("install").await;
+
+    // First install: the requirement first, then the tool; both verified.
+    let (events, record) = recorder();
+    let outcomes = install(
+        &sandbox.agent,
+        &plan(&catalog, &["hello"], &sources),
+        &record,
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.tool.as_str(), o.version.as_str(), o.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("hello-dep", "1.0.0", ToolStatus::Installed),
+            ("hello", "1.0.0", ToolStatus::Installed),
+        ]
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "started hello-dep@1.0.0",
+            "installed hello-dep@1.0.0",
+            "started hello@1.0.0",
+            "installed hello@1.0.0",
+        ]
+    );
+    assert_eq!(
+        sandbox.sh("hello; hello-dep").await,
+        "hello 1.0.0\nhello-dep 1.0.0\n"
+    );
+    assert_eq!(server.hits("/hello-1.0.0.tar.gz"), 1);
+    assert_eq!(server.hits("/hello-dep-1.0.0.tar.gz"), 1);
+    // The scratch directory went with the script.
+    assert_eq!(
+        sandbox
+            .sh("ls -d /tmp/tmp.* 2>/dev/null | wc -l")
+            .await
+            .trim(),
+        "0"
+    );
+
+    // Again: verify passes, nothing is downloaded.
+    let (events, record) = recorder();
+    let outcomes = install(
+        &sandbox.agent,
+        &plan(&catalog, &["hello"], &sources),
+        &record,
+    )
+    .await
+    .unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.status == ToolStatus::AlreadyPresent)
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "started hello-dep@1.0.0",
+            "skipped hello-dep@1.0.0",
+            "started hello@1.0.0",
+            "skipped hello@1.0.0",
+        ]
+    );
+    assert_eq!(server.hits("/hello-1.0.0.tar.gz"), 1);
+    assert_eq!(server.hits("/hello-dep-1.0.0.tar.gz"), 1);
+
+    // Another version replaces it; the requirement stays as it is.
+    let outcomes = install(
+        &sandbox.agent,
+        &plan(&catalog, &["hello@2.0.0"], &sources),
+        &recorder().1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes[0].status, ToolStatus::AlreadyPresent);
+    assert_eq!(outcomes[1].status, ToolStatus::Installed);
+    assert_eq!(sandbox.sh("hello").await, "hello 2.0.0\n");
+
+    // A version the mirror does not have: the 404 fails the install, with curl's
+    // words in the error.
+    let (events, record) = recorder();
+    let err = install(
+        &sandbox.agent,
+        &plan(&catalog, &["hello@9.9.9"], &sources),
+        &record,
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ToolError::Failed {
+            tool,
+            version,
+            exit_code,
+            output,
+        } => {
+            assert_eq!((tool.as_str(), version.as_str()), ("hello", "9.9.9"));
+            assert_eq!(*exit_code, Some(22), "curl -f exits 22 on HTTP errors");
+            assert!(output.contains("404"), "{output}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(err.to_string().contains("hello@9.9.9"), "{err}");
+    assert_eq!(server.hits("/hello-9.9.9.tar.gz"), 1);
+    assert_eq!(
+        events.lock().unwrap().last().map(String::as_str),
+        Some("failed hello@9.9.9")
+    );
+    // The earlier version is still there.
+    assert_eq!(sandbox.sh("hello").await, "hello 2.0.0\n");
+}
+
+#[tokio::test]
+async fn a_recipe_past_its_timeout_is_killed() {
+    let (_catalog_dir, catalog) = test_catalog();
+    let sandbox = Sandbox::start("timeout").await;
+    let started = std::time::Instant::now();
+    let (events, record) = recorder();
+    let err = install(
+        &sandbox.agent,
+        &plan(&catalog, &["slow"], &ToolSources::new()),
+        &record,
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ToolError::TimedOut {
+            tool,
+            timeout,
+            output,
+            ..
+        } => {
+            assert_eq!(tool, "slow");
+            assert_eq!(*timeout, Duration::from_secs(2));
+            assert!(output.contains("about to sleep"), "{output}");
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(err.to_string().contains("timed out after 2s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        events.lock().unwrap().last().map(String::as_str),
+        Some("failed slow@1")
+    );
+    // Nothing of it runs any more, and its scratch directory is gone (SIGTERM ran
+    // the prelude's trap).
+    let processes = sandbox
+        .sh("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done")
+        .await;
+    assert!(
+        !processes.lines().any(|l| l.trim() == "sleep 4321"),
+        "{processes}"
+    );
+    assert_eq!(
+        sandbox
+            .sh("ls -d /tmp/tmp.* 2>/dev/null | wc -l")
+            .await
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn unknown_tools_are_refused_naming_the_known_ones() {
+    let (_catalog_dir, catalog) = test_catalog();
+    let err = catalog
+        .plan(
+            &["helo@1.0.0".parse().unwrap()],
+            &ToolSources::new(),
+            Arch::X86_64,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ToolError::UnknownTool { .. }));
+    let message = err.to_string();
+    assert!(message.contains("\"helo\""), "{message}");
+    for known in ["hello", "hello-dep", "slow", "nodejs", "claude-code", "git"] {
+        assert!(message.contains(known), "{message}");
+    }
+}
+
+/// `archive` (a .tar.gz) holding `files` (path → content; all executable), plus
+/// the empty directories `dirs`.
+fn build_tree(archive: &Path, files: &[(&str, &str)], dirs: &[&str]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let staging = tempfile::tempdir().unwrap();
+    for dir in dirs {
+        std::fs::create_dir_all(staging.path().join(dir)).unwrap();
+    }
+    for (path, content) in files {
+        let path = staging.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(archive)
+        .arg("-C")
+        .arg(staging.path())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The built-in nodejs, claude-code, go, uv recipes, their downloads pointed at the
+/// fixture server through mirror overrides: stand-in archives laid out like the
+/// real ones (node's tarball with a fake npm that records its arguments).
+#[tokio::test]
+async fn builtin_recipes_install_from_mirrors() {
+    let arch = Arch::host().unwrap();
+    let node = arch.variant("node").unwrap();
+    let debian = arch.variant("debian").unwrap();
+    let uname = arch.uname();
+    let files = tempfile::tempdir().unwrap();
+    let root = files.path();
+    let node_dir = format!("node-v22.12.0-linux-{node}");
+    let fake_npm = "#!/bin/sh\n\
+        echo \"$@\" > /usr/local/npm-args\n\
+        printf '#!/bin/sh\\necho \"2.0.1 (Claude Code)\"\\n' > /usr/local/bin/claude\n\
+        chmod 755 /usr/local/bin/claude\n";
+    build_tree(
+        &root.join(format!("node/v22.12.0/{node_dir}.tar.gz")),
+        &[
+            (
+                &format!("{node_dir}/bin/node"),
+                "#!/bin/sh\necho v22.12.0\n",
+            ),
+            (&format!("{node_dir}/bin/npm"), fake_npm),
+        ],
+        &[
+            &format!("{node_dir}/include/node"),
+            &format!("{node_dir}/lib/node_modules"),
+            &format!("{node_dir}/share/doc"),
+        ],
+    );
+    build_tree(
+        &root.join(format!("go/go1.25.4.linux-{debian}.tar.gz")),
+        &[
+            (
+                "go/bin/go",
+                "#!/bin/sh\necho \"go version go1.25.4 linux/$(uname -m)\"\n",
+            ),
+            ("go/bin/gofmt", "#!/bin/sh\n"),
+        ],
+        &[],
+    );
+    let uv_dir = format!("uv-{uname}-unknown-linux-gnu");
+    build_tree(
+        &root.join(format!("uv/0.9.11/{uv_dir}.tar.gz")),
+        &[
+            (
+                &format!("{uv_dir}/uv"),
+                "#!/bin/sh\necho 'uv 0.9.11 (stand-in)'\n",
+            ),
+            (&format!("{uv_dir}/uvx"), "#!/bin/sh\n"),
+        ],
+        &[],
+    );
+    let server = FileServer::start(root.to_path_buf());
+    let mut sources = ToolSources::new();
+    for (mirror, path) in [
+        ("nodejs", "node"),
+        ("go", "go"),
+        ("uv", "uv"),
+        ("npm", "npm"),
+    ] {
+        sources
+            .insert(mirror, format!("{}/{path}/", server.url()))
+            .unwrap();
+    }
+    let catalog = Catalog::builtin().unwrap();
+    catalog.check_sources(&sources).unwrap();
+    let sandbox = Sandbox::start("builtin").await;
+
+    let specs = ["claude-code", "nodejs@22.12.0", "go@1.25.4", "uv@0.9.11"];
+    let outcomes = install(
+        &sandbox.agent,
+        &plan(&catalog, &specs, &sources),
+        &recorder().1,
+    )
+    .await
+    .unwrap();
+    let installed: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.tool.as_str(), o.version.as_str(), o.status))
+        .collect();
+    assert_eq!(
+        installed,
+        [
+            ("nodejs", "22.12.0", ToolStatus::Installed),
+            ("claude-code", "latest", ToolStatus::Installed),
+            ("go", "1.25.4", ToolStatus::Installed),
+            ("uv", "0.9.11", ToolStatus::Installed),
+        ]
+    );
+    assert_eq!(
+        sandbox
+            .sh("node --version; claude --version; go version | cut -d' ' -f3; uv --version; ls /usr/local/bin")
+            .await,
+        "v22.12.0\n2.0.1 (Claude Code)\ngo1.25.4\nuv 0.9.11 (stand-in)\n\
+         claude\ngo\ngofmt\nnode\nnpm\nuv\nuvx\n"
+    );
+    assert_eq!(
+        sandbox.sh("cat /usr/local/npm-args").await,
+        format!(
+            "install --global --no-fund --no-audit --registry {}/npm @anthropic-ai/claude-code@latest\n",
+            server.url()
+        )
+    );
+    let again = install(
+        &sandbox.agent,
+        &plan(&catalog, &specs, &sources),
+        &recorder().1,
+    )
+    .await
+    .unwrap();
+    assert!(again.iter().all(|o| o.status == ToolStatus::AlreadyPresent));
+}
