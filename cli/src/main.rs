@@ -13,6 +13,7 @@ mod output;
 mod term;
 mod up;
 mod workers;
+mod workspaces;
 
 use std::process::ExitCode;
 
@@ -82,6 +83,8 @@ enum Command {
     Env(environments::EnvArgs),
     /// Global secrets for workspaces (encrypted at rest; values are write-only).
     Secret(environments::SecretArgs),
+    /// Workspaces for coding agents: create (prepared: tools, repo, scripts, secrets), prompt, follow, remove.
+    Ws(workspaces::WsArgs),
     /// What works on this host for each backend (Docker, QEMU, Firecracker, network), and why not.
     Doctor(doctor::DoctorArgs),
 }
@@ -271,6 +274,7 @@ fn main() -> ExitCode {
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Env(args) => environments::env(args).await,
             Command::Secret(args) => environments::secret(args).await,
+            Command::Ws(args) => workspaces::ws(args).await,
         }
     });
     // A thread blocked reading stdin (`vm exec -i`) must not hold the exit up.

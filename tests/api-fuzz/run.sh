@@ -212,11 +212,12 @@ curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" || die "the server did 
 TOKEN=$(api_token) || die "no admin credential found in $DATA/admin-token"
 log "server up at $URL"
 
-# Not request/response routes: the WebSocket session and the endless SSE feeds.
+# Not request/response routes: the WebSockets (interactive exec, workspace sessions)
+# and the endless SSE feeds.
 # Nor draining a worker: the stateful phase finds this server's only worker in
 # GET /workers, and once it drains, every later POST /vms is a 503 by design
 # (services/gateway/tests/workers.rs tests drain and activate).
-EXCLUDE='/exec/ws$|/events$|/logs/stream$|/drain$'
+EXCLUDE='/exec/ws$|/session$|/events$|/logs/stream$|/drain$'
 
 args=(
 	--no-color

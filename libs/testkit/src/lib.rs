@@ -1,6 +1,7 @@
 //! Test support for distributed mode: real PostgreSQL and Redis servers, each test
 //! its own, on a free loopback port in a temp dir, stopped (by pid) when dropped.
-//! Dev-dependency only.
+//! Also [`standin::standin_agent_image`]: a Docker image with a stand-in coding-agent
+//! CLI for workspace tests. Dev-dependency only.
 //!
 //! Requirements on the host:
 //! - [`postgres::TempPostgres`]: PostgreSQL's server binaries (`initdb`, `postgres`,
@@ -9,8 +10,12 @@
 //!   `/usr/lib/postgresql/*/bin`. As root (CI), the server runs as the `postgres`
 //!   system user (else `nobody`), since PostgreSQL refuses to run as root.
 
+pub mod fileserver;
 pub mod paths;
 pub mod postgres;
 pub mod redis;
+pub mod standin;
 
+pub use fileserver::{FileServer, docker_gateway};
 pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};
+pub use standin::standin_agent_image;

@@ -270,14 +270,20 @@ impl CreateEnvironmentRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEnvironmentRequest {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", max_length = 63)
+    )]
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
     #[serde(default)]
     pub vcpus: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
     #[serde(default)]
     pub memory_mb: Option<u64>,
     #[serde(default)]

@@ -56,10 +56,28 @@ pub enum EventType {
     WorkerOffline,
     #[serde(rename = "integration.webhook_received")]
     IntegrationWebhookReceived,
+    /// A workspace changed status (data: `status`, `message`).
+    #[serde(rename = "workspace.status")]
+    WorkspaceStatus,
+    /// A preparation step (or tool install) started or ended (data: the step run).
+    #[serde(rename = "workspace.step")]
+    WorkspaceStep,
+    /// Resource id: the workspace; data: the prompt.
+    #[serde(rename = "prompt.queued")]
+    PromptQueued,
+    #[serde(rename = "prompt.started")]
+    PromptStarted,
+    /// Live output of a running prompt (data: `prompt_id`, `stream`, `data`), with
+    /// secrets redacted.
+    #[serde(rename = "prompt.output")]
+    PromptOutput,
+    /// A prompt ended: completed, failed or cancelled (data: the prompt).
+    #[serde(rename = "prompt.done")]
+    PromptDone,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 27] = [
         EventType::TaskCreated,
         EventType::TaskStarted,
         EventType::TaskCompleted,
@@ -81,6 +99,12 @@ impl EventType {
         EventType::WorkerDraining,
         EventType::WorkerOffline,
         EventType::IntegrationWebhookReceived,
+        EventType::WorkspaceStatus,
+        EventType::WorkspaceStep,
+        EventType::PromptQueued,
+        EventType::PromptStarted,
+        EventType::PromptOutput,
+        EventType::PromptDone,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +130,12 @@ impl EventType {
             EventType::WorkerDraining => "worker.draining",
             EventType::WorkerOffline => "worker.offline",
             EventType::IntegrationWebhookReceived => "integration.webhook_received",
+            EventType::WorkspaceStatus => "workspace.status",
+            EventType::WorkspaceStep => "workspace.step",
+            EventType::PromptQueued => "prompt.queued",
+            EventType::PromptStarted => "prompt.started",
+            EventType::PromptOutput => "prompt.output",
+            EventType::PromptDone => "prompt.done",
         }
     }
 

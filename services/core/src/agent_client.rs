@@ -274,6 +274,8 @@ impl fmt::Debug for Token {
 pub struct AgentClient {
     transport: Transport,
     access_token: Option<Token>,
+    /// The user requests run as (`None`: the agent's default user).
+    user: Option<String>,
 }
 
 /// `POST /init`: what the host tells a fresh agent (envd's fields).
@@ -298,6 +300,7 @@ impl AgentClient {
         AgentClient {
             transport,
             access_token: None,
+            user: None,
         }
     }
 
@@ -343,6 +346,22 @@ impl AgentClient {
     pub fn with_access_token(mut self, token: impl Into<String>) -> Self {
         self.access_token = Some(Token(token.into()));
         self
+    }
+
+    /// Runs every process and file operation as `user` (envd's way: HTTP Basic
+    /// `user:` on Connect calls, `?username=` on `/files`) instead of the agent's
+    /// default user. The user must exist in the sandbox.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The `&username=` of `/files` calls.
+    fn username_query(&self) -> String {
+        match &self.user {
+            Some(user) => format!("&username={}", percent_encode(user)),
+            None => String::new(),
+        }
     }
 
     /// `GET /health`: Ok when the agent answers 2xx.
@@ -632,7 +651,11 @@ impl AgentClient {
         let (response, _connection) = self
             .send(
                 Method::POST,
-                &format!("/files?path={}", percent_encode(path)),
+                &format!(
+                    "/files?path={}{}",
+                    percent_encode(path),
+                    self.username_query()
+                ),
                 Some("application/octet-stream"),
                 body,
             )
@@ -651,7 +674,11 @@ impl AgentClient {
         let (response, mut connection) = self
             .send_driven(
                 Method::GET,
-                &format!("/files?path={}", percent_encode(path)),
+                &format!(
+                    "/files?path={}{}",
+                    percent_encode(path),
+                    self.username_query()
+                ),
                 None,
                 empty(),
                 Drive::Inline,
@@ -813,6 +840,11 @@ impl AgentClient {
         }
         if let Some(Token(token)) = &self.access_token {
             request = request.header("x-access-token", token.as_str());
+        }
+        if let Some(user) = &self.user {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+            request = request.header(hyper::header::AUTHORIZATION, format!("Basic {encoded}"));
         }
         let request = request
             .body(body)

@@ -209,6 +209,9 @@ impl DistributedRuntime {
         let workspace_data = crate::environments::WorkspaceData {
             environments: store.clone(),
             secrets: store.clone(),
+            workspaces: store.clone(),
+            prompts: store.clone(),
+            tools: Arc::new(crate::environments::ToolCatalog::from_config(config)?),
             keyring,
         };
         let platform = Platform {

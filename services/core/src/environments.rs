@@ -20,13 +20,46 @@ use crate::store::{EnvironmentStore, Page, SecretStore};
 pub struct WorkspaceData {
     pub environments: Arc<dyn EnvironmentStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub workspaces: Arc<dyn crate::store::WorkspaceStore>,
+    pub prompts: Arc<dyn crate::store::PromptStore>,
     /// `None` where no key is configured (a gateway without
     /// `workspaces.encryption_key`): secret writes answer 503 saying so.
     pub keyring: Option<Keyring>,
+    /// The tool catalog and mirrors, to refuse unknown tools before anything is made.
+    pub tools: Arc<ToolCatalog>,
+}
+
+/// The tool catalog this platform installs from, with its configured mirrors.
+pub struct ToolCatalog {
+    pub catalog: crate::tools::Catalog,
+    pub sources: crate::tools::ToolSources,
+}
+
+impl ToolCatalog {
+    /// The built-in recipes plus `workspaces.tool_catalog_dir`, checked with the
+    /// configured mirrors: a bad recipe or mirror stops the start with its reason.
+    pub fn from_config(config: &aetherium_common::Config) -> CoreResult<ToolCatalog> {
+        let catalog = crate::tools::Catalog::load(config.workspaces.tool_catalog_dir.as_deref())?;
+        let sources = crate::tools::ToolSources::try_from(config.workspaces.tool_mirrors.clone())?;
+        catalog.check_sources(&sources)?;
+        Ok(ToolCatalog { catalog, sources })
+    }
+
+    /// Refuses tool specs the catalog cannot install (unknown tool, bad version
+    /// text, a requirement cycle), naming the known tools.
+    pub fn check(&self, specs: &[String]) -> CoreResult<()> {
+        let specs = specs
+            .iter()
+            .map(|s| crate::tools::ToolSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let arch = crate::tools::Arch::host().unwrap_or(crate::tools::Arch::X86_64);
+        self.catalog.plan(&specs, &self.sources, arch)?;
+        Ok(())
+    }
 }
 
 impl WorkspaceData {
-    fn keyring(&self) -> CoreResult<&Keyring> {
+    pub(crate) fn keyring(&self) -> CoreResult<&Keyring> {
         self.keyring.as_ref().ok_or_else(|| {
             CoreError::Unavailable(
                 "secrets are disabled: no encryption key is configured (workspaces.encryption_key / WORKSPACE_ENCRYPTION_KEY, 64 hex characters)"

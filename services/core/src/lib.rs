@@ -22,6 +22,7 @@ pub mod tools;
 pub mod tunnel;
 pub mod vmm;
 pub mod worker;
+pub mod workspaces;
 
 pub use distributed::{DistributedRole, DistributedRuntime};
 pub use error::{CoreError, CoreResult};

@@ -92,6 +92,7 @@ pub fn worker_settings(config: &Config) -> WorkerSettings {
         agent_ready_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         snapshot_dir: config.data_dir.join("snapshots"),
+        workspaces: config.workspaces.clone(),
     }
 }
 
@@ -200,6 +201,9 @@ impl EmbeddedRuntime {
         let workspace_data = crate::environments::WorkspaceData {
             environments: store.clone(),
             secrets: store.clone(),
+            workspaces: store.clone(),
+            prompts: store.clone(),
+            tools: Arc::new(crate::environments::ToolCatalog::from_config(config)?),
             keyring: Some(keyring),
         };
         let platform = Platform {

@@ -25,6 +25,8 @@ use crate::services::{
 use crate::store::{Cursor, Page, VmFilter};
 use crate::vmm::{Backend, GuestNetwork, SandboxExit, SandboxSpec, SandboxState};
 
+mod workspaces;
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub id: String,
@@ -47,6 +49,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// Where `vm:snapshot` writes (`<dir>/<vm id>/<task id>/`).
     pub snapshot_dir: std::path::PathBuf,
+    /// Workspaces: agent commands, agent user, tool catalog and mirrors, idle checks.
+    pub workspaces: aetherium_common::config::WorkspacesConfig,
 }
 
 /// Why a task attempt failed, and whether trying again can help.
@@ -142,6 +146,7 @@ impl Worker {
         self.heartbeat().await;
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
         let exits = tokio::spawn(self.clone().exit_watch_loop(shutdown.clone()));
+        let idle = tokio::spawn(self.clone().workspace_idle_loop(shutdown.clone()));
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         tracing::info!(worker = %self.settings.id, "worker started");
         loop {
@@ -191,6 +196,7 @@ impl Worker {
         }
         heartbeat.abort();
         exits.abort();
+        idle.abort();
         tracing::info!(worker_id = %self.settings.id, "worker draining: no new tasks");
         let vm_count = self.owned_vms().await.map(|v| v.len() as u32).unwrap_or(0);
         let draining = self.info(
@@ -740,6 +746,14 @@ impl Worker {
             TaskType::VmPause | TaskType::VmResume | TaskType::VmSnapshot => {
                 self.handle_control(task, parse(&task.payload)?).await
             }
+            TaskType::WorkspaceCreate => {
+                self.handle_workspace_create(parse(&task.payload)?, cancel)
+                    .await
+            }
+            TaskType::PromptExecute => {
+                self.handle_prompt_execute(task, parse(&task.payload)?, cancel)
+                    .await
+            }
             other => Err(TaskError::permanent(format!(
                 "task type {other} is not handled by this worker yet"
             ))),
@@ -772,6 +786,18 @@ impl Worker {
                     self.fail_execution(&payload.execution_id, CANCELLED_WHILE_RUNNING)
                         .await;
                 }
+            }
+            TaskType::WorkspaceCreate => {
+                self.workspace_create_ended(task, CANCELLED_WHILE_RUNNING)
+                    .await
+            }
+            TaskType::PromptExecute => {
+                self.prompt_task_ended(
+                    task,
+                    aetherium_types::PromptStatus::Cancelled,
+                    CANCELLED_WHILE_RUNNING,
+                )
+                .await
             }
             _ => {}
         }
@@ -810,6 +836,11 @@ impl Worker {
                     )
                     .await;
                 }
+            }
+            TaskType::WorkspaceCreate => self.workspace_create_ended(task, error).await,
+            TaskType::PromptExecute => {
+                self.prompt_task_ended(task, aetherium_types::PromptStatus::Failed, error)
+                    .await
             }
             _ => {}
         }

@@ -7,10 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use aetherium_testkit::FileServer;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,62 +23,6 @@ use aetherium_types::agent::{ProcessConfig, StartRequest};
 
 // ---------------------------------------------------------------------------------
 // Fixtures: an HTTP file server, tarballs, a test catalog.
-
-/// Serves the files of a directory over HTTP/1.0 on 127.0.0.1, counting requests
-/// per path. Its thread ends with the test process.
-struct FileServer {
-    addr: SocketAddr,
-    hits: Arc<Mutex<BTreeMap<String, usize>>>,
-}
-
-impl FileServer {
-    fn start(root: PathBuf) -> FileServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(Mutex::new(BTreeMap::new()));
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (root, hits) = (root.clone(), counted.clone());
-                std::thread::spawn(move || serve(stream, &root, &hits));
-            }
-        });
-        FileServer { addr, hits }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
-
-fn serve(mut stream: TcpStream, root: &Path, hits: &Mutex<BTreeMap<String, usize>>) {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let request = String::from_utf8_lossy(&request);
-    let path = request.split(' ').nth(1).unwrap_or("/").to_string();
-    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-    let file = root.join(path.trim_start_matches('/'));
-    let (status, body) = match std::fs::read(&file) {
-        Ok(body) if !path.contains("..") => ("200 OK", body),
-        _ => ("404 Not Found", b"not found\n".to_vec()),
-    };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
-}
 
 /// `<dir>/<tool>-<version>.tar.gz` holding `bin/<tool>`, a script printing
 /// `<tool> <version>`.
@@ -282,7 +224,10 @@ async fn installs_in_order_idempotently_and_reports_failures_with_output() {
     build_tarball(files.path(), "hello", "1.0.0");
     build_tarball(files.path(), "hello", "2.0.0");
     build_tarball(files.path(), "hello-dep", "1.0.0");
-    let server = FileServer::start(files.path().to_path_buf());
+    let server = FileServer::start(
+        files.path().to_path_buf(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    );
     let sources = ToolSources::new().with("fixture", server.url()).unwrap();
     let (_catalog_dir, catalog) = test_catalog();
     catalog.check_sources(&sources).unwrap();
@@ -551,7 +496,7 @@ async fn builtin_recipes_install_from_mirrors() {
         ],
         &[],
     );
-    let server = FileServer::start(root.to_path_buf());
+    let server = FileServer::start(root.to_path_buf(), std::net::Ipv4Addr::LOCALHOST.into());
     let mut sources = ToolSources::new();
     for (mirror, path) in [
         ("nodejs", "node"),

@@ -40,6 +40,48 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::POST, "/api/v1/secrets", Role::Operator),
     (Method::GET, "/api/v1/secrets", Role::Operator),
     (Method::DELETE, "/api/v1/secrets/{id}", Role::Operator),
+    // Workspaces: reading is viewing; prompts, secrets and the session operate
+    (Method::POST, "/api/v1/workspaces", Role::Operator),
+    (Method::GET, "/api/v1/workspaces", Role::Viewer),
+    (Method::GET, "/api/v1/workspaces/{id}", Role::Viewer),
+    (Method::DELETE, "/api/v1/workspaces/{id}", Role::Operator),
+    (Method::GET, "/api/v1/workspaces/{id}/steps", Role::Viewer),
+    (
+        Method::POST,
+        "/api/v1/workspaces/{id}/prompts",
+        Role::Operator,
+    ),
+    (Method::GET, "/api/v1/workspaces/{id}/prompts", Role::Viewer),
+    (
+        Method::GET,
+        "/api/v1/workspaces/{id}/prompts/{prompt_id}",
+        Role::Viewer,
+    ),
+    (
+        Method::POST,
+        "/api/v1/workspaces/{id}/prompts/{prompt_id}/cancel",
+        Role::Operator,
+    ),
+    (
+        Method::POST,
+        "/api/v1/workspaces/{id}/secrets",
+        Role::Operator,
+    ),
+    (
+        Method::GET,
+        "/api/v1/workspaces/{id}/secrets",
+        Role::Operator,
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/workspaces/{id}/secrets/{secret_id}",
+        Role::Operator,
+    ),
+    (
+        Method::GET,
+        "/api/v1/workspaces/{id}/session",
+        Role::Operator,
+    ),
     (Method::GET, "/api/v1/workers", Role::Viewer),
     (Method::GET, "/api/v1/workers/{id}", Role::Viewer),
     (Method::GET, "/api/v1/workers/{id}/vms", Role::Viewer),

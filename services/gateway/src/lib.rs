@@ -169,6 +169,39 @@ pub fn router(state: AppState) -> Router {
             "/secrets/{id}",
             delete(routes::environments::delete_global_secret),
         )
+        .route(
+            "/workspaces",
+            post(routes::workspaces::create_workspace).get(routes::workspaces::list_workspaces),
+        )
+        .route(
+            "/workspaces/{id}",
+            get(routes::workspaces::get_workspace).delete(routes::workspaces::delete_workspace),
+        )
+        .route(
+            "/workspaces/{id}/steps",
+            get(routes::workspaces::list_steps),
+        )
+        .route(
+            "/workspaces/{id}/prompts",
+            post(routes::workspaces::submit_prompt).get(routes::workspaces::list_prompts),
+        )
+        .route(
+            "/workspaces/{id}/prompts/{prompt_id}",
+            get(routes::workspaces::get_prompt),
+        )
+        .route(
+            "/workspaces/{id}/prompts/{prompt_id}/cancel",
+            post(routes::workspaces::cancel_prompt),
+        )
+        .route(
+            "/workspaces/{id}/secrets",
+            post(routes::workspaces::put_secret).get(routes::workspaces::list_secrets),
+        )
+        .route(
+            "/workspaces/{id}/secrets/{secret_id}",
+            delete(routes::workspaces::delete_secret),
+        )
+        .route("/workspaces/{id}/session", get(routes::workspaces::session))
         .route("/workers", get(routes::workers::list_workers))
         .route("/workers/{id}", get(routes::workers::get_worker))
         .route("/workers/{id}/vms", get(routes::workers::list_worker_vms))

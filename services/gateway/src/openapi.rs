@@ -144,6 +144,19 @@ pub struct QueueCounts {
         routes::environments::put_global_secret,
         routes::environments::list_global_secrets,
         routes::environments::delete_global_secret,
+        routes::workspaces::create_workspace,
+        routes::workspaces::list_workspaces,
+        routes::workspaces::get_workspace,
+        routes::workspaces::delete_workspace,
+        routes::workspaces::list_steps,
+        routes::workspaces::submit_prompt,
+        routes::workspaces::list_prompts,
+        routes::workspaces::get_prompt,
+        routes::workspaces::cancel_prompt,
+        routes::workspaces::put_secret,
+        routes::workspaces::list_secrets,
+        routes::workspaces::delete_secret,
+        routes::workspaces::session,
         routes::workers::list_workers,
         routes::workers::get_worker,
         routes::workers::list_worker_vms,
@@ -165,6 +178,7 @@ pub struct QueueCounts {
         (name = "auth", description = "Sessions, API keys, users and the audit log"),
         (name = "workers", description = "Workers, placement and the cluster's capacity"),
         (name = "environments", description = "Workspace templates and secrets (values are write-only)"),
+        (name = "workspaces", description = "Workspaces for coding agents: preparation, prompts, their secrets and the live session"),
     ),
 )]
 struct ApiDoc;
@@ -334,17 +348,22 @@ fn build() -> utoipa::openapi::OpenApi {
             }
         }
     }
-    // The WebSocket route: marked, so fuzzers and clients can tell it apart.
-    if let Some(op) = doc
-        .paths
-        .paths
-        .get_mut("/api/v1/vms/{id}/exec/ws")
-        .and_then(|item| item.get.as_mut())
-    {
-        let ext = ExtensionsBuilder::new().add("x-websocket", true).build();
-        op.extensions
-            .get_or_insert_with(Default::default)
-            .merge(ext);
+    // The WebSocket routes: marked, so fuzzers and clients can tell them apart.
+    for ws_path in [
+        "/api/v1/vms/{id}/exec/ws",
+        "/api/v1/workspaces/{id}/session",
+    ] {
+        if let Some(op) = doc
+            .paths
+            .paths
+            .get_mut(ws_path)
+            .and_then(|item| item.get.as_mut())
+        {
+            let ext = ExtensionsBuilder::new().add("x-websocket", true).build();
+            op.extensions
+                .get_or_insert_with(Default::default)
+                .merge(ext);
+        }
     }
 
     for (root, api) in ROOT_ALIASES {

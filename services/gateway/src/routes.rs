@@ -12,6 +12,7 @@ pub mod logs;
 pub mod ops;
 pub mod stream;
 pub mod workers;
+pub mod workspaces;
 pub mod ws;
 
 use std::time::Duration;

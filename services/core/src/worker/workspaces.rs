@@ -1,0 +1,1006 @@
+//! The worker's side of workspaces: `workspace:create` (wait for the VM, set up the
+//! agent user, directory, environment and secrets, install tools as root, run the
+//! prep steps as the agent user), `prompt:execute` (one prompt at a time per
+//! workspace, in priority order, its output streamed with secrets redacted), and
+//! the idle check that stops workspaces nobody used for their idle timeout.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
+use aetherium_types::workspace::{
+    MAX_PROMPT_OUTPUT_BYTES, MAX_STEP_OUTPUT_BYTES, PrepStepSpec, PrepStepStatus, SessionStream,
+    cap_output,
+};
+use aetherium_types::{
+    EventType, PrepStepRun, Prompt, PromptStatus, Task, TaskType, VmStatus, Workspace,
+    WorkspaceStatus,
+};
+use chrono::Utc;
+use futures::StreamExt as _;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{TaskError, TaskResult, Worker, parse, until_cancelled};
+use crate::agent_client::{AgentClient, InitOptions};
+use crate::secrets::{Redactor, aad_of};
+use crate::services::{CANCELLED_WHILE_RUNNING, new_task};
+use crate::tools::{Arch, Catalog, ToolProgress, ToolSources, ToolSpec};
+use crate::workspaces::{PromptExecutePayload, WorkspaceCreatePayload};
+
+/// A script step without a timeout of its own gets this.
+const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A git clone gets this.
+const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How much of a failed step's output the workspace's message keeps.
+const MESSAGE_TAIL_BYTES: usize = 2000;
+
+/// Workspaces with a prompt running in this process: one at a time each (prompt
+/// tasks are targeted at the workspace's worker, so a process-local set is enough).
+static RUNNING_PROMPTS: LazyLock<Mutex<HashSet<String>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Holds a workspace's slot in [`RUNNING_PROMPTS`]; frees it when dropped.
+struct PromptSlot(String);
+
+impl PromptSlot {
+    fn take(workspace_id: &str) -> Option<PromptSlot> {
+        let mut running = RUNNING_PROMPTS.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .insert(workspace_id.to_string())
+            .then(|| PromptSlot(workspace_id.to_string()))
+    }
+}
+
+impl Drop for PromptSlot {
+    fn drop(&mut self) {
+        RUNNING_PROMPTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// How a process run ended short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    TimedOut,
+    Cancelled,
+}
+
+/// What [`run_process`] collected.
+#[derive(Debug, Default)]
+struct Ran {
+    exit_code: Option<i32>,
+    /// stdout and stderr as they arrived, capped.
+    combined: Vec<u8>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stopped: Option<Stopped>,
+}
+
+fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Runs a process to its end (or its deadline, or a cancellation: then its process
+/// group is killed), handing every output chunk to `on_chunk`.
+async fn run_process(
+    agent: &AgentClient,
+    request: &StartRequest,
+    cap: usize,
+    timeout: Duration,
+    cancel: Option<watch::Receiver<bool>>,
+    on_chunk: &mut (dyn FnMut(SessionStream, &[u8]) + Send),
+) -> Result<Ran, String> {
+    let mut stream = agent
+        .start(request)
+        .await
+        .map_err(|e| format!("cannot start {}: {e}", request.process.cmd))?;
+    let pid = stream.pid();
+    let mut ran = Ran::default();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cancelled = async {
+        match cancel {
+            Some(c) => until_cancelled(c).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cancelled);
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = &mut cancelled => {
+                let _ = agent.send_signal(pid, Signal::Sigkill).await;
+                ran.stopped = Some(Stopped::Cancelled);
+                return Ok(ran);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = agent.send_signal(pid, Signal::Sigkill).await;
+                ran.stopped = Some(Stopped::TimedOut);
+                return Ok(ran);
+            }
+        };
+        match next {
+            Some(Ok(ProcessEvent::Data(data))) => {
+                let (which, bytes) = match data {
+                    DataEvent::Stdout(b) | DataEvent::Pty(b) => (SessionStream::Stdout, b.0),
+                    DataEvent::Stderr(b) => (SessionStream::Stderr, b.0),
+                };
+                push_capped(&mut ran.combined, &bytes, cap);
+                let buf = match which {
+                    SessionStream::Stdout => &mut ran.stdout,
+                    SessionStream::Stderr => &mut ran.stderr,
+                };
+                push_capped(buf, &bytes, cap);
+                on_chunk(which, &bytes);
+            }
+            Some(Ok(ProcessEvent::End(end))) => {
+                ran.exit_code = Some(end.shell_exit_code());
+                return Ok(ran);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("lost the process: {e}")),
+            None => return Err("the agent ended the stream without an end event".into()),
+        }
+    }
+}
+
+fn bash(
+    script: &str,
+    args: &[&str],
+    cwd: Option<&str>,
+    env: BTreeMap<String, String>,
+) -> StartRequest {
+    let mut all = vec!["-c".to_string(), script.to_string(), "bash".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    StartRequest {
+        process: ProcessConfig {
+            cmd: "/bin/bash".into(),
+            args: all,
+            envs: env,
+            cwd: cwd.map(str::to_string),
+        },
+        pty: None,
+        tag: None,
+        stdin: Some(false),
+    }
+}
+
+/// The end of `text`, at most `max` bytes (on a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let text = text.trim_end();
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+fn upload_body(
+    data: Vec<u8>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::once(async move { Ok(bytes::Bytes::from(data)) })
+}
+
+const USER_SETUP: &str = r#"set -e
+u="$1"; wd="$2"
+id -u "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"
+mkdir -p "$wd"
+chown "$u": "$wd"
+"#;
+
+const GIT_CLONE: &str = r#"set -e
+url="$1"; dest="$2"; branch="$3"; key="$4"
+if [ -n "$key" ]; then
+  trap 'rm -f "$key"' EXIT
+  chmod 600 "$key"
+  export GIT_SSH_COMMAND="ssh -i $key -o StrictHostKeyChecking=accept-new -o BatchMode=yes"
+fi
+export GIT_TERMINAL_PROMPT=0
+mkdir -p "$(dirname "$dest")"
+if [ -n "$branch" ]; then
+  git clone --branch "$branch" -- "$url" "$dest"
+else
+  git clone -- "$url" "$dest"
+fi
+"#;
+
+/// Why a preparation stopped: the workspace's failure message.
+struct PrepFailure(String);
+
+impl Worker {
+    fn agent_user(&self) -> &str {
+        &self.settings.workspaces.agent_user
+    }
+
+    async fn set_workspace_status(
+        &self,
+        workspace_id: &str,
+        from: &[WorkspaceStatus],
+        to: WorkspaceStatus,
+        message: Option<&str>,
+    ) -> bool {
+        let changed = self
+            .platform
+            .workspace_data
+            .workspaces
+            .transition_workspace(workspace_id, from, to, message)
+            .await
+            .unwrap_or(false);
+        if changed {
+            tracing::info!(%workspace_id, status = %to.as_str(), "workspace status");
+            self.platform.publish(
+                EventType::WorkspaceStatus,
+                workspace_id,
+                json!({"status": to, "message": message}),
+            );
+        }
+        changed
+    }
+
+    /// The workspace's secrets, decrypted: name → value.
+    async fn workspace_secrets(
+        &self,
+        workspace_id: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let sealed = self
+            .platform
+            .workspace_data
+            .secrets
+            .secrets_for_injection(workspace_id)
+            .await
+            .map_err(|e| format!("cannot read the workspace's secrets: {e}"))?;
+        if sealed.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let Some(keyring) = self.platform.workspace_data.keyring.as_ref() else {
+            return Err("the workspace has secrets but this worker has no encryption key (workspaces.encryption_key)".into());
+        };
+        let mut values = BTreeMap::new();
+        for (meta, sealed) in sealed {
+            let value = keyring
+                .decrypt_string(&sealed, &aad_of(&meta))
+                .map_err(|e| format!("cannot decrypt secret {}: {e}", meta.name))?;
+            values.insert(meta.name, value);
+        }
+        Ok(values)
+    }
+
+    // ---- workspace:create ----------------------------------------------------------
+
+    pub(super) async fn handle_workspace_create(
+        &self,
+        payload: WorkspaceCreatePayload,
+        cancel: watch::Receiver<bool>,
+    ) -> TaskResult {
+        let store = &self.platform.workspace_data.workspaces;
+        let Some(workspace) = store.get_workspace(&payload.workspace_id).await? else {
+            return Ok(json!({"workspace_id": payload.workspace_id, "skipped": "deleted"}));
+        };
+        match workspace.status {
+            WorkspaceStatus::Creating => {}
+            WorkspaceStatus::Preparing => {
+                // An earlier attempt died mid-way: its steps may have had effects.
+                let message = "the worker stopped while the workspace was being prepared; delete it and create it again";
+                self.set_workspace_status(
+                    &workspace.id,
+                    &[WorkspaceStatus::Preparing],
+                    WorkspaceStatus::Failed,
+                    Some(message),
+                )
+                .await;
+                return Ok(json!({"workspace_id": workspace.id, "status": "failed"}));
+            }
+            status => return Ok(json!({"workspace_id": workspace.id, "status": status})),
+        }
+        // The VM: its own vm:create runs on this worker too.
+        let vm_timeout = TaskType::VmCreate.policy().timeout;
+        let vm = tokio::select! {
+            vm = self.platform.wait_vm_settled(&payload.vm_id, vm_timeout) => vm?,
+            _ = until_cancelled(cancel.clone()) => return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING)),
+        };
+        let vm_problem = match &vm {
+            None => Some("its VM was deleted".to_string()),
+            Some(vm) if vm.status == VmStatus::Running => None,
+            Some(vm) => Some(format!(
+                "its VM is {}{}",
+                vm.status,
+                vm.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+        };
+        if let Some(problem) = vm_problem {
+            self.set_workspace_status(
+                &workspace.id,
+                &[WorkspaceStatus::Creating],
+                WorkspaceStatus::Failed,
+                Some(&format!("workspace could not start: {problem}")),
+            )
+            .await;
+            return Ok(json!({"workspace_id": workspace.id, "status": "failed"}));
+        }
+        if !self
+            .set_workspace_status(
+                &workspace.id,
+                &[WorkspaceStatus::Creating],
+                WorkspaceStatus::Preparing,
+                None,
+            )
+            .await
+        {
+            return Ok(json!({"workspace_id": workspace.id, "skipped": "not creating"}));
+        }
+        let secrets = match self.workspace_secrets(&workspace.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_preparation(&workspace, &e).await;
+                return Ok(json!({"workspace_id": workspace.id, "status": "failed"}));
+            }
+        };
+        let redactor = Redactor::new(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let outcome = self
+            .prepare(&workspace, &payload, &secrets, &redactor, cancel)
+            .await;
+        match outcome {
+            Ok(()) => {
+                self.set_workspace_status(
+                    &workspace.id,
+                    &[WorkspaceStatus::Preparing],
+                    WorkspaceStatus::Ready,
+                    None,
+                )
+                .await;
+                Ok(json!({"workspace_id": workspace.id, "status": "ready"}))
+            }
+            Err(PrepFailure(message)) => {
+                let message = redactor.redact_str(&message);
+                self.fail_preparation(&workspace, &message).await;
+                Ok(json!({"workspace_id": workspace.id, "status": "failed"}))
+            }
+        }
+    }
+
+    /// The workspace ends `failed` with `message`; steps that did not run are `skipped`.
+    async fn fail_preparation(&self, workspace: &Workspace, message: &str) {
+        let store = &self.platform.workspace_data.workspaces;
+        if let Ok(runs) = store.list_prep_steps(&workspace.id).await {
+            for mut run in runs {
+                if matches!(
+                    run.status,
+                    PrepStepStatus::Pending | PrepStepStatus::Running
+                ) {
+                    run.status = PrepStepStatus::Skipped;
+                    let _ = store.update_prep_step(&run).await;
+                }
+            }
+        }
+        self.set_workspace_status(
+            &workspace.id,
+            &[WorkspaceStatus::Creating, WorkspaceStatus::Preparing],
+            WorkspaceStatus::Failed,
+            Some(message),
+        )
+        .await;
+    }
+
+    async fn prepare(
+        &self,
+        workspace: &Workspace,
+        payload: &WorkspaceCreatePayload,
+        secrets: &BTreeMap<String, String>,
+        redactor: &Redactor,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(), PrepFailure> {
+        let root = self.backend.agent(&payload.vm_id);
+        let user = self.agent_user().to_string();
+        let as_user = root.clone().with_user(user.clone());
+        let wd = workspace.working_directory.clone();
+        // The agent user and the working directory.
+        let ran = run_process(
+            &root,
+            &bash(USER_SETUP, &[&user, &wd], Some("/"), BTreeMap::new()),
+            64 * 1024,
+            Duration::from_secs(120),
+            Some(cancel.clone()),
+            &mut |_, _| {},
+        )
+        .await
+        .map_err(|e| PrepFailure(format!("setting up user {user}: {e}")))?;
+        if ran.exit_code != Some(0) {
+            return Err(PrepFailure(format!(
+                "cannot create user {user} and directory {wd}: {}",
+                tail(&String::from_utf8_lossy(&ran.combined), MESSAGE_TAIL_BYTES)
+            )));
+        }
+        // Environment and secrets, for every process from now on.
+        let mut env = payload.env_vars.clone();
+        let init = |env: BTreeMap<String, String>| InitOptions {
+            env_vars: env,
+            default_workdir: Some(wd.clone()),
+            ..InitOptions::default()
+        };
+        root.init(&init(env.clone()))
+            .await
+            .map_err(|e| PrepFailure(format!("cannot initialise the agent: {e}")))?;
+        if !secrets.is_empty() {
+            root.set_secrets(secrets)
+                .await
+                .map_err(|e| PrepFailure(format!("cannot inject the secrets: {e}")))?;
+        }
+        // Tools, as root.
+        if !payload.tools.is_empty() {
+            self.install_tools(workspace, &root, &payload.tools, redactor, cancel.clone())
+                .await?;
+        }
+        // The prep steps, in order, as the agent user.
+        let store = &self.platform.workspace_data.workspaces;
+        for step in &payload.prep_steps {
+            if *cancel.borrow() {
+                return Err(PrepFailure("cancelled".into()));
+            }
+            let mut run = PrepStepRun::pending(&workspace.id, step);
+            run.status = PrepStepStatus::Running;
+            run.started_at = Some(Utc::now());
+            let _ = store.update_prep_step(&run).await;
+            self.publish_step(&run);
+            let what = format!("prep step {} ({})", step.order, step.step_type);
+            let result = match step.spec() {
+                Err(e) => Err((None, String::new(), e)),
+                Ok(spec) => {
+                    self.run_step(&spec, &root, &as_user, &wd, secrets, &mut env, &cancel)
+                        .await
+                }
+            };
+            run.completed_at = Some(Utc::now());
+            match result {
+                Ok((exit_code, output)) => {
+                    run.status = PrepStepStatus::Completed;
+                    run.exit_code = exit_code;
+                    run.output = cap_output(&redactor.redact_str(&output), MAX_STEP_OUTPUT_BYTES);
+                    let _ = store.update_prep_step(&run).await;
+                    self.publish_step(&run);
+                    // env_var: later processes see the new variable.
+                    if step.step_type == aetherium_types::workspace::PrepStepType::EnvVar {
+                        root.init(&init(env.clone())).await.map_err(|e| {
+                            PrepFailure(format!(
+                                "{what}: cannot update the agent's environment: {e}"
+                            ))
+                        })?;
+                    }
+                }
+                Err((exit_code, output, error)) => {
+                    let output = redactor.redact_str(&output);
+                    let error = redactor.redact_str(&error);
+                    run.status = PrepStepStatus::Failed;
+                    run.exit_code = exit_code;
+                    run.output = cap_output(&output, MAX_STEP_OUTPUT_BYTES);
+                    run.error = Some(error.clone());
+                    let _ = store.update_prep_step(&run).await;
+                    self.publish_step(&run);
+                    let out_tail = tail(&output, MESSAGE_TAIL_BYTES);
+                    return Err(PrepFailure(if out_tail.is_empty() {
+                        format!("{what} failed: {error}")
+                    } else {
+                        format!("{what} failed: {error}: {out_tail}")
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_step(&self, run: &PrepStepRun) {
+        self.platform.publish(
+            EventType::WorkspaceStep,
+            &run.workspace_id,
+            serde_json::to_value(run).unwrap_or_default(),
+        );
+    }
+
+    /// One step: `Ok((exit code, output))`, or `Err((exit code, output, error))`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(
+        &self,
+        spec: &PrepStepSpec,
+        root: &AgentClient,
+        as_user: &AgentClient,
+        wd: &str,
+        secrets: &BTreeMap<String, String>,
+        env: &mut BTreeMap<String, String>,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<(Option<i32>, String), (Option<i32>, String, String)> {
+        let _ = root;
+        let (request, timeout, key_file) = match spec {
+            PrepStepSpec::EnvVar(c) => {
+                env.insert(c.name.clone(), c.value.clone());
+                return Ok((None, format!("{} set\n", c.name)));
+            }
+            PrepStepSpec::Script(c) => (
+                bash(&c.script, &[], Some(wd), BTreeMap::new()),
+                c.timeout_seconds
+                    .map_or(DEFAULT_SCRIPT_TIMEOUT, Duration::from_secs),
+                None,
+            ),
+            PrepStepSpec::GitClone(c) => {
+                let dest = match &c.directory {
+                    Some(d) if d.starts_with('/') => d.clone(),
+                    Some(d) => format!("{}/{d}", wd.trim_end_matches('/')),
+                    None => wd.to_string(),
+                };
+                let key_file = match &c.ssh_key_secret {
+                    Some(name) => {
+                        let Some(key) = secrets.get(name) else {
+                            return Err((
+                                None,
+                                String::new(),
+                                format!(
+                                    "ssh_key_secret {name:?} is not a secret of this workspace"
+                                ),
+                            ));
+                        };
+                        let path = format!("/tmp/aetherium-key-{}", aetherium_types::new_id());
+                        let mut key = key.clone().into_bytes();
+                        if !key.ends_with(b"\n") {
+                            key.push(b'\n');
+                        }
+                        as_user.upload(&path, upload_body(key)).await.map_err(|e| {
+                            (
+                                None,
+                                String::new(),
+                                format!("cannot write the ssh key: {e}"),
+                            )
+                        })?;
+                        Some(path)
+                    }
+                    None => None,
+                };
+                let args = [
+                    c.url.as_str(),
+                    dest.as_str(),
+                    c.branch.as_deref().unwrap_or(""),
+                    key_file.as_deref().unwrap_or(""),
+                ];
+                (
+                    bash(GIT_CLONE, &args, Some("/"), BTreeMap::new()),
+                    CLONE_TIMEOUT,
+                    key_file,
+                )
+            }
+        };
+        let ran = run_process(
+            as_user,
+            &request,
+            MAX_STEP_OUTPUT_BYTES,
+            timeout,
+            Some(cancel.clone()),
+            &mut |_, _| {},
+        )
+        .await;
+        if let Some(path) = key_file {
+            // The script removes it; this is for a run that was killed.
+            let _ = as_user.remove(&path).await;
+        }
+        let ran = ran.map_err(|e| (None, String::new(), e))?;
+        let output = String::from_utf8_lossy(&ran.combined).into_owned();
+        match (ran.stopped, ran.exit_code) {
+            (Some(Stopped::TimedOut), _) => Err((
+                None,
+                output,
+                format!("killed after its {}s timeout", timeout.as_secs()),
+            )),
+            (Some(Stopped::Cancelled), _) => Err((None, output, "cancelled".into())),
+            (None, Some(0)) => Ok((Some(0), output)),
+            (None, code) => Err((
+                code,
+                output,
+                format!("exit code {}", code.map_or("?".into(), |c| c.to_string())),
+            )),
+        }
+    }
+
+    async fn install_tools(
+        &self,
+        workspace: &Workspace,
+        root: &AgentClient,
+        tools: &[String],
+        redactor: &Redactor,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(), PrepFailure> {
+        let config = &self.settings.workspaces;
+        let catalog = Catalog::load(config.tool_catalog_dir.as_deref())
+            .map_err(|e| PrepFailure(format!("tools: {e}")))?;
+        let mut sources = ToolSources::new();
+        for (name, url) in &config.tool_mirrors {
+            sources
+                .insert(name.clone(), url.clone())
+                .map_err(|e| PrepFailure(format!("tools: {e}")))?;
+        }
+        let specs = tools
+            .iter()
+            .map(|t| ToolSpec::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PrepFailure(format!("tools: {e}")))?;
+        let arch =
+            Arch::host().ok_or_else(|| PrepFailure("tools: unknown host architecture".into()))?;
+        let plan = catalog
+            .plan(&specs, &sources, arch)
+            .map_err(|e| PrepFailure(format!("tools: {e}")))?;
+        let platform = self.platform.clone();
+        let workspace_id = workspace.id.clone();
+        let progress = move |p: ToolProgress| {
+            let data = match p {
+                ToolProgress::Started { tool, version } => {
+                    json!({"phase": "tools", "tool": tool, "version": version, "status": "running"})
+                }
+                ToolProgress::Skipped {
+                    tool,
+                    version,
+                    elapsed,
+                } => {
+                    json!({"phase": "tools", "tool": tool, "version": version, "status": "skipped", "elapsed_ms": elapsed.as_millis() as u64})
+                }
+                ToolProgress::Installed {
+                    tool,
+                    version,
+                    elapsed,
+                } => {
+                    json!({"phase": "tools", "tool": tool, "version": version, "status": "completed", "elapsed_ms": elapsed.as_millis() as u64})
+                }
+                ToolProgress::Failed {
+                    tool,
+                    version,
+                    elapsed,
+                    error,
+                } => {
+                    json!({"phase": "tools", "tool": tool, "version": version, "status": "failed", "elapsed_ms": elapsed.as_millis() as u64, "error": redactor.redact_str(&error)})
+                }
+            };
+            platform.publish(EventType::WorkspaceStep, &workspace_id, data);
+        };
+        tokio::select! {
+            result = crate::tools::install(root, &plan, &progress) => {
+                result.map_err(|e| PrepFailure(format!("tools: {e}")))?;
+            }
+            _ = until_cancelled(cancel) => return Err(PrepFailure("cancelled".into())),
+        }
+        Ok(())
+    }
+
+    /// `workspace:create` failed for good or was cancelled: the workspace says so.
+    pub(super) async fn workspace_create_ended(&self, task: &Task, error: &str) {
+        if let Ok(payload) = parse::<WorkspaceCreatePayload>(&task.payload)
+            && let Ok(Some(workspace)) = self
+                .platform
+                .workspace_data
+                .workspaces
+                .get_workspace(&payload.workspace_id)
+                .await
+        {
+            self.fail_preparation(
+                &workspace,
+                &format!("workspace preparation stopped: {error}"),
+            )
+            .await;
+        }
+    }
+
+    // ---- prompt:execute ------------------------------------------------------------
+
+    pub(super) async fn handle_prompt_execute(
+        &self,
+        task: &Task,
+        payload: PromptExecutePayload,
+        cancel: watch::Receiver<bool>,
+    ) -> TaskResult {
+        let data = &self.platform.workspace_data;
+        let Some(workspace) = data.workspaces.get_workspace(&payload.workspace_id).await? else {
+            return Ok(json!({"skipped": "workspace deleted"}));
+        };
+        // An earlier attempt of this task died mid-prompt: never run it twice.
+        for mut p in data.prompts.list_prompts(&workspace.id).await? {
+            if p.status == PromptStatus::Running && p.task_id.as_deref() == Some(&task.id) {
+                p.status = PromptStatus::Failed;
+                p.error =
+                    Some("the worker stopped while the prompt ran; it was not run again".into());
+                p.completed_at = Some(Utc::now());
+                data.prompts.update_prompt(&p).await?;
+                self.publish_prompt_done(&p);
+            }
+        }
+        if workspace.status != WorkspaceStatus::Ready {
+            let message = format!(
+                "workspace {} is {}",
+                workspace.name,
+                workspace.status.as_str()
+            );
+            while let Some(mut p) = data.prompts.next_prompt(&workspace.id).await? {
+                if data
+                    .prompts
+                    .transition_prompt(&p.id, &[PromptStatus::Pending], PromptStatus::Failed)
+                    .await?
+                {
+                    p.status = PromptStatus::Failed;
+                    p.error = Some(message.clone());
+                    p.completed_at = Some(Utc::now());
+                    data.prompts.update_prompt(&p).await?;
+                    self.publish_prompt_done(&p);
+                }
+            }
+            return Ok(json!({"skipped": message}));
+        }
+        let Some(slot) = PromptSlot::take(&workspace.id) else {
+            // The running one queues the next when it ends.
+            return Ok(json!({"skipped": "another prompt is running"}));
+        };
+        if data.prompts.has_running_prompt(&workspace.id).await? {
+            return Ok(json!({"skipped": "another prompt is running"}));
+        }
+        let mut prompt = loop {
+            let Some(p) = data.prompts.next_prompt(&workspace.id).await? else {
+                return Ok(json!({"skipped": "no pending prompt"}));
+            };
+            if data
+                .prompts
+                .transition_prompt(&p.id, &[PromptStatus::Pending], PromptStatus::Running)
+                .await?
+            {
+                break p;
+            }
+        };
+        prompt.status = PromptStatus::Running;
+        prompt.started_at = Some(Utc::now());
+        prompt.task_id = Some(task.id.clone());
+        data.prompts.update_prompt(&prompt).await?;
+        let _ = data
+            .workspaces
+            .touch_workspace(&workspace.id, Utc::now())
+            .await;
+        self.platform.publish(
+            EventType::PromptStarted,
+            &workspace.id,
+            serde_json::to_value(&prompt).unwrap_or_default(),
+        );
+        tracing::info!(workspace_id = %workspace.id, prompt_id = %prompt.id, "prompt started");
+        let deadline = Duration::from_secs(task.timeout_seconds.saturating_sub(30).max(30));
+        let cancelled = self
+            .run_prompt(&workspace, &mut prompt, deadline, cancel)
+            .await;
+        data.prompts.update_prompt(&prompt).await?;
+        let _ = data
+            .workspaces
+            .touch_workspace(&workspace.id, Utc::now())
+            .await;
+        tracing::info!(workspace_id = %workspace.id, prompt_id = %prompt.id, status = %prompt.status.as_str(), "prompt finished");
+        self.publish_prompt_done(&prompt);
+        drop(slot);
+        // The next one, if any.
+        if let Ok(Some(_)) = data.prompts.next_prompt(&workspace.id).await {
+            let mut next = new_task(
+                TaskType::PromptExecute,
+                serde_json::to_value(&payload).unwrap_or_default(),
+                workspace.vm_id.as_deref(),
+            );
+            next.target_worker_id = Some(self.settings.id.clone());
+            if let Err(e) = self.platform.submit(&next).await {
+                tracing::error!(workspace_id = %workspace.id, error = %e, "cannot queue the next prompt");
+            }
+        }
+        if cancelled {
+            return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
+        }
+        Ok(json!({"prompt_id": prompt.id, "status": prompt.status, "exit_code": prompt.exit_code}))
+    }
+
+    fn publish_prompt_done(&self, prompt: &Prompt) {
+        self.platform.publish(
+            EventType::PromptDone,
+            &prompt.workspace_id,
+            serde_json::to_value(prompt).unwrap_or_default(),
+        );
+    }
+
+    /// Runs the prompt and records its end in `prompt`; returns whether it was
+    /// cancelled.
+    async fn run_prompt(
+        &self,
+        workspace: &Workspace,
+        prompt: &mut Prompt,
+        timeout: Duration,
+        cancel: watch::Receiver<bool>,
+    ) -> bool {
+        let fail = |prompt: &mut Prompt, error: String| {
+            prompt.status = PromptStatus::Failed;
+            prompt.error = Some(error);
+            prompt.completed_at = Some(Utc::now());
+        };
+        let Some(vm_id) = workspace.vm_id.as_deref() else {
+            fail(prompt, "the workspace has no VM".into());
+            return false;
+        };
+        let secrets = match self.workspace_secrets(&workspace.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                fail(prompt, e);
+                return false;
+            }
+        };
+        let redactor = Redactor::new(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let assistant = workspace.ai_assistant.as_str();
+        let Some(command) = self.settings.workspaces.agent_commands.get(assistant) else {
+            fail(
+                prompt,
+                format!(
+                    "no agent command is configured for {assistant} (workspaces.agent_commands)"
+                ),
+            );
+            return false;
+        };
+        let user = self.agent_user().to_string();
+        let agent = self.backend.agent(vm_id).with_user(user);
+        let file = format!("/tmp/aetherium-prompt-{}", prompt.id);
+        let text = match &prompt.system_prompt {
+            Some(system) => format!("{system}\n\n{}", prompt.prompt),
+            None => prompt.prompt.clone(),
+        };
+        if let Err(e) = agent.upload(&file, upload_body(text.into_bytes())).await {
+            fail(prompt, format!("cannot write the prompt file: {e}"));
+            return false;
+        }
+        let script = format!(
+            "chmod 600 {file}\n{}",
+            command.replace("{prompt_file}", &file)
+        );
+        let cwd = prompt
+            .working_directory
+            .clone()
+            .unwrap_or_else(|| workspace.working_directory.clone());
+        let request = bash(&script, &[], Some(&cwd), prompt.environment.clone());
+        let (mut out_r, mut err_r) = (redactor.stream(), redactor.stream());
+        let platform = self.platform.clone();
+        let (workspace_id, prompt_id) = (workspace.id.clone(), prompt.id.clone());
+        let publish = move |stream: SessionStream, bytes: &[u8]| {
+            if bytes.is_empty() {
+                return;
+            }
+            platform.publish(
+                EventType::PromptOutput,
+                &workspace_id,
+                json!({"prompt_id": prompt_id, "stream": stream, "data": String::from_utf8_lossy(bytes)}),
+            );
+        };
+        let mut on_chunk = |stream: SessionStream, bytes: &[u8]| {
+            let redacted = match stream {
+                SessionStream::Stdout => out_r.push(bytes),
+                SessionStream::Stderr => err_r.push(bytes),
+            };
+            publish(stream, &redacted);
+        };
+        let ran = run_process(
+            &agent,
+            &request,
+            MAX_PROMPT_OUTPUT_BYTES,
+            timeout,
+            Some(cancel),
+            &mut on_chunk,
+        )
+        .await;
+        publish(SessionStream::Stdout, &out_r.finish());
+        publish(SessionStream::Stderr, &err_r.finish());
+        let _ = agent.remove(&file).await;
+        prompt.completed_at = Some(Utc::now());
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(e) => {
+                fail(prompt, e);
+                return false;
+            }
+        };
+        prompt.output = cap_output(
+            &redactor.redact_str(&String::from_utf8_lossy(&ran.stdout)),
+            MAX_PROMPT_OUTPUT_BYTES,
+        );
+        prompt.exit_code = ran.exit_code;
+        let stderr = redactor.redact_str(&String::from_utf8_lossy(&ran.stderr));
+        match (ran.stopped, ran.exit_code) {
+            (Some(Stopped::Cancelled), _) => {
+                prompt.status = PromptStatus::Cancelled;
+                prompt.error = Some("cancelled by request: the agent was killed".into());
+                return true;
+            }
+            (Some(Stopped::TimedOut), _) => {
+                prompt.status = PromptStatus::Failed;
+                prompt.error = Some(format!("killed after {}s", timeout.as_secs()));
+            }
+            (None, Some(0)) => prompt.status = PromptStatus::Completed,
+            (None, code) => {
+                prompt.status = PromptStatus::Failed;
+                let code = code.map_or("?".into(), |c| c.to_string());
+                let t = tail(&stderr, MESSAGE_TAIL_BYTES);
+                prompt.error = Some(if t.is_empty() {
+                    format!("the agent exited with code {code}")
+                } else {
+                    format!("the agent exited with code {code}: {t}")
+                });
+            }
+        }
+        false
+    }
+
+    /// `prompt:execute` was cancelled or failed for good: a prompt it left running
+    /// ends so.
+    pub(super) async fn prompt_task_ended(&self, task: &Task, status: PromptStatus, error: &str) {
+        let Ok(payload) = parse::<PromptExecutePayload>(&task.payload) else {
+            return;
+        };
+        let prompts = &self.platform.workspace_data.prompts;
+        let Ok(list) = prompts.list_prompts(&payload.workspace_id).await else {
+            return;
+        };
+        for mut p in list {
+            if p.status == PromptStatus::Running && p.task_id.as_deref() == Some(&task.id) {
+                p.status = status;
+                p.error = Some(error.to_string());
+                p.completed_at = Some(Utc::now());
+                if prompts.update_prompt(&p).await.is_ok() {
+                    self.publish_prompt_done(&p);
+                }
+            }
+        }
+    }
+
+    // ---- idle check ------------------------------------------------------------------
+
+    /// Every `idle_check_interval_seconds`: this worker's ready workspaces idle for
+    /// their timeout are stopped and their VMs deleted.
+    pub(super) async fn workspace_idle_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every =
+            Duration::from_secs(self.settings.workspaces.idle_check_interval_seconds.max(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.stop_idle_workspaces().await {
+                tracing::warn!(error = %e, "idle workspace check failed");
+            }
+        }
+    }
+
+    async fn stop_idle_workspaces(&self) -> crate::error::CoreResult<()> {
+        let data = &self.platform.workspace_data;
+        for w in data.workspaces.idle_workspaces(Utc::now()).await? {
+            if w.worker_id.as_deref() != Some(self.settings.id.as_str())
+                || data.prompts.has_running_prompt(&w.id).await?
+            {
+                continue;
+            }
+            let message = format!("stopped after {} s idle", w.idle_timeout_seconds);
+            if self
+                .set_workspace_status(
+                    &w.id,
+                    &[WorkspaceStatus::Ready],
+                    WorkspaceStatus::Stopped,
+                    Some(&message),
+                )
+                .await
+                && let Some(vm_id) = &w.vm_id
+            {
+                match self.platform.delete_vm(vm_id).await {
+                    Ok(_) | Err(crate::error::CoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(workspace_id = %w.id, %vm_id, error = %e, "cannot delete an idle workspace's VM")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
