@@ -51,6 +51,20 @@ enum ImageCommand {
         #[arg(long, env = "AETHERIUM_BUSYBOX", default_value = "/bin/busybox")]
         busybox: PathBuf,
     },
+    /// A template build: install tools once into a new Docker image (a container of
+    /// FROM gets them through the tool installer, then is committed as --tag), so
+    /// workspaces of that image find them present. Tool mirrors and extra recipes
+    /// come from the config (`workspaces.tool_mirrors`, `tool_catalog_dir`).
+    Bake {
+        /// The Docker image to start from.
+        from: String,
+        /// The new image's reference, e.g. my-team/agent-base:2026-11.
+        #[arg(long)]
+        tag: String,
+        /// A tool, `name` or `name@version` (repeatable).
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+    },
     /// List the images built on this host.
     Ls,
     /// Remove an image's reference (and its files when no other reference names them).
@@ -95,6 +109,64 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
                         if built.has_shell { "" } else { ", no /bin/sh" }
                     );
                 }
+            }
+        }
+        ImageCommand::Bake { from, tag, tools } => {
+            let catalog = aetherium_core::environments::ToolCatalog::from_config(&config)?;
+            let specs = tools
+                .iter()
+                .map(|t| aetherium_core::tools::ToolSpec::parse(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let arch =
+                aetherium_core::tools::Arch::host().unwrap_or(aetherium_core::tools::Arch::X86_64);
+            let plan = catalog.catalog.plan(&specs, &catalog.sources, arch)?;
+            let socket_dir = config.socket_dir().join("bake");
+            std::fs::create_dir_all(&socket_dir)
+                .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+            // A worker id of its own: a running worker never adopts or removes it.
+            let docker = aetherium_core::vmm::docker::DockerBackend::connect(
+                aetherium_core::vmm::docker::DockerBackendConfig {
+                    host: config.vmm.docker.host.clone(),
+                    worker_id: "image-bake".into(),
+                    agent_path: aetherium_core::runtime::resolve_agent_path(&config)?,
+                    socket_dir,
+                    pids_limit: config.vmm.docker.pids_limit,
+                    network_mode: config.vmm.docker.network_mode.clone(),
+                },
+            )?;
+            let report = |event: aetherium_core::tools::ToolProgress| {
+                use aetherium_core::tools::ToolProgress as P;
+                match event {
+                    P::Started { tool, version } => eprintln!("==> installing {tool}@{version}"),
+                    P::Skipped { tool, version, .. } => {
+                        eprintln!("    {tool}@{version} already present")
+                    }
+                    P::Installed {
+                        tool,
+                        version,
+                        elapsed,
+                    } => {
+                        eprintln!(
+                            "    {tool}@{version} installed in {:.1}s",
+                            elapsed.as_secs_f64()
+                        )
+                    }
+                    P::Failed { tool, version, .. } => eprintln!("    {tool}@{version} FAILED"),
+                }
+            };
+            let baked = aetherium_core::tools::bake(&docker, &from, &tag, &plan, &report)
+                .await
+                .with_context(|| format!("cannot bake {tag} from {from}"))?;
+            match args.output {
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "reference": tag,
+                    "image_id": baked.image_id,
+                    "tools": baked.tools.iter().map(|t| format!("{}@{}", t.tool, t.version)).collect::<Vec<_>>(),
+                }))?,
+                OutputFormat::Table => println!(
+                    "baked {tag} ({}) from {from}; for microVMs: aetherium image build {tag}",
+                    baked.image_id
+                ),
             }
         }
         ImageCommand::Ls => {

@@ -118,6 +118,10 @@ struct Sandbox {
 
 impl Sandbox {
     async fn start(label: &str) -> Sandbox {
+        Sandbox::start_from(label, &test_image()).await
+    }
+
+    async fn start_from(label: &str, image: &str) -> Sandbox {
         let run_dir = tempfile::tempdir().unwrap();
         let vm_id = format!(
             "tools-{label}-{}-{}",
@@ -138,7 +142,7 @@ impl Sandbox {
             orchestrator: aetherium_types::Orchestrator::Docker,
             vm_id: vm_id.clone(),
             name: vm_id.clone(),
-            image: test_image(),
+            image: image.to_string(),
             vcpus: 1,
             memory_mb: 512,
             network: None,
@@ -555,4 +559,108 @@ async fn builtin_recipes_install_from_mirrors() {
     .await
     .unwrap();
     assert!(again.iter().all(|o| o.status == ToolStatus::AlreadyPresent));
+}
+
+/// Removes a test image by its tag when the test ends, whatever happens.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn bake_installs_tools_once_into_an_image() {
+    let files = tempfile::tempdir().unwrap();
+    build_tarball(files.path(), "hello", "1.0.0");
+    build_tarball(files.path(), "hello-dep", "1.0.0");
+    let server = FileServer::start(
+        files.path().to_path_buf(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    );
+    let sources = ToolSources::new().with("fixture", server.url()).unwrap();
+    let (_catalog_dir, catalog) = test_catalog();
+    let plan = plan(&catalog, &["hello"], &sources);
+    let run_dir = tempfile::tempdir().unwrap();
+    let docker = DockerBackend::connect(DockerBackendConfig {
+        host: "unix:///var/run/docker.sock".into(),
+        worker_id: format!("test-bake-{}", std::process::id()),
+        agent_path: static_agent_bin(),
+        socket_dir: run_dir.path().to_path_buf(),
+        pids_limit: 512,
+        network_mode: "host".into(),
+    })
+    .unwrap();
+    let tag = format!(
+        "aetherium-test/baked:{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let _image = ImageGuard(tag.clone());
+    let (events, record) = recorder();
+    let baked = aetherium_core::tools::bake(&docker, &test_image(), &tag, &plan, &record)
+        .await
+        .unwrap();
+    assert!(baked.image_id.starts_with("sha256:"), "{baked:?}");
+    assert_eq!(baked.tools.len(), 2, "{baked:?}");
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .contains(&"installed hello@1.0.0".to_string())
+    );
+    // The bake container is gone.
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!(
+            "label=io.aetherium.worker_id=test-bake-{}",
+            std::process::id()
+        ))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+    // It keeps the source image's command, not our agent's.
+    let cmd = std::process::Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Entrypoint}} {{json .Config.Cmd}}",
+            &tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&cmd.stdout).contains("aetherium-agent"));
+
+    // A sandbox of the baked image has the tools: nothing is downloaded again.
+    let hits = server.hits("/hello-1.0.0.tar.gz");
+    let sandbox = Sandbox::start_from("baked", &tag).await;
+    assert_eq!(sandbox.sh("hello").await, "hello 1.0.0\n");
+    let outcomes = install(&sandbox.agent, &plan, &|_| {}).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.status == ToolStatus::AlreadyPresent),
+        "{outcomes:?}"
+    );
+    assert_eq!(server.hits("/hello-1.0.0.tar.gz"), hits);
+
+    // A failing install commits nothing and leaves no container.
+    let broken = plan_of(&catalog, "hello@9.9.9", &sources);
+    let failed_tag = format!("{tag}-failed");
+    let err = aetherium_core::tools::bake(&docker, &test_image(), &failed_tag, &broken, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("hello"), "{err}");
+    let exists = std::process::Command::new("docker")
+        .args(["image", "inspect", &failed_tag])
+        .output()
+        .unwrap();
+    assert!(!exists.status.success(), "{failed_tag} was committed");
+}
+
+fn plan_of(catalog: &Catalog, spec: &str, sources: &ToolSources) -> InstallPlan {
+    plan(catalog, &[spec], sources)
 }

@@ -125,6 +125,7 @@ fixture = "http://127.0.0.1:9"
 /// stand-in image, plus the fixture server.
 struct Env {
     runtime: Option<EmbeddedRuntime>,
+    config: Config,
     platform: Platform,
     data_dir: tempfile::TempDir,
     _fixtures: tempfile::TempDir,
@@ -163,6 +164,7 @@ impl Env {
         let platform = runtime.platform.clone();
         Env {
             runtime: Some(runtime),
+            config,
             platform,
             data_dir,
             _fixtures: fixtures,
@@ -274,6 +276,17 @@ impl Env {
                 entry.display()
             );
         }
+    }
+
+    /// Stops the platform (its worker hands unfinished tasks back) and starts it
+    /// again on the same data: what a worker restart looks like.
+    async fn restart(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown().await;
+        }
+        let runtime = EmbeddedRuntime::start(&self.config).await.unwrap();
+        self.platform = runtime.platform.clone();
+        self.runtime = Some(runtime);
     }
 
     async fn stop(mut self) {
@@ -740,6 +753,39 @@ async fn idle_workspaces_are_stopped_and_their_vm_removed() {
     assert!(
         matches!(&err, CoreError::Conflict(m) if m.contains("is stopped")),
         "{err:?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_during_preparation_fails_the_workspace_clearly() {
+    let mut env = Env::start("restart").await;
+    let mut req = CreateWorkspaceRequest::named(&format!("restart-{}", &uuid_like()[..8]));
+    req.prep_steps = vec![step(serde_json::json!({
+        "type": "script",
+        "order": 1,
+        "config": {"script": "sleep 120"}
+    }))];
+    let w = env.create(req).await;
+    let mut preparing = false;
+    for _ in 0..300 {
+        let now = env.platform.get_workspace(&w.id).await.unwrap();
+        if now.status == WorkspaceStatus::Preparing {
+            preparing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(preparing, "the workspace never started preparing");
+    // The worker stops mid-step; its task goes back to the queue and is taken again
+    // by the restarted worker, which must not re-run steps that may have had effects.
+    env.restart().await;
+    let w = env.settled(&w.id).await;
+    assert_eq!(w.status, WorkspaceStatus::Failed);
+    let message = w.status_message.clone().unwrap_or_default();
+    assert!(
+        message.contains("stopped while the workspace was being prepared"),
+        "{message}"
     );
     env.stop().await;
 }

@@ -14,11 +14,13 @@
 //! let outcomes = install(&agent, &plan, &|p| publish(p)).await?;
 //! ```
 
+mod bake;
 mod catalog;
 mod install;
 mod spec;
 mod template;
 
+pub use bake::{Baked, bake};
 pub use catalog::{Catalog, InstallPlan, PlannedTool, Recipe, ToolSources};
 pub use install::{OUTPUT_TAIL_BYTES, ToolOutcome, ToolProgress, ToolStatus, install};
 pub use spec::{Arch, ToolSpec};

@@ -82,6 +82,47 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl DockerBackend {
+    /// Saves a sandbox's filesystem as the image `reference` (`repo[:tag]`), with the
+    /// entrypoint and command of `from` (the sandbox runs our agent instead, which
+    /// is bind-mounted and so not in the image). Returns the new image's id.
+    pub async fn commit(
+        &self,
+        vm_id: &str,
+        from: &str,
+        reference: &str,
+    ) -> Result<String, BackendError> {
+        let docker = self.client()?;
+        let source = docker
+            .inspect_image(from)
+            .await
+            .map_err(map_err)?
+            .config
+            .unwrap_or_default();
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (reference, "latest"),
+        };
+        let options = bollard::query_parameters::CommitContainerOptionsBuilder::new()
+            .container(&container_name(vm_id))
+            .repo(repo)
+            .tag(tag)
+            .comment("aetherium image bake")
+            .pause(true)
+            .build();
+        let config = bollard::models::ContainerConfig {
+            // An empty list, not a missing one: Docker would fill a missing
+            // entrypoint in from the container's (our agent).
+            entrypoint: Some(source.entrypoint.unwrap_or_default()),
+            cmd: source.cmd,
+            ..Default::default()
+        };
+        let created = docker
+            .commit_container(options, config)
+            .await
+            .map_err(map_err)?;
+        Ok(created.id)
+    }
+
     /// Prepares the backend. Does not fail when the engine is down: `ping` tells, and
     /// every call reports `Unavailable` until it is back.
     pub fn connect(config: DockerBackendConfig) -> Result<DockerBackend, BackendError> {
