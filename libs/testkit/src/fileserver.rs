@@ -1,5 +1,5 @@
 //! A static HTTP/1.0 file server for fixtures (tool tarballs, git's dumb HTTP
-//! protocol), counting requests per path, and the address sandboxes reach the host
+//! protocol; everything under `/private/` answers 401), counting requests per path, and the address sandboxes reach the host
 //! at. Its threads end with the test process.
 #![allow(clippy::unwrap_used)]
 
@@ -72,6 +72,17 @@ fn serve(mut stream: TcpStream, root: &Path, hits: &Mutex<BTreeMap<String, usize
     let target = request.split(' ').nth(1).unwrap_or("/").to_string();
     let path = target.split('?').next().unwrap_or("/").to_string();
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    // A private repository or download: what a client without credentials meets.
+    if path.starts_with("/private/") {
+        let body = b"authentication required\n";
+        let head = format!(
+            "HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"private\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body);
+        return;
+    }
     let file = root.join(path.trim_start_matches('/'));
     let (status, body) = match std::fs::read(&file) {
         Ok(body) if !path.contains("..") => ("200 OK", body),

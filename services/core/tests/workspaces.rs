@@ -607,6 +607,17 @@ async fn bad_input_and_failed_preparation_say_why() {
     req.prep_steps = vec![step(json!({"type": "git_clone", "config": {
         "url": "ssh://git@127.0.0.1:1/r.git", "ssh_key_secret": "deploy_key"}}))];
     let ssh_key = env.create(req).await;
+    // A private repository, and no credentials for it.
+    let mut req = CreateWorkspaceRequest::named(&name("private"));
+    let private_url = env.repo_url.replace("/repo.git", "/private/repo.git");
+    req.prep_steps = vec![step(
+        json!({"type": "git_clone", "config": {"url": private_url, "directory": "app"}}),
+    )];
+    let private = env.create(req).await;
+    // A tool version that does not exist (the mirror answers 404).
+    let mut req = CreateWorkspaceRequest::named(&name("badtool"));
+    req.additional_tools = vec!["hello@9.9.9".into()];
+    let bad_tool = env.create(req).await;
     // A slow one: prompts are refused while it prepares.
     let mut req = CreateWorkspaceRequest::named(&name("slow"));
     req.prep_steps = vec![step(
@@ -684,6 +695,24 @@ async fn bad_input_and_failed_preparation_say_why() {
         env.sh(&ssh_key, "ls /tmp | grep -c aetherium-key || true")
             .await,
         "0\n"
+    );
+
+    let private = env.settled(&private.id).await;
+    assert_eq!(private.status, WorkspaceStatus::Failed);
+    let message = private.status_message.clone().unwrap();
+    assert!(
+        message.contains("prep step 0 (git_clone) failed")
+            && (message.contains("Username")
+                || message.contains("Authentication")
+                || message.contains("401")),
+        "{message}"
+    );
+    let bad_tool = env.settled(&bad_tool.id).await;
+    assert_eq!(bad_tool.status, WorkspaceStatus::Failed);
+    let message = bad_tool.status_message.clone().unwrap();
+    assert!(
+        message.contains("hello") && message.contains("9.9.9"),
+        "{message}"
     );
 
     let slow = env.settled(&slow.id).await;
