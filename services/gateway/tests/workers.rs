@@ -439,7 +439,11 @@ async fn placement_follows_labels_and_capacity_and_an_offline_worker_loses_its_v
         error.contains(&other) && error.contains("went offline"),
         "{error}"
     );
-    let (_, gpu) = server.get(&format!("/vms/{gpu_vm}")).await;
+    // The sweep marks the worker's VMs one after another: the other may come a
+    // moment later.
+    let (_, gpu) = server
+        .wait_vm(&gpu_vm, 15, |_, b| b["status"] == "FAILED")
+        .await;
     assert_eq!(gpu["status"], "FAILED", "{gpu}");
     let (status, w) = server.get(&format!("/workers/{other}")).await;
     conforms("get", "/api/v1/workers/{id}", status, &w);
