@@ -53,9 +53,7 @@ async fn sandbox_lifecycle_create_exec_list_delete() {
     assert_eq!(execution["exit_code"], 3);
     assert_eq!(execution["stdout"], "out\n");
     assert_eq!(execution["stderr"], "err\n");
-    let (_, task) = server
-        .get(&format!("/tasks/{}", ran["task_id"].as_str().unwrap()))
-        .await;
+    let task = task_settled(&server, ran["task_id"].as_str().unwrap()).await;
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["retry_count"], 0);
     assert_eq!(task["type"], "vm:execute");
@@ -193,10 +191,10 @@ async fn commands_that_fail_or_hang_are_results() {
             .unwrap()
             .contains("no-such-command-here")
     );
-    let (_, task) = server
-        .get(&format!("/tasks/{}", ran["task_id"].as_str().unwrap()))
-        .await;
+    // The execution is recorded first and its task marked done just after.
+    let task = task_settled(&server, ran["task_id"].as_str().unwrap()).await;
     assert_eq!(task["status"], "completed", "not retried: {task}");
+    assert_eq!(task["retry_count"], 0, "not retried: {task}");
 
     let (status, ran) = server
         .post(
@@ -620,4 +618,20 @@ async fn direct_executions_cut_by_a_restart_are_marked_failed() {
         e["error"].as_str().unwrap().contains("server stopped"),
         "{e}"
     );
+}
+
+/// GET /tasks/{id} until the task has finished (at most 10 s).
+async fn task_settled(server: &TestServer, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, task) = server.get(&format!("/tasks/{id}")).await;
+        let finished = matches!(
+            task["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        );
+        if finished || std::time::Instant::now() > deadline {
+            return task;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
