@@ -1,0 +1,7 @@
+"use client";
+
+import { PageHeader } from "@/components/ui";
+
+export default function OverviewPage() {
+  return <PageHeader title="Overview" />;
+}
