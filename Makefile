@@ -23,7 +23,8 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b test-api-fuzz bench-http bench-queue bench-boot cluster-up cluster-down
+	test-e2b test-api-fuzz bench-http bench-queue bench-boot cluster-up cluster-down \
+	dashboard dashboard-api test-dashboard
 
 help:
 	@echo "make build        cargo build --workspace"
@@ -32,7 +33,10 @@ help:
 	@echo "make test-<svc>   one crate: types common core agent gateway cli k8s-manager"
 	@echo "make test-e2b     E2B Python SDK against the agent (tests/e2b, needs PyPI once)"
 	@echo "make test-api-fuzz  schemathesis against the served OpenAPI spec (tests/api-fuzz, needs PyPI once)"
-	@echo "make lint         rustfmt check + clippy -D warnings"
+	@echo "make test-dashboard  dashboard unit tests (vitest) + end-to-end tests (Chromium, a real aetherium up)"
+	@echo "make dashboard    build the web dashboard (npm ci when needed, next build) and install it to /usr/local/share/aetherium/dashboard"
+	@echo "make dashboard-api  regenerate services/dashboard/openapi.json + lib/api-schema.d.ts from the served spec"
+	@echo "make lint         rustfmt check + clippy -D warnings (+ tsc --noEmit of the dashboard once its node_modules exist)"
 	@echo "make fmt          rustfmt"
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
 	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
@@ -58,6 +62,7 @@ test: check-env agent
 	status=0; $(NEXTEST) --workspace --no-fail-fast || status=$$?; \
 	bash tests/e2b/run.sh || status=$$((status ? status : $$?)); \
 	bash tests/api-fuzz/run.sh || status=$$((status ? status : $$?)); \
+	$(MAKE) --no-print-directory test-dashboard || status=$$((status ? status : $$?)); \
 	exit $$status
 
 # E2B's Python SDK (debug mode) against the agent: tests/e2b, docs/e2b-compat.md.
@@ -67,6 +72,27 @@ test-e2b: agent
 # schemathesis against the OpenAPI document a real `aetherium up` serves: tests/api-fuzz.
 test-api-fuzz: check-env agent
 	bash tests/api-fuzz/run.sh
+
+# The dashboard: vitest (jsdom), then the end-to-end tests (services/dashboard/e2e)
+# in Chromium against a real `aetherium up` serving the static export. The build is
+# skipped when its sources have not changed since the last one.
+test-dashboard: check-env agent
+	$(CARGO) build -p aetherium-cli
+	bash -c '. scripts/lib.sh && ensure_node && build_dashboard'
+	cd services/dashboard && npx vitest run && \
+		AETHERIUM_BIN="$(CARGO_TARGET_DIR)/debug/aetherium" \
+		DASHBOARD_OUT="$(CURDIR)/services/dashboard/out" \
+		npm run e2e
+
+# Build the dashboard and install it where the gateway serves it from (as root, or
+# with AETHERIUM_DASHBOARD_DIR set to a directory of your own for both).
+dashboard:
+	bash -c '. scripts/lib.sh && ensure_dashboard'
+
+# The dashboard's copy of the API spec and its generated types, from a real server.
+dashboard-api:
+	$(CARGO) build -p aetherium-cli
+	bash -c '. scripts/lib.sh && regen_dashboard_api "$(CARGO_TARGET_DIR)/debug/aetherium"'
 
 # Per-service tests. Crates without Docker-backed tests skip the agent build.
 test-types:
@@ -87,6 +113,7 @@ test-k8s-manager:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	if [ -d services/dashboard/node_modules ]; then cd services/dashboard && npx tsc --noEmit; fi
 
 fmt:
 	$(CARGO) fmt --all

@@ -106,18 +106,27 @@ ensure_packages() {
 		missing=("${keep[@]}")
 	fi
 
+	# Chromium drives the dashboard's end-to-end tests (Debian's package).
+	[ -x /usr/bin/chromium ] || missing+=(chromium)
+
 	if [ "${#missing[@]}" -eq 0 ]; then
 		ok "all system packages present"
 	else
-		command -v apt-get >/dev/null 2>&1 ||
-			die "missing packages (${missing[*]}) and no apt-get: install them by hand (Debian 12 is the supported system)"
-		[ "$(id -u)" -eq 0 ] || die "packages ${missing[*]} must be installed: run as root (sudo $0)"
-		info "installing: ${missing[*]}"
-		export DEBIAN_FRONTEND=noninteractive
-		apt-get update -qq
-		apt-get install -y -qq --no-install-recommends "${missing[@]}"
-		ok "installed ${missing[*]}"
+		apt_install "${missing[@]}"
 	fi
+}
+
+# apt_install PKG...: installs the packages with apt-get (as root), or fails saying
+# what to install by hand.
+apt_install() {
+	command -v apt-get >/dev/null 2>&1 ||
+		die "missing packages ($*) and no apt-get: install them by hand (Debian 12 is the supported system)"
+	[ "$(id -u)" -eq 0 ] || die "packages $* must be installed: run as root (sudo $0)"
+	info "installing: $*"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "$@"
+	ok "installed $*"
 }
 
 # ---------------------------------------------------------------------------
@@ -463,4 +472,169 @@ ensure_vhost_vsock() {
 		die "cargo install vhost-device-vsock failed (output above)"
 	install -m 0755 "$root/bin/vhost-device-vsock" "$prefix/bin/vhost-device-vsock"
 	ok "installed $prefix/bin/vhost-device-vsock in $(elapsed "$t0")s"
+}
+
+# ---------------------------------------------------------------------------
+# Step 5: web dashboard (Node.js, npm ci, next build, install)
+# ---------------------------------------------------------------------------
+AETHERIUM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DASHBOARD_SRC="$AETHERIUM_ROOT/services/dashboard"
+# Where the gateway looks by default (server.dashboard_dir); the same variable
+# points the server elsewhere (`off` only tells the server to serve none).
+DASHBOARD_INSTALL_DIR=/usr/local/share/aetherium/dashboard
+case ${AETHERIUM_DASHBOARD_DIR:-off} in
+off) ;;
+*) DASHBOARD_INSTALL_DIR=$AETHERIUM_DASHBOARD_DIR ;;
+esac
+NODE_MIN_VERSION=18.18.0
+
+# node_ok: node >= NODE_MIN_VERSION and npm are on PATH.
+node_ok() {
+	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
+	local v
+	v=$(node -p 'process.versions.node' 2>/dev/null) || return 1
+	[ "$(printf '%s\n%s\n' "$NODE_MIN_VERSION" "$v" | sort -V | head -n 1)" = "$NODE_MIN_VERSION" ]
+}
+
+# ensure_node: Node.js >= 18.18 and npm, from Debian's packages when missing or too
+# old (Debian 12 ships 18.19). A newer self-installed node is left alone.
+ensure_node() {
+	if node_ok; then
+		ok "node $(node --version), npm $(npm --version) present"
+		return 0
+	fi
+	apt_install nodejs npm
+	node_ok || die "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_VERSION: install Node.js >= 18.18 (nodejs.org) and run again"
+	ok "node $(node --version), npm $(npm --version)"
+}
+
+# run_npm ARGS...: npm in the dashboard directory, as the owner of the checkout
+# (under sudo, node_modules and out/ must not become root's).
+run_npm() {
+	local owner
+	owner=$(stat -c %U "$DASHBOARD_SRC")
+	if [ "$(id -u)" -eq 0 ] && [ "$owner" != root ]; then
+		(cd "$DASHBOARD_SRC" && runuser -u "$owner" -- env HOME="$(getent passwd "$owner" | cut -d: -f6)" \
+			PATH="$PATH" NEXT_TELEMETRY_DISABLED=1 npm "$@")
+	else
+		(cd "$DASHBOARD_SRC" && NEXT_TELEMETRY_DISABLED=1 npm "$@")
+	fi
+}
+
+# dashboard_sources_hash: one hash of everything the export is built from (pages,
+# components, libraries, public files, configs, the lock file).
+dashboard_sources_hash() {
+	(
+		cd "$DASHBOARD_SRC" &&
+			find app components lib public scripts package.json package-lock.json \
+				next.config.* postcss.config.* tsconfig.json -type f -print0 2>/dev/null |
+			LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+	)
+}
+
+# build_dashboard: `npm ci` when node_modules is missing or package-lock.json
+# changed, then `npm run build` (next build + the size budget table) unless the
+# sources are those of the last successful build. Stamps: node_modules/.aetherium-ci
+# (the lock file's hash) and out/.aetherium-build (the sources' hash).
+build_dashboard() {
+	local lock_hash src_hash t0
+	lock_hash=$(sha256sum "$DASHBOARD_SRC/package-lock.json" | cut -d' ' -f1)
+	if [ -d "$DASHBOARD_SRC/node_modules" ] &&
+		[ "$(cat "$DASHBOARD_SRC/node_modules/.aetherium-ci" 2>/dev/null)" = "$lock_hash" ]; then
+		ok "node_modules matches package-lock.json"
+	else
+		t0=$(now_s)
+		info "npm ci (package-lock.json is new or changed)"
+		run_npm ci --no-audit --no-fund || die "npm ci failed (output above)"
+		printf '%s\n' "$lock_hash" >"$DASHBOARD_SRC/node_modules/.aetherium-ci"
+		ok "dependencies installed in $(elapsed "$t0")s"
+	fi
+	src_hash=$(dashboard_sources_hash)
+	if [ -f "$DASHBOARD_SRC/out/index.html" ] &&
+		[ "$(cat "$DASHBOARD_SRC/out/.aetherium-build" 2>/dev/null)" = "$src_hash" ]; then
+		ok "dashboard build is up to date (services/dashboard/out)"
+		return 0
+	fi
+	t0=$(now_s)
+	info "npm run build (static export to services/dashboard/out)"
+	run_npm run build || die "building the dashboard failed (output above)"
+	[ -f "$DASHBOARD_SRC/out/index.html" ] || die "the build left no services/dashboard/out/index.html"
+	printf '%s\n' "$src_hash" >"$DASHBOARD_SRC/out/.aetherium-build"
+	ok "dashboard built in $(elapsed "$t0")s"
+}
+
+# install_dashboard: copies services/dashboard/out to DASHBOARD_INSTALL_DIR, whole:
+# into a temp dir next to it, then renamed over the old one (a running server never
+# sees half a dashboard). Skipped when the installed build is this one.
+install_dashboard() {
+	local dest=$DASHBOARD_INSTALL_DIR src="$DASHBOARD_SRC/out" parent tmp old
+	[ -f "$src/index.html" ] || die "no dashboard build in $src: run build_dashboard first"
+	if [ -f "$dest/index.html" ] && cmp -s "$src/.aetherium-build" "$dest/.aetherium-build"; then
+		ok "$dest is up to date"
+		return 0
+	fi
+	parent=$(dirname "$dest")
+	if ! mkdir -p "$parent" 2>/dev/null || [ ! -w "$parent" ]; then
+		die "cannot write $parent: run as root (sudo), or set AETHERIUM_DASHBOARD_DIR to a directory you own (and give the server the same)"
+	fi
+	tmp=$(mktemp -d "$dest.new.XXXXXX")
+	cp -a "$src/." "$tmp/"
+	chmod -R a+rX "$tmp"
+	if [ -e "$dest" ]; then
+		old="$dest.old.$$"
+		mv "$dest" "$old"
+		mv "$tmp" "$dest"
+		rm -rf "$old"
+	else
+		mv "$tmp" "$dest"
+	fi
+	ok "installed the dashboard in $dest"
+}
+
+# ensure_dashboard: Node.js, then build and install the dashboard.
+ensure_dashboard() {
+	ensure_node
+	build_dashboard
+	install_dashboard
+}
+
+# regen_dashboard_api BIN: serves the API with BIN (`aetherium up` on a free port,
+# a throw-away data dir, Docker only), saves its spec as
+# services/dashboard/openapi.json and regenerates lib/api-schema.d.ts from it.
+regen_dashboard_api() {
+	local bin=$1 data log url pid i
+	[ -x "$bin" ] || die "no aetherium binary at $bin (cargo build -p aetherium-cli)"
+	data=$(mktemp -d)
+	log="$data/up.log"
+	# Its own worker id: sandboxes of another server on this host stay untouched.
+	env AETHERIUM_BACKENDS=docker AETHERIUM_DASHBOARD_DIR=off AETHERIUM_WORKER_ID="spec-regen-$$" \
+		${AETHERIUM_AGENT_BIN:+AETHERIUM_AGENT_PATH="$AETHERIUM_AGENT_BIN"} \
+		"$bin" up --host 127.0.0.1 --port 0 --data-dir "$data" >"$log" 2>&1 &
+	pid=$!
+	url=''
+	for ((i = 0; i < 120; i++)); do
+		url=$(sed -n 's/^aetherium is up at //p' "$log" | head -n 1)
+		[ -n "$url" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.5
+	done
+	if [ -z "$url" ]; then
+		kill "$pid" 2>/dev/null || true
+		cat "$log" >&2
+		rm -rf "$data"
+		die "aetherium up did not start (log above)"
+	fi
+	# Saved as served: the test `dashboard_spec_copy_is_current` compares the two.
+	if ! curl -fsS -o "$DASHBOARD_SRC/openapi.json.new" "$url/api/v1/openapi.json"; then
+		kill "$pid" 2>/dev/null || true
+		rm -rf "$data" "$DASHBOARD_SRC/openapi.json.new"
+		die "cannot fetch $url/api/v1/openapi.json"
+	fi
+	kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	rm -rf "$data"
+	mv "$DASHBOARD_SRC/openapi.json.new" "$DASHBOARD_SRC/openapi.json"
+	ok "saved services/dashboard/openapi.json"
+	run_npm run gen:api || die "npm run gen:api failed (output above)"
+	ok "regenerated services/dashboard/lib/api-schema.d.ts"
 }

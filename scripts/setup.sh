@@ -19,7 +19,8 @@ Usage: sudo $0 [--no-start] [--rebuild-image] | --stop | --help
 
 Sets up Aetherium on this machine, step by step (each step is skipped when done):
   1. installs missing system packages (docker.io, debootstrap, build-essential,
-     pkg-config, curl, python3, ca-certificates, file); checks for Rust >= 1.94
+     pkg-config, curl, python3, ca-certificates, file, and chromium for the
+     dashboard's end-to-end tests); checks for Rust >= 1.94
   2. starts the Docker engine if it is not running
   3. builds the base sandbox image $AETHERIUM_IMAGE (debootstrap + docker import)
   4. builds the aetherium CLI and the static in-sandbox agent and installs both
@@ -28,10 +29,14 @@ Sets up Aetherium on this machine, step by step (each step is skipped when done)
      into \$AETHERIUM_KERNEL_DIR, not installed), installs firecracker + jailer
      (pinned, sha256-checked) and vhost-device-vsock (cargo), and builds the VM
      image of $AETHERIUM_IMAGE (\`aetherium image build\`)
-  6. starts \`aetherium up\` in the background and waits until it is healthy
+  6. the web dashboard: Node.js >= 18.18 (Debian's nodejs + npm if missing or
+     older), \`npm ci\` when package-lock.json changed, \`npm run build\` when its
+     sources changed, installed into \$AETHERIUM_DASHBOARD_DIR
+     (default /usr/local/share/aetherium/dashboard), served by the gateway at /
+  7. starts \`aetherium up\` in the background and waits until it is healthy
 
 Options:
-  --no-start        stop after step 5 (do not start the server)
+  --no-start        stop after step 6 (do not start the server)
   --rebuild-image   rebuild the base image even if it exists
   --stop            stop the background server started by this script
   --help            this text
@@ -40,6 +45,7 @@ Environment:
   PREFIX                 install prefix (default /usr/local)
   CARGO_TARGET_DIR       cargo build dir (default \${XDG_CACHE_HOME:-\$HOME/.cache}/aetherium/target)
   AETHERIUM_PORT         server port (default 8080)
+  AETHERIUM_DASHBOARD_DIR  where the dashboard is installed and served from
   AETHERIUM_DEBIAN_MIRROR  Debian mirror for debootstrap (default: from apt sources)
 EOF
 }
@@ -119,20 +125,20 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------
-step "1/6 System packages and Rust toolchain"
+step "1/7 System packages and Rust toolchain"
 ensure_packages
 ensure_rust
 
 # ---------------------------------------------------------------------------
-step "2/6 Docker engine"
+step "2/7 Docker engine"
 ensure_dockerd
 
 # ---------------------------------------------------------------------------
-step "3/6 Base sandbox image $AETHERIUM_IMAGE"
+step "3/7 Base sandbox image $AETHERIUM_IMAGE"
 ensure_base_image "$REBUILD_IMAGE"
 
 # ---------------------------------------------------------------------------
-step "4/6 Build and install aetherium + aetherium-agent"
+step "4/7 Build and install aetherium + aetherium-agent"
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
 	if [ -n "${CARGO_USER:-}" ]; then
 		# cargo runs as the sudo user: keep the build in their cache, not root's.
@@ -188,7 +194,7 @@ case ":$PATH:" in
 esac
 
 # ---------------------------------------------------------------------------
-step "5/6 MicroVMs: guest kernel, firecracker, vhost-device-vsock, VM image"
+step "5/7 MicroVMs: guest kernel, firecracker, vhost-device-vsock, VM image"
 export AETHERIUM_KERNEL_DIR
 ensure_guest_kernel
 ensure_firecracker "$PREFIX"
@@ -200,14 +206,20 @@ t0=$(now_s)
 ok "VM image of $AETHERIUM_IMAGE ready in $(elapsed "$t0")s"
 
 # ---------------------------------------------------------------------------
+step "6/7 Web dashboard (served at /)"
+# Each part is skipped when done: node present, node_modules matching the lock
+# file, a build of the current sources, that build installed.
+ensure_dashboard
+
+# ---------------------------------------------------------------------------
 if [ "$NO_START" = 1 ]; then
-	step "6/6 Start the server: skipped (--no-start)"
+	step "7/7 Start the server: skipped (--no-start)"
 	info "start it later with: sudo $0   (or run: $PREFIX/bin/aetherium up)"
 	ok "setup done in $(elapsed "$T_ALL")s"
 	exit 0
 fi
 
-step "6/6 Start aetherium up (port $PORT)"
+step "7/7 Start aetherium up (port $PORT)"
 mkdir -p "$STATE_DIR"
 if pid=$(server_pid); then
 	if healthy; then
@@ -247,6 +259,7 @@ URL_HINT=''
 [ "$PORT" = 8080 ] || URL_HINT=$'\n    export AETHERIUM_URL=http://127.0.0.1:'"$PORT"
 cat <<EOF
 
+  Dashboard:        http://127.0.0.1:$PORT/   (sign in with the admin API key)
   API:              http://127.0.0.1:$PORT   (health: $HEALTH_URL)
   Admin API key:    $TOKEN_FILE   (the bootstrap admin key; more: aetherium apikey create)
   Server log:       $LOG_FILE

@@ -503,6 +503,31 @@ pub async fn task(args: TaskArgs) -> anyhow::Result<u8> {
                 cancelled.status != "cancelled" && cancelled.status != "cancelling",
             ));
         }
+        TaskCommand::Retry { id } => {
+            let task: Task = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/tasks/{}/retry", seg(&id)),
+                    None,
+                )
+                .await?;
+            match format {
+                OutputFormat::Json => print_json(&task)?,
+                OutputFormat::Table => {
+                    print_table(&TASK_HEADERS, &task_rows(std::slice::from_ref(&task)))
+                }
+            }
+        }
+        TaskCommand::Rm { id } => {
+            // 204: no body to read.
+            client
+                .execute(client.request(reqwest::Method::DELETE, &format!("/tasks/{}", seg(&id))))
+                .await?;
+            match format {
+                OutputFormat::Json => print_json(&serde_json::json!({"id": id, "deleted": true}))?,
+                OutputFormat::Table => println!("deleted task {id}"),
+            }
+        }
         TaskCommand::Get { id } => {
             let task: Task = client.get(&format!("/tasks/{}", seg(&id))).await?;
             match format {

@@ -98,8 +98,9 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             display_path(&config.token_file())
         );
     }
+    crate::up::print_dashboard(&state, local);
     let _ = std::io::stdout().flush();
-    tracing::info!(%local, "gateway serving");
+    tracing::info!(%local, dashboard = ?state.dashboard_dir, "gateway serving");
     aetherium_gateway::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("gateway shutting down");
     runtime.shutdown().await;

@@ -221,6 +221,10 @@ pub enum TaskCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Put an archived task (failed for good) back in line, with no retries used.
+    Retry { id: String },
+    /// Delete an archived task (failed for good); other tasks cannot be deleted.
+    Rm { id: String },
 }
 
 /// `aetherium-gateway …` is `aetherium gateway …` and `aetherium-worker …` is

@@ -125,10 +125,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     println!("data: {}", display_path(&config.data_dir));
+    print_dashboard(&state, local);
     let _ = std::io::stdout().flush();
-    tracing::info!(%local, worker = %config.worker.id, "serving");
+    tracing::info!(%local, worker = %config.worker.id, dashboard = ?state.dashboard_dir, "serving");
     aetherium_gateway::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shutting down");
     runtime.shutdown().await;
     Ok(())
+}
+
+/// Says where the web dashboard is served from, or how to get one.
+pub(crate) fn print_dashboard(state: &AppState, local: std::net::SocketAddr) {
+    match &state.dashboard_dir {
+        Some(dir) => println!("dashboard: http://{local}/ (from {})", display_path(dir)),
+        None => println!(
+            "dashboard: not built (run scripts/setup.sh or `make dashboard`, or set server.dashboard_dir)"
+        ),
+    }
 }

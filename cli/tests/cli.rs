@@ -170,6 +170,16 @@ fn up_create_exec_rm_and_restart() {
         let out = up.cli(&["task", "get", &task_id]);
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("vm:execute"));
+        // Only archived (dead) tasks can be retried or deleted; the API says why.
+        for (command, verb) in [("retry", "retried"), ("rm", "deleted")] {
+            let out = up.cli(&["task", command, &task_id]);
+            assert_eq!(out.status.code(), Some(1));
+            assert!(
+                text(&out.stderr).contains(&format!("only an archived task can be {verb}")),
+                "{}",
+                text(&out.stderr)
+            );
+        }
 
         // A bad request fails with the server's message and a non-zero exit.
         let out = up.cli(&["vm", "create", "--memory", "64", "--no-wait"]);

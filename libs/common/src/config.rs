@@ -167,6 +167,24 @@ pub struct ServerConfig {
     /// A request (other than streams, WebSockets and file transfers) that takes longer
     /// is answered 504. Must exceed `max_wait_seconds`.
     pub request_timeout_seconds: u64,
+    /// The web dashboard's static export, served at `/` (it holds no data: the pages
+    /// call the API with the user's credentials). Used only when it holds an
+    /// `index.html`; `null` (or `AETHERIUM_DASHBOARD_DIR=off`) serves no dashboard.
+    pub dashboard_dir: Option<PathBuf>,
+}
+
+/// Where `scripts/setup.sh` (and `make dashboard`) installs the dashboard.
+pub const DEFAULT_DASHBOARD_DIR: &str = "/usr/local/share/aetherium/dashboard";
+
+impl ServerConfig {
+    /// The dashboard directory to serve: `dashboard_dir` when it holds a built export
+    /// (an `index.html`), else `None`.
+    pub fn dashboard(&self) -> Option<PathBuf> {
+        self.dashboard_dir
+            .as_ref()
+            .filter(|dir| dir.join("index.html").is_file())
+            .cloned()
+    }
 }
 
 /// API keys, sessions and request rate limits.
@@ -461,6 +479,7 @@ impl Default for ServerConfig {
             max_wait_seconds: 600,
             cors_allowed_origins: Vec::new(),
             request_timeout_seconds: 660,
+            dashboard_dir: Some(PathBuf::from(DEFAULT_DASHBOARD_DIR)),
         }
     }
 }
@@ -587,6 +606,11 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
             .filter(|o| !o.is_empty())
             .map(str::to_string)
             .collect();
+        Ok(())
+    }),
+    (&["AETHERIUM_DASHBOARD_DIR"], |c, v| {
+        // `off`: no dashboard, even if one is installed.
+        c.server.dashboard_dir = Some(v.trim()).filter(|v| *v != "off").map(PathBuf::from);
         Ok(())
     }),
     (&["AETHERIUM_RATE_LIMIT_PER_SECOND"], |c, v| {
@@ -1231,6 +1255,27 @@ mod tests {
         writeln!(f, "server:\n  prot: 1").expect("write");
         let err = Config::load_with_env(Some(f.path()), env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn the_dashboard_dir_defaults_to_the_install_dir_and_is_used_once_built() {
+        let c = Config::load_with_env(None, env_of(&[])).expect("load");
+        assert_eq!(
+            c.server.dashboard_dir.as_deref(),
+            Some(Path::new(DEFAULT_DASHBOARD_DIR))
+        );
+        let built = tempfile::tempdir().expect("tempdir");
+        let dir = built.path().display().to_string();
+        let c = Config::load_with_env(None, env_of(&[("AETHERIUM_DASHBOARD_DIR", &dir)]))
+            .expect("load");
+        // Not built yet: nothing to serve.
+        assert_eq!(c.server.dashboard(), None);
+        std::fs::write(built.path().join("index.html"), "<html></html>").expect("write");
+        assert_eq!(c.server.dashboard().as_deref(), Some(built.path()));
+        // `off`: no dashboard, even an installed one.
+        let c = Config::load_with_env(None, env_of(&[("AETHERIUM_DASHBOARD_DIR", "off")]))
+            .expect("load");
+        assert_eq!(c.server.dashboard_dir, None);
     }
 
     #[test]

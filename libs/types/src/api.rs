@@ -342,6 +342,30 @@ pub struct TaskList {
     pub next_cursor: Option<String>,
 }
 
+/// Queue throughput per minute (`GET /queue/history`), from the task records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueHistory {
+    /// The width of each bucket: 60.
+    pub interval_seconds: u32,
+    /// Oldest first; the last is the current (partial) minute.
+    pub buckets: Vec<QueueHistoryBucket>,
+}
+
+/// Tasks of one minute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueHistoryBucket {
+    /// The minute's start (UTC).
+    pub start: DateTime<Utc>,
+    /// Tasks created in this minute.
+    pub created: u64,
+    /// Tasks that completed in this minute.
+    pub completed: u64,
+    /// Tasks that failed for good in this minute (cancelled ones are not counted).
+    pub failed: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ComponentHealth {

@@ -20,6 +20,10 @@ pub enum EventType {
     /// The task was cancelled (before it ran, or stopped by its worker).
     #[serde(rename = "task.cancelled")]
     TaskCancelled,
+    /// An archived (dead) task was deleted; its record is gone. (A retried one is
+    /// published as `task.created` with `retried: true`: it is back in line.)
+    #[serde(rename = "task.deleted")]
+    TaskDeleted,
     #[serde(rename = "vm.created")]
     VmCreated,
     #[serde(rename = "vm.started")]
@@ -77,13 +81,14 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 27] = [
+    pub const ALL: [EventType; 28] = [
         EventType::TaskCreated,
         EventType::TaskStarted,
         EventType::TaskCompleted,
         EventType::TaskFailed,
         EventType::TaskCancelRequested,
         EventType::TaskCancelled,
+        EventType::TaskDeleted,
         EventType::VmCreated,
         EventType::VmStarted,
         EventType::VmStopped,
@@ -115,6 +120,7 @@ impl EventType {
             EventType::TaskFailed => "task.failed",
             EventType::TaskCancelRequested => "task.cancel_requested",
             EventType::TaskCancelled => "task.cancelled",
+            EventType::TaskDeleted => "task.deleted",
             EventType::VmCreated => "vm.created",
             EventType::VmStarted => "vm.started",
             EventType::VmStopped => "vm.stopped",

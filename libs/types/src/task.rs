@@ -208,6 +208,11 @@ pub struct Task {
     pub scheduled_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When the task went to the archive of dead tasks (it failed for good and can
+    /// still be retried or deleted); absent otherwise. The queue's state, not the
+    /// record's: filled in when the task is read through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

@@ -155,6 +155,7 @@ pub fn new_task(task_type: TaskType, payload: serde_json::Value, vm_id: Option<&
         scheduled_at: now,
         started_at: None,
         completed_at: None,
+        archived_at: None,
     }
 }
 
@@ -595,10 +596,13 @@ impl Platform {
     // ---- tasks -----------------------------------------------------------------
 
     pub async fn get_task(&self, id: &str) -> CoreResult<Task> {
-        self.store
+        let mut task = self
+            .store
             .get_task(id)
             .await?
-            .ok_or_else(|| CoreError::NotFound(format!("task {id} not found")))
+            .ok_or_else(|| CoreError::NotFound(format!("task {id} not found")))?;
+        self.mark_archived(std::slice::from_mut(&mut task)).await?;
+        Ok(task)
     }
 
     pub async fn list_tasks(
@@ -606,7 +610,88 @@ impl Platform {
         filter: &TaskFilter,
         page: &Page,
     ) -> CoreResult<(Vec<Task>, u64)> {
-        self.store.list_tasks(filter, page).await
+        let (mut tasks, total) = self.store.list_tasks(filter, page).await?;
+        self.mark_archived(&mut tasks).await?;
+        Ok((tasks, total))
+    }
+
+    /// Fills in `archived_at` of the failed tasks still in the queue's archive (the
+    /// records do not hold it: with the Redis queue, the archive lives in Redis).
+    async fn mark_archived(&self, tasks: &mut [Task]) -> CoreResult<()> {
+        let failed: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .map(|t| t.id.as_str())
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let times = self.queue.archived_times(&failed).await?;
+        for task in tasks {
+            task.archived_at = times.get(&task.id).copied();
+        }
+        Ok(())
+    }
+
+    /// The most recently archived (dead) tasks, at most `limit`, with `archived_at`.
+    pub async fn list_archived_tasks(&self, limit: u32) -> CoreResult<Vec<Task>> {
+        Ok(self
+            .queue
+            .list_archived(limit)
+            .await?
+            .into_iter()
+            .map(|archived| Task {
+                archived_at: Some(archived.archived_at),
+                ..archived.task
+            })
+            .collect())
+    }
+
+    /// Puts an archived (dead) task back in line with no retries used: it is
+    /// `pending` again and announced as `task.created` (with `retried: true`), as a
+    /// new task would be. Anything not in the archive is a `Conflict`.
+    pub async fn retry_task(&self, id: &str) -> CoreResult<Task> {
+        let task = self.get_task(id).await?;
+        if task.archived_at.is_none() || !self.queue.retry_archived(id).await? {
+            return Err(not_archived(&task, "retried"));
+        }
+        let task = self.get_task(id).await?;
+        self.publish(
+            EventType::TaskCreated,
+            &task.id,
+            serde_json::json!({"type": task.task_type, "vm_id": task.vm_id, "retried": true}),
+        );
+        Ok(task)
+    }
+
+    /// Deletes an archived (dead) task: out of the archive, and its record gone
+    /// (`task.deleted`). Anything not in the archive is a `Conflict`: live tasks are
+    /// cancelled, finished ones kept as history.
+    pub async fn delete_task(&self, id: &str) -> CoreResult<()> {
+        let task = self.get_task(id).await?;
+        if task.archived_at.is_none() || !self.queue.delete_archived(id).await? {
+            return Err(not_archived(&task, "deleted"));
+        }
+        self.store.delete_task(id).await?;
+        self.publish(
+            EventType::TaskDeleted,
+            &task.id,
+            serde_json::json!({"type": task.task_type, "vm_id": task.vm_id}),
+        );
+        Ok(())
+    }
+
+    /// Tasks created, completed and failed per minute over the last `minutes`
+    /// minutes, the current one last.
+    pub async fn task_history(
+        &self,
+        minutes: u32,
+    ) -> CoreResult<Vec<aetherium_types::QueueHistoryBucket>> {
+        let now = Utc::now().timestamp();
+        let current = now - now.rem_euclid(60);
+        let from = chrono::DateTime::from_timestamp(current - 60 * i64::from(minutes - 1), 0)
+            .ok_or_else(|| CoreError::Internal(anyhow::anyhow!("the clock is out of range")))?;
+        self.store.task_history(from, minutes).await
     }
 
     /// Totals by state, and the same per queue (Asynq's pending, active, scheduled,
@@ -922,6 +1007,18 @@ impl Platform {
 pub const CANCELLED_BEFORE_START: &str = "cancelled by request before it started";
 /// `error` of a running task its worker stopped.
 pub const CANCELLED_WHILE_RUNNING: &str = "cancelled by request while it ran";
+
+fn not_archived(task: &Task, action: &str) -> CoreError {
+    let why = if task.status == TaskStatus::Failed {
+        "failed, but no longer in the archive of dead tasks".to_string()
+    } else {
+        task.status.to_string()
+    };
+    CoreError::Conflict(format!(
+        "only an archived task can be {action}: task {} is {why}",
+        task.id
+    ))
+}
 
 fn finished_conflict(task: &Task) -> CoreError {
     CoreError::Conflict(format!(

@@ -547,8 +547,30 @@ async fn dead_tasks_are_archived_and_can_be_retried_or_deleted(h: Harness) {
         "{depths:?}"
     );
 
+    // `archived_times` reports when each went to the archive (what the API shows
+    // as `archived_at`); ids not in the archive are absent.
+    let live = task(TaskType::VmCreate);
+    h.queue.enqueue(&live).await.unwrap();
+    let times = h
+        .queue
+        .archived_times(&[&a.id, &b.id, &live.id, "no-such-task"])
+        .await
+        .unwrap();
+    assert_eq!(times.len(), 2, "{times:?}");
+    let listed = archived.iter().find(|t| t.task.id == a.id).unwrap();
+    assert_eq!(times[&a.id], listed.archived_at);
+    assert!(h.queue.archived_times(&[]).await.unwrap().is_empty());
+    assert!(h.queue.cancel(&live.id, "not needed").await.is_ok());
+
     // Retried: back in line with no retries used, and it runs.
     assert!(h.queue.retry_archived(&a.id).await.unwrap());
+    assert!(
+        !h.queue
+            .archived_times(&[&a.id])
+            .await
+            .unwrap()
+            .contains_key(&a.id)
+    );
     assert!(!h.queue.retry_archived(&a.id).await.unwrap());
     assert_eq!(h.record(&a.id).await.status, TaskStatus::Pending);
     let again = h.queue.lease("w", LONG).await.unwrap().unwrap();
@@ -565,6 +587,7 @@ async fn dead_tasks_are_archived_and_can_be_retried_or_deleted(h: Harness) {
     assert!(!h.queue.delete_archived(&b.id).await.unwrap());
     assert!(!h.queue.retry_archived(&b.id).await.unwrap());
     assert!(h.queue.list_archived(10).await.unwrap().is_empty());
+    assert!(h.queue.archived_times(&[&b.id]).await.unwrap().is_empty());
     assert_eq!(h.record(&b.id).await.status, TaskStatus::Failed);
 }
 

@@ -117,6 +117,7 @@ conformance!(
     vms_are_counted_by_status,
     executions_are_listed_paged_and_failed,
     tasks_are_read_listed_and_filtered,
+    task_history_counts_per_minute_and_tasks_are_deleted,
     workers_are_upserted_and_listed,
     worker_heartbeats_drains_sweeps_and_usage,
     api_keys,
@@ -604,7 +605,57 @@ fn task(id: &str, task_type: TaskType, status: TaskStatus, created: DateTime<Utc
         scheduled_at: created,
         started_at: None,
         completed_at: None,
+        archived_at: None,
     }
+}
+
+async fn task_history_counts_per_minute_and_tasks_are_deleted(s: Subject) {
+    let store = s.store();
+    // A minute's start, and instants `m` minutes and `sec` seconds after it.
+    let from = Utc.timestamp_opt(1_750_000_020, 0).single().unwrap();
+    let t = |m: i64, sec: i64| from + chrono::Duration::seconds(m * 60 + sec);
+    let finished = |id: &str, status, created, done| {
+        let mut task = task(id, TaskType::VmExecute, status, created);
+        task.completed_at = Some(done);
+        task
+    };
+    let rows = [
+        // Before the window: not counted, even though it finished inside it.
+        finished("h0", TaskStatus::Completed, t(-1, 59), t(0, 1)),
+        finished("h1", TaskStatus::Completed, t(0, 0), t(0, 30)),
+        finished("h2", TaskStatus::Failed, t(0, 59), t(2, 0)),
+        task("h3", TaskType::VmCreate, TaskStatus::Pending, t(2, 10)),
+        task("h4", TaskType::VmCreate, TaskStatus::Running, t(2, 59)),
+        // Cancelled ones count as created, never as completed or failed.
+        finished("h5", TaskStatus::Cancelled, t(1, 0), t(1, 5)),
+        // After the window.
+        finished("h6", TaskStatus::Completed, t(3, 0), t(3, 1)),
+    ];
+    for row in &rows {
+        s.insert_task(row, QueueName::Default).await;
+    }
+    let buckets = store.task_history(from, 3).await.unwrap();
+    let got: Vec<(DateTime<Utc>, u64, u64, u64)> = buckets
+        .iter()
+        .map(|b| (b.start, b.created, b.completed, b.failed))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(t(0, 0), 2, 2, 0), (t(1, 0), 1, 0, 0), (t(2, 0), 2, 0, 1),]
+    );
+    // Exactly as many buckets as asked, empty ones too.
+    let empty = store.task_history(t(100, 0), 5).await.unwrap();
+    assert_eq!(empty.len(), 5);
+    assert!(
+        empty
+            .iter()
+            .all(|b| b.created + b.completed + b.failed == 0)
+    );
+
+    assert!(store.delete_task("h2").await.unwrap());
+    assert!(!store.delete_task("h2").await.unwrap());
+    assert!(store.get_task("h2").await.unwrap().is_none());
+    assert!(store.get_task("h1").await.unwrap().is_some());
 }
 
 async fn tasks_are_read_listed_and_filtered(s: Subject) {

@@ -29,7 +29,11 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/tasks", Role::Viewer),
     (Method::GET, "/api/v1/tasks/{id}", Role::Viewer),
     (Method::GET, "/api/v1/queue/stats", Role::Viewer),
+    (Method::GET, "/api/v1/queue/history", Role::Viewer),
     (Method::POST, "/api/v1/tasks/{id}/cancel", Role::Operator),
+    // Archived (dead) tasks only
+    (Method::POST, "/api/v1/tasks/{id}/retry", Role::Operator),
+    (Method::DELETE, "/api/v1/tasks/{id}", Role::Operator),
     // Workers and the cluster: reading is viewing, drain/activate administration
     (Method::POST, "/api/v1/environments", Role::Operator),
     (Method::GET, "/api/v1/environments", Role::Viewer),

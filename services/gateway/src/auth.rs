@@ -224,6 +224,14 @@ mod tests {
             "tasks.cancel"
         );
         assert_eq!(
+            action_name(&Method::POST, "/api/v1/tasks/{id}/retry"),
+            "tasks.retry"
+        );
+        assert_eq!(
+            action_name(&Method::DELETE, "/api/v1/tasks/{id}"),
+            "tasks.delete"
+        );
+        assert_eq!(
             action_name(&Method::PATCH, "/api/v1/users/{id}"),
             "users.update"
         );

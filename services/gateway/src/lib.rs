@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod auth;
+mod dashboard;
 mod error;
 mod extract;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct AppState {
     pub cors_allowed_origins: Vec<String>,
     /// Longest a non-streaming request may take (`server.request_timeout_seconds`).
     pub request_timeout: Duration,
+    /// The dashboard's static export served at `/` (`server.dashboard_dir`, when it
+    /// holds a build); `None`: `/` says how to build it.
+    pub dashboard_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
             login_limits: Arc::default(),
             cors_allowed_origins: Vec::new(),
             request_timeout: max_wait + Duration::from_secs(60),
+            dashboard_dir: None,
         }
     }
 
@@ -96,6 +101,7 @@ impl AppState {
         state.login_attempts_per_minute = config.auth.login_attempts_per_minute;
         state.cors_allowed_origins = config.server.cors_allowed_origins.clone();
         state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
+        state.dashboard_dir = config.server.dashboard();
         state
     }
 }
@@ -123,10 +129,15 @@ pub fn router(state: AppState) -> Router {
         .route("/executions/{id}", get(routes::get_execution))
         .route("/smart-execute", post(routes::smart_execute))
         .route("/tasks", get(routes::list_tasks))
-        .route("/tasks/{id}", get(routes::get_task))
+        .route(
+            "/tasks/{id}",
+            get(routes::get_task).delete(routes::ops::delete_task),
+        )
         .route("/tasks/{id}/cancel", post(routes::ops::cancel_task))
+        .route("/tasks/{id}/retry", post(routes::ops::retry_task))
         .route("/metrics", get(metrics::render))
         .route("/queue/stats", get(routes::queue_stats))
+        .route("/queue/history", get(routes::ops::queue_history))
         .route("/events", get(routes::events::stream_events))
         .route("/logs/query", post(routes::logs::query_logs))
         .route("/logs/stream", get(routes::logs::stream_logs))
@@ -245,7 +256,8 @@ pub fn router(state: AppState) -> Router {
         .merge(root_authenticated)
         .nest("/api/v1", api)
         .merge(openapi::docs_router())
-        .fallback(routes::not_found)
+        // What no route claims: the dashboard's files (API paths keep the JSON 404).
+        .fallback(dashboard::fallback)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Inside the routing, so the matched route template is known.
         .layer(axum::middleware::from_fn(metrics::track))

@@ -616,6 +616,10 @@ pub struct ListTasksQuery {
     /// Only tasks created before this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
     created_before: Option<String>,
+    /// `true`: only tasks in the archive of dead tasks (`archived_at` set, so they can
+    /// be retried or deleted), the most recently archived first, at most `limit` in one
+    /// page (no `cursor`).
+    archived: Option<bool>,
     /// At most this many (default 100, 1 to 1000; anything else is a 400).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -665,6 +669,26 @@ pub async fn list_tasks(
             .transpose()?,
     };
     let page = parse_page(q.limit, q.cursor.as_deref())?;
+    if q.archived == Some(true) {
+        // The archive is the queue's, ordered by when tasks died: one page of it.
+        if q.cursor.is_some() {
+            return Err(ApiError::bad_request(
+                "archived=true lists one page (the most recently archived): no cursor",
+            ));
+        }
+        let tasks: Vec<Task> = state
+            .platform
+            .list_archived_tasks(page.limit)
+            .await?
+            .into_iter()
+            .filter(|t| filter.matches(t))
+            .collect();
+        return Ok(Json(TaskList {
+            total: tasks.len() as u64,
+            tasks,
+            next_cursor: None,
+        }));
+    }
     let (tasks, total) = state.platform.list_tasks(&filter, &page.probe()).await?;
     let (tasks, next_cursor) = page.finish(tasks, |t| Cursor::after(t.created_at, &t.id));
     Ok(Json(TaskList {

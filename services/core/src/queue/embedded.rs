@@ -496,6 +496,28 @@ impl TaskQueue for EmbeddedQueue {
         Ok(changed > 0)
     }
 
+    async fn archived_times(
+        &self,
+        ids: &[&str],
+    ) -> CoreResult<std::collections::HashMap<String, chrono::DateTime<Utc>>> {
+        let mut out = std::collections::HashMap::new();
+        // One statement per page of ids (lists ask for at most 1000 tasks).
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT id, archived_at FROM tasks WHERE archived_at IS NOT NULL AND id IN ({marks})"
+            );
+            let mut query = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for (id, at) in query.fetch_all(&self.pool).await? {
+                out.insert(id, from_ms(at));
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete_archived(&self, task_id: &str) -> CoreResult<bool> {
         let changed = sqlx::query(
             "UPDATE tasks SET archived_at = NULL, unique_key = NULL, unique_until = NULL

@@ -237,6 +237,13 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Removes a task from the archive (its record stays `failed`; its unique key is
     /// released). `false` when it is not in the archive.
     async fn delete_archived(&self, task_id: &str) -> CoreResult<bool>;
+
+    /// When each of `ids` went to the archive; ids not in it are absent. What fills
+    /// [`Task::archived_at`] (the archive is the queue's state, not the record's).
+    async fn archived_times(
+        &self,
+        ids: &[&str],
+    ) -> CoreResult<std::collections::HashMap<String, DateTime<Utc>>>;
 }
 
 /// Orders the queues for one lease attempt: a weighted random pick first (like

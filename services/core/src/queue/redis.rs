@@ -1120,6 +1120,31 @@ impl TaskQueue for RedisQueue {
         Ok(moved == 1)
     }
 
+    async fn archived_times(&self, ids: &[&str]) -> CoreResult<HashMap<String, DateTime<Utc>>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(format!("{}t:{id}", self.options.prefix))
+                .arg("state")
+                .arg("archived_at");
+        }
+        let fields: Vec<(Option<String>, Option<i64>)> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(ids
+            .iter()
+            .zip(fields)
+            .filter_map(|(id, (state, at))| match (state.as_deref(), at) {
+                (Some("archived"), Some(at)) => Some((id.to_string(), from_ms(at))),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn delete_archived(&self, task_id: &str) -> CoreResult<bool> {
         Ok(self
             .remove(task_id, &["archived"], None, "deleted")

@@ -319,6 +319,28 @@ pub struct TaskFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
+impl TaskFilter {
+    /// Whether `task` passes the filter (for tasks not read through a store query,
+    /// such as the queue's archive).
+    pub fn matches(&self, task: &Task) -> bool {
+        self.status.is_none_or(|s| task.status == s)
+            && self.task_type.is_none_or(|t| task.task_type == t)
+            && self
+                .vm_id
+                .as_ref()
+                .is_none_or(|v| task.vm_id.as_ref() == Some(v))
+            && self
+                .worker_id
+                .as_ref()
+                .is_none_or(|w| task.worker_id.as_ref() == Some(w))
+            && self
+                .queue
+                .is_none_or(|q| QueueName::for_priority(task.priority) == q)
+            && self.created_after.is_none_or(|t| task.created_at >= t)
+            && self.created_before.is_none_or(|t| task.created_at < t)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for health checks.
@@ -371,6 +393,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)>;
+    /// Removes a task's record (an archived task an operator deleted); `false` when
+    /// there was none.
+    async fn delete_task(&self, id: &str) -> CoreResult<bool>;
+    /// Tasks created, completed and failed in each of the `minutes` whole minutes
+    /// starting at `from` (a minute's start), oldest first: exactly `minutes` buckets.
+    async fn task_history(
+        &self,
+        from: DateTime<Utc>,
+        minutes: u32,
+    ) -> CoreResult<Vec<aetherium_types::QueueHistoryBucket>>;
 
     async fn upsert_worker(&self, worker: &Worker) -> CoreResult<()>;
     async fn get_worker(&self, id: &str) -> CoreResult<Option<Worker>>;
@@ -454,6 +486,48 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(usage.into_iter().filter(|(_, u)| u.vms > 0).collect())
     }
+}
+
+/// The statements behind [`Store::task_history`], the same on SQLite and PostgreSQL
+/// (times are ms integers; `$1` is the first minute's start, `$2` the end).
+pub(crate) const TASK_HISTORY_CREATED: &str = "SELECT (created_at - $1) / 60000, COUNT(*)
+     FROM tasks WHERE created_at >= $1 AND created_at < $2 GROUP BY 1";
+pub(crate) const TASK_HISTORY_FINISHED: &str =
+    "SELECT (completed_at - $1) / 60000, status, COUNT(*)
+     FROM tasks WHERE completed_at >= $1 AND completed_at < $2
+       AND status IN ('completed', 'failed') GROUP BY 1, 2";
+
+/// Exactly `minutes` buckets from `from`, filled from the grouped counts.
+pub(crate) fn history_buckets(
+    from: DateTime<Utc>,
+    minutes: u32,
+    created: &[(i64, i64)],
+    finished: &[(i64, String, i64)],
+) -> Vec<aetherium_types::QueueHistoryBucket> {
+    let mut buckets: Vec<aetherium_types::QueueHistoryBucket> = (0..i64::from(minutes))
+        .map(|i| aetherium_types::QueueHistoryBucket {
+            start: from + chrono::Duration::minutes(i),
+            created: 0,
+            completed: 0,
+            failed: 0,
+        })
+        .collect();
+    let len = buckets.len();
+    let index = |b: i64| usize::try_from(b).ok().filter(|&i| i < len);
+    for &(b, n) in created {
+        if let Some(i) = index(b) {
+            buckets[i].created = n as u64;
+        }
+    }
+    for (b, status, n) in finished {
+        if let Some(i) = index(*b) {
+            match status.as_str() {
+                "completed" => buckets[i].completed = *n as u64,
+                _ => buckets[i].failed = *n as u64,
+            }
+        }
+    }
+    buckets
 }
 
 #[cfg(test)]

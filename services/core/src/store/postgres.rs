@@ -166,6 +166,8 @@ pub(crate) fn task_from_row(row: &PgRow) -> CoreResult<Task> {
         scheduled_at: from_ms(row.try_get("scheduled_at")?),
         started_at: opt_from_ms(row.try_get("started_at")?),
         completed_at: opt_from_ms(row.try_get("completed_at")?),
+        // The archive is the queue's state: the platform fills it in.
+        archived_at: None,
     })
 }
 
@@ -542,6 +544,35 @@ impl Store for PgStore {
         .await?;
         let tasks = rows.iter().map(task_from_row).collect::<CoreResult<_>>()?;
         Ok((tasks, total as u64))
+    }
+
+    async fn delete_task(&self, id: &str) -> CoreResult<bool> {
+        let done = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn task_history(
+        &self,
+        from: chrono::DateTime<Utc>,
+        minutes: u32,
+    ) -> CoreResult<Vec<aetherium_types::QueueHistoryBucket>> {
+        let start = to_ms(from);
+        let end = start + i64::from(minutes) * 60_000;
+        let created: Vec<(i64, i64)> = sqlx::query_as(super::TASK_HISTORY_CREATED)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await?;
+        let finished: Vec<(i64, String, i64)> = sqlx::query_as(super::TASK_HISTORY_FINISHED)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(super::history_buckets(from, minutes, &created, &finished))
     }
 
     async fn upsert_worker(&self, w: &Worker) -> CoreResult<()> {

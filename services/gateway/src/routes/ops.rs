@@ -1,7 +1,7 @@
-//! Operations: readiness and task cancellation. (Liveness is `routes::health`;
+//! Operations: readiness, task cancellation, retry and deletion, queue history. (Liveness is `routes::health`;
 //! Prometheus metrics are in `crate::metrics`.)
 
-use aetherium_types::{CancelTaskResponse, ReadyResponse, TaskStatus};
+use aetherium_types::{CancelTaskResponse, QueueHistory, ReadyResponse, Task, TaskStatus};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -79,4 +79,86 @@ pub async fn cancel_task(
         StatusCode::ACCEPTED
     };
     Ok((code, Json(CancelTaskResponse { status, task })).into_response())
+}
+
+/// `POST /api/v1/tasks/{id}/retry`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/retry",
+    tag = "tasks",
+    summary = "Retry an archived task",
+    description = "A task in the archive of dead tasks (it failed for good: retries used up, a permanent error or its deadline passed; `archived_at` is set) goes back in line with no retries used: it is `pending` again, and `task.created` is published with `retried: true`. Any other task is a 409.",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Back in line (pending)", body = Task),
+        (status = 404, description = "No such task", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The task is not archived (the message says what it is)", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn retry_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(state.platform.retry_task(&id).await?))
+}
+
+/// `DELETE /api/v1/tasks/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Delete an archived task",
+    description = "Removes a task in the archive of dead tasks (`archived_at` is set) and its record (`task.deleted` is published); it is a 404 afterwards. Other tasks cannot be deleted (409): cancel a live one; finished ones are kept as history.",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such task", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The task is not archived (the message says what it is)", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn delete_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.platform.delete_task(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueueHistoryQuery {
+    /// How many minutes, the current one last (default 30, 1 to 180; anything else
+    /// is a 400).
+    #[param(minimum = 1, maximum = 180)]
+    minutes: Option<u32>,
+}
+
+/// `GET /api/v1/queue/history?minutes=N`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queue/history",
+    tag = "tasks",
+    summary = "Tasks created, completed and failed per minute",
+    description = "Exactly `minutes` one-minute buckets, oldest first, the last being the current (partial) minute, counted from the task records: `created` by creation time, `completed` and `failed` (for good; cancelled tasks are not counted) by completion time.",
+    params(QueueHistoryQuery),
+    responses(
+        (status = 200, description = "The buckets", body = QueueHistory),
+        (status = 400, description = "`minutes` is not 1 to 180", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn queue_history(
+    State(state): State<AppState>,
+    Query(q): Query<QueueHistoryQuery>,
+) -> Result<Json<QueueHistory>, ApiError> {
+    let minutes = q.minutes.unwrap_or(30);
+    if !(1..=180).contains(&minutes) {
+        return Err(ApiError::bad_request(format!(
+            "minutes must be 1 to 180, not {minutes}"
+        )));
+    }
+    Ok(Json(QueueHistory {
+        interval_seconds: 60,
+        buckets: state.platform.task_history(minutes).await?,
+    }))
 }
