@@ -59,7 +59,7 @@ function SandboxesSection({ stats }: { stats: Resource<ClusterStats> }) {
               <Stat label="Sandboxes" value={s.vms_total} />
               <Stat label="Workers" value={`${s.workers.active}/${s.workers.total}`} hint="active / registered" />
               <Stat label="Slots free" value={s.slots_free} hint={`${s.slots_used} of ${s.slots_total} used`} />
-              <Stat label="vCPUs used" value={`${s.cpu_cores_used}/${s.cpu_cores_total}`} hint={`memory ${mib(s.memory_mb_used)} of ${mib(s.memory_mb_total)}`} />
+              <Stat label="vCPUs used" value={`${s.cpu_cores_used}/${s.cpu_cores_total}`} hint={s.memory_mb_total > 0 ? `memory ${mib(s.memory_mb_used)} of ${mib(s.memory_mb_total)}` : `memory ${mib(s.memory_mb_used)} used, not limited`} />
             </div>
             {s.vms_total === 0 ? (
               <EmptyState title="No sandboxes yet" hint={<>Create one on the <Link href="/sandboxes/" className="text-primary hover:underline">Sandboxes</Link> page or with `aetherium vm create`.</>} />

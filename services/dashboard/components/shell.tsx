@@ -126,11 +126,14 @@ export function AppShell({ children }: { children: React.ReactNode }) {
 
   return (
     <div className="flex min-h-screen">
-      <aside className="sticky top-0 hidden h-screen w-56 shrink-0 flex-col border-r border-border bg-card p-3 md:flex">
-        <Link href="/" className="mb-4 px-2 text-lg font-semibold">
-          Aetherium
-        </Link>
-        <Nav />
+      {/* The aside spans the page (its background and border), its content sticks. */}
+      <aside className="hidden w-56 shrink-0 border-r border-border bg-card md:block">
+        <div className="sticky top-0 flex max-h-screen flex-col overflow-y-auto p-3">
+          <Link href="/" className="mb-4 px-2 text-lg font-semibold">
+            Aetherium
+          </Link>
+          <Nav />
+        </div>
       </aside>
       <div className="flex min-w-0 flex-1 flex-col">
         <header className="sticky top-0 z-10 flex h-12 items-center justify-between gap-2 border-b border-border bg-card/90 px-3 backdrop-blur">

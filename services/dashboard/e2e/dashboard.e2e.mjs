@@ -62,7 +62,8 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
 
   test("a wrong password is shown as the API's message", async () => {
     await login(page, username, "not-the-password-at-all");
-    const alert = page.getByRole("alert");
+    // Scoped to the form: Next.js keeps a route announcer with role=alert too.
+    const alert = page.getByRole("form", { name: "Log in" }).getByRole("alert");
     await alert.waitFor();
     assert.match(await alert.innerText(), /invalid username or password/i);
   });
@@ -106,12 +107,14 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
     assert.match(await alert.innerText(), /Conflict/);
     assert.match(await alert.innerText(), new RegExp(sandbox));
     await shot("sandbox-create-error");
-    await dialog.getByRole("button", { name: "Cancel" }).click().catch(() => dialog.getByRole("button", { name: "Close" }).click());
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    await dialog.waitFor({ state: "hidden" });
   });
 
   test("the terminal runs a command and shows its output", async () => {
     await page.getByRole("row").filter({ hasText: sandbox }).getByRole("link", { name: sandbox }).click();
     await page.waitForURL(/\/sandboxes\/detail\/\?id=/);
+    await page.getByRole("tab", { name: "Terminal" }).click();
     await page.getByTestId("open-terminal").click();
     const terminal = page.getByTestId("terminal");
     await terminal.locator(".xterm-rows").waitFor();
@@ -135,6 +138,7 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
     const local = join(outputDir, "upload.txt");
     writeFileSync(local, content);
     const path = "/tmp/e2e-upload.txt";
+    await page.getByRole("tab", { name: "Files" }).click();
     await page.getByTestId("upload-path").fill(path);
     await page.getByTestId("upload-input").setInputFiles(local);
     await page.getByText(`Uploaded ${path}`).waitFor();
@@ -152,13 +156,20 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
   });
 
   test("the sandbox is deleted after a confirmation and leaves the list", async () => {
-    await page.getByRole("button", { name: "Delete" }).first().click();
-    const dialog = page.getByRole("dialog");
+    await page.getByRole("button", { name: "Delete", exact: true }).click();
+    const dialog = page.getByRole("dialog", { name: `Delete ${sandbox}?` });
     await dialog.getByRole("button", { name: "Delete" }).click();
     await page.waitForURL(/\/sandboxes\/$/);
     await page.getByRole("row").filter({ hasText: sandbox }).waitFor({ state: "detached", timeout: 60_000 });
-    const vms = await platform.api("GET", `/vms?name=${sandbox}`);
-    assert.ok(vms.vms.every((vm) => vm.status === "DELETED" || vm.status === "deleted"), JSON.stringify(vms.vms));
+    // The platform really removes it (the container goes with it).
+    const deadline = Date.now() + 60_000;
+    let vms;
+    do {
+      vms = (await platform.api("GET", `/vms?name=${sandbox}`)).vms;
+      if (vms.every((vm) => vm.status === "DELETED")) break;
+      await new Promise((r) => setTimeout(r, 250));
+    } while (Date.now() < deadline);
+    assert.ok(vms.every((vm) => vm.status === "DELETED"), JSON.stringify(vms));
   });
 
   test("every main page renders (screenshots for review)", async () => {

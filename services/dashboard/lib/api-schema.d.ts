@@ -364,6 +364,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/queue/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tasks created, completed and failed per minute
+         * @description Exactly `minutes` one-minute buckets, oldest first, the last being the current (partial) minute, counted from the task records: `created` by creation time, `completed` and `failed` (for good; cancelled tasks are not counted) by completion time.
+         */
+        get: operations["queue_history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/queue/stats": {
         parameters: {
             query?: never;
@@ -484,7 +504,11 @@ export interface paths {
         get: operations["get_task"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete an archived task
+         * @description Removes a task in the archive of dead tasks (`archived_at` is set) and its record (`task.deleted` is published); it is a 404 afterwards. Other tasks cannot be deleted (409): cancel a live one; finished ones are kept as history.
+         */
+        delete: operations["delete_task"];
         options?: never;
         head?: never;
         patch?: never;
@@ -504,6 +528,26 @@ export interface paths {
          * @description A task that has not started (pending, scheduled, waiting for a retry) is cancelled at once (200); what it was for is marked so (the VM of a vm:create ends FAILED, the execution of a vm:execute ends failed). A running task is stopped by its worker, which kills the command (vm:execute) or removes the half-made sandbox (vm:create): 202 with status `cancelling` until then, or, with `?wait=`, 200 once it is cancelled. vm:delete cannot be cancelled (409); a finished task is a 409.
          */
         post: operations["cancel_task"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/tasks/{id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retry an archived task
+         * @description A task in the archive of dead tasks (it failed for good: retries used up, a permanent error or its deadline passed; `archived_at` is set) goes back in line with no retries used: it is `pending` again, and `task.created` is published with `retried: true`. Any other task is a 409.
+         */
+        post: operations["retry_task"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1427,7 +1471,7 @@ export interface components {
          *     `execution.*` and `worker.*`.
          * @enum {string}
          */
-        EventType: "task.created" | "task.started" | "task.completed" | "task.failed" | "task.cancel_requested" | "task.cancelled" | "vm.created" | "vm.started" | "vm.stopped" | "vm.failed" | "vm.paused" | "vm.resumed" | "vm.deleted" | "execution.started" | "execution.completed" | "execution.failed" | "worker.online" | "worker.unhealthy" | "worker.draining" | "worker.offline" | "integration.webhook_received" | "workspace.status" | "workspace.step" | "prompt.queued" | "prompt.started" | "prompt.output" | "prompt.done";
+        EventType: "task.created" | "task.started" | "task.completed" | "task.failed" | "task.cancel_requested" | "task.cancelled" | "task.deleted" | "vm.created" | "vm.started" | "vm.stopped" | "vm.failed" | "vm.paused" | "vm.resumed" | "vm.deleted" | "execution.started" | "execution.completed" | "execution.failed" | "worker.online" | "worker.unhealthy" | "worker.draining" | "worker.offline" | "integration.webhook_received" | "workspace.status" | "workspace.step" | "prompt.queued" | "prompt.started" | "prompt.output" | "prompt.done";
         ExecuteCommandRequest: {
             args?: string[];
             command: string;
@@ -1788,6 +1832,39 @@ export interface components {
              */
             scheduled: number;
         };
+        /** @description Queue throughput per minute (`GET /queue/history`), from the task records. */
+        QueueHistory: {
+            /** @description Oldest first; the last is the current (partial) minute. */
+            buckets: components["schemas"]["QueueHistoryBucket"][];
+            /**
+             * Format: int32
+             * @description The width of each bucket: 60.
+             */
+            interval_seconds: number;
+        };
+        /** @description Tasks of one minute. */
+        QueueHistoryBucket: {
+            /**
+             * Format: int64
+             * @description Tasks that completed in this minute.
+             */
+            completed: number;
+            /**
+             * Format: int64
+             * @description Tasks created in this minute.
+             */
+            created: number;
+            /**
+             * Format: int64
+             * @description Tasks that failed for good in this minute (cancelled ones are not counted).
+             */
+            failed: number;
+            /**
+             * Format: date-time
+             * @description The minute's start (UTC).
+             */
+            start: string;
+        };
         /**
          * @description Task counts by state (`GET /api/v1/queue/stats`); mirrors
          *     `aetherium_core::queue::QueueStats`, which the contract tests hold it to.
@@ -1939,6 +2016,13 @@ export interface components {
         };
         /** @description A unit of queued work. Every task is persisted, so it can be looked up at any time. */
         Task: {
+            /**
+             * Format: date-time
+             * @description When the task went to the archive of dead tasks (it failed for good and can
+             *     still be retried or deleted); absent otherwise. The queue's state, not the
+             *     record's: filled in when the task is read through the API.
+             */
+            archived_at?: string | null;
             /** Format: date-time */
             completed_at?: string | null;
             /** Format: date-time */
@@ -3899,6 +3983,79 @@ export interface operations {
             };
         };
     };
+    queue_history: {
+        parameters: {
+            query?: {
+                /**
+                 * @description How many minutes, the current one last (default 30, 1 to 180; anything else
+                 *     is a 400).
+                 */
+                minutes?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The buckets */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueHistory"];
+                };
+            };
+            /** @description `minutes` is not 1 to 180 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The caller's role is below `viewer`, the least this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until a request is allowed again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The request took longer than `server.request_timeout_seconds` */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     queue_stats: {
         parameters: {
             query?: never;
@@ -4359,6 +4516,12 @@ export interface operations {
                 created_after?: string;
                 /** @description Only tasks created before this time (RFC 3339). */
                 created_before?: string;
+                /**
+                 * @description `true`: only tasks in the archive of dead tasks (`archived_at` set, so they can
+                 *     be retried or deleted), the most recently archived first, at most `limit` in one
+                 *     page (no `cursor`).
+                 */
+                archived?: boolean;
                 /** @description At most this many (default 100, 1 to 1000; anything else is a 400). */
                 limit?: number;
                 /** @description The `next_cursor` of the page before (a malformed one is a 400). */
@@ -4507,6 +4670,92 @@ export interface operations {
             };
         };
     };
+    delete_task: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The task's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A malformed or invalid parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The caller's role is below `operator`, the least this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such task */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The task is not archived (the message says what it is) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until a request is allowed again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The request took longer than `server.request_timeout_seconds` */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     cancel_task: {
         parameters: {
             query?: {
@@ -4581,6 +4830,94 @@ export interface operations {
                 };
             };
             /** @description The task has finished, or is a vm:delete */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until a request is allowed again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The request took longer than `server.request_timeout_seconds` */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    retry_task: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The task's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in line (pending) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description A malformed or invalid parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The caller's role is below `operator`, the least this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such task */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The task is not archived (the message says what it is) */
             409: {
                 headers: {
                     [name: string]: unknown;

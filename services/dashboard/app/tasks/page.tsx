@@ -101,7 +101,7 @@ export default function TasksPage() {
 
   const live = useEvents({ types: ["task.*"] }, (event) => {
     // `task.deleted` (an archived task removed) is newer than the generated EventType.
-    if ((event.type as string) === "task.deleted") {
+    if (event.type === "task.deleted") {
       drop(event.resource_id);
       return;
     }

@@ -1,24 +1,10 @@
-// Types for API additions that the generated lib/api-schema.d.ts does not carry yet
-// (task archive, retry/delete, queue history). Once `npm run gen:api` picks them up,
-// these become aliases in lib/types.ts and this file goes.
-import type { Task, TaskStatus, TaskType } from "@/lib/types";
+// Task choices for filters, and names the task pages share.
+import type { QueueHistory, QueueHistoryBucket, Task, TaskStatus, TaskType } from "@/lib/types";
+
+export type { QueueHistory, QueueHistoryBucket };
 
 /** A task; `archived_at` is set while it is dead in the archive (retriable, deletable). */
-export type ArchivableTask = Task & { archived_at?: string | null };
-
-export interface QueueHistoryBucket {
-  /** RFC 3339 start of the minute. */
-  start: string;
-  created: number;
-  completed: number;
-  failed: number;
-}
-
-/** `GET /queue/history?minutes=N`: per-minute counts, oldest first. */
-export interface QueueHistory {
-  interval_seconds: number;
-  buckets: QueueHistoryBucket[];
-}
+export type ArchivableTask = Task;
 
 export const TASK_STATUSES: TaskStatus[] = ["pending", "running", "completed", "failed", "cancelled"];
 

@@ -106,7 +106,7 @@ function TaskDetail({ id }: { id: string }) {
   useEvents({ types: ["task.*"], resourceId: id, after: 0 }, (event) => {
     setEvents((prev) => (prev.some((e) => e.id === event.id) ? prev : [...prev, event]));
     // `task.deleted` is newer than the generated EventType. Its record is gone: no refetch.
-    if ((event.type as string) === "task.deleted") setDeleted(true);
+    if (event.type === "task.deleted") setDeleted(true);
     else reload();
   });
 
