@@ -190,6 +190,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             memory_mb,
             orchestrator,
             no_network,
+            tools,
             wait,
             no_wait,
         } => {
@@ -205,6 +206,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 "memory_mb": memory_mb,
                 "orchestrator": orchestrator,
                 "network": if no_network { Some("none") } else { None },
+                "additional_tools": tools,
             });
             let created: CreateVmResponse = client
                 .send(reqwest::Method::POST, &format!("/vms{query}"), Some(body))

@@ -125,6 +125,11 @@ pub enum VmCommand {
         /// MicroVMs only: no network device at all.
         #[arg(long)]
         no_network: bool,
+        /// A tool from the catalog to install before the sandbox counts as
+        /// running, `name` or `name@version` (repeatable; installs can take
+        /// minutes: raise --wait).
+        #[arg(long = "tool", value_name = "SPEC")]
+        tools: Vec<String>,
         /// Longest time to wait for the sandbox to run, e.g. 2m.
         #[arg(long, default_value = "120s", num_args = 0..=1, default_missing_value = "120s")]
         wait: String,

@@ -189,6 +189,14 @@ fn up_create_exec_rm_and_restart() {
             "{}",
             text(&out.stderr)
         );
+        // --tool reaches the server, which refuses a tool its catalog lacks.
+        let out = up.cli(&["vm", "create", "--tool", "no-such-tool", "--no-wait"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("no-such-tool"),
+            "{}",
+            text(&out.stderr)
+        );
         let out = Command::new(BIN)
             .args(["vm", "ls"])
             .env("AETHERIUM_URL", &up.url)

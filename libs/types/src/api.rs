@@ -84,10 +84,14 @@ pub struct CreateVmRequest {
     /// `none` (no network device at all). Containers use the configured Docker network.
     #[serde(default)]
     pub network: Option<crate::VmNetwork>,
-    /// Refused unless empty: tool installation does not exist yet.
-    #[cfg_attr(feature = "openapi", schema(max_items = 0))]
+    /// Tools from the catalog to install (as root) before the VM is reported
+    /// RUNNING: `name` or `name@version` (at most 64). A tool the catalog does not
+    /// have is a 400 naming it, with nothing recorded; a failed install fails the VM.
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     #[serde(default)]
     pub additional_tools: Vec<String>,
+    /// Versions by tool name (at most 64): they override the version of a listed
+    /// tool, and add a tool that is not listed.
     #[serde(default)]
     pub tool_versions: BTreeMap<String, String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -113,12 +117,7 @@ impl CreateVmRequest {
         {
             return Err("image must be a non-empty reference without spaces".into());
         }
-        if !self.additional_tools.is_empty() {
-            return Err(
-                "additional_tools is not supported yet: tool installation comes with workspaces"
-                    .into(),
-            );
-        }
+        crate::workspace::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {
             placement.validate()?;
         }

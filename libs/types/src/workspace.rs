@@ -369,6 +369,24 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks requested tools the way every request that takes them does (workspaces
+/// and VMs): at most [`MAX_TOOLS`] specs (`name` or `name@version`) and as many
+/// `name → version` pins, each well-formed. Whether the catalog has them is the
+/// server's check.
+pub fn validate_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Result<(), String> {
+    if tools.len() > MAX_TOOLS || versions.len() > MAX_TOOLS {
+        return Err(format!("at most {MAX_TOOLS} tools"));
+    }
+    for tool in tools {
+        validate_tool_name(tool)?;
+    }
+    for (tool, version) in versions {
+        validate_tool_name(tool)?;
+        validate_tool_version(tool, version)?;
+    }
+    Ok(())
+}
+
 fn validate_tool_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -602,17 +620,7 @@ impl CreateWorkspaceRequest {
             // against this request's secrets here; the service resolves it.
             step.validate()?;
         }
-        if self.additional_tools.len() > MAX_TOOLS || self.tool_versions.len() > MAX_TOOLS {
-            return Err(format!("at most {MAX_TOOLS} tools"));
-        }
-        for tool in &self.additional_tools {
-            validate_tool_name(tool)?;
-        }
-        for (tool, version) in &self.tool_versions {
-            validate_tool_name(tool)?;
-            validate_tool_version(tool, version)?;
-        }
-        Ok(())
+        validate_tools(&self.additional_tools, &self.tool_versions)
     }
 
     /// The prep steps in the order they run.

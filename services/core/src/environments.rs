@@ -45,16 +45,16 @@ impl ToolCatalog {
         Ok(ToolCatalog { catalog, sources })
     }
 
-    /// Refuses tool specs the catalog cannot install (unknown tool, bad version
-    /// text, a requirement cycle), naming the known tools.
-    pub fn check(&self, specs: &[String]) -> CoreResult<()> {
+    /// The install plan of `specs` on this host's architecture; refuses specs the
+    /// catalog cannot install (unknown tool, bad version text, a requirement
+    /// cycle), naming the known tools.
+    pub fn check(&self, specs: &[String]) -> CoreResult<crate::tools::InstallPlan> {
         let specs = specs
             .iter()
             .map(|s| crate::tools::ToolSpec::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
         let arch = crate::tools::Arch::host().unwrap_or(crate::tools::Arch::X86_64);
-        self.catalog.plan(&specs, &self.sources, arch)?;
-        Ok(())
+        Ok(self.catalog.plan(&specs, &self.sources, arch)?)
     }
 }
 

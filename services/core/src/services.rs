@@ -29,6 +29,11 @@ pub struct CreatePayload {
     /// An execution to queue on the new VM once it runs (smart-execute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then_execute: Option<ExecPayload>,
+    /// Tool specs (`name` or `name@version`, versions merged in) to install as root
+    /// once the agent answers, before the VM is RUNNING. The worker plans them with
+    /// its own catalog and architecture.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
 }
 
 /// Payload of `vm:execute`.
@@ -195,6 +200,9 @@ impl Platform {
         then: Option<(&mut Execution, ExecPayload)>,
     ) -> CoreResult<(Vm, Task)> {
         req.validate().map_err(CoreError::InvalidInput)?;
+        // Tools the catalog cannot install are refused now, with nothing recorded.
+        let tools = crate::workspaces::merge_tools(&req.additional_tools, &req.tool_versions);
+        let tools_timeout = self.tools_timeout(&tools)?;
         let orchestrator = req.orchestrator.unwrap_or(self.defaults.orchestrator);
         let vcpus = req.vcpus.unwrap_or(self.defaults.vcpus);
         let memory_mb = req.memory_mb.unwrap_or(self.defaults.memory_mb);
@@ -237,9 +245,12 @@ impl Platform {
         let mut payload = CreatePayload {
             vm_id: vm.id.clone(),
             then_execute: None,
+            tools,
         };
         let mut task = new_task(TaskType::VmCreate, serde_json::Value::Null, Some(&vm.id));
         task.target_worker_id = Some(worker.id.clone());
+        // The installs run inside the create, each within its own timeout.
+        task.timeout_seconds += tools_timeout.as_secs();
         let mut execution_to_fail = None;
         if let Some((execution, mut exec_payload)) = then {
             execution.vm_id = vm.id.clone();
@@ -267,6 +278,17 @@ impl Platform {
         }
         self.publish(EventType::VmCreated, &vm.id, to_value(&vm)?);
         Ok((vm, task))
+    }
+
+    /// How long installing `tools` may take at most (the sum of the per-tool
+    /// timeouts of their plan, requirements included); refuses tools the catalog
+    /// cannot install (unknown, a bad version, a requirement cycle), naming them.
+    fn tools_timeout(&self, tools: &[String]) -> CoreResult<Duration> {
+        if tools.is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let plan = self.workspace_data.tools.check(tools)?;
+        Ok(plan.tools().iter().map(|t| t.timeout).sum())
     }
 
     pub async fn get_vm(&self, id: &str) -> CoreResult<Vm> {

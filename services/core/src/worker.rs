@@ -25,6 +25,7 @@ use crate::services::{
 use crate::store::{Cursor, Page, VmFilter};
 use crate::vmm::{Backend, GuestNetwork, SandboxExit, SandboxSpec, SandboxState};
 
+mod vm_tools;
 mod workspaces;
 
 #[derive(Debug, Clone)]
@@ -965,6 +966,12 @@ impl Worker {
                 )),
                 _ => TaskError::retry(format!("the sandbox's agent did not answer: {e}{context}")),
             });
+        }
+        // Tools first, so that RUNNING means they are there. A failure leaves the
+        // sandbox to `on_final_failure` (or to the next attempt, which starts clean).
+        if !payload.tools.is_empty() {
+            self.install_vm_tools(&vm.id, &payload.tools, cancel.clone())
+                .await?;
         }
 
         vm.status = VmStatus::Running;

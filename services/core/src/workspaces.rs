@@ -57,7 +57,7 @@ fn to_value(v: &impl Serialize) -> CoreResult<serde_json::Value> {
 
 /// `tools` with `versions` applied (`name` → `name@version`); versions of tools not
 /// in the list add them. Duplicates (by name) are dropped, the first one kept.
-fn merge_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn merge_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Vec<String> {
     let name_of = |spec: &str| spec.split('@').next().unwrap_or(spec).to_string();
     let mut seen = std::collections::BTreeSet::new();
     let mut merged = Vec::new();

@@ -1341,7 +1341,11 @@ export interface components {
             username: string;
         };
         CreateVmRequest: {
-            /** @description Refused unless empty: tool installation does not exist yet. */
+            /**
+             * @description Tools from the catalog to install (as root) before the VM is reported
+             *     RUNNING: `name` or `name@version` (at most 64). A tool the catalog does not
+             *     have is a 400 naming it, with nothing recorded; a failed install fails the VM.
+             */
             additional_tools?: string[];
             /** @description Image to run (Docker backend). The configured default when omitted. */
             image?: string | null;
@@ -1352,11 +1356,15 @@ export interface components {
             name?: string | null;
             network?: components["schemas"]["VmNetwork"] | null;
             /**
-             * @description Backend; the configured default when omitted. Only `docker` is built today.
+             * @description Backend (`docker`, `qemu` or `firecracker`); the configured default when omitted. Listed here as `docker` only: schema-driven fuzzing runs on Docker-only hosts, where a microVM backend is a 503 (docs/api.md).
              * @enum {string|null}
              */
             orchestrator?: "docker" | null;
             placement?: components["schemas"]["Placement"] | null;
+            /**
+             * @description Versions by tool name (at most 64): they override the version of a listed
+             *     tool, and add a tool that is not listed.
+             */
             tool_versions?: {
                 [key: string]: string;
             };

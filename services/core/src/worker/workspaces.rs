@@ -26,7 +26,7 @@ use super::{TaskError, TaskResult, Worker, parse, until_cancelled};
 use crate::agent_client::{AgentClient, InitOptions};
 use crate::secrets::{Redactor, aad_of};
 use crate::services::{CANCELLED_WHILE_RUNNING, new_task};
-use crate::tools::{Arch, Catalog, ToolProgress, ToolSources, ToolSpec};
+use crate::tools::ToolProgress;
 use crate::workspaces::{PromptExecutePayload, WorkspaceCreatePayload};
 
 /// A script step without a timeout of its own gets this.
@@ -170,7 +170,7 @@ fn bash(
 }
 
 /// The end of `text`, at most `max` bytes (on a character boundary).
-fn tail(text: &str, max: usize) -> &str {
+pub(super) fn tail(text: &str, max: usize) -> &str {
     let text = text.trim_end();
     if text.len() <= max {
         return text;
@@ -614,24 +614,8 @@ impl Worker {
         redactor: &Redactor,
         cancel: watch::Receiver<bool>,
     ) -> Result<(), PrepFailure> {
-        let config = &self.settings.workspaces;
-        let catalog = Catalog::load(config.tool_catalog_dir.as_deref())
-            .map_err(|e| PrepFailure(format!("tools: {e}")))?;
-        let mut sources = ToolSources::new();
-        for (name, url) in &config.tool_mirrors {
-            sources
-                .insert(name.clone(), url.clone())
-                .map_err(|e| PrepFailure(format!("tools: {e}")))?;
-        }
-        let specs = tools
-            .iter()
-            .map(|t| ToolSpec::parse(t))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PrepFailure(format!("tools: {e}")))?;
-        let arch =
-            Arch::host().ok_or_else(|| PrepFailure("tools: unknown host architecture".into()))?;
-        let plan = catalog
-            .plan(&specs, &sources, arch)
+        let plan = self
+            .tool_plan(tools)
             .map_err(|e| PrepFailure(format!("tools: {e}")))?;
         let platform = self.platform.clone();
         let workspace_id = workspace.id.clone();

@@ -20,9 +20,21 @@ export interface CreateForm {
   vcpus: string;
   memoryMb: string;
   network: "" | VmNetwork;
+  /** Tool specs from the catalog, separated by spaces or commas: `git nodejs@20`. */
+  tools: string;
 }
 
-const EMPTY: CreateForm = { name: "", orchestrator: "", image: "", vcpus: "", memoryMb: "", network: "" };
+const EMPTY: CreateForm = { name: "", orchestrator: "", image: "", vcpus: "", memoryMb: "", network: "", tools: "" };
+
+/** A tool spec as the API checks it (libs/types workspace.rs validate_tool_name). */
+const TOOL_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+
+export function parseTools(text: string): string[] {
+  return text
+    .split(/[\s,]+/)
+    .map((t) => t.trim())
+    .filter(Boolean);
+}
 
 type Errors = Partial<Record<keyof CreateForm, string>>;
 
@@ -51,6 +63,8 @@ export function validateCreate(form: CreateForm): Errors {
     else if (n < 128) errors.memoryMb = "memory_mb must be at least 128";
     else if (n > 1048576) errors.memoryMb = "memory_mb must be at most 1048576";
   }
+  const badTool = parseTools(form.tools).find((t) => !TOOL_RE.test(t));
+  if (badTool) errors.tools = `tool "${badTool}" must be 1 to 64 characters of letters, digits, '-', '_', '.' (and '@version')`;
   return errors;
 }
 
@@ -65,6 +79,8 @@ export function createRequest(form: CreateForm): CreateVmRequest {
   if (form.vcpus.trim()) body.vcpus = Number(form.vcpus);
   if (form.memoryMb.trim()) body.memory_mb = Number(form.memoryMb);
   if (form.network && form.orchestrator && MICROVM.includes(form.orchestrator)) body.network = form.network;
+  const tools = parseTools(form.tools);
+  if (tools.length) body.additional_tools = tools;
   return body;
 }
 
@@ -154,6 +170,9 @@ export function CreateSandboxDialog({ open, onClose, onCreated }: { open: boolea
             {(id) => <Input id={id} name="memory_mb" type="number" inputMode="numeric" min={128} placeholder="256" value={form.memoryMb} onChange={(e) => set("memoryMb", e.target.value)} />}
           </Field>
         </div>
+        <Field label="Tools" hint="Installed before the sandbox turns running, e.g. git nodejs@20 python@3.12 (docs/tools.md)." error={errors.tools}>
+          {(id) => <Input id={id} name="tools" autoComplete="off" placeholder="none" value={form.tools} onChange={(e) => set("tools", e.target.value)} />}
+        </Field>
         {microVm && (
           <Field label="Network" hint="nat: egress through the host's NAT; none: no network device at all.">
             {(id) => (
