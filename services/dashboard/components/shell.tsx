@@ -26,6 +26,7 @@ export const NAV: { section: string; items: NavItem[] }[] = [
       { href: "/tasks/", label: "Tasks" },
       { href: "/workers/", label: "Workers" },
       { href: "/queue/", label: "Queue" },
+      { href: "/logs/", label: "Logs" },
     ],
   },
   {
@@ -41,6 +42,7 @@ export const NAV: { section: string; items: NavItem[] }[] = [
     items: [
       { href: "/admin/keys/", label: "API keys", role: "admin" },
       { href: "/admin/users/", label: "Users", role: "admin" },
+      { href: "/audit/", label: "Audit log", role: "admin" },
     ],
   },
 ];

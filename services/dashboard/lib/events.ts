@@ -20,14 +20,21 @@ export interface EventStreamOptions {
   after?: number;
 }
 
-/** Opens the stream and calls `onEvent` for each event until `close()`. */
-export function openEventStream(
-  api: ApiClient,
-  options: EventStreamOptions,
-  onEvent: (event: Event) => void,
-  onState: (state: ConnectionState) => void,
-): { close(): void } {
-  let lastSeq: number | undefined = options.after;
+/**
+ * A WebSocket of JSON messages that resumes where it left off: on a drop it
+ * reconnects (backing off from 0.5 s to 10 s) to `url(last position)`, and the
+ * server replays what was missed. `position` reads a message's place in its log
+ * (an event's seq, a log record's id); messages at or before the last one seen are
+ * dropped, so nothing is delivered twice.
+ */
+export function openResumableSocket<T>(options: {
+  url: (after: number | undefined) => string;
+  position: (message: T) => number | undefined;
+  after?: number;
+  onMessage: (message: T) => void;
+  onState: (state: ConnectionState) => void;
+}): { close(): void } {
+  let last = options.after;
   let socket: WebSocket | null = null;
   let closed = false;
   let retryMs = 500;
@@ -35,36 +42,37 @@ export function openEventStream(
 
   const connect = () => {
     if (closed) return;
-    const url = api.wsUrl("/events", {
-      types: options.types?.length ? options.types.join(",") : undefined,
-      resource_id: options.resourceId,
-      after: lastSeq,
-    });
-    socket = new WebSocket(url);
+    socket = new WebSocket(options.url(last));
     socket.onopen = () => {
       retryMs = 500;
-      onState("live");
+      options.onState("live");
     };
-    socket.onmessage = (message) => {
-      if (typeof message.data !== "string") return;
+    socket.onmessage = (frame) => {
+      if (closed || typeof frame.data !== "string") return;
+      let message: T;
       try {
-        const event = JSON.parse(message.data) as Event;
-        if (typeof event.seq === "number") lastSeq = event.seq;
-        onEvent(event);
+        message = JSON.parse(frame.data) as T;
       } catch {
-        // Not an event: ignore it rather than break the stream.
+        // Not JSON: ignore it rather than break the stream.
+        return;
       }
+      const at = options.position(message);
+      if (at !== undefined) {
+        if (last !== undefined && at <= last) return;
+        last = at;
+      }
+      options.onMessage(message);
     };
     socket.onclose = () => {
       socket = null;
       if (closed) return;
-      onState("reconnecting");
+      options.onState("reconnecting");
       timer = setTimeout(connect, retryMs);
       retryMs = Math.min(retryMs * 2, 10_000);
     };
   };
 
-  onState("connecting");
+  options.onState("connecting");
   connect();
   return {
     close() {
@@ -73,6 +81,27 @@ export function openEventStream(
       socket?.close();
     },
   };
+}
+
+/** Opens the events stream and calls `onEvent` for each event until `close()`. */
+export function openEventStream(
+  api: ApiClient,
+  options: EventStreamOptions,
+  onEvent: (event: Event) => void,
+  onState: (state: ConnectionState) => void,
+): { close(): void } {
+  return openResumableSocket<Event>({
+    url: (after) =>
+      api.wsUrl("/events", {
+        types: options.types?.length ? options.types.join(",") : undefined,
+        resource_id: options.resourceId,
+        after,
+      }),
+    position: (event) => (typeof event.seq === "number" ? event.seq : undefined),
+    after: options.after,
+    onMessage: onEvent,
+    onState,
+  });
 }
 
 /**
