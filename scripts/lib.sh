@@ -525,9 +525,15 @@ run_npm() {
 # components, libraries, public files, configs, the lock file).
 dashboard_sources_hash() {
 	(
-		cd "$DASHBOARD_SRC" &&
-			find app components lib public scripts package.json package-lock.json \
-				next.config.* postcss.config.* tsconfig.json -type f -print0 2>/dev/null |
+		cd "$DASHBOARD_SRC" || exit 1
+		# Only what exists (no public/ yet): a missing path would fail find, and with
+		# it the whole setup under pipefail.
+		local paths=() p
+		for p in app components lib public scripts package.json package-lock.json \
+			next.config.* postcss.config.* tsconfig.json; do
+			[ -e "$p" ] && paths+=("$p")
+		done
+		find "${paths[@]}" -type f -print0 |
 			LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 	)
 }

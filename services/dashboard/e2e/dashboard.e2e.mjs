@@ -9,13 +9,15 @@ import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { launchBrowser, outputDir, startPlatform } from "./harness.mjs";
+import { dashboardDir, launchBrowser, outputDir, serveStandalone, startPlatform } from "./harness.mjs";
 
 const LAPTOP = { width: 1366, height: 860 };
 const PHONE = { width: 390, height: 844 };
 const shotsDir = join(outputDir, "screenshots");
 
 let platform;
+/** The same export on a second origin: a dashboard deployed on its own. */
+let standalone;
 let chrome;
 let context;
 let page;
@@ -37,7 +39,8 @@ async function login(target, user = username, pass = password) {
 
 before(async () => {
   mkdirSync(shotsDir, { recursive: true });
-  platform = await startPlatform();
+  standalone = await serveStandalone(join(process.env.DASHBOARD_OUT ?? join(dashboardDir, "out")));
+  platform = await startPlatform({ corsOrigins: [standalone.url] });
   await platform.api("POST", "/users", { username, password, role: "admin" });
   chrome = await launchBrowser();
   context = await chrome.browser.newContext({ viewport: LAPTOP, acceptDownloads: true });
@@ -48,6 +51,7 @@ before(async () => {
 
 after(async () => {
   await chrome?.close();
+  await standalone?.close();
   await platform?.stop();
   console.log(`e2e: screenshots in ${shotsDir}`);
 });
@@ -172,6 +176,43 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
     assert.ok(vms.every((vm) => vm.status === "DELETED"), JSON.stringify(vms));
   });
 
+  test("an environment and a workspace made in the browser get prepared step by step", async () => {
+    const envName = `e2e-env-${randomBytes(3).toString("hex")}`;
+    await page.goto(`${platform.url}/environments/new/`);
+    const envForm = page.getByRole("form", { name: "Create environment" });
+    await envForm.getByLabel("Name", { exact: true }).fill(envName);
+    await envForm.getByLabel("Environment variables").fill("GREETING=hello-from-env");
+    await envForm.getByRole("button", { name: "Create environment" }).click();
+    await page.waitForURL(/\/environments\/detail\/\?id=/);
+
+    const wsName = `e2e-ws-${randomBytes(3).toString("hex")}`;
+    await page.goto(`${platform.url}/workspaces/new/`);
+    await page.getByRole("radio", { name: new RegExp(envName) }).check();
+    await page.getByRole("button", { name: "Next" }).click();
+    await page.getByLabel("Name", { exact: true }).first().fill(wsName);
+    await page.getByRole("button", { name: "Add step" }).click();
+    const step = page.getByRole("group", { name: "Step 1" });
+    await step.getByLabel("Type").selectOption("script");
+    // Both values only exist if the step ran in a shell with the environment's variables.
+    await step.getByLabel("Script", { exact: true }).fill('echo "prepared-$((40+2)) $GREETING"');
+    await page.getByRole("button", { name: "Review" }).click();
+    await page.getByRole("button", { name: "Create workspace" }).click();
+    await page.waitForURL(/\/workspaces\/detail\/\?id=/);
+
+    // Preparation shows up live: the step completes and the workspace turns ready.
+    const prepStep = page.getByTestId("prep-step").filter({ hasText: "prepared" });
+    await prepStep.and(page.locator('[data-status="completed"]')).waitFor({ timeout: 120_000 });
+    await page.getByRole("heading").locator('[data-status="ready"]').waitFor({ timeout: 60_000 });
+    await prepStep.getByText("Output").click();
+    await prepStep.getByText("prepared-42 hello-from-env").waitFor();
+    await page.getByTestId("prompt-input").waitFor();
+    await shot("workspace-detail");
+
+    await page.getByRole("button", { name: "Delete workspace" }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
+    await page.waitForURL(/\/workspaces\/$/);
+  });
+
   test("every main page renders (screenshots for review)", async () => {
     const pages = [
       ["overview", "/", "Overview"],
@@ -222,6 +263,65 @@ describe("dashboard", { concurrency: false, timeout: 15 * 60_000 }, () => {
     await phone.getByRole("link", { name: "Workers" }).click();
     await phone.getByRole("heading", { name: "Workers", exact: true }).first().waitFor();
     await phone.close();
+  });
+
+  test("an admin creates an API key, sees it once, and it works until revoked", async () => {
+    await page.goto(`${platform.url}/admin/keys/`);
+    await page.getByRole("button", { name: "Create API key" }).click();
+    const dialog = page.getByRole("dialog");
+    const keyName = `e2e-key-${randomBytes(3).toString("hex")}`;
+    await dialog.getByLabel("Name", { exact: true }).fill(keyName);
+    await dialog.getByRole("button", { name: "Create key" }).click();
+    const key = await dialog.getByTestId("new-api-key").inputValue();
+    assert.match(key, /^ak_/);
+    await shot("admin-key-created");
+    const me = await fetch(`${platform.url}/api/v1/auth/me`, { headers: { Authorization: `Bearer ${key}` } });
+    assert.equal(me.status, 200);
+    await dialog.getByRole("button", { name: "I have stored the key" }).click();
+    assert.equal(await page.getByText(key).count(), 0, "the key is not shown again");
+    const row = page.getByTestId("api-key-row").filter({ hasText: keyName });
+    await row.getByRole("button", { name: "Revoke" }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Revoke" }).click();
+    await row.getByText(/revoked/i).first().waitFor();
+    const after = await fetch(`${platform.url}/api/v1/auth/me`, { headers: { Authorization: `Bearer ${key}` } });
+    assert.equal(after.status, 401);
+  });
+
+  test("a viewer sees the platform but not the buttons of operators and admins", async () => {
+    const { key } = await platform.api("POST", "/api-keys", { name: "e2e-viewer", role: "viewer" });
+    const viewer = await context.browser().newContext({ viewport: LAPTOP });
+    const viewerPage = await viewer.newPage();
+    viewerPage.on("pageerror", (error) => pageErrors.push(error.message));
+    await viewerPage.goto(`${platform.url}/login/`);
+    await viewerPage.getByRole("tab", { name: "API key" }).click();
+    await viewerPage.getByLabel("API key").fill(key);
+    await viewerPage.getByRole("button", { name: "Log in" }).click();
+    await viewerPage.getByRole("heading", { name: "Overview" }).waitFor();
+    await viewerPage.goto(`${platform.url}/sandboxes/`);
+    await viewerPage.getByRole("heading", { name: "Sandboxes" }).waitFor();
+    assert.equal(await viewerPage.getByTestId("create-sandbox").count(), 0);
+    assert.equal(await viewerPage.getByRole("link", { name: "API keys" }).count(), 0, "no admin navigation");
+    await viewerPage.goto(`${platform.url}/admin/keys/`);
+    await viewerPage.getByText(/needs the admin role/).waitFor();
+    await viewer.close();
+  });
+
+  test("the same build, served from another origin, logs in to this gateway", async () => {
+    const remote = await context.browser().newContext({ viewport: LAPTOP });
+    const remotePage = await remote.newPage();
+    remotePage.on("pageerror", (error) => pageErrors.push(error.message));
+    await remotePage.goto(`${standalone.url}/login/`);
+    await remotePage.getByRole("button", { name: "Another gateway…" }).click();
+    await remotePage.getByLabel("Gateway URL").fill(platform.url);
+    await remotePage.getByLabel("Username").fill(username);
+    await remotePage.getByLabel("Password").fill(password);
+    await remotePage.getByRole("button", { name: "Log in" }).click();
+    await remotePage.getByRole("heading", { name: "Overview" }).waitFor();
+    // Data from the gateway, through CORS: the registered worker.
+    await remotePage.goto(`${standalone.url}/workers/`);
+    await remotePage.locator(`[data-testid="worker-card"][data-worker-id="${platform.workerId}"]`).waitFor();
+    assert.ok(remotePage.url().startsWith(standalone.url));
+    await remote.close();
   });
 
   test("logging out ends the session on the server too", async () => {

@@ -4,6 +4,7 @@
 // worker id whose containers are removed by label at the end.
 
 import { spawn, execFileSync } from "node:child_process";
+import { createServer } from "node:http";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -23,8 +24,36 @@ function required(name, fallback) {
 /** Where screenshots and logs go (printed at the end so a reviewer can find them). */
 export const outputDir = resolve(process.env.E2E_OUTPUT ?? join(dashboardDir, "test-results"));
 
+/**
+ * Serves the export from a second origin, as a dashboard deployed on its own (a
+ * plain static file server: no API behind it). Resolves to `{url, close()}`.
+ */
+export async function serveStandalone(out) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".txt": "text/plain", ".json": "application/json", ".svg": "image/svg+xml", ".ico": "image/x-icon" };
+  const server = createServer((request, response) => {
+    const path = decodeURIComponent(new URL(request.url, "http://x").pathname);
+    let file = resolve(out, `.${path}`);
+    if (!file.startsWith(out)) {
+      response.writeHead(403).end();
+      return;
+    }
+    if (existsSync(join(file, "index.html"))) file = join(file, "index.html");
+    if (!existsSync(file) || !file.includes(".")) {
+      response.writeHead(404, { "Content-Type": "text/html" }).end(readFileSync(join(out, "404.html")));
+      return;
+    }
+    const ext = file.slice(file.lastIndexOf("."));
+    response.writeHead(200, { "Content-Type": types[ext] ?? "application/octet-stream" }).end(readFileSync(file));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
 /** Starts `aetherium up`; resolves once it printed its URL. */
-export async function startPlatform() {
+export async function startPlatform({ corsOrigins = [] } = {}) {
   const bin = required("AETHERIUM_BIN");
   const out = resolve(required("DASHBOARD_OUT", join(dashboardDir, "out")));
   if (!existsSync(join(out, "index.html"))) {
@@ -43,6 +72,7 @@ export async function startPlatform() {
       AETHERIUM_AGENT_PATH: required("AETHERIUM_AGENT_BIN"),
       AETHERIUM_DEFAULT_IMAGE: process.env.AETHERIUM_TEST_IMAGE ?? "aetherium/base:latest",
       AETHERIUM_API_TOKEN: "",
+      AETHERIUM_CORS_ALLOWED_ORIGINS: corsOrigins.join(","),
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -68,6 +98,7 @@ export async function startPlatform() {
 
   return {
     url,
+    out,
     token,
     workerId,
     logLines,
