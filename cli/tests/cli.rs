@@ -7,24 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use aetherium_testkit::{random_hex, static_agent_bin};
+
 const BIN: &str = env!("CARGO_BIN_EXE_aetherium");
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("agent/aetherium-agent")
-}
-
-fn random_hex() -> String {
-    let mut buf = [0u8; 6];
-    let mut f = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 struct Up {
     child: Child,
@@ -37,7 +22,7 @@ impl Up {
         let mut child = Command::new(BIN)
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
-            .env("AETHERIUM_AGENT_PATH", agent_bin())
+            .env("AETHERIUM_AGENT_PATH", static_agent_bin())
             // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
             .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_WORKER_ID", worker_id)
@@ -939,7 +924,7 @@ fn doctor_reports_every_backend_and_why() {
     let out = Command::new(BIN)
         .args(["doctor", "-o", "json", "--data-dir"])
         .arg(data_dir.path())
-        .env("AETHERIUM_AGENT_PATH", agent_bin())
+        .env("AETHERIUM_AGENT_PATH", static_agent_bin())
         // An image store with nothing built: the VM image check must fail and say how.
         .env("AETHERIUM_IMAGES_DIR", data_dir.path().join("images"))
         .output()

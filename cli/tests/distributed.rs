@@ -12,32 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use aetherium_testkit::{random_hex, static_agent_bin, test_image};
+
 use aetherium_testkit::postgres::TempPostgres;
 use aetherium_testkit::redis::TempRedis;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aetherium");
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("agent/aetherium-agent")
-}
-
-fn test_image() -> String {
-    std::env::var("AETHERIUM_TEST_IMAGE").unwrap_or_else(|_| "aetherium/base:latest".into())
-}
-
-fn random_hex() -> String {
-    let mut buf = [0u8; 6];
-    let mut f = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
@@ -160,7 +141,7 @@ impl Cluster {
             .env("AETHERIUM_CLUSTER_SECRET", &self.secret)
             // Workers' tunnel endpoints on a free loopback port each.
             .env("AETHERIUM_WORKER_ADDRESS", "127.0.0.1:0")
-            .env("AETHERIUM_AGENT_PATH", agent_bin())
+            .env("AETHERIUM_AGENT_PATH", static_agent_bin())
             // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
             .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_DEFAULT_IMAGE", test_image())

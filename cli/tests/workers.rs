@@ -2,27 +2,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
+use aetherium_testkit::{random_hex, static_agent_bin};
+
 const BIN: &str = env!("CARGO_BIN_EXE_aetherium");
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("agent/aetherium-agent")
-}
-
-fn random_hex() -> String {
-    let mut buf = [0u8; 6];
-    let mut f = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -40,7 +24,7 @@ impl Up {
         let mut child = Command::new(BIN)
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data_dir)
-            .env("AETHERIUM_AGENT_PATH", agent_bin())
+            .env("AETHERIUM_AGENT_PATH", static_agent_bin())
             // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
             .env("AETHERIUM_BACKENDS", "docker")
             .env("AETHERIUM_WORKER_ID", worker_id)

@@ -19,3 +19,11 @@ pub mod standin;
 pub use fileserver::{FileServer, docker_gateway};
 pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};
 pub use standin::standin_agent_image;
+
+/// 12 random hex characters, for names tests make unique (containers, workers, VMs).
+pub fn random_hex() -> String {
+    let mut buf = [0u8; 6];
+    let mut f = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    std::io::Read::read_exact(&mut f, &mut buf).expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

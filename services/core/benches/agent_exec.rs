@@ -19,13 +19,14 @@
 //! `AETHERIUM_TEST_IMAGE`, `AETHERIUM_AGENT_BIN`.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aetherium_core::agent_client::AgentClient;
 use aetherium_core::vmm::docker::{DockerBackend, DockerBackendConfig};
 use aetherium_core::vmm::{Backend, SandboxSpec};
+use aetherium_testkit::static_agent_bin;
 use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 use futures::StreamExt;
 
@@ -34,17 +35,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn agent_bin() -> PathBuf {
-    std::env::var_os("AETHERIUM_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("target"))
-                .join("agent/aetherium-agent")
-        })
 }
 
 fn median_duration(mut v: Vec<Duration>) -> Duration {
@@ -185,7 +175,7 @@ async fn main() {
     let backend = DockerBackend::connect(DockerBackendConfig {
         host: "unix:///var/run/docker.sock".into(),
         worker_id,
-        agent_path: agent_bin(),
+        agent_path: static_agent_bin(),
         socket_dir: dir.path().to_path_buf(),
         pids_limit: 1024,
         network_mode: "none".into(),

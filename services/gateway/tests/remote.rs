@@ -18,7 +18,7 @@ use aetherium_core::tunnel::{self, RemoteAgents, TunnelSecret};
 use aetherium_gateway::AppState;
 use aetherium_types::{Orchestrator, Vm, VmStatus, Worker, WorkerStatus, new_id};
 use chrono::Utc;
-use common::{TOKEN, TestServer, agent_bin, random_hex};
+use common::{TOKEN, TestServer, random_hex, static_agent_bin};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -88,7 +88,7 @@ async fn stream_terminal_and_files_reach_a_vm_on_another_worker() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let _agent = Agent(
-        Command::new(agent_bin())
+        Command::new(static_agent_bin())
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .env_remove("AETHERIUM_AGENT_ACCESS_TOKEN")

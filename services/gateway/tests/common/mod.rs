@@ -3,7 +3,6 @@
 //! label and removed by id when the test ends.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use aetherium_common::Config;
@@ -15,25 +14,7 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// `vmm.output_cap_bytes` of the test platform (queued and direct executions alike).
 pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
 
-pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AETHERIUM_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("agent/aetherium-agent");
-    assert!(
-        p.is_file(),
-        "static agent not found at {}: run `make agent` (or set AETHERIUM_AGENT_BIN)",
-        p.display()
-    );
-    p
-}
-
-pub fn test_image() -> String {
-    std::env::var("AETHERIUM_TEST_IMAGE").unwrap_or_else(|_| "aetherium/base:latest".into())
-}
+pub use aetherium_testkit::{static_agent_bin, test_image};
 
 /// Changes a test server's config before each boot.
 type ConfigTweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -60,7 +41,7 @@ fn config_for(data_dir: &std::path::Path, worker_id: &str, docker_host: &str) ->
     };
     config.worker.id = worker_id.to_string();
     config.worker.heartbeat_interval_seconds = 1;
-    config.vmm.agent_path = Some(agent_bin());
+    config.vmm.agent_path = Some(static_agent_bin());
     config.vmm.docker.default_image = test_image();
     config.vmm.docker.host = docker_host.to_string();
     // MicroVM tests opt in (tests/microvm.rs); the others need only Docker.
