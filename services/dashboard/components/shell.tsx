@@ -70,7 +70,7 @@ export function ThemeToggle() {
 
 function Nav({ onNavigate }: { onNavigate?: () => void }) {
   const pathname = usePathname();
-  const { can } = useSession();
+  const { can, api } = useSession();
   return (
     <nav aria-label="Main" className="flex flex-col gap-4">
       {NAV.map((group) => {
@@ -96,6 +96,10 @@ function Nav({ onNavigate }: { onNavigate?: () => void }) {
           </div>
         );
       })}
+      {/* The gateway's own API reference (OpenAPI): outside this app, on the gateway. */}
+      <a href={`${api.baseUrl}/api/v1/docs`} target="_blank" rel="noreferrer" className="block rounded-md px-2 py-1.5 text-sm text-muted-fg hover:bg-muted hover:text-fg">
+        API reference ↗
+      </a>
     </nav>
   );
 }

@@ -129,9 +129,12 @@ function SandboxDetail({ id }: { id: string }) {
 
   return (
     <div>
-      <div className="mb-1 text-sm">
+      <div className="mb-1 flex flex-wrap justify-between gap-2 text-sm">
         <Link href="/sandboxes/" className="text-muted-fg hover:underline">
           ← Sandboxes
+        </Link>
+        <Link href={`/logs/?vm_id=${encodeURIComponent(v.id)}`} className="text-primary hover:underline">
+          Platform logs of this sandbox
         </Link>
       </div>
       <PageHeader

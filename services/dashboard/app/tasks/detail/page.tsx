@@ -187,9 +187,12 @@ function TaskDetail({ id }: { id: string }) {
           )
         }
       />
-      <div className="text-sm">
+      <div className="flex flex-wrap justify-between gap-2 text-sm">
         <Link href="/tasks/" className="text-primary hover:underline">
           ← All tasks
+        </Link>
+        <Link href={`/logs/?task_id=${encodeURIComponent(t.id)}`} className="text-primary hover:underline">
+          Platform logs of this task
         </Link>
       </div>
       <ErrorBanner error={cancel.error ?? retry.error} onDismiss={() => {
