@@ -66,6 +66,9 @@ pub enum EventType {
     /// A preparation step (or tool install) started or ended (data: the step run).
     #[serde(rename = "workspace.step")]
     WorkspaceStep,
+    /// A workspace was deleted (its sandbox, secrets, steps and prompts with it).
+    #[serde(rename = "workspace.deleted")]
+    WorkspaceDeleted,
     /// Resource id: the workspace; data: the prompt.
     #[serde(rename = "prompt.queued")]
     PromptQueued,
@@ -81,7 +84,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 28] = [
+    pub const ALL: [EventType; 29] = [
         EventType::TaskCreated,
         EventType::TaskStarted,
         EventType::TaskCompleted,
@@ -106,6 +109,7 @@ impl EventType {
         EventType::IntegrationWebhookReceived,
         EventType::WorkspaceStatus,
         EventType::WorkspaceStep,
+        EventType::WorkspaceDeleted,
         EventType::PromptQueued,
         EventType::PromptStarted,
         EventType::PromptOutput,
@@ -138,6 +142,7 @@ impl EventType {
             EventType::IntegrationWebhookReceived => "integration.webhook_received",
             EventType::WorkspaceStatus => "workspace.status",
             EventType::WorkspaceStep => "workspace.step",
+            EventType::WorkspaceDeleted => "workspace.deleted",
             EventType::PromptQueued => "prompt.queued",
             EventType::PromptStarted => "prompt.started",
             EventType::PromptOutput => "prompt.output",

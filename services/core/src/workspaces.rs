@@ -310,6 +310,11 @@ impl Platform {
             .delete_workspace(&w.id)
             .await?;
         tracing::info!(workspace_id = %w.id, "workspace deleted");
+        self.publish(
+            EventType::WorkspaceDeleted,
+            &w.id,
+            serde_json::json!({"name": w.name}),
+        );
         Ok(())
     }
 

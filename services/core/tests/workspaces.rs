@@ -528,6 +528,16 @@ async fn workspace_prepares_and_runs_prompts_in_priority_order_with_secrets_reda
         p.get_workspace(&w.id).await,
         Err(CoreError::NotFound(_))
     ));
+    // Events are persisted by the bus's writer, just after the call returns.
+    let mut announced = false;
+    for _ in 0..100 {
+        announced = env.all_events().await.contains("workspace.deleted");
+        if announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(announced, "no workspace.deleted event");
     assert!(
         p.list_secrets(aetherium_types::SecretScope::Workspace, Some(&w.id))
             .await

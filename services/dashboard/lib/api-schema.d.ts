@@ -1479,7 +1479,7 @@ export interface components {
          *     `execution.*` and `worker.*`.
          * @enum {string}
          */
-        EventType: "task.created" | "task.started" | "task.completed" | "task.failed" | "task.cancel_requested" | "task.cancelled" | "task.deleted" | "vm.created" | "vm.started" | "vm.stopped" | "vm.failed" | "vm.paused" | "vm.resumed" | "vm.deleted" | "execution.started" | "execution.completed" | "execution.failed" | "worker.online" | "worker.unhealthy" | "worker.draining" | "worker.offline" | "integration.webhook_received" | "workspace.status" | "workspace.step" | "prompt.queued" | "prompt.started" | "prompt.output" | "prompt.done";
+        EventType: "task.created" | "task.started" | "task.completed" | "task.failed" | "task.cancel_requested" | "task.cancelled" | "task.deleted" | "vm.created" | "vm.started" | "vm.stopped" | "vm.failed" | "vm.paused" | "vm.resumed" | "vm.deleted" | "execution.started" | "execution.completed" | "execution.failed" | "worker.online" | "worker.unhealthy" | "worker.draining" | "worker.offline" | "integration.webhook_received" | "workspace.status" | "workspace.step" | "workspace.deleted" | "prompt.queued" | "prompt.started" | "prompt.output" | "prompt.done";
         ExecuteCommandRequest: {
             args?: string[];
             command: string;

@@ -17,6 +17,10 @@ export default function WorkspacesPage() {
   const envName = new Map((envs.data?.environments ?? []).map((e) => [e.id, e.name]));
 
   const live = useEvents({ types: ["workspace.*"] }, (event) => {
+    if (event.type === "workspace.deleted") {
+      list.setData((l) => l && { ...l, workspaces: l.workspaces.filter((w) => w.id !== event.resource_id), total: Math.max(0, l.total - 1) });
+      return;
+    }
     if (event.type !== "workspace.status") return;
     const data = (event.data ?? {}) as { status?: WorkspaceStatus; message?: string | null };
     const known = list.data?.workspaces.some((w) => w.id === event.resource_id);

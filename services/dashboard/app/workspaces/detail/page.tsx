@@ -54,6 +54,9 @@ function WorkspaceDetail({ id }: { id: string }) {
       setStatus(data.status as WorkspaceStatus, (data.message as string | null | undefined) ?? null);
       // The record gains ready_at, vm and worker: one read per change, no polling.
       ws.reload();
+    } else if (event.type === "workspace.deleted") {
+      // Deleted elsewhere: the read answers 404, shown as such.
+      ws.reload();
     } else if (event.type === "workspace.step") {
       if (data.phase === "tools") {
         const t = data as unknown as ToolProgress;
