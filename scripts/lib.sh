@@ -504,7 +504,7 @@ ensure_node() {
 		return 0
 	fi
 	apt_install nodejs npm
-	node_ok || die "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_VERSION: install Node.js >= 18.18 (nodejs.org) and run again"
+	node_ok || die "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_VERSION: install Node.js >= 18.18 and run again"
 	ok "node $(node --version), npm $(npm --version)"
 }
 
