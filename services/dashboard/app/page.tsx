@@ -9,13 +9,12 @@ import { StackedBar, type Segment } from "@/components/charts";
 import { useCoalesced } from "@/components/tasks/live";
 import { TaskTable } from "@/components/tasks/task-table";
 import { ThroughputSparklines } from "@/components/tasks/throughput";
-import type { ArchivableTask, QueueHistory } from "@/components/tasks/types";
 import { Card, EmptyState, ErrorBanner, Loading, PageHeader, Stat, StatusBadge, UsageBar } from "@/components/ui";
 import { mib } from "@/components/workers/worker-card";
 import { useEvents } from "@/lib/events";
 import { timeAgo } from "@/lib/format";
 import { useResource, type Resource } from "@/lib/hooks";
-import type { ClusterStats, QueueStats, TaskList, VmStatus, WorkerList } from "@/lib/types";
+import type { ClusterStats, QueueHistory, QueueStats, Task, TaskList, VmStatus, WorkerList } from "@/lib/types";
 
 const VM_STATES: { status: VmStatus; tone: Segment["tone"] }[] = [
   { status: "RUNNING", tone: "green" },
@@ -153,7 +152,7 @@ function RecentTasksSection({ tasks }: { tasks: Resource<TaskList> }) {
         t.tasks.length === 0 ? (
           <EmptyState title="No tasks yet" hint="Tasks are queued when sandboxes are created, run commands or are deleted: create a sandbox to see them here." />
         ) : (
-          <TaskTable tasks={t.tasks as ArchivableTask[]} label="Recent tasks" />
+          <TaskTable tasks={t.tasks as Task[]} label="Recent tasks" />
         )
       }
     </Section>

@@ -1,9 +1,9 @@
 "use client";
 
 import { useCallback, useEffect, useRef, useState } from "react";
-import { useSearchParams } from "next/navigation";
+import { useRouter, useSearchParams } from "next/navigation";
 import type { ApiClient } from "./api";
-import { errorMessage } from "./api";
+import { errorMessage, queryString } from "./api";
 import { useApi } from "./session";
 
 export interface Resource<T> {
@@ -88,4 +88,50 @@ export function useAction<A extends unknown[], R>(action: (...args: A) => Promis
 export function useIdParam(name = "id"): string | null {
   const params = useSearchParams();
   return params.get(name);
+}
+
+/**
+ * A list page's filters, kept in the URL's query string so a reload or a link keeps
+ * them: `filters` are applied (what the list shows), `draft` is what is being typed.
+ * `apply` normalises a draft (trims ids, say), applies it and rewrites the URL; a
+ * URL changed under the page (a link, back/forward) is followed.
+ */
+export function useUrlFilters<F extends { [K in keyof F]: string }>(
+  path: string,
+  parse: (params: URLSearchParams) => F,
+  normalize: (draft: F) => F,
+) {
+  const router = useRouter();
+  const params = useSearchParams();
+  const [filters, setFilters] = useState<F>(() => parse(new URLSearchParams(params?.toString() ?? "")));
+  const [draft, setDraft] = useState<F>(filters);
+  const filtersRef = useRef(filters);
+  filtersRef.current = filters;
+  const parseRef = useRef(parse);
+  parseRef.current = parse;
+
+  const paramsKey = params?.toString() ?? "";
+  useEffect(() => {
+    const next = parseRef.current(new URLSearchParams(paramsKey));
+    if (sameValues(next, filtersRef.current)) return;
+    setFilters(next);
+    setDraft(next);
+  }, [paramsKey]);
+
+  const apply = (next: F) => {
+    const normalized = normalize(next);
+    setDraft(normalized);
+    if (sameValues(normalized, filtersRef.current)) return;
+    setFilters(normalized);
+    router.replace(`${path}${queryString({ ...normalized })}`, { scroll: false });
+  };
+
+  const filtered = (Object.values(filters) as string[]).some(Boolean);
+  // `filtersRef` reads the applied filters from async work (a late page of an old list).
+  return { filters, filtersRef, draft, setDraft, apply, filtered };
+}
+
+function sameValues<F extends { [K in keyof F]: string }>(a: F, b: F): boolean {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)] as (keyof F)[]);
+  return [...keys].every((k) => a[k] === b[k]);
 }

@@ -6,13 +6,12 @@
 // stream: Refresh loads the newest entries again.
 
 import Link from "next/link";
-import { useRouter, useSearchParams } from "next/navigation";
-import { useEffect, useId, useRef, useState } from "react";
+import { useId, useState } from "react";
 import { RequireAdmin } from "@/components/admin/require-admin";
 import { Button, cx, EmptyState, ErrorBanner, Field, Input, Loading, PageHeader, Table, Td } from "@/components/ui";
 import { errorMessage, queryString } from "@/lib/api";
 import { fullTime, shortId, timeAgo } from "@/lib/format";
-import { useResource } from "@/lib/hooks";
+import { useResource, useUrlFilters } from "@/lib/hooks";
 import { useApi } from "@/lib/session";
 import type { AuditEntry, AuditList } from "@/lib/types";
 
@@ -54,8 +53,6 @@ function filtersFrom(params: URLSearchParams | null): Filters {
   };
 }
 
-const sameFilters = (a: Filters, b: Filters) => a.action === b.action && a.actor_id === b.actor_id && a.resource_id === b.resource_id;
-
 const filterHref = (f: Partial<Filters>) => `/audit/${queryString({ ...f })}`;
 
 function StatusCode({ status }: { status: number }) {
@@ -72,22 +69,13 @@ function StatusCode({ status }: { status: number }) {
 
 function AuditLog() {
   const api = useApi();
-  const router = useRouter();
-  const params = useSearchParams();
-  const [filters, setFilters] = useState<Filters>(() => filtersFrom(params));
-  const [draft, setDraft] = useState<Filters>(filters);
-  const filtersRef = useRef(filters);
-  filtersRef.current = filters;
+  const { filters, filtersRef, draft, setDraft, apply, filtered } = useUrlFilters("/audit/", filtersFrom, (next) => ({
+    action: next.action.trim(),
+    actor_id: next.actor_id.trim(),
+    resource_id: next.resource_id.trim(),
+  }));
   const actionsId = useId();
 
-  // The URL changed under the page (a link in the table, back/forward): follow it.
-  const paramsKey = params?.toString() ?? "";
-  useEffect(() => {
-    const next = filtersFrom(new URLSearchParams(paramsKey));
-    if (sameFilters(next, filtersRef.current)) return;
-    setFilters(next);
-    setDraft(next);
-  }, [paramsKey]);
 
   const list = useResource(
     (a, signal) => a.get<AuditList>("/audit", { ...filters, limit: PAGE_SIZE }, signal),
@@ -96,13 +84,6 @@ function AuditLog() {
   const [loadingMore, setLoadingMore] = useState(false);
   const [moreError, setMoreError] = useState<string | null>(null);
 
-  const apply = (next: Filters) => {
-    const trimmed = { action: next.action.trim(), actor_id: next.actor_id.trim(), resource_id: next.resource_id.trim() };
-    setDraft(trimmed);
-    if (sameFilters(trimmed, filters)) return;
-    setFilters(trimmed);
-    router.replace(filterHref(trimmed), { scroll: false });
-  };
 
   const loadMore = async () => {
     const cursor = list.data?.next_cursor;
@@ -131,7 +112,6 @@ function AuditLog() {
     list.reload();
   };
 
-  const filtered = Object.values(filters).some(Boolean);
   const entries = list.data?.entries ?? [];
 
   return (

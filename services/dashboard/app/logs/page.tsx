@@ -5,13 +5,13 @@
 // so other pages can link here. It shows the newest records, pages back with the
 // query's cursor, and with Follow on appends new records from the logs WebSocket.
 
-import { useRouter, useSearchParams } from "next/navigation";
 import { useCallback, useEffect, useRef, useState } from "react";
 import { LogList } from "@/components/logs/log-list";
 import { activeFilters, LOG_LEVELS, NO_FILTERS, useLogStream, type LogFilters } from "@/components/logs/stream";
 import { LiveIndicator } from "@/components/sandboxes/live-indicator";
 import { Button, EmptyState, ErrorBanner, Field, Input, Loading, PageHeader, Select } from "@/components/ui";
-import { errorMessage, queryString } from "@/lib/api";
+import { errorMessage } from "@/lib/api";
+import { useUrlFilters } from "@/lib/hooks";
 import { useApi } from "@/lib/session";
 import type { LogLevel, LogQueryRequest, LogQueryResponse, LogRecord } from "@/lib/types";
 
@@ -33,8 +33,6 @@ function filtersFrom(params: URLSearchParams | null): LogFilters {
   };
 }
 
-const sameFilters = (a: LogFilters, b: LogFilters) => (Object.keys(a) as (keyof LogFilters)[]).every((k) => a[k] === b[k]);
-
 function queryBody(filters: LogFilters, cursor?: string): LogQueryRequest {
   // Only the keys that are set: the API refuses `null` for nothing and unknown keys.
   return { ...activeFilters(filters), order: "desc", limit: PAGE_SIZE, ...(cursor ? { cursor } : {}) } as LogQueryRequest;
@@ -54,21 +52,15 @@ interface View {
 
 export default function LogsPage() {
   const api = useApi();
-  const router = useRouter();
-  const params = useSearchParams();
-  const [filters, setFilters] = useState<LogFilters>(() => filtersFrom(params));
-  const [draft, setDraft] = useState<LogFilters>(filters);
-  const filtersRef = useRef(filters);
-  filtersRef.current = filters;
-
-  // The URL changed under the page (a link to another task's logs, back/forward): follow it.
-  const paramsKey = params?.toString() ?? "";
-  useEffect(() => {
-    const next = filtersFrom(new URLSearchParams(paramsKey));
-    if (sameFilters(next, filtersRef.current)) return;
-    setFilters(next);
-    setDraft(next);
-  }, [paramsKey]);
+  const { filters, filtersRef, draft, setDraft, apply, filtered } = useUrlFilters("/logs/", filtersFrom, (next) => ({
+    level: next.level,
+    task_id: next.task_id.trim(),
+    vm_id: next.vm_id.trim(),
+    worker_id: next.worker_id.trim(),
+    execution_id: next.execution_id.trim(),
+    // The message filter is an exact, case-sensitive substring: spaces count.
+    contains: next.contains,
+  }));
 
   const [follow, setFollow] = useState(true);
   const [view, setView] = useState<View | null>(null);
@@ -145,23 +137,6 @@ export default function LogsPage() {
     }
   };
 
-  const apply = (next: LogFilters) => {
-    const trimmed: LogFilters = {
-      level: next.level,
-      task_id: next.task_id.trim(),
-      vm_id: next.vm_id.trim(),
-      worker_id: next.worker_id.trim(),
-      execution_id: next.execution_id.trim(),
-      // The message filter is an exact, case-sensitive substring: spaces count.
-      contains: next.contains,
-    };
-    setDraft(trimmed);
-    if (sameFilters(trimmed, filters)) return;
-    setFilters(trimmed);
-    router.replace(`/logs/${queryString({ ...trimmed })}`, { scroll: false });
-  };
-
-  const filtered = Object.values(filters).some(Boolean);
   const records = view?.records ?? [];
   const older = view?.cursor ? (records.length >= MAX_RECORDS ? "capped" : "more") : view?.trimmed ? "capped" : "none";
   const textInput = (key: Exclude<keyof LogFilters, "level">, label: string, placeholder: string, hint?: string) => (

@@ -6,11 +6,10 @@
 import Link from "next/link";
 import { useCoalesced } from "@/components/tasks/live";
 import { ThroughputChart } from "@/components/tasks/throughput";
-import type { QueueHistory } from "@/components/tasks/types";
 import { Card, ErrorBanner, Loading, PageHeader, Stat, Table, Td } from "@/components/ui";
 import { useEvents } from "@/lib/events";
 import { useResource } from "@/lib/hooks";
-import type { QueueStats } from "@/lib/types";
+import type { QueueHistory, QueueStats } from "@/lib/types";
 
 const MINUTES = 30;
 

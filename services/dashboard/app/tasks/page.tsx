@@ -4,16 +4,15 @@
 // URL (?type=&status=&vm_id=&worker_id=) so a reload or a shared link keeps them.
 // Live task.* events update the rows on screen and add new matching tasks on top.
 
-import { useRouter, useSearchParams } from "next/navigation";
-import { useEffect, useRef, useState } from "react";
+import { useState } from "react";
 import { TaskTable } from "@/components/tasks/task-table";
-import { TASK_STATUSES, TASK_TYPES, type ArchivableTask } from "@/components/tasks/types";
+import { TASK_STATUSES, TASK_TYPES } from "@/components/tasks/types";
 import { Button, EmptyState, ErrorBanner, Field, Input, Loading, PageHeader, Select } from "@/components/ui";
-import { ApiError, errorMessage, queryString } from "@/lib/api";
+import { ApiError, errorMessage } from "@/lib/api";
 import { useEvents } from "@/lib/events";
-import { useResource } from "@/lib/hooks";
+import { useResource, useUrlFilters } from "@/lib/hooks";
 import { useApi } from "@/lib/session";
-import type { TaskList } from "@/lib/types";
+import type { Task, TaskList } from "@/lib/types";
 
 const PAGE_SIZE = 50;
 
@@ -35,29 +34,19 @@ function filtersFrom(params: URLSearchParams | null): Filters {
   };
 }
 
-function matches(task: ArchivableTask, f: Filters): boolean {
+function matches(task: Task, f: Filters): boolean {
   return (!f.type || task.type === f.type) && (!f.status || task.status === f.status) && (!f.vm_id || task.vm_id === f.vm_id) && (!f.worker_id || task.worker_id === f.worker_id);
 }
 
 export default function TasksPage() {
   const api = useApi();
-  const router = useRouter();
-  const params = useSearchParams();
-  // The applied filters (what the list shows) and the text being typed.
-  const [filters, setFilters] = useState<Filters>(() => filtersFrom(params));
-  const [draft, setDraft] = useState<Filters>(filters);
-  const filtersRef = useRef(filters);
-  filtersRef.current = filters;
-
-  // The URL changed under the page (a nav link, back/forward): follow it.
-  const paramsKey = params?.toString() ?? "";
-  useEffect(() => {
-    const next = filtersFrom(new URLSearchParams(paramsKey));
-    const current = filtersRef.current;
-    if ((Object.keys(next) as (keyof Filters)[]).every((k) => next[k] === current[k])) return;
-    setFilters(next);
-    setDraft(next);
-  }, [paramsKey]);
+  // The applied filters (what the list shows) and the text being typed, in the URL.
+  const { filters, filtersRef, draft, setDraft, apply, filtered } = useUrlFilters("/tasks/", filtersFrom, (next) => ({
+    type: next.type,
+    status: next.status,
+    vm_id: next.vm_id.trim(),
+    worker_id: next.worker_id.trim(),
+  }));
   const [loadingMore, setLoadingMore] = useState(false);
   const [moreError, setMoreError] = useState<string | null>(null);
   const [liveError, setLiveError] = useState<string | null>(null);
@@ -67,12 +56,6 @@ export default function TasksPage() {
     [filters.type, filters.status, filters.vm_id, filters.worker_id],
   );
 
-  const apply = (next: Filters) => {
-    const trimmed = { type: next.type, status: next.status, vm_id: next.vm_id.trim(), worker_id: next.worker_id.trim() };
-    setDraft(trimmed);
-    setFilters(trimmed);
-    router.replace(`/tasks/${queryString({ ...trimmed })}`, { scroll: false });
-  };
 
   const loadMore = async () => {
     const cursor = list.data?.next_cursor;
@@ -106,7 +89,7 @@ export default function TasksPage() {
       return;
     }
     api
-      .get<ArchivableTask>(`/tasks/${encodeURIComponent(event.resource_id)}`)
+      .get<Task>(`/tasks/${encodeURIComponent(event.resource_id)}`)
       .then((task) => {
         setLiveError(null);
         list.setData((prev) => {
@@ -128,7 +111,6 @@ export default function TasksPage() {
       });
   });
 
-  const filtered = Object.values(filters).some(Boolean);
   const data = list.data;
 
   return (
@@ -202,7 +184,7 @@ export default function TasksPage() {
         )
       ) : (
         <>
-          <TaskTable tasks={data.tasks as ArchivableTask[]} />
+          <TaskTable tasks={data.tasks as Task[]} />
           <ErrorBanner error={moreError} onRetry={() => void loadMore()} />
           <div className="flex items-center justify-between gap-2 text-xs text-muted-fg">
             <span>

@@ -3,16 +3,16 @@
 import Link from "next/link";
 import { Table, Td, StatusBadge } from "@/components/ui";
 import { duration, fullTime, shortId, timeAgo } from "@/lib/format";
-import type { ArchivableTask } from "./types";
+import type { Task } from "@/lib/types";
 
 /** How long the task ran: start to end, or to now while running. */
-export function taskDuration(task: ArchivableTask): string {
+export function taskDuration(task: Task): string {
   if (!task.started_at) return "—";
   return duration(task.started_at, task.completed_at ?? undefined);
 }
 
 /** The task list used by the tasks page and the overview's recent tasks. */
-export function TaskTable({ tasks, label = "Tasks" }: { tasks: ArchivableTask[]; label?: string }) {
+export function TaskTable({ tasks, label = "Tasks" }: { tasks: Task[]; label?: string }) {
   return (
     <Table label={label} head={["Type", "Status", "Sandbox", "Worker", "Retries", "Created", "Duration"]}>
       {tasks.map((task) => (

@@ -1,7 +1,7 @@
 "use client";
 
 import { BarChart, Sparkline } from "@/components/charts";
-import type { QueueHistory } from "./types";
+import type { QueueHistory } from "@/lib/types";
 
 function minuteLabel(iso: string): string {
   const t = new Date(iso);

@@ -1,10 +1,5 @@
-// Task choices for filters, and names the task pages share.
-import type { QueueHistory, QueueHistoryBucket, Task, TaskStatus, TaskType } from "@/lib/types";
-
-export type { QueueHistory, QueueHistoryBucket };
-
-/** A task; `archived_at` is set while it is dead in the archive (retriable, deletable). */
-export type ArchivableTask = Task;
+// The task statuses and types offered by the filters.
+import type { TaskStatus, TaskType } from "@/lib/types";
 
 export const TASK_STATUSES: TaskStatus[] = ["pending", "running", "completed", "failed", "cancelled"];
 

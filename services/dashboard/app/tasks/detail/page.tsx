@@ -8,14 +8,13 @@ import Link from "next/link";
 import { useRouter } from "next/navigation";
 import { useState } from "react";
 import { useCoalesced } from "@/components/tasks/live";
-import type { ArchivableTask } from "@/components/tasks/types";
 import { taskDuration } from "@/components/tasks/task-table";
 import { Button, Card, ConfirmDialog, EmptyState, ErrorBanner, Loading, PageHeader, Pre, StatusBadge, cx } from "@/components/ui";
 import { useEvents } from "@/lib/events";
 import { fullTime, timeAgo } from "@/lib/format";
 import { useAction, useIdParam, useResource } from "@/lib/hooks";
 import { useApi, useSession } from "@/lib/session";
-import type { CancelTaskResponse, Event } from "@/lib/types";
+import type { CancelTaskResponse, Event, Task } from "@/lib/types";
 
 interface TimelineEntry {
   key: string;
@@ -57,7 +56,7 @@ function eventTitle(event: Event): string {
   return EVENT_TITLES[event.type] ?? event.type;
 }
 
-function timeline(task: ArchivableTask, events: Event[]): TimelineEntry[] {
+function timeline(task: Task, events: Event[]): TimelineEntry[] {
   const entries: TimelineEntry[] = [{ key: "created", at: task.created_at, title: "Created", tone: "neutral" }];
   if (task.scheduled_at && task.scheduled_at !== task.created_at) {
     entries.push({ key: "scheduled", at: task.scheduled_at, title: "Scheduled for", tone: "neutral" });
@@ -96,7 +95,7 @@ function TaskDetail({ id }: { id: string }) {
   const router = useRouter();
   const { can } = useSession();
   const path = `/tasks/${encodeURIComponent(id)}`;
-  const task = useResource((a, signal) => a.get<ArchivableTask>(path, undefined, signal), [path]);
+  const task = useResource((a, signal) => a.get<Task>(path, undefined, signal), [path]);
   const [events, setEvents] = useState<Event[]>([]);
   const [notice, setNotice] = useState<string | null>(null);
   const [confirmDelete, setConfirmDelete] = useState(false);
@@ -112,11 +111,11 @@ function TaskDetail({ id }: { id: string }) {
 
   const cancel = useAction(async () => {
     const answer = await api.post<CancelTaskResponse>(`${path}/cancel`);
-    task.setData(answer.task as ArchivableTask);
+    task.setData(answer.task as Task);
     setNotice(answer.status === "cancelling" ? "Cancellation asked: the worker running the task is stopping it." : "The task is cancelled.");
   });
   const retry = useAction(async () => {
-    const again = await api.post<ArchivableTask>(`${path}/retry`);
+    const again = await api.post<Task>(`${path}/retry`);
     task.setData(again);
     setNotice("The task is queued again.");
   });
