@@ -128,10 +128,12 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
                 aetherium_core::vmm::docker::DockerBackendConfig {
                     host: config.vmm.docker.host.clone(),
                     worker_id: "image-bake".into(),
+                    installation_id: aetherium_core::identity::installation_id(&config.data_dir)?,
                     agent_path: aetherium_core::runtime::resolve_agent_path(&config)?,
                     socket_dir,
                     pids_limit: config.vmm.docker.pids_limit,
                     network_mode: config.vmm.docker.network_mode.clone(),
+                    egress_allow: config.vmm.docker.egress_allow.clone(),
                 },
             )?;
             let report = |event: aetherium_core::tools::ToolProgress| {

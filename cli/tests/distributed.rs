@@ -706,7 +706,13 @@ fn a_thousand_tasks_while_workers_are_killed_and_restarted() {
     let mut down_since: Vec<Option<Instant>> = vec![None; ids.len()];
     while submitted.len() < TASKS {
         let vm = &vms[rng.below(vms.len() as u64) as usize];
-        let r = api.post(&format!("/vms/{vm}/execute"), json!({"command": "true"}));
+        // Each command appends its own number to a file in its VM: a task run twice
+        // (or lost) shows in the files at the end.
+        let n = submitted.len();
+        let r = api.post(
+            &format!("/vms/{vm}/execute"),
+            json!({"command": "sh", "args": ["-c", format!("echo {n} >> /tmp/runs")]}),
+        );
         assert_eq!(r.status, 202, "{r:?}");
         submitted.push(r.body["task_id"].as_str().unwrap().to_string());
         // Now and then kill a worker; bring a killed one back within ~1.5 s (before
@@ -773,6 +779,48 @@ fn a_thousand_tasks_while_workers_are_killed_and_restarted() {
         "SELECT count(*) FROM executions WHERE task_id IN ({in_list}) AND status NOT IN ('completed','failed','cancelled')"
     ));
     assert_eq!(open, "0");
+    // Every command ran exactly once: each number is in exactly one VM's file, once.
+    let mut runs: Vec<usize> = Vec::with_capacity(TASKS);
+    for vm in &vms {
+        let r = api.post(
+            &format!("/vms/{vm}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "cat /tmp/runs 2>/dev/null; true"]}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let out = r.body["execution"]["stdout"].as_str().unwrap().to_string();
+        runs.extend(out.lines().map(|l| l.trim().parse::<usize>().unwrap()));
+    }
+    runs.sort_unstable();
+    let doubled: Vec<usize> = runs
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(doubled.is_empty(), "commands that ran twice: {doubled:?}");
+    // At most once: a command whose worker was killed while it ran is failed, not
+    // run again (it may or may not have run). Every completed one ran, once.
+    let completed: Vec<usize> = cluster
+        .psql(&format!(
+            "SELECT args::text FROM executions WHERE task_id IN ({in_list}) AND status = 'completed'"
+        ))
+        .lines()
+        .map(|args| {
+            let n = args.split("echo ").nth(1).and_then(|rest| rest.split(' ').next());
+            n.and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected args {args}"))
+        })
+        .collect();
+    let missing: Vec<&usize> = completed
+        .iter()
+        .filter(|n| runs.binary_search(n).is_err())
+        .collect();
+    assert!(missing.is_empty(), "completed but never ran: {missing:?}");
+    assert!(runs.iter().all(|n| *n < TASKS));
+    let cut = TASKS - completed.len();
+    eprintln!(
+        "{} commands ran; {cut} were cut by a kill and not run again",
+        runs.len()
+    );
     // Redis holds nothing in line any more (pending lists, per-worker lists, leases,
     // retries, schedules; the archive aside).
     let left = wait_until("the Redis queue empty", Duration::from_secs(30), || {

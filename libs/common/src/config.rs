@@ -171,6 +171,16 @@ pub struct ServerConfig {
     /// call the API with the user's credentials). Used only when it holds an
     /// `index.html`; `null` (or `AETHERIUM_DASHBOARD_DIR=off`) serves no dashboard.
     pub dashboard_dir: Option<PathBuf>,
+    /// Connections the API holds open at once; past it, new ones wait in the
+    /// kernel's backlog until one closes.
+    pub max_connections: usize,
+}
+
+/// `a.b.c.d/n` (n 0..=32) as address and prefix length.
+pub fn parse_ipv4_cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (ip, len) = text.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip.parse().ok()?, len))
 }
 
 /// Where `scripts/setup.sh` (and `make dashboard`) installs the dashboard.
@@ -363,8 +373,16 @@ pub struct DockerConfig {
     pub host: String,
     pub default_image: String,
     pub pids_limit: i64,
-    /// Docker network mode for sandboxes (`bridge`, `none`, …).
+    /// Docker network mode for sandboxes. `isolated` (the default): the shared
+    /// network `aetherium-isolated`, where sandboxes cannot reach each other, the
+    /// host's own services, private ranges or link-local (cloud metadata)
+    /// addresses, only the outside world and what `egress_allow` lists. Any other
+    /// value (`bridge`, `none`, a network's name) is given to Docker as is, and none
+    /// of that is enforced.
     pub network_mode: String,
+    /// CIDRs (`10.0.0.5/32`, `192.168.0.0/16`) isolated sandboxes may reach although
+    /// they are private or the host's: a package mirror, a git server.
+    pub egress_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -479,6 +497,7 @@ impl Default for ServerConfig {
             max_wait_seconds: 600,
             cors_allowed_origins: Vec::new(),
             request_timeout_seconds: 660,
+            max_connections: 4096,
             dashboard_dir: Some(PathBuf::from(DEFAULT_DASHBOARD_DIR)),
         }
     }
@@ -529,7 +548,8 @@ impl Default for DockerConfig {
             host: "unix:///var/run/docker.sock".into(),
             default_image: "aetherium/base:latest".into(),
             pids_limit: 1024,
-            network_mode: "bridge".into(),
+            network_mode: "isolated".into(),
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -801,6 +821,10 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     }),
     (&["AETHERIUM_AGENT_PATH"], |c, v| {
         c.vmm.agent_path = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_DOCKER_NETWORK_MODE"], |c, v| {
+        c.vmm.docker.network_mode = v.to_string();
         Ok(())
     }),
     (&["AETHERIUM_DOCKER_HOST", "DOCKER_HOST"], |c, v| {
@@ -1084,6 +1108,16 @@ impl Config {
             && token.len() < 16
         {
             return invalid("server.api_token must be at least 16 characters".into());
+        }
+        for cidr in &self.vmm.docker.egress_allow {
+            if parse_ipv4_cidr(cidr).is_none() {
+                return invalid(format!(
+                    "vmm.docker.egress_allow: {cidr:?} is not an IPv4 CIDR (e.g. 10.0.0.5/32)"
+                ));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be at least 1".into());
         }
         if self.server.request_timeout_seconds <= self.server.max_wait_seconds {
             return invalid(format!(

@@ -103,6 +103,109 @@ pub struct CreateVmRequest {
     pub placement: Option<crate::Placement>,
 }
 
+/// An image reference as Docker reads it: `[registry[:port]/]path[:tag][@digest]`,
+/// lowercase path components (`a-z0-9` joined by `.`, `_`, `__` or `-`), a tag of
+/// at most 128 word characters, dots and dashes, at most 255 bytes. Checked before
+/// anything is recorded, so a typo is a 400 and not a VM failing later.
+pub fn validate_image_reference(image: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "image {image:?} is not a valid image reference: {why}"
+        ))
+    };
+    if image.is_empty() || image.len() > 255 {
+        return bad("it must have 1 to 255 characters");
+    }
+    if !image.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("only printable ASCII without spaces is allowed");
+    }
+    let (name_tag, digest) = match image.split_once('@') {
+        Some((name_tag, digest)) => (name_tag, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let valid = digest.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b == b'+'
+                        || b == b'.'
+                        || b == b'_'
+                        || b == b'-'
+                })
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !valid {
+            return bad("the digest must be algorithm:hex (e.g. sha256:…)");
+        }
+    }
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(tag) = tag {
+        let first_ok = tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !first_ok
+            || tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return bad(
+                "a tag is 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+            );
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // A first component with a dot or a port, or `localhost`, names a registry.
+    if components.len() > 1 {
+        let first = components[0];
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            let (host, port) = first.split_once(':').unwrap_or((first, ""));
+            let host_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            let port_ok =
+                port.is_empty() || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
+            if !first.contains(':') || port_ok {
+                if !host_ok || !port_ok {
+                    return bad("the registry host is not valid");
+                }
+                components.remove(0);
+            }
+        }
+    }
+    for component in components {
+        let chars_ok = component
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        let ends_ok = component
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && component
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !chars_ok || !ends_ok || component.contains("..") || component.contains("___") {
+            return bad(
+                "path components are lowercase letters and digits, separated by '.', '_' or '-'",
+            );
+        }
+    }
+    Ok(())
+}
+
 impl CreateVmRequest {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(name) = &self.name {
@@ -112,10 +215,8 @@ impl CreateVmRequest {
             self.vcpus.unwrap_or(1),
             self.memory_mb.unwrap_or(MIN_MEMORY_MB),
         )?;
-        if let Some(image) = &self.image
-            && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
-        {
-            return Err("image must be a non-empty reference without spaces".into());
+        if let Some(image) = &self.image {
+            validate_image_reference(image)?;
         }
         crate::workspace::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {
@@ -408,6 +509,43 @@ pub struct HealthResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_as_docker_reads_them() {
+        for ok in [
+            "alpine",
+            "aetherium/base:latest",
+            "aetherium/standin-agent:3f2a1b",
+            "localhost:5000/team/app:v1.2.3",
+            "registry.example.com/a/b-c_d.e:Tag_1",
+            "ubuntu@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "my-image",
+        ] {
+            assert_eq!(validate_image_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "UPPER/case",
+            "tab\there",
+            "-leading",
+            "trailing-",
+            "a//b",
+            "repo:",
+            "repo:-tag",
+            "repo@sha256:short",
+            "repo@nodigest",
+            "héllo",
+            "a..b",
+            "registry.example.com:99999x/app",
+        ] {
+            assert!(
+                validate_image_reference(bad).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(validate_image_reference(&"a".repeat(256)).is_err());
+    }
 
     #[test]
     fn create_vm_request_validation() {

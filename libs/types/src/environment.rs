@@ -407,10 +407,7 @@ fn validate_description(description: &str) -> Result<(), String> {
 }
 
 fn validate_image(image: &str) -> Result<(), String> {
-    if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("image must be a non-empty reference without spaces".into());
-    }
-    Ok(())
+    crate::api::validate_image_reference(image)
 }
 
 /// The same bounds as a VM's.
@@ -729,6 +726,7 @@ impl AddSecretRequest {
     /// Messages never quote the value.
     pub fn validate(&self) -> Result<(), String> {
         validate_env_var_name(&self.name).map_err(|e| format!("secret name {e}"))?;
+        crate::workspace::refuse_reserved_secret_name(&self.name)?;
         if self.value.is_empty() || self.value.len() > MAX_SECRET_VALUE_LEN {
             return Err(format!(
                 "secret value must be 1 to {MAX_SECRET_VALUE_LEN} bytes"

@@ -360,14 +360,46 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "secret name {name:?} must be 1 to 128 characters of letters, digits, '_', '.' and '-'"
-        ))
+        ));
     }
+    refuse_reserved_secret_name(name)
 }
+
+/// Secrets reach processes as environment variables: these names would change what
+/// every process loads or runs, not hand it a value. Every kind of secret checks it.
+pub fn refuse_reserved_secret_name(name: &str) -> Result<(), String> {
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("LD_")
+        || upper.starts_with("DYLD_")
+        || RESERVED_ENV_NAMES.contains(&upper.as_str())
+    {
+        return Err(format!(
+            "secret name {name:?} is reserved: as an environment variable it would change how every process in the sandbox runs"
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variables no secret may be named after (nor any `LD_*`/`DYLD_*`).
+pub const RESERVED_ENV_NAMES: [&str; 14] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "PS4",
+    "PROMPT_COMMAND",
+    "GCONV_PATH",
+    "HOSTALIASES",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+];
 
 /// Checks requested tools the way every request that takes them does (workspaces
 /// and VMs): at most [`MAX_TOOLS`] specs (`name` or `name@version`) and as many
@@ -1024,6 +1056,23 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn secrets_cannot_take_names_that_steer_every_process() {
+        assert!(validate_secret_name("DEPLOY_TOKEN").is_ok());
+        assert!(validate_secret_name("ld.config").is_ok());
+        for reserved in [
+            "LD_PRELOAD",
+            "ld_library_path",
+            "PATH",
+            "BASH_ENV",
+            "DYLD_INSERT_LIBRARIES",
+            "Home",
+        ] {
+            let e = validate_secret_name(reserved).unwrap_err();
+            assert!(e.contains("reserved"), "{reserved}: {e}");
+        }
+    }
 
     fn step(value: serde_json::Value) -> PrepStep {
         serde_json::from_value(value).unwrap()

@@ -11,6 +11,10 @@ use std::time::Duration;
 /// (envd's value). Tests shorten it with the hidden `--keepalive-interval-ms` flag.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// The environment variable that carries the access token (never inherited by the
+/// processes the agent starts).
+pub const ACCESS_TOKEN_ENV: &str = "AETHERIUM_AGENT_ACCESS_TOKEN";
+
 const MAX_KEEPALIVE_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub const USAGE: &str = "\
@@ -21,13 +25,18 @@ usage: aetherium-agent --listen unix:PATH | tcp:IP:PORT | vsock:PORT [options]
 Serves E2B envd's API (Connect process and filesystem services, /files, /init,
 ...) on the given listener. A unix socket's parent directory is created if
 missing, a stale socket is replaced, and the socket is made connectable by every
-user (mode 0666).
+user (mode 0666) -- but a peer inside the agent's own PID namespace (a process of
+the sandbox) is served only if it runs as the agent's user or root.
 
 options:
   --access-token TOKEN   require `X-Access-Token: TOKEN` on every request but
                          /health (also settable once through POST /init); the
                          environment variable AETHERIUM_AGENT_ACCESS_TOKEN does
                          the same without showing the token in `ps`
+  --access-token-file PATH
+                         read the token from PATH at start and delete the file
+                         (how the host hands a container its token: nothing in
+                         the environment, the image or `docker inspect`)
   --idle-timeout SECS    exit once no process has run and no request has
                          arrived for SECS seconds
   --default-user NAME    user for processes and files when a request names
@@ -87,6 +96,8 @@ pub struct Config {
     pub listen: Listen,
     pub keepalive: Duration,
     pub access_token: Option<String>,
+    /// Read (and removed) at start; takes the place of `access_token`.
+    pub access_token_file: Option<PathBuf>,
     pub idle_timeout: Option<Duration>,
     pub default_user: Option<String>,
     pub default_workdir: Option<PathBuf>,
@@ -99,6 +110,7 @@ impl Config {
             listen,
             keepalive: DEFAULT_KEEPALIVE,
             access_token: None,
+            access_token_file: None,
             idle_timeout: None,
             default_user: None,
             default_workdir: None,
@@ -113,6 +125,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("keepalive", &self.keepalive)
             .field("access_token", &self.access_token.as_ref().map(|_| "<set>"))
+            .field("access_token_file", &self.access_token_file)
             .field("idle_timeout", &self.idle_timeout)
             .field("default_user", &self.default_user)
             .field("default_workdir", &self.default_workdir)
@@ -133,7 +146,7 @@ pub enum Command {
 /// Parses the arguments after the program name. Accepts `--flag value` and
 /// `--flag=value`.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    parse_with_env(args, std::env::var("AETHERIUM_AGENT_ACCESS_TOKEN").ok())
+    parse_with_env(args, std::env::var(ACCESS_TOKEN_ENV).ok())
 }
 
 fn parse_with_env<I: IntoIterator<Item = String>>(
@@ -153,6 +166,7 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
     let mut listen = None;
     let mut keepalive = DEFAULT_KEEPALIVE;
     let mut access_token = env_token.filter(|t| !t.is_empty());
+    let mut access_token_file = None;
     let mut idle_timeout = None;
     let mut default_user = None;
     let mut default_workdir = None;
@@ -191,6 +205,13 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
                 }
                 access_token = Some(token);
             }
+            "--access-token-file" => {
+                let path = PathBuf::from(value("--access-token-file")?);
+                if !path.is_absolute() {
+                    return Err("--access-token-file must be an absolute path".into());
+                }
+                access_token_file = Some(path);
+            }
             "--idle-timeout" => {
                 let secs: u64 = value("--idle-timeout")?
                     .parse()
@@ -219,6 +240,7 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
         listen,
         keepalive,
         access_token,
+        access_token_file,
         idle_timeout,
         default_user,
         default_workdir,
@@ -296,6 +318,13 @@ mod tests {
         assert!(parse_strs(&["--listen=unix:/x", "--idle-timeout=0"]).is_err());
         assert!(parse_strs(&["--listen=unix:/x", "--access-token="]).is_err());
         assert!(parse_strs(&["--listen=unix:/x", "--default-workdir=rel"]).is_err());
+        assert!(parse_strs(&["--listen=unix:/x", "--access-token-file=rel"]).is_err());
+        let Ok(Command::Run(config)) =
+            parse_strs(&["--listen=unix:/x", "--access-token-file=/run/t"])
+        else {
+            panic!("token file");
+        };
+        assert_eq!(config.access_token_file, Some(PathBuf::from("/run/t")));
         let Ok(Command::Run(config)) =
             parse_with_env(["--listen=unix:/x".to_string()], Some("from-env".into()))
         else {

@@ -46,7 +46,9 @@ impl Failure {
 fn io_failure(what: &str, path: &Path, e: &io::Error) -> Failure {
     let status = match e.kind() {
         io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        io::ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StatusCode::FORBIDDEN
+        }
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
             StatusCode::INSUFFICIENT_STORAGE
         }

@@ -35,7 +35,9 @@ impl Context {
 pub fn io_error(what: &str, path: &Path, e: &io::Error) -> ConnectError {
     let code = match e.kind() {
         io::ErrorKind::NotFound => code::NOT_FOUND,
-        io::ErrorKind::PermissionDenied => code::PERMISSION_DENIED,
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            code::PERMISSION_DENIED
+        }
         io::ErrorKind::AlreadyExists => code::ALREADY_EXISTS,
         io::ErrorKind::NotADirectory
         | io::ErrorKind::IsADirectory

@@ -255,6 +255,9 @@ pub fn start(
         .env("LOGNAME", &launch.user.name)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .envs(&config.envs)
+        // The agent's own access token must never reach sandbox code: whoever holds
+        // it can run anything as root here.
+        .env_remove(crate::cli::ACCESS_TOKEN_ENV)
         // The process outlives its request; the supervisor owns and reaps it.
         .kill_on_drop(false);
     if launch.user.uid != rustix::process::geteuid().as_raw() {

@@ -68,9 +68,45 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Reads the access token the host left for this agent and deletes the file, so
+/// nothing in the sandbox can read it later. Never follows a symlink.
+fn take_token_file(path: &Path) -> io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let context = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("access token file {}: {e}", path.display()),
+        )
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+        .map_err(context)?;
+    let mut token = String::new();
+    (&mut file)
+        .take(1024)
+        .read_to_string(&mut token)
+        .map_err(context)?;
+    std::fs::remove_file(path).map_err(context)?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(context(io::Error::new(io::ErrorKind::InvalidData, "empty")));
+    }
+    Ok(token)
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 /// Serves until SIGTERM, SIGINT or the idle timeout. Processes already started keep
 /// running.
-pub async fn run(config: Config) -> io::Result<()> {
+pub async fn run(mut config: Config) -> io::Result<()> {
+    if let Some(path) = config.access_token_file.take() {
+        config.access_token = Some(take_token_file(&path)?);
+    }
     let state = Arc::new(State::new(&config).map_err(io::Error::other)?);
     let listener = Listener::bind(&config.listen).await?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -103,6 +139,10 @@ pub async fn run(config: Config) -> io::Result<()> {
             }
             Ok(Connection::Vsock(stream)) => {
                 tokio::spawn(serve_connection(stream, Arc::clone(&state)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                // A refused peer: already closed, nothing to wait out.
+                crate::log!("{e}");
             }
             Err(e) => {
                 // Typically EMFILE; pausing keeps a persistent error from spinning.
@@ -141,7 +181,21 @@ enum Connection {
 
 async fn accept(listener: &Listener) -> io::Result<Connection> {
     match listener {
-        Listener::Unix(listener, _) => Ok(Connection::Unix(listener.accept().await?.0)),
+        Listener::Unix(listener, _) => {
+            let (stream, _) = listener.accept().await?;
+            let peer = stream.peer_cred()?;
+            if !unix_peer_allowed(peer.pid(), peer.uid(), rustix::process::geteuid().as_raw()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "refused a connection from pid {} (uid {}) inside the sandbox",
+                        peer.pid().unwrap_or_default(),
+                        peer.uid()
+                    ),
+                ));
+            }
+            Ok(Connection::Unix(stream))
+        }
         Listener::Tcp(listener) => {
             let (stream, _) = listener.accept().await?;
             // Output events are small writes that should leave at once.
@@ -150,6 +204,14 @@ async fn accept(listener: &Listener) -> io::Result<Connection> {
         }
         Listener::Vsock(listener) => Ok(Connection::Vsock(listener.accept().await?.0)),
     }
+}
+
+/// Whether a unix-socket peer may talk to the agent. The host reaches the socket
+/// from outside the sandbox's PID namespace, where the kernel reports its pid as 0;
+/// a process inside the sandbox (pid visible) must run as the agent's own user or
+/// root, so an unprivileged user in a workspace cannot use the agent as root.
+fn unix_peer_allowed(pid: Option<i32>, uid: u32, own_uid: u32) -> bool {
+    matches!(pid, None | Some(0)) || uid == own_uid || uid == 0
 }
 
 /// Serves one connection: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart
@@ -181,5 +243,22 @@ where
         .await
     {
         crate::log!("connection closed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_peer_allowed;
+
+    #[test]
+    fn peers_inside_the_sandbox_must_be_the_agents_user_or_root() {
+        // The host: outside the PID namespace, whatever its uid.
+        assert!(unix_peer_allowed(Some(0), 1000, 0));
+        assert!(unix_peer_allowed(None, 1000, 0));
+        // Inside: root and the agent's own user only.
+        assert!(unix_peer_allowed(Some(42), 0, 0));
+        assert!(unix_peer_allowed(Some(42), 1000, 1000));
+        assert!(!unix_peer_allowed(Some(42), 1000, 0));
+        assert!(!unix_peer_allowed(Some(42), 65534, 1000));
     }
 }

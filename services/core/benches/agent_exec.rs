@@ -175,10 +175,12 @@ async fn main() {
     let backend = DockerBackend::connect(DockerBackendConfig {
         host: "unix:///var/run/docker.sock".into(),
         worker_id,
+        installation_id: "bench-installation".into(),
         agent_path: static_agent_bin(),
         socket_dir: dir.path().to_path_buf(),
         pids_limit: 1024,
         network_mode: "none".into(),
+        egress_allow: Vec::new(),
     })
     .expect("backend");
     let vm_id = format!("bench-{}", std::process::id());
@@ -190,6 +192,7 @@ async fn main() {
         vcpus: 2,
         memory_mb: 1024,
         network: None,
+        access_token: None,
     };
     backend.create(&spec).await.expect("create sandbox");
     let container = format!("aetherium-{vm_id}");

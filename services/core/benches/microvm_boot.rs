@@ -58,6 +58,7 @@ fn spec(vm_id: &str, orchestrator: Orchestrator, image: &str) -> SandboxSpec {
         vcpus: 1,
         memory_mb: 512,
         network: None,
+        access_token: None,
     }
 }
 
@@ -214,10 +215,12 @@ async fn main() {
     let docker = DockerBackend::connect(DockerBackendConfig {
         host: "unix:///var/run/docker.sock".into(),
         worker_id: format!("bench-{}", std::process::id()),
+        installation_id: "test-installation".into(),
         agent_path: agent_bin(),
         socket_dir: run_root.path().join("docker"),
         pids_limit: 1024,
         network_mode: "none".into(),
+        egress_allow: Vec::new(),
     })
     .expect("docker backend");
     std::fs::create_dir_all(run_root.path().join("docker")).expect("socket dir");

@@ -137,6 +137,40 @@ where
     }
 }
 
+/// Connects to the unix socket at `path` without following a symlink in its last
+/// component. A container can replace its own `agent.sock` (the directory is
+/// mounted into it); following a link there would let it point the host, which
+/// connects as root, at another sandbox's agent or the Docker socket. The socket is
+/// opened with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected through
+/// `/proc/self/fd/N`, which names that very inode: no window for a swap.
+async fn connect_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let node = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let kind = node.metadata()?.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "not a socket"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is {what}: refusing to connect through it",
+                path.display()
+            ),
+        ));
+    }
+    let stream =
+        tokio::net::UnixStream::connect(format!("/proc/self/fd/{}", node.as_raw_fd())).await;
+    drop(node);
+    stream
+}
+
 /// A byte stream to the agent, whatever the transport.
 pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AgentIo for T {}
@@ -150,11 +184,7 @@ impl Transport {
         let unavailable =
             |e: std::io::Error| AgentError::Unavailable(format!("connecting to {self}: {e}"));
         Ok(match self {
-            Transport::Unix(path) => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(unavailable)?,
-            ),
+            Transport::Unix(path) => Box::new(connect_unix(path).await.map_err(unavailable)?),
             Transport::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
@@ -164,9 +194,7 @@ impl Transport {
                 Box::new(stream)
             }
             Transport::HybridVsock(path, port) => {
-                let mut stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(unavailable)?;
+                let mut stream = connect_unix(path).await.map_err(unavailable)?;
                 hybrid_vsock_handshake(&mut stream, *port)
                     .await
                     .map_err(unavailable)?;
@@ -346,6 +374,21 @@ impl AgentClient {
     pub fn with_access_token(mut self, token: impl Into<String>) -> Self {
         self.access_token = Some(Token(token.into()));
         self
+    }
+
+    /// Hands the agent this client's access token (`POST /init`), so that it
+    /// requires the token from now on: microVM agents start without one. An agent
+    /// that already has this token accepts it again; one with another answers 409.
+    /// Does nothing for a client without a token.
+    pub async fn claim(&self) -> Result<(), AgentError> {
+        let Some(Token(token)) = &self.access_token else {
+            return Ok(());
+        };
+        self.init(&InitOptions {
+            access_token: Some(token.clone()),
+            ..InitOptions::default()
+        })
+        .await
     }
 
     /// Runs every process and file operation as `user` (envd's way: HTTP Basic

@@ -60,6 +60,7 @@ pub struct Auth {
     /// A valid hash to verify against when the user does not exist, so that a login
     /// for an unknown name takes as long as one with a wrong password.
     dummy_hash: Arc<String>,
+    password_work: PasswordWork,
 }
 
 /// SHA-256 of a token, hex. Keys and session tokens carry 256 random bits, so a fast
@@ -91,6 +92,61 @@ fn unauthorized(message: &str) -> CoreError {
     CoreError::Unauthorized(message.to_string())
 }
 
+/// Bounds argon2id work: each hash takes 19 MiB and tens of milliseconds of a core,
+/// so unbounded parallel logins (for unknown users, before any key) could take the
+/// server's memory. At most one hash per core runs; a few dozen wait; beyond that a
+/// login is refused at once with 429.
+#[derive(Clone)]
+struct PasswordWork {
+    running: Arc<tokio::sync::Semaphore>,
+    admitted: Arc<std::sync::atomic::AtomicUsize>,
+    max_admitted: usize,
+}
+
+/// Logins that may wait for a hashing slot (beyond those hashing).
+const MAX_WAITING_HASHES: usize = 32;
+
+impl PasswordWork {
+    fn new() -> PasswordWork {
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        PasswordWork {
+            running: Arc::new(tokio::sync::Semaphore::new(cores)),
+            admitted: Arc::default(),
+            max_admitted: cores + MAX_WAITING_HASHES,
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> CoreResult<T> {
+        use std::sync::atomic::Ordering;
+        if self.admitted.fetch_add(1, Ordering::SeqCst) >= self.max_admitted {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(CoreError::TooManyRequests(
+                "too many password checks in progress: try again in a moment".into(),
+            ));
+        }
+        struct Admitted<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Admitted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _admitted = Admitted(&self.admitted);
+        let _permit = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| CoreError::Internal(e.into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| CoreError::Internal(e.into()))
+    }
+}
+
 async fn hash_password(password: String) -> CoreResult<String> {
     tokio::task::spawn_blocking(move || {
         Argon2::default()
@@ -102,14 +158,10 @@ async fn hash_password(password: String) -> CoreResult<String> {
     .map_err(|e| CoreError::Internal(e.into()))?
 }
 
-async fn verify_password(password: String, hash: String) -> CoreResult<bool> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .map_err(|e| CoreError::Internal(e.into()))
+fn verify_password(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
 }
 
 impl Auth {
@@ -120,7 +172,20 @@ impl Auth {
             settings,
             touched: Arc::default(),
             dummy_hash: Arc::new(dummy_hash),
+            password_work: PasswordWork::new(),
         })
+    }
+
+    /// An argon2id hash of a new password, within the bound on hashing work.
+    async fn hash_password(&self, password: String) -> CoreResult<String> {
+        self.password_work
+            .run(move || {
+                Argon2::default()
+                    .hash_password(password.as_bytes())
+                    .map(|h| h.to_string())
+            })
+            .await?
+            .map_err(|e| CoreError::Internal(anyhow::anyhow!("password hashing failed: {e}")))
     }
 
     pub fn store(&self) -> &Arc<dyn AuthStore> {
@@ -298,7 +363,7 @@ impl Auth {
             updated_at: now,
             last_login_at: None,
         };
-        let hash = hash_password(req.password.clone()).await?;
+        let hash = self.hash_password(req.password.clone()).await?;
         self.store.insert_user(&user, &hash).await?;
         Ok(user)
     }
@@ -327,7 +392,7 @@ impl Auth {
         }
         user.updated_at = Utc::now();
         let hash = match &req.password {
-            Some(p) => Some(hash_password(p.clone()).await?),
+            Some(p) => Some(self.hash_password(p.clone()).await?),
             None => None,
         };
         self.store.update_user(&user, hash.as_deref()).await?;
@@ -363,16 +428,16 @@ impl Auth {
             .as_ref()
             .map(|(_, h)| h.clone())
             .unwrap_or_else(|| self.dummy_hash.to_string());
-        let valid = verify_password(password.to_string(), hash).await?;
-        let Some((mut user, _)) = found else {
+        let password = password.to_string();
+        let valid = self
+            .password_work
+            .run(move || verify_password(&password, &hash))
+            .await?;
+        // A disabled account answers as a wrong password does: the answer must not
+        // tell whoever tries that they found the right one.
+        let Some((mut user, _)) = found.filter(|(user, _)| valid && !user.disabled) else {
             return Err(unauthorized(FAILED));
         };
-        if !valid {
-            return Err(unauthorized(FAILED));
-        }
-        if user.disabled {
-            return Err(unauthorized("user account disabled"));
-        }
         let now = Utc::now();
         let token = random_token(SESSION_PREFIX)?;
         let session = Session {

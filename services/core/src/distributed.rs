@@ -128,19 +128,31 @@ impl DistributedRuntime {
             log_feed.clone(),
             background_rx.clone(),
         )];
+        let secret = match config.cluster.secret.as_deref() {
+            Some(secret) => Some(TunnelSecret::new(secret)?),
+            None => None,
+        };
         let backend = match role {
             DistributedRole::Worker => {
-                Some(crate::host::host_backends(config, store.clone()).await?)
+                // Gateways open the agents of every worker's sandboxes, so the key
+                // comes from the secret they all share; without one (no tunnel) it
+                // is this host's own.
+                let tokens = match &secret {
+                    Some(secret) => secret.agent_tokens(),
+                    None => crate::identity::AgentTokens::load_or_create(&config.data_dir)
+                        .map_err(|e| {
+                            CoreError::InvalidInput(format!(
+                                "cannot read or make the agent token key: {e}"
+                            ))
+                        })?,
+                };
+                Some(crate::host::host_backends(config, store.clone(), tokens).await?)
             }
             DistributedRole::Gateway => None,
         };
         let (backend, network): (Option<Arc<dyn crate::vmm::Backend>>, _) = match backend {
             Some(host) => (Some(host.backends), host.network),
             None => (None, None),
-        };
-        let secret = match config.cluster.secret.as_deref() {
-            Some(secret) => Some(TunnelSecret::new(secret)?),
-            None => None,
         };
         let defaults = platform_defaults(config);
         let local = backend.as_ref().map(|backend| LocalAgents {

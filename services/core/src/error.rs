@@ -21,6 +21,10 @@ pub enum CoreError {
     /// container). Not a 5xx: nothing is wrong with the server.
     #[error("{0}")]
     Unsupported(String),
+    /// 429: a limit on this client, or on work the server bounds, was reached; try
+    /// again later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 503: a dependency (backend, database) is down; try again later.
     #[error("{0}")]
     Unavailable(String),

@@ -11,6 +11,7 @@ use aetherium_common::Config;
 use aetherium_types::Orchestrator;
 
 use crate::error::{CoreError, CoreResult};
+use crate::identity::{self, AgentTokens};
 use crate::image::ImageStore;
 use crate::net::{HostNetwork, HostNetworkConfig};
 use crate::store::IpLeases;
@@ -52,8 +53,13 @@ pub fn probe_kernel(config: &Config) -> Option<PathBuf> {
         .map(|image| image.vmlinux)
 }
 
-/// Opens every configured backend that works here. Fails only when none does.
-pub async fn host_backends(config: &Config, leases: Arc<dyn IpLeases>) -> CoreResult<HostBackends> {
+/// Opens every configured backend that works here. Fails only when none does. Every
+/// sandbox they make requires its agent token from `tokens`.
+pub async fn host_backends(
+    config: &Config,
+    leases: Arc<dyn IpLeases>,
+    tokens: AgentTokens,
+) -> CoreResult<HostBackends> {
     let run_dir = config.vm_run_dir();
     let boot_timeout = Duration::from_secs(config.vmm.boot_timeout_seconds);
     let mut ready: Vec<Arc<dyn Backend>> = Vec::new();
@@ -104,7 +110,7 @@ pub async fn host_backends(config: &Config, leases: Arc<dyn IpLeases>) -> CoreRe
                 .into(),
         ));
     }
-    let backends = Arc::new(Backends::new(default, ready));
+    let backends = Arc::new(Backends::new(default, ready).with_agent_tokens(tokens));
     if wants(config, Orchestrator::Firecracker) {
         spawn_firecracker_probe(config, backends.clone());
     }
@@ -171,13 +177,18 @@ pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
     std::fs::create_dir_all(&socket_dir).map_err(|e| {
         CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
     })?;
+    let installation_id = identity::installation_id(&config.data_dir).map_err(|e| {
+        CoreError::InvalidInput(format!("cannot read or make the installation id: {e}"))
+    })?;
     let backend = docker::DockerBackend::connect(docker::DockerBackendConfig {
         host: config.vmm.docker.host.clone(),
         worker_id: config.worker.id.clone(),
+        installation_id,
         agent_path: crate::runtime::resolve_agent_path(config)?,
         socket_dir,
         pids_limit: config.vmm.docker.pids_limit,
         network_mode: config.vmm.docker.network_mode.clone(),
+        egress_allow: config.vmm.docker.egress_allow.clone(),
     })
     .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
     Ok(Arc::new(backend))

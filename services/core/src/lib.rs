@@ -10,6 +10,7 @@ pub mod environments;
 pub mod error;
 pub mod feed;
 pub mod host;
+pub mod identity;
 pub mod image;
 pub mod metrics;
 pub mod net;

@@ -163,7 +163,11 @@ impl EmbeddedRuntime {
         // The log writer and the pruner outlive the worker, so its last words are kept.
         let (background_stop, background_rx) = watch::channel(false);
         let store = Arc::new(store);
-        let host = crate::host::host_backends(config, store.clone()).await?;
+        let tokens =
+            crate::identity::AgentTokens::load_or_create(&config.data_dir).map_err(|e| {
+                CoreError::InvalidInput(format!("cannot read or make the agent token key: {e}"))
+            })?;
+        let host = crate::host::host_backends(config, store.clone(), tokens).await?;
         let backend: Arc<dyn Backend> = host.backends.clone();
         let auth = Auth::new(
             store.clone(),

@@ -43,11 +43,47 @@ pub struct ExecPayload {
     pub vm_id: String,
     pub command: String,
     pub args: Vec<String>,
-    #[serde(default)]
+    /// In clear only where no encryption key is configured; read it with
+    /// [`Platform::exec_env`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// `env` sealed with the secrets key: task payloads are kept in the database
+    /// and shown to every role, and env often carries credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_sealed: Option<SealedEnv>,
     #[serde(default)]
     pub cwd: Option<String>,
     pub timeout_seconds: u64,
+}
+
+/// A command's environment, encrypted (AES-256-GCM, bound to its execution id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealedEnv {
+    pub key_id: String,
+    /// Base64.
+    pub nonce: String,
+    /// Base64.
+    pub ciphertext: String,
+}
+
+fn env_aad(execution_id: &str) -> Vec<u8> {
+    [b"aetherium exec env\0".as_slice(), execution_id.as_bytes()].concat()
+}
+
+/// What task payloads show of a command's environment: the names, never the values.
+pub const REDACTED_ENV_VALUE: &str = "[REDACTED]";
+
+/// Replaces the values of `env` in a task payload (and in the command a `vm:create`
+/// runs next, `then_execute`).
+fn hide_env_values(payload: &mut serde_json::Value) {
+    if let Some(serde_json::Value::Object(env)) = payload.get_mut("env") {
+        for value in env.values_mut() {
+            *value = serde_json::Value::String(REDACTED_ENV_VALUE.into());
+        }
+    }
+    if let Some(then) = payload.get_mut("then_execute") {
+        hide_env_values(then);
+    }
 }
 
 /// Payload of `vm:delete` and of the control tasks (`vm:pause`, `vm:resume`, `vm:snapshot`).
@@ -435,12 +471,14 @@ impl Platform {
             vm_id: vm_id.to_string(),
             command: req.command.clone(),
             args: req.args.clone(),
-            env: req.env.clone(),
+            env: BTreeMap::new(),
+            env_sealed: None,
             cwd: req.cwd.clone(),
             timeout_seconds: req
                 .timeout_seconds
                 .unwrap_or(self.defaults.exec_timeout_seconds),
         };
+        let payload = self.seal_env(payload, &req.env)?;
         let mut task = new_task(TaskType::VmExecute, to_value(&payload)?, Some(vm_id));
         task.target_worker_id = vm.worker_id.clone();
         execution.task_id = Some(task.id.clone());
@@ -455,22 +493,37 @@ impl Platform {
     }
 
     /// Runs a command on a named or any running VM, creating one when needed.
+    /// A RUNNING VM that any caller may be given to run a command in: never one
+    /// that belongs to a workspace (its environment holds that workspace's secrets,
+    /// and its files its repository).
+    async fn shared_running_vm(&self) -> CoreResult<Option<Vm>> {
+        let filter = VmFilter {
+            status: Some(VmStatus::Running),
+            ..Default::default()
+        };
+        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
+        loop {
+            let (vms, _) = self.store.list_vms(&filter, &page).await?;
+            let full = vms.len() as u32 >= page.limit;
+            let last = vms.last().map(|v| (v.created_at, v.id.clone()));
+            if let Some(vm) = vms
+                .into_iter()
+                .find(|vm| !vm.metadata.contains_key("workspace_id"))
+            {
+                return Ok(Some(vm));
+            }
+            match last {
+                Some((at, id)) if full => page.cursor = Some(crate::store::Cursor::after(at, &id)),
+                _ => return Ok(None),
+            }
+        }
+    }
+
     pub async fn smart_execute(&self, req: &SmartExecuteRequest) -> CoreResult<SmartExecution> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let existing = match &req.vm_name {
             Some(name) => self.store.get_vm_by_name(name).await?,
-            None if req.prefer_existing => {
-                let filter = VmFilter {
-                    status: Some(VmStatus::Running),
-                    ..Default::default()
-                };
-                self.store
-                    .list_vms(&filter, &Page::new(Some(1), None))
-                    .await?
-                    .0
-                    .into_iter()
-                    .next()
-            }
+            None if req.prefer_existing => self.shared_running_vm().await?,
             None => None,
         };
         // The original ran `bash -c <command>` when no args were given.
@@ -518,12 +571,14 @@ impl Platform {
             vm_id: String::new(),
             command: exec_req.command.clone(),
             args: exec_req.args.clone(),
-            env: exec_req.env.clone(),
+            env: BTreeMap::new(),
+            env_sealed: None,
             cwd: None,
             timeout_seconds: exec_req
                 .timeout_seconds
                 .unwrap_or(self.defaults.exec_timeout_seconds),
         };
+        let payload = self.seal_env(payload, &exec_req.env)?;
         let (vm, task) = self
             .create_vm_then(&create, Some((&mut execution, payload)))
             .await?;
@@ -533,6 +588,113 @@ impl Platform {
             vm,
             vm_created: true,
         })
+    }
+
+    /// Puts `env` into the payload: sealed when a secrets key is configured (always
+    /// in embedded mode), in clear otherwise (task reads still hide the values).
+    fn seal_env(
+        &self,
+        mut payload: ExecPayload,
+        env: &BTreeMap<String, String>,
+    ) -> CoreResult<ExecPayload> {
+        if env.is_empty() {
+            return Ok(payload);
+        }
+        let Some(keyring) = &self.workspace_data.keyring else {
+            payload.env = env.clone();
+            return Ok(payload);
+        };
+        let plain = serde_json::to_vec(env).map_err(|e| CoreError::Internal(e.into()))?;
+        let sealed = keyring.encrypt(&plain, &env_aad(&payload.execution_id))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // The names stay readable; the values are only in the sealed copy.
+        payload.env = env
+            .keys()
+            .map(|name| (name.clone(), REDACTED_ENV_VALUE.to_string()))
+            .collect();
+        payload.env_sealed = Some(SealedEnv {
+            key_id: sealed.key_id,
+            nonce: base64::Engine::encode(&b64, &sealed.nonce),
+            ciphertext: base64::Engine::encode(&b64, &sealed.ciphertext),
+        });
+        Ok(payload)
+    }
+
+    /// The environment a queued command runs with (unsealed).
+    pub fn exec_env(&self, payload: &ExecPayload) -> CoreResult<BTreeMap<String, String>> {
+        let Some(sealed) = &payload.env_sealed else {
+            return Ok(payload.env.clone());
+        };
+        let keyring = self.workspace_data.keyring.as_ref().ok_or_else(|| {
+            CoreError::InvalidInput(
+                "the command's environment is encrypted and this worker has no secrets key (workspaces.encryption_key)".into(),
+            )
+        })?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |field: &str, text: &str| {
+            base64::Engine::decode(&b64, text).map_err(|e| {
+                CoreError::InvalidInput(format!(
+                    "the sealed environment's {field} is not base64: {e}"
+                ))
+            })
+        };
+        let sealed = crate::secrets::Sealed {
+            key_id: sealed.key_id.clone(),
+            nonce: decode("nonce", &sealed.nonce)?,
+            ciphertext: decode("ciphertext", &sealed.ciphertext)?,
+        };
+        let plain = keyring
+            .decrypt(&sealed, &env_aad(&payload.execution_id))
+            .map_err(|e| {
+                CoreError::InvalidInput(format!("cannot open the command's environment: {e}"))
+            })?;
+        serde_json::from_slice(&plain).map_err(|e| {
+            CoreError::InvalidInput(format!("the command's environment is corrupt: {e}"))
+        })
+    }
+
+    /// What stored outputs of VM `vm`'s commands must not contain: the secrets
+    /// injected into it (a workspace's VM gets its workspace's and the global ones),
+    /// since the records are readable by every role.
+    pub async fn execution_redactor(&self, vm: &Vm) -> crate::secrets::Redactor {
+        let Some(workspace_id) = vm.metadata.get("workspace_id").and_then(|w| w.as_str()) else {
+            return crate::secrets::Redactor::default();
+        };
+        match self.injected_secrets(workspace_id).await {
+            Ok(secrets) => crate::secrets::Redactor::new(secrets),
+            Err(e) => {
+                // Without the values nothing can be redacted: say so, keep running.
+                tracing::warn!(vm_id = %vm.id, error = %e, "cannot read the secrets to redact outputs with");
+                crate::secrets::Redactor::default()
+            }
+        }
+    }
+
+    /// A workspace's secrets as injected into its VM, decrypted: name → value.
+    pub async fn injected_secrets(
+        &self,
+        workspace_id: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let sealed = self
+            .workspace_data
+            .secrets
+            .secrets_for_injection(workspace_id)
+            .await
+            .map_err(|e| format!("cannot read the workspace's secrets: {e}"))?;
+        if sealed.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let Some(keyring) = self.workspace_data.keyring.as_ref() else {
+            return Err("the workspace has secrets but this worker has no encryption key (workspaces.encryption_key)".into());
+        };
+        let mut values = BTreeMap::new();
+        for (meta, sealed) in sealed {
+            let value = keyring
+                .decrypt_string(&sealed, &crate::secrets::aad_of(&meta))
+                .map_err(|e| format!("cannot decrypt secret {}: {e}", meta.name))?;
+            values.insert(meta.name, value);
+        }
+        Ok(values)
     }
 
     pub async fn get_execution(&self, id: &str) -> CoreResult<Execution> {
@@ -595,6 +757,13 @@ impl Platform {
 
     /// Stores a direct execution's outcome (output already capped by the caller).
     pub async fn finish_direct_execution(&self, execution: &mut Execution) -> CoreResult<()> {
+        if let Some(vm) = self.store.get_vm(&execution.vm_id).await? {
+            let redactor = self.execution_redactor(&vm).await;
+            if !redactor.is_empty() {
+                execution.stdout = redactor.redact_str(&execution.stdout);
+                execution.stderr = redactor.redact_str(&execution.stderr);
+            }
+        }
         let now = Utc::now();
         execution.completed_at = Some(now);
         if let Some(started) = execution.started_at {
@@ -624,6 +793,7 @@ impl Platform {
             .await?
             .ok_or_else(|| CoreError::NotFound(format!("task {id} not found")))?;
         self.mark_archived(std::slice::from_mut(&mut task)).await?;
+        Self::hide_env(std::slice::from_mut(&mut task));
         Ok(task)
     }
 
@@ -634,11 +804,20 @@ impl Platform {
     ) -> CoreResult<(Vec<Task>, u64)> {
         let (mut tasks, total) = self.store.list_tasks(filter, page).await?;
         self.mark_archived(&mut tasks).await?;
+        Self::hide_env(&mut tasks);
         Ok((tasks, total))
     }
 
     /// Fills in `archived_at` of the failed tasks still in the queue's archive (the
     /// records do not hold it: with the Redis queue, the archive lives in Redis).
+    /// Hides the values of a command's environment in a task's payload (kept in
+    /// clear only without a secrets key) from whoever reads tasks.
+    fn hide_env(tasks: &mut [Task]) {
+        for task in tasks {
+            hide_env_values(&mut task.payload);
+        }
+    }
+
     async fn mark_archived(&self, tasks: &mut [Task]) -> CoreResult<()> {
         let failed: Vec<&str> = tasks
             .iter()
@@ -657,7 +836,7 @@ impl Platform {
 
     /// The most recently archived (dead) tasks, at most `limit`, with `archived_at`.
     pub async fn list_archived_tasks(&self, limit: u32) -> CoreResult<Vec<Task>> {
-        Ok(self
+        let mut tasks: Vec<Task> = self
             .queue
             .list_archived(limit)
             .await?
@@ -666,7 +845,9 @@ impl Platform {
                 archived_at: Some(archived.archived_at),
                 ..archived.task
             })
-            .collect())
+            .collect();
+        Self::hide_env(&mut tasks);
+        Ok(tasks)
     }
 
     /// Puts an archived (dead) task back in line with no retries used: it is

@@ -45,7 +45,6 @@ use std::time::Duration;
 use aetherium_types::{Vm, VmStatus, Worker, WorkerStatus};
 use async_trait::async_trait;
 use chrono::Utc;
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -53,6 +52,7 @@ use tokio::task::JoinSet;
 
 use crate::agent_client::{AgentClient, AgentStream};
 use crate::error::{CoreError, CoreResult};
+use crate::identity::{AgentTokens, hmac_sha256};
 use crate::services::{AgentRouter, LocalAgents};
 use crate::store::Store;
 use crate::vmm::Backend;
@@ -102,6 +102,12 @@ impl TunnelSecret {
         Ok(TunnelSecret(secret.into()))
     }
 
+    /// The key of every sandbox's agent token in the cluster: gateways reach the
+    /// agents of every worker's sandboxes, so all derive it from this secret.
+    pub fn agent_tokens(&self) -> AgentTokens {
+        AgentTokens::derived_from(&self.0)
+    }
+
     /// The handshake's mac of `vm_id` under `nonce`.
     fn mac(&self, nonce: &[u8; NONCE_BYTES], vm_id: &str) -> [u8; 32] {
         hmac_sha256(&self.0, &[MAC_LABEL, nonce, vm_id.as_bytes()])
@@ -112,26 +118,6 @@ impl fmt::Debug for TunnelSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TunnelSecret(<redacted>)")
     }
-}
-
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block_key = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block_key[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block_key.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let mut outer = Sha256::new();
-    outer.update(block_key.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
 }
 
 /// Compares two macs in time independent of where they differ.
@@ -661,47 +647,16 @@ impl AgentRouter for RemoteAgents {
                 vm.id
             )));
         }
-        Ok(AgentClient::tunnel(
-            address,
-            vm.id.clone(),
-            self.secret.clone(),
-        ))
+        Ok(
+            AgentClient::tunnel(address, vm.id.clone(), self.secret.clone())
+                .with_access_token(self.secret.agent_tokens().for_vm(&vm.id)),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(text: &str) -> Vec<u8> {
-        text.as_bytes()
-            .chunks(2)
-            .map(|p| u8::from_str_radix(std::str::from_utf8(p).expect("utf8"), 16).expect("hex"))
-            .collect()
-    }
-
-    #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test case 2: a short key.
-        assert_eq!(
-            hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]).to_vec(),
-            hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
-        );
-        // Test case 6: a key longer than the block.
-        assert_eq!(
-            hmac_sha256(
-                &[0xaa; 131],
-                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
-            )
-            .to_vec(),
-            hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
-        );
-        // Test case 1: a 20-byte key.
-        assert_eq!(
-            hmac_sha256(&[0x0b; 20], &[b"Hi There"]).to_vec(),
-            hex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
-        );
-    }
 
     #[test]
     fn hex_round_trips_and_refuses_junk() {

@@ -429,7 +429,12 @@ impl Worker {
                         oom_killed,
                     } = sandbox.state
                     {
-                        self.sandbox_stopped(&vm.id, exit_code, oom_killed).await;
+                        let cause = if oom_killed {
+                            ExitCause::OutOfMemory(exit_code)
+                        } else {
+                            ExitCause::Exited(exit_code)
+                        };
+                        self.sandbox_stopped(&vm.id, cause).await;
                     }
                 }
                 Some(_) => {}
@@ -442,12 +447,7 @@ impl Worker {
                 && !listed
                 && self.backend.status(&vm.id).await? == SandboxState::Missing
             {
-                self.mark_vm_failed(
-                    &vm.id,
-                    &[VmStatus::Running, VmStatus::Paused],
-                    "the sandbox disappeared",
-                )
-                .await;
+                self.sandbox_stopped(&vm.id, ExitCause::Removed).await;
             }
         }
         Ok(())
@@ -460,11 +460,8 @@ impl Worker {
                 tokio::select! {
                     next = exits.next() => match next {
                         Some(Ok(SandboxExit { vm_id, exit_code })) => {
-                            let oom = matches!(
-                                self.backend.status(&vm_id).await,
-                                Ok(SandboxState::Exited { oom_killed: true, .. })
-                            );
-                            self.sandbox_stopped(&vm_id, exit_code, oom).await;
+                            let cause = self.exit_cause(&vm_id, exit_code).await;
+                            self.sandbox_stopped(&vm_id, cause).await;
                         }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "backend event stream ended");
@@ -482,24 +479,40 @@ impl Worker {
         }
     }
 
-    /// A RUNNING VM's sandbox exited without being asked to.
-    async fn sandbox_stopped(&self, vm_id: &str, exit_code: i64, oom_killed: bool) {
+    /// Why a sandbox stopped: out of memory, removed by someone else (`docker rm -f`
+    /// kills it first, so its exit comes just before it vanishes: looked at a few
+    /// times over 300 ms), or it exited.
+    async fn exit_cause(&self, vm_id: &str, exit_code: i64) -> ExitCause {
+        for attempt in 0..4 {
+            match self.backend.status(vm_id).await {
+                Ok(SandboxState::Missing) => return ExitCause::Removed,
+                Ok(SandboxState::Exited {
+                    oom_killed: true, ..
+                }) => return ExitCause::OutOfMemory(exit_code),
+                _ if attempt == 3 => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        ExitCause::Exited(exit_code)
+    }
+
+    /// A RUNNING VM's sandbox stopped without being asked to.
+    async fn sandbox_stopped(&self, vm_id: &str, cause: ExitCause) {
         let store = &self.platform.store;
-        let (to, message) = if oom_killed {
-            (
+        let (to, message) = match cause {
+            ExitCause::OutOfMemory(exit_code) => (
                 VmStatus::Failed,
                 format!("sandbox was killed for running out of memory (exit code {exit_code})"),
-            )
-        } else if exit_code == 0 {
-            (
+            ),
+            ExitCause::Removed => (VmStatus::Failed, REMOVED_OUTSIDE.to_string()),
+            ExitCause::Exited(0) => (
                 VmStatus::Stopped,
                 "sandbox exited on its own with code 0".to_string(),
-            )
-        } else {
-            (
+            ),
+            ExitCause::Exited(exit_code) => (
                 VmStatus::Failed,
                 format!("sandbox exited on its own with code {exit_code}"),
-            )
+            ),
         };
         match store
             .transition_vm(
@@ -929,6 +942,7 @@ impl Worker {
             vcpus: vm.vcpu_count,
             memory_mb: vm.memory_mb,
             network: self.attach_network(&vm).await?,
+            access_token: None,
         };
         if let Err(e) = self.backend.create(&spec).await {
             // The backend left nothing; neither may the network.
@@ -966,6 +980,14 @@ impl Worker {
                 )),
                 _ => TaskError::retry(format!("the sandbox's agent did not answer: {e}{context}")),
             });
+        }
+        // From here on the agent answers only to its token (microVM agents start
+        // without one; a container's already has it).
+        if let Err(e) = agent.claim().await {
+            let _ = self.remove_sandbox(&vm.id).await;
+            return Err(TaskError::permanent(format!(
+                "the sandbox's agent refused its access token: {e}"
+            )));
         }
         // Tools first, so that RUNNING means they are there. A failure leaves the
         // sandbox to `on_final_failure` (or to the next attempt, which starts clean).
@@ -1107,14 +1129,12 @@ impl Worker {
             self.publish_execution_done(&execution);
             return Ok(execution_result(&execution));
         }
-        let vm = store.get_vm(&payload.vm_id).await?;
-        if vm.as_ref().map(|v| v.status) != Some(VmStatus::Running) {
-            let why = match vm {
-                Some(v) => format!("the VM is {}", v.status),
-                None => "the VM was deleted".to_string(),
-            };
-            return Err(TaskError::permanent(why));
-        }
+        let vm = match store.get_vm(&payload.vm_id).await? {
+            Some(vm) if vm.status == VmStatus::Running => vm,
+            Some(vm) => return Err(TaskError::permanent(format!("the VM is {}", vm.status))),
+            None => return Err(TaskError::permanent("the VM was deleted")),
+        };
+        let redactor = self.platform.execution_redactor(&vm).await;
         if *cancel.borrow() {
             // `on_cancelled` fails the execution: nothing ran.
             return Err(TaskError::permanent(CANCELLED_WHILE_RUNNING));
@@ -1141,8 +1161,11 @@ impl Worker {
                 cancelled = output.cancelled;
                 execution.status = output.status;
                 execution.exit_code = output.exit_code;
-                execution.stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-                execution.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                // Records are readable by every role: no secret of the VM's in them.
+                execution.stdout =
+                    String::from_utf8_lossy(&redactor.redact_bytes(&output.stdout)).into_owned();
+                execution.stderr =
+                    String::from_utf8_lossy(&redactor.redact_bytes(&output.stderr)).into_owned();
                 execution.error = output.error;
                 if output.truncated {
                     execution
@@ -1190,12 +1213,16 @@ impl Worker {
         payload: &ExecPayload,
         cancel: watch::Receiver<bool>,
     ) -> Result<RunOutput, RunFailure> {
+        let envs = match self.platform.exec_env(payload) {
+            Ok(envs) => envs,
+            Err(e) => return Ok(RunOutput::not_started("invalid_argument", &e.to_string())),
+        };
         let agent = self.backend.agent(&payload.vm_id);
         let request = StartRequest {
             process: ProcessConfig {
                 cmd: payload.command.clone(),
                 args: payload.args.clone(),
-                envs: payload.env.clone(),
+                envs,
                 cwd: payload.cwd.clone(),
             },
             pty: None,
@@ -1289,6 +1316,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// What a VM whose sandbox was removed by someone else says.
+pub const REMOVED_OUTSIDE: &str = "the sandbox was removed outside Aetherium (by someone else, e.g. `docker rm`): its processes and files are gone";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitCause {
+    Exited(i64),
+    OutOfMemory(i64),
+    Removed,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<T, TaskError> {

@@ -131,11 +131,13 @@ impl Sandbox {
         let backend = DockerBackend::connect(DockerBackendConfig {
             host: "unix:///var/run/docker.sock".into(),
             worker_id: format!("test-{vm_id}"),
+            installation_id: "test-installation".into(),
             agent_path: static_agent_bin(),
             socket_dir: run_dir.path().to_path_buf(),
             pids_limit: 512,
             // The container shares the host's loopback, where the fixture server is.
             network_mode: "host".into(),
+            egress_allow: Vec::new(),
         })
         .unwrap();
         let spec = SandboxSpec {
@@ -146,6 +148,7 @@ impl Sandbox {
             vcpus: 1,
             memory_mb: 512,
             network: None,
+            access_token: None,
         };
         backend.create(&spec).await.expect("create the sandbox");
         let agent = backend.agent(&vm_id);
@@ -588,10 +591,12 @@ async fn bake_installs_tools_once_into_an_image() {
     let docker = DockerBackend::connect(DockerBackendConfig {
         host: "unix:///var/run/docker.sock".into(),
         worker_id: format!("test-bake-{}", std::process::id()),
+        installation_id: "test-installation".into(),
         agent_path: static_agent_bin(),
         socket_dir: run_dir.path().to_path_buf(),
         pids_limit: 512,
         network_mode: "host".into(),
+        egress_allow: Vec::new(),
     })
     .unwrap();
     let tag = format!(

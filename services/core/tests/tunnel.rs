@@ -772,9 +772,11 @@ async fn remote_agents_route_by_the_owner_row() {
     let agent = router.agent_for(&mine).await.expect("local");
     assert_eq!(agent, AgentClient::unix(&f.socket));
     let agent = router.agent_for(&running).await.expect("remote");
+    // Carrying the VM's agent token, derived from the cluster secret.
     assert_eq!(
         agent,
         AgentClient::tunnel(addr.to_string(), running.id.clone(), secret())
+            .with_access_token(secret().agent_tokens().for_vm(&running.id))
     );
     store.close().await;
 }

@@ -160,6 +160,8 @@ impl Env {
         config.workspaces.tool_mirrors =
             BTreeMap::from([("fixture".to_string(), format!("http://{addr}"))]);
         config.workspaces.idle_check_interval_seconds = 1;
+        // The fixture server listens on the host: open it to the isolated sandboxes.
+        config.vmm.docker.egress_allow = vec![format!("{}/32", addr.ip())];
         let runtime = EmbeddedRuntime::start(&config).await.unwrap();
         let platform = runtime.platform.clone();
         Env {

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use aetherium_core::CoreError;
 use aetherium_types::{AuditEntry, Principal, PrincipalKind, Role};
 use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
 use axum::middleware::Next;
@@ -43,7 +44,11 @@ pub async fn require_auth(
     };
     let who = match state.auth.authenticate(&token).await {
         Ok(who) => who,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            let (route, remote) = route_and_remote(&request);
+            let method = request.method().to_string();
+            return refuse_credential(&state, remote, method, route.unwrap_or_default(), e).await;
+        }
     };
     // A key's own limit allows a burst of one second's worth.
     let (rate, burst) = match who.rate_limit_per_second {
@@ -53,16 +58,9 @@ pub async fn require_auth(
     if let Err(wait) = state.rate_limits.check(&who.credential_id, rate, burst) {
         return too_many_requests(wait);
     }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
+    let (route, remote) = route_and_remote(&request);
     let method = request.method().clone();
     let role = route.as_deref().and_then(|r| required_role(&method, r));
-    let remote = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
     // Inside `nest`, `uri()` lost its prefix; the original matches the route template.
     let path = request
         .extensions()
@@ -71,7 +69,7 @@ pub async fn require_auth(
         .unwrap_or_else(|| request.uri().path().to_string());
     let principal = who.principal.clone();
 
-    let response = match authorize(&principal, &method, route.as_deref(), role) {
+    let mut response = match authorize(&principal, &method, route.as_deref(), role) {
         Ok(()) => {
             request.extensions_mut().insert(principal.clone());
             request.extensions_mut().insert(who);
@@ -85,11 +83,16 @@ pub async fn require_auth(
     if let (Some(route), Some(role)) = (route, role)
         && role > Role::Viewer
     {
-        let resource_id = response
+        let mut resource_id = response
             .extensions()
             .get::<AuditResource>()
             .map(|r| r.0.clone())
             .or_else(|| path_id(&route, &path));
+        if resource_id.is_none() && response.status().is_success() {
+            let (read, id) = created_id(response).await;
+            response = read;
+            resource_id = id;
+        }
         let entry = AuditEntry {
             seq: 0,
             at: Utc::now(),
@@ -105,6 +108,92 @@ pub async fn require_auth(
         state.auth.audit(&entry).await;
     }
     response
+}
+
+/// The request's route template and the client's address, for the audit log.
+fn route_and_remote(request: &Request) -> (Option<String>, Option<String>) {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    (route, remote)
+}
+
+/// Failed credentials one address may present per minute before it is answered
+/// 429 without a check (guessing keys stays slow; the audit log stays readable).
+const FAILED_CREDENTIALS_PER_MINUTE: u32 = 60;
+
+/// Answers a credential that did not authenticate: audited (`auth.failed`, with the
+/// address and route, never the token), and limited per address.
+async fn refuse_credential(
+    state: &AppState,
+    remote: Option<String>,
+    method: String,
+    route: String,
+    error: CoreError,
+) -> Response {
+    let key = format!("failed-credential:{}", remote.as_deref().unwrap_or("-"));
+    let per_minute = FAILED_CREDENTIALS_PER_MINUTE;
+    if let Err(wait) = state
+        .login_limits
+        .check(&key, f64::from(per_minute) / 60.0, per_minute)
+    {
+        return too_many_requests(wait);
+    }
+    let response = ApiError::from(error).into_response();
+    state
+        .auth
+        .audit(&AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            actor_id: None,
+            actor_name: None,
+            action: "auth.failed".into(),
+            method,
+            route,
+            resource_id: None,
+            status: response.status().as_u16(),
+            remote_addr: remote,
+        })
+        .await;
+    response
+}
+
+/// The id a creation answered with (`id`, else `vm_id`), for the audit log of a
+/// route without `{id}`. Only small, complete JSON bodies are read (and handed on
+/// unchanged); streams are left alone.
+async fn created_id(response: Response) -> (Response, Option<String>) {
+    const MAX_READ: u64 = 64 * 1024;
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let small = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .is_some_and(|n| n <= MAX_READ);
+    if !is_json || !small {
+        return (response, None);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_READ as usize).await else {
+        return (Response::from_parts(parts, axum::body::Body::empty()), None);
+    };
+    let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            ["id", "vm_id"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|id| id.as_str()).map(str::to_string))
+        });
+    (
+        Response::from_parts(parts, axum::body::Body::from(bytes)),
+        id,
+    )
 }
 
 /// 429 in the API's error shape, with `Retry-After` (whole seconds, at least 1).
@@ -185,15 +274,28 @@ fn path_id(route: &str, path: &str) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// The routes that upgrade to a WebSocket (GET only).
+pub const WEBSOCKET_ROUTES: [&str; 4] = [
+    "/api/v1/vms/{id}/exec/ws",
+    "/api/v1/workspaces/{id}/session",
+    "/api/v1/events",
+    "/api/v1/logs/stream",
+];
+
 /// `?token=` on a WebSocket upgrade. Browsers cannot set headers on a WebSocket, so
-/// the token may ride in the URL there, and only there (the access log records paths
-/// without the query string).
+/// the token may ride in the URL there, and only there: a GET upgrade of one of
+/// [`WEBSOCKET_ROUTES`] (the access log records paths without the query string).
+/// Anywhere else a token in a URL would end up in proxies' logs and browser history.
 fn websocket_query_token(request: &Request) -> Option<String> {
     let upgrade = request
         .headers()
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())?;
-    if !upgrade.eq_ignore_ascii_case("websocket") {
+    if !upgrade.eq_ignore_ascii_case("websocket") || request.method() != http::Method::GET {
+        return None;
+    }
+    let route = request.extensions().get::<MatchedPath>()?.as_str();
+    if !WEBSOCKET_ROUTES.contains(&route) {
         return None;
     }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(request.uri().query()?).ok()?;

@@ -53,6 +53,7 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(_) => StatusCode::NOT_FOUND,
             CoreError::Conflict(_) => StatusCode::CONFLICT,
             CoreError::Unsupported(_) => StatusCode::CONFLICT,
+            CoreError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

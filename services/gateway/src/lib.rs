@@ -12,7 +12,6 @@ mod ratelimit;
 mod routes;
 mod timeout;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +60,8 @@ pub struct AppState {
     /// The dashboard's static export served at `/` (`server.dashboard_dir`, when it
     /// holds a build); `None`: `/` says how to build it.
     pub dashboard_dir: Option<std::path::PathBuf>,
+    /// Connections open at once (`server.max_connections`).
+    pub max_connections: usize,
 }
 
 impl AppState {
@@ -81,6 +82,7 @@ impl AppState {
             cors_allowed_origins: Vec::new(),
             request_timeout: max_wait + Duration::from_secs(60),
             dashboard_dir: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -102,6 +104,7 @@ impl AppState {
         state.cors_allowed_origins = config.server.cors_allowed_origins.clone();
         state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
         state.dashboard_dir = config.server.dashboard();
+        state.max_connections = config.server.max_connections;
         state
     }
 }
@@ -309,10 +312,123 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = ConnectionLimits {
+        max_connections: state.max_connections,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+    };
+    serve_with_limits(listener, router(state), limits, shutdown).await
+}
+
+/// How long a client may take to send a request's headers, and how long an idle
+/// keep-alive connection stays open (hyper starts the same clock while it waits for
+/// the next request): slow or silent clients cannot hold connections forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for [`AppState::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Bounds on the connections a server holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; past it the server stops accepting until one
+    /// closes (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 with upgrades for WebSockets, and h2c),
+/// within `limits`, until `shutdown` resolves; then lets open requests finish.
+/// axum's own `serve` sets no timer, so hyper's header timeout never fired there.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: pausing keeps a persistent error from spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // Set by the first request: until then hyper is still telling HTTP/1 from
+        // h2 by the first bytes, with no timeout of its own.
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first_request = served.clone();
+        let service = app
+            .clone()
+            .map_request(move |mut request: axum::extract::Request| {
+                first_request.store(true, std::sync::atomic::Ordering::Relaxed);
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                request
+            });
+        let service = hyper_util::service::TowerToHyperService::new(service.map_request(
+            |request: http::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+        ));
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            // Dead peers of an h2 connection are found by pings.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let header_read_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let first_deadline = tokio::time::sleep(header_read_timeout);
+            tokio::pin!(first_deadline);
+            let mut awaiting_first = true;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        break;
+                    }
+                    () = &mut first_deadline, if awaiting_first => {
+                        if !served.load(std::sync::atomic::Ordering::Relaxed) {
+                            tracing::debug!(%remote, "no request within the header timeout: closing");
+                            break;
+                        }
+                        awaiting_first = false;
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -24,7 +24,9 @@ use aetherium_types::{
     Execution, ExecutionList, HealthResponse, SmartExecuteRequest, SmartExecuteResponse, Task,
     TaskList, Vm, VmActionResponse, VmList,
 };
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;

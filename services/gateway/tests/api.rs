@@ -568,6 +568,7 @@ async fn a_command_interrupted_mid_run_is_not_run_again() {
         command: "touch".into(),
         args: vec!["/tmp/ran-again".into()],
         env: Default::default(),
+        env_sealed: None,
         cwd: None,
         timeout_seconds: 30,
     };

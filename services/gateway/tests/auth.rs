@@ -341,7 +341,10 @@ async fn users_log_in_with_passwords_and_sessions_end() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(login("a brand new password").await.0, 401);
+    // The right password of a disabled account answers as a wrong one does.
+    let (status, disabled) = login("a brand new password").await;
+    assert_eq!(status, 401);
+    assert_eq!(disabled["message"], wrong["message"], "{disabled}");
 
     // API keys cannot log out; users can be deleted.
     assert_eq!(server.post("/auth/logout", json!({})).await.0, 400);

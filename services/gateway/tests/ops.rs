@@ -312,6 +312,7 @@ async fn cancelling_tasks_that_have_not_started_or_have_finished() {
         command: execution.command.clone(),
         args: execution.args.clone(),
         env: Default::default(),
+        env_sealed: None,
         cwd: None,
         timeout_seconds: 10,
     };

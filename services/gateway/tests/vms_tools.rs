@@ -77,6 +77,9 @@ async fn tools_server(catalog: PathBuf, mirror: String) -> TestServer {
             .workspaces
             .tool_mirrors
             .insert("fixture".into(), mirror.clone());
+        // Fixture servers listen on the host: open it to the isolated sandboxes.
+        config.vmm.docker.egress_allow =
+            vec![format!("{}/32", aetherium_testkit::docker_gateway())];
     })
     .await
 }

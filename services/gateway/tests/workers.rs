@@ -371,6 +371,7 @@ async fn placement_follows_labels_and_capacity_and_an_offline_worker_loses_its_v
         command: "sleep".into(),
         args: vec!["1".into()],
         env: Default::default(),
+        env_sealed: None,
         cwd: None,
         timeout_seconds: 10,
     };

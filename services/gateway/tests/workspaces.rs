@@ -230,6 +230,9 @@ async fn workspace_server(catalog: PathBuf, mirror: String) -> TestServer {
             .tool_mirrors
             .insert("fixture".into(), mirror.clone());
         config.workspaces.idle_check_interval_seconds = 1;
+        // Fixture servers listen on the host: open it to the isolated sandboxes.
+        config.vmm.docker.egress_allow =
+            vec![format!("{}/32", aetherium_testkit::docker_gateway())];
     })
     .await
 }
@@ -238,6 +241,9 @@ async fn workspace_server(catalog: PathBuf, mirror: String) -> TestServer {
 
 #[tokio::test]
 async fn a_workspace_is_prepared_prompted_streamed_and_idles_out_without_leaking_its_secret() {
+    // `aetherium up` installs the log capture layer; without it the platform's log
+    // records would never be stored, and "not in the logs" could not fail.
+    aetherium_common::telemetry::init(&aetherium_common::config::LoggingConfig::default());
     let fixtures = tempfile::tempdir().unwrap();
     git_fixture(fixtures.path());
     let catalog = tool_fixture(fixtures.path());
@@ -449,6 +455,13 @@ async fn a_workspace_is_prepared_prompted_streamed_and_idles_out_without_leaking
     }
     let (status, logs) = post(&server, &seen, "/logs/query", json!({"limit": 1000})).await;
     assert_eq!(status, 200, "{logs}");
+    // The records searched below exist: the workspace's preparation was logged.
+    assert!(
+        logs["logs"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r.to_string().contains(&id))),
+        "no log record about the workspace was stored: {logs}"
+    );
 
     let (status, body) = call(
         &server,

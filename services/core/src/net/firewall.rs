@@ -39,6 +39,17 @@ pub(crate) async fn ensure_rule(rule: &Rule) -> Result<(), NetError> {
     }
 }
 
+/// Whether the rule is in its chain.
+pub(crate) async fn has_rule(rule: &Rule) -> Result<bool, NetError> {
+    let check = args(rule, "-C");
+    let out = cmd::output("iptables", &check).await?;
+    match out.code {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(failed("iptables", &check, &out)),
+    }
+}
+
 /// Deletes every rule of `table`/`chain` that carries `tag`.
 pub(crate) async fn remove_tagged(table: &str, chain: &str, tag: &str) -> Result<(), NetError> {
     let listing = run("iptables", &["-w", "-t", table, "-S", chain]).await?;

@@ -9,6 +9,7 @@
 
 mod cmd;
 mod firewall;
+pub mod guard;
 mod links;
 pub mod plan;
 

@@ -57,11 +57,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let file = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await
             .map_err(|e| CoreError::Unavailable(format!("cannot open database {url}: {e}")))?;
+        restrict_to_owner(&file)?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
@@ -72,6 +74,30 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// The database holds key hashes, sealed secrets and every command's output: mode
+/// 0600 for it and its WAL files, whatever the umask made them.
+fn restrict_to_owner(db: &std::path::Path) -> CoreResult<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':') {
+        return Ok(()); // in memory
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CoreError::Unavailable(format!(
+                    "cannot restrict {} to its owner: {e}",
+                    std::path::Path::new(&path).display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {

@@ -38,13 +38,17 @@ pub async fn bake(
         vcpus: 2,
         memory_mb: 4096,
         network: None,
+        access_token: Some(uuid::Uuid::new_v4().simple().to_string()),
     };
     docker
         .create(&spec)
         .await
         .map_err(|e| CoreError::InvalidInput(format!("cannot start a container of {from}: {e}")))?;
     let result = async {
-        let agent = docker.agent(&vm_id).with_user("root");
+        let agent = docker
+            .agent(&vm_id)
+            .with_access_token(spec.access_token.clone().unwrap_or_default())
+            .with_user("root");
         agent
             .wait_ready(Duration::from_secs(60))
             .await

@@ -3,10 +3,14 @@
 //! - The static agent binary is bind-mounted read-only at [`AGENT_IN_CONTAINER`]; the
 //!   image needs nothing of ours, so any image works.
 //! - A per-sandbox host directory is mounted at [`RUN_DIR_IN_CONTAINER`]; the agent
-//!   listens on a unix socket there, which the host reaches directly.
+//!   listens on a unix socket there, which the host reaches directly -- never through
+//!   a symlink the container may have put in its place (`agent_client::connect_unix`).
+//!   The agent's access token is left there as a file that the agent reads and
+//!   deletes at start: it is in no environment, image or `docker inspect`.
 //! - CPU, memory (no extra swap) and pid limits come from the VM's size.
-//! - Labels name the owning worker and VM, so a restarted worker can find (adopt or
-//!   remove) exactly the containers it owns and nobody else's.
+//! - Labels name the installation, the owning worker and the VM, so a restarted
+//!   worker finds (adopts or removes) exactly the containers it owns -- not those of
+//!   another installation on the same host that happens to use the same worker id.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +31,12 @@ use super::{Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, Sandbo
 pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
 pub const RUN_DIR_IN_CONTAINER: &str = "/.aetherium/run";
 pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+/// The file in the run directory that hands the agent its access token.
+pub const AGENT_TOKEN_NAME: &str = "agent.token";
 
 pub const LABEL_MANAGED: &str = "io.aetherium.managed";
 pub const LABEL_WORKER: &str = "io.aetherium.worker_id";
+pub const LABEL_INSTALLATION: &str = "io.aetherium.installation";
 pub const LABEL_VM: &str = "io.aetherium.vm_id";
 
 #[derive(Debug, Clone)]
@@ -37,12 +44,29 @@ pub struct DockerBackendConfig {
     /// `unix:///var/run/docker.sock` or a bare socket path.
     pub host: String,
     pub worker_id: String,
+    /// This installation's id ([`crate::identity::installation_id`]).
+    pub installation_id: String,
     pub agent_path: PathBuf,
     /// Host directory holding one sub-directory (and agent socket) per sandbox.
     pub socket_dir: PathBuf,
     pub pids_limit: i64,
+    /// [`ISOLATED`], or a Docker network mode given as is.
     pub network_mode: String,
+    /// CIDRs isolated sandboxes may reach although the guard refuses them.
+    pub egress_allow: Vec<String>,
 }
+
+/// `network_mode` of sandboxes on [`ISOLATED_NETWORK`], behind [`crate::net::guard`].
+pub const ISOLATED: &str = "isolated";
+/// The Docker network every installation on a host shares for isolated sandboxes.
+pub const ISOLATED_NETWORK: &str = "aetherium-isolated";
+/// Its bridge device (named, so that the firewall rules can name it).
+pub const ISOLATED_BRIDGE: &str = "aeth-isolated";
+
+/// Capabilities a sandbox does without: raw sockets (ARP or ICMP spoofing on the
+/// bridge), device nodes, the audit log. The agent keeps what it needs to run
+/// commands and write files as any user.
+pub const DROPPED_CAPABILITIES: [&str; 3] = ["NET_RAW", "MKNOD", "AUDIT_WRITE"];
 
 pub struct DockerBackend {
     /// Connected on first use and again after a failure to connect, so a worker that
@@ -50,6 +74,8 @@ pub struct DockerBackend {
     docker: std::sync::Mutex<Option<Docker>>,
     socket_path: String,
     config: DockerBackendConfig,
+    /// Set once the isolated network and its guard are in place (this process).
+    isolated_ready: tokio::sync::OnceCell<()>,
 }
 
 fn container_name(vm_id: &str) -> String {
@@ -140,6 +166,7 @@ impl DockerBackend {
                 .unwrap_or(&config.host)
                 .to_string(),
             config,
+            isolated_ready: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -163,6 +190,96 @@ impl DockerBackend {
         Ok(docker)
     }
 
+    /// The label filters of this installation's and worker's containers (Docker
+    /// ANDs them).
+    fn own_labels(&self) -> Vec<String> {
+        vec![
+            format!("{LABEL_INSTALLATION}={}", self.config.installation_id),
+            format!("{LABEL_WORKER}={}", self.config.worker_id),
+        ]
+    }
+
+    fn isolated(&self) -> bool {
+        self.config.network_mode == ISOLATED
+    }
+
+    /// Makes the isolated network (ICC off) if it is missing and puts the guard's
+    /// rules on its bridge. Without them no isolated sandbox starts: it would be
+    /// less isolated than promised.
+    async fn ensure_isolated_network(&self) -> Result<(), BackendError> {
+        self.isolated_ready
+            .get_or_try_init(|| async {
+                let docker = self.client()?;
+                let inspect = docker
+                    .inspect_network(
+                        ISOLATED_NETWORK,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await;
+                match inspect {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {
+                        let request = bollard::models::NetworkCreateRequest {
+                            name: ISOLATED_NETWORK.to_string(),
+                            driver: Some("bridge".into()),
+                            options: Some(HashMap::from([
+                                ("com.docker.network.bridge.name".into(), ISOLATED_BRIDGE.into()),
+                                (
+                                    "com.docker.network.bridge.enable_icc".into(),
+                                    "false".into(),
+                                ),
+                            ])),
+                            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "true".into())])),
+                            ..Default::default()
+                        };
+                        match docker.create_network(request).await {
+                            Ok(_) => {}
+                            // Made by another installation meanwhile.
+                            Err(bollard::errors::Error::DockerResponseServerError {
+                                status_code: 409,
+                                ..
+                            }) => {}
+                            Err(e) => return Err(map_err(e)),
+                        }
+                    }
+                    Err(e) => return Err(map_err(e)),
+                }
+                crate::net::guard::guard_bridge(ISOLATED_BRIDGE)
+                    .await
+                    .map_err(|e| {
+                        BackendError::Unavailable(format!(
+                            "cannot put the firewall rules of the isolated network in place ({e}); \
+                             run as root with iptables, or set vmm.docker.network_mode to bridge to run without isolation"
+                        ))
+                    })
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens `egress_allow` to a new isolated sandbox, by its address.
+    async fn open_egress(&self, vm_id: &str) -> Result<(), BackendError> {
+        let info = self
+            .client()?
+            .inspect_container(&container_name(vm_id), None::<InspectContainerOptions>)
+            .await
+            .map_err(map_err)?;
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(ISOLATED_NETWORK).cloned())
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| {
+                BackendError::Other(format!(
+                    "sandbox {vm_id} has no address on {ISOLATED_NETWORK}"
+                ))
+            })?;
+        crate::net::guard::open_for_sandbox(ISOLATED_BRIDGE, vm_id, ip, &self.config.egress_allow)
+            .await
+            .map_err(|e| BackendError::Other(format!("cannot open egress_allow to {vm_id}: {e}")))
+    }
+
     fn run_dir(&self, vm_id: &str) -> PathBuf {
         self.config.socket_dir.join(vm_id)
     }
@@ -174,9 +291,24 @@ impl DockerBackend {
     ) -> Result<(), BackendError> {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
+            (
+                LABEL_INSTALLATION.to_string(),
+                self.config.installation_id.clone(),
+            ),
             (LABEL_WORKER.to_string(), self.config.worker_id.clone()),
             (LABEL_VM.to_string(), spec.vm_id.clone()),
         ]);
+        let mut entrypoint = vec![
+            AGENT_IN_CONTAINER.to_string(),
+            "--listen".to_string(),
+            format!("unix:{RUN_DIR_IN_CONTAINER}/{AGENT_SOCKET_NAME}"),
+        ];
+        if let Some(token) = &spec.access_token {
+            write_token_file(&run_dir.join(AGENT_TOKEN_NAME), token)?;
+            entrypoint.push(format!(
+                "--access-token-file={RUN_DIR_IN_CONTAINER}/{AGENT_TOKEN_NAME}"
+            ));
+        }
         let memory = (spec.memory_mb as i64) * 1024 * 1024;
         let host_config = HostConfig {
             binds: Some(vec![
@@ -192,18 +324,19 @@ impl DockerBackend {
             pids_limit: Some(self.config.pids_limit),
             // docker-init (tini) as PID 1 reaps orphans the commands leave behind.
             init: Some(true),
-            network_mode: Some(self.config.network_mode.clone()),
+            network_mode: Some(if self.isolated() {
+                ISOLATED_NETWORK.to_string()
+            } else {
+                self.config.network_mode.clone()
+            }),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
+            cap_drop: Some(DROPPED_CAPABILITIES.map(String::from).to_vec()),
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             hostname: Some(spec.name.chars().take(63).collect()),
-            entrypoint: Some(vec![
-                AGENT_IN_CONTAINER.to_string(),
-                "--listen".to_string(),
-                format!("unix:{RUN_DIR_IN_CONTAINER}/{AGENT_SOCKET_NAME}"),
-            ]),
+            entrypoint: Some(entrypoint),
             cmd: Some(vec![]),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -229,8 +362,25 @@ impl DockerBackend {
             .start_container(&container_name(&spec.vm_id), None::<StartContainerOptions>)
             .await
             .map_err(map_err)?;
+        if self.isolated() && !self.config.egress_allow.is_empty() {
+            self.open_egress(&spec.vm_id).await?;
+        }
         Ok(())
     }
+}
+
+/// Writes the agent's token for it to take at start (mode 0600: only root in the
+/// container reads it, and the agent deletes it).
+fn write_token_file(path: &Path, token: &str) -> Result<(), BackendError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .map_err(|e| BackendError::Other(format!("cannot write {}: {e}", path.display())))
 }
 
 fn state_of(state: Option<&bollard::models::ContainerState>) -> SandboxState {
@@ -261,6 +411,9 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
+        if self.isolated() {
+            self.ensure_isolated_network().await?;
+        }
         let run_dir = self.run_dir(&spec.vm_id);
         tokio::fs::create_dir_all(&run_dir).await.map_err(|e| {
             BackendError::Other(format!("cannot create {}: {e}", run_dir.display()))
@@ -293,6 +446,14 @@ impl Backend for DockerBackend {
             }) => {}
             Err(e) => return Err(map_err(e)),
         }
+        if self.isolated()
+            && !self.config.egress_allow.is_empty()
+            && let Err(e) = crate::net::guard::close_for_sandbox(vm_id).await
+        {
+            return Err(BackendError::Other(format!(
+                "cannot remove the egress rules of {vm_id}: {e}"
+            )));
+        }
         let run_dir = self.run_dir(vm_id);
         match tokio::fs::remove_dir_all(&run_dir).await {
             Ok(()) => Ok(()),
@@ -317,10 +478,7 @@ impl Backend for DockerBackend {
     }
 
     async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
-        )]);
+        let filters = HashMap::from([("label", self.own_labels())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -345,10 +503,7 @@ impl Backend for DockerBackend {
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
             ("event", vec!["die".to_string()]),
-            (
-                "label",
-                vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
-            ),
+            ("label", self.own_labels()),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
         let docker = match self.client() {

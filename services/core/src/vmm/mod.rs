@@ -30,6 +30,10 @@ pub struct SandboxSpec {
     /// The guest's network, made by the worker before `create` (microVM backends
     /// attach the TAP device; Docker uses its own networking). `None`: no network.
     pub network: Option<GuestNetwork>,
+    /// The token the sandbox's agent will require (`X-Access-Token`). Backends that
+    /// can hand it over at start do (Docker); microVM agents get it through
+    /// [`AgentClient::claim`] once they answer. [`multi::Backends`] fills it in.
+    pub access_token: Option<String>,
 }
 
 /// A microVM's network: a TAP device on the host bridge and the guest's address.

@@ -16,6 +16,7 @@ use futures::stream::BoxStream;
 
 use super::{Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
 use crate::agent_client::AgentClient;
+use crate::identity::AgentTokens;
 
 pub struct Backends {
     default: Orchestrator,
@@ -25,6 +26,8 @@ pub struct Backends {
     placed: RwLock<HashMap<String, Orchestrator>>,
     /// Bumped by [`Backends::add`], so that the exit watch restarts with the newcomer.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Each sandbox's agent token: handed to new sandboxes, sent on every call.
+    tokens: Option<AgentTokens>,
 }
 
 impl Backends {
@@ -35,7 +38,15 @@ impl Backends {
             backends: RwLock::new(backends.into_iter().map(|b| (b.kind(), b)).collect()),
             placed: RwLock::new(HashMap::new()),
             generation: tokio::sync::watch::Sender::new(0),
+            tokens: None,
         }
+    }
+
+    /// Every sandbox made from now on requires its token from `tokens`, and every
+    /// agent client carries it.
+    pub fn with_agent_tokens(mut self, tokens: AgentTokens) -> Backends {
+        self.tokens = Some(tokens);
+        self
     }
 
     pub fn get(&self, kind: Orchestrator) -> Option<Arc<dyn Backend>> {
@@ -147,7 +158,11 @@ impl Backend for Backends {
             ))
         })?;
         self.remember(&spec.vm_id, spec.orchestrator);
-        let created = backend.create(spec).await;
+        let mut spec = spec.clone();
+        if let Some(tokens) = &self.tokens {
+            spec.access_token = Some(tokens.for_vm(&spec.vm_id));
+        }
+        let created = backend.create(&spec).await;
         if created.is_err() {
             self.forget(&spec.vm_id);
         }
@@ -230,7 +245,11 @@ impl Backend for Backends {
     }
 
     fn agent(&self, vm_id: &str) -> AgentClient {
-        self.owner_now(vm_id).agent(vm_id)
+        let agent = self.owner_now(vm_id).agent(vm_id);
+        match &self.tokens {
+            Some(tokens) => agent.with_access_token(tokens.for_vm(vm_id)),
+            None => agent,
+        }
     }
 
     async fn pause(&self, vm_id: &str) -> Result<(), BackendError> {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::{TaskError, TaskResult, Worker, parse, until_cancelled};
 use crate::agent_client::{AgentClient, InitOptions};
-use crate::secrets::{Redactor, aad_of};
+use crate::secrets::Redactor;
 use crate::services::{CANCELLED_WHILE_RUNNING, new_task};
 use crate::tools::ToolProgress;
 use crate::workspaces::{PromptExecutePayload, WorkspaceCreatePayload};
@@ -249,27 +249,7 @@ impl Worker {
         &self,
         workspace_id: &str,
     ) -> Result<BTreeMap<String, String>, String> {
-        let sealed = self
-            .platform
-            .workspace_data
-            .secrets
-            .secrets_for_injection(workspace_id)
-            .await
-            .map_err(|e| format!("cannot read the workspace's secrets: {e}"))?;
-        if sealed.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let Some(keyring) = self.platform.workspace_data.keyring.as_ref() else {
-            return Err("the workspace has secrets but this worker has no encryption key (workspaces.encryption_key)".into());
-        };
-        let mut values = BTreeMap::new();
-        for (meta, sealed) in sealed {
-            let value = keyring
-                .decrypt_string(&sealed, &aad_of(&meta))
-                .map_err(|e| format!("cannot decrypt secret {}: {e}", meta.name))?;
-            values.insert(meta.name, value);
-        }
-        Ok(values)
+        self.platform.injected_secrets(workspace_id).await
     }
 
     // ---- workspace:create ----------------------------------------------------------

@@ -9,7 +9,9 @@ use aetherium_types::{
     CreateUserRequest, LoginRequest, Principal, UpdateUserRequest, User, UserList, WhoAmI,
 };
 use axum::Extension;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http::StatusCode;
@@ -49,6 +51,9 @@ fn with_resource(status: StatusCode, body: impl IntoResponse, id: &str) -> Respo
 
 // ---- Sessions -----------------------------------------------------------------
 
+/// How many usernames' worth of login attempts one address gets.
+const LOGIN_NAMES_PER_ADDRESS: u32 = 4;
+
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",
@@ -80,6 +85,17 @@ pub async fn login(
         state
             .login_limits
             .check(&limiter_key, f64::from(per_minute) / 60.0, per_minute)
+    {
+        return too_many_requests(wait);
+    }
+    // Also per address whatever the name: trying many names must not multiply the
+    // budget (each attempt costs a password hash).
+    let address_key = format!("login-address:{}", remote.as_deref().unwrap_or("-"));
+    let per_address = per_minute.saturating_mul(LOGIN_NAMES_PER_ADDRESS);
+    if let Err(wait) =
+        state
+            .login_limits
+            .check(&address_key, f64::from(per_address) / 60.0, per_address)
     {
         return too_many_requests(wait);
     }
@@ -219,14 +235,24 @@ pub async fn get_api_key(
     responses(
         (status = 200, description = "Revoked: it stops working at once", body = aetherium_types::ApiKey),
         (status = 404, description = "No such key", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The key making the request: revoke it with another credential", body = aetherium_types::ErrorResponse),
     )
 )]
 /// `POST /api-keys/{id}/revoke`: revokes the key (idempotent); it stops working at
-/// once. Keys are revoked, never deleted: the record stays for the audit trail.
+/// once. Keys are revoked, never deleted: the record stays for the audit trail. Not
+/// the key making the request: that would lock its holder out mid-session (a
+/// script, the last admin key).
 pub async fn revoke_api_key(
     State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<aetherium_types::Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ApiKey>> {
+    if principal.kind == aetherium_types::PrincipalKind::ApiKey && principal.id == id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this is the key making the request: revoke it with another key or a user session",
+        ));
+    }
     Ok(Json(state.auth.revoke_api_key(&id).await?))
 }
 

@@ -6,7 +6,9 @@ use aetherium_types::{
     AddSecretRequest, CreateEnvironmentRequest, Environment, EnvironmentList, ErrorResponse,
     Secret, SecretList, SecretScope, UpdateEnvironmentRequest,
 };
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 

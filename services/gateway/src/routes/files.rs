@@ -5,7 +5,9 @@
 use aetherium_core::agent_client::{AgentClient, AgentError};
 use aetherium_types::agent::filesystem::{EntryInfo, FileType};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
@@ -103,6 +105,10 @@ pub struct UploadResponse {
 /// (`not_found` 404, `invalid_argument` 400, `permission_denied` 403, …).
 fn agent_error(e: AgentError) -> ApiError {
     match e {
+        // A full disk in the sandbox: not the client's rate (429) but its storage.
+        AgentError::Connect(c) if c.code == aetherium_types::agent::code::RESOURCE_EXHAUSTED => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, c.message)
+        }
         AgentError::Connect(c) => {
             let status =
                 StatusCode::from_u16(c.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -184,6 +190,7 @@ fn too_large(limit: u64) -> ApiError {
         (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
         (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 507, description = "The sandbox's disk is full", body = aetherium_types::ErrorResponse),
         (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
         (status = 413, description = "The upload is over the limit", body = aetherium_types::ErrorResponse),
     )
@@ -279,6 +286,7 @@ async fn refuse_non_directory_ancestor(agent: &AgentClient, path: &str) -> ApiRe
         (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
         (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 507, description = "The sandbox's disk is full", body = aetherium_types::ErrorResponse),
         (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
     )
 )]
@@ -317,6 +325,7 @@ pub async fn download(
         (status = 404, description = "No such VM, or no such file", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The VM is not RUNNING", body = aetherium_types::ErrorResponse),
         (status = 502, description = "The VM's agent failed or answered something unexpected", body = aetherium_types::ErrorResponse),
+        (status = 507, description = "The sandbox's disk is full", body = aetherium_types::ErrorResponse),
         (status = 503, description = "The VM's agent did not answer", body = aetherium_types::ErrorResponse),
     )
 )]

@@ -2,7 +2,9 @@
 //! Prometheus metrics are in `crate::metrics`.)
 
 use aetherium_types::{CancelTaskResponse, QueueHistory, ReadyResponse, Task, TaskStatus};
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 

@@ -15,7 +15,9 @@ use aetherium_core::agent_client::{AgentClient, AgentError, ProcessStream};
 use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
 use aetherium_types::{ExecuteCommandRequest, Execution, ExecutionStatus};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;

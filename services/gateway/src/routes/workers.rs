@@ -7,7 +7,9 @@ use aetherium_core::store::Cursor;
 use aetherium_types::{
     ClusterDistribution, ClusterStats, ErrorResponse, VmList, WorkerList, WorkerStatus, WorkerView,
 };
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use serde::Deserialize;
 
 use super::{ApiResult, PageQuery, parse_page};

@@ -13,9 +13,11 @@ use aetherium_types::{
     PromptList, Secret, SecretList, SessionClientMessage, SessionServerMessage, SessionStream,
     SubmitPromptRequest, Workspace, WorkspaceList, WorkspaceStatus,
 };
+use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+
+use crate::extract::Path;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};

@@ -23,7 +23,9 @@ use aetherium_types::agent::{
 use aetherium_types::{ExecuteCommandRequest, ExecutionStatus};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
+
+use crate::extract::Path;
 use axum::response::Response;
 use futures::stream::SplitStream;
 use futures::{SinkExt as _, StreamExt as _};

@@ -61,6 +61,20 @@ impl TestServer {
         Self::start_inner(docker_host, aetherium_gateway::DEFAULT_MAX_UPLOAD_BYTES).await
     }
 
+    /// A second installation on this host (its own data dir) that uses the same
+    /// worker id as another: what two `aetherium up` with default settings do.
+    pub async fn start_with_worker_id(worker_id: &str) -> TestServer {
+        let mut server = Self::start_inner(
+            "unix:///var/run/docker.sock",
+            aetherium_gateway::DEFAULT_MAX_UPLOAD_BYTES,
+        )
+        .await;
+        server.shutdown().await;
+        server.worker_id = worker_id.to_string();
+        server.boot().await;
+        server
+    }
+
     async fn start_inner(docker_host: &str, max_upload_bytes: u64) -> TestServer {
         let data_dir = tempfile::Builder::new().prefix("aeth-").tempdir().unwrap();
         let worker_id = format!("test-{}", &random_hex()[..12]);
@@ -277,6 +291,24 @@ pub fn docker_ids(filters: &[&str]) -> Vec<String> {
 
 pub fn container_of(vm_id: &str) -> String {
     format!("aetherium-{vm_id}")
+}
+
+/// `prefix-` and 8 random hex digits: a name no parallel test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &random_hex()[..8])
+}
+
+/// Runs `script` with `sh -c` in `vm` through the queued API (at most `timeout_seconds`),
+/// waiting for it; returns the execution.
+pub async fn sh_in(server: &TestServer, vm: &str, script: &str, timeout_seconds: u64) -> Value {
+    let (status, body) = server
+        .post(
+            &format!("/vms/{vm}/execute?wait=120s"),
+            serde_json::json!({"command": "sh", "args": ["-c", script], "timeout_seconds": timeout_seconds}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["execution"].clone()
 }
 
 pub fn random_hex() -> String {

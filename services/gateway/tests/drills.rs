@@ -1,0 +1,126 @@
+//! Abuse drills against a real `aetherium up` platform and real containers: each
+//! asserts that the hostile sandbox was stopped or refused *and* that the host, the
+//! API and a neighbouring sandbox stayed healthy.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, container_of, docker, sh_in, unique};
+use serde_json::{Value, json};
+
+async fn sh(server: &TestServer, vm: &str, script: &str, timeout: u64) -> Value {
+    sh_in(server, vm, script, timeout).await
+}
+
+async fn vm_sized(server: &TestServer, name: &str, memory_mb: u64) -> String {
+    let (status, body) = server
+        .post(
+            "/vms?wait=90s",
+            json!({"name": name, "vcpus": 1, "memory_mb": memory_mb}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["vm_id"].as_str().unwrap().to_string()
+}
+
+/// The API answers quickly and a neighbouring sandbox still runs commands.
+async fn platform_healthy(server: &TestServer, neighbour: &str) {
+    let started = Instant::now();
+    let health = server
+        .http
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let ran = sh(server, neighbour, "echo neighbour-ok", 30).await;
+    assert_eq!(ran["stdout"], "neighbour-ok\n", "{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_hits_the_pid_limit_and_is_stopped() {
+    let server = TestServer::start().await;
+    let neighbour = server.running_vm(&unique("neighbour")).await;
+    let bomb = server.running_vm(&unique("bomb")).await;
+    // Forks until the sandbox's pid limit; the command's timeout kills its group.
+    let ran = sh(
+        &server,
+        &bomb,
+        "bomb() { bomb | bomb & }; bomb; sleep 30",
+        8,
+    )
+    .await;
+    assert_ne!(ran["status"], "completed", "{ran}");
+    // The pid limit held: the container never had more processes than allowed.
+    let pids = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.PidsLimit}}",
+        &container_of(&bomb),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&pids.stdout).trim(), "1024");
+    platform_healthy(&server, &neighbour).await;
+    // What the bomb left is removed with its sandbox.
+    let (status, deleted) = server.delete(&format!("/vms/{bomb}?wait=60s")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert!(!docker(&["inspect", &container_of(&bomb)]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_killed_inside_its_limit() {
+    let server = TestServer::start().await;
+    let neighbour = server.running_vm(&unique("neighbour")).await;
+    let hog = vm_sized(&server, &unique("hog"), 128).await;
+    // Half a gigabyte in a 128 MiB sandbox: the kernel kills the hog (or the
+    // sandbox), never the host.
+    let (status, body) = server
+        .post(
+            &format!("/vms/{hog}/execute?wait=120s"),
+            json!({"command": "perl", "args": ["-e", "$x = 'a' x (512*1024*1024); print length($x)"], "timeout_seconds": 60}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let execution = &body["execution"];
+    assert!(
+        execution["exit_code"] != 0 || execution["status"] == "failed",
+        "the hog got its memory: {execution}"
+    );
+    assert!(
+        !execution["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("536870912")
+    );
+    platform_healthy(&server, &neighbour).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_ignoring_sigterm_does_not_hold_up_a_delete() {
+    let server = TestServer::start().await;
+    let vm = server.running_vm(&unique("stubborn")).await;
+    sh(
+        &server,
+        &vm,
+        "setsid sh -c 'trap \"\" TERM INT HUP; while :; do sleep 1; done' >/dev/null 2>&1 </dev/null &",
+        30,
+    )
+    .await;
+    let started = Instant::now();
+    let (status, deleted) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["status"], "completed", "{deleted}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!docker(&["inspect", &container_of(&vm)]).status.success());
+    assert!(!server.data_dir.path().join("sockets").join(&vm).exists());
+}

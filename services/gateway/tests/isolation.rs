@@ -1,0 +1,651 @@
+//! Sandboxes attacking the platform, through the real API and real containers: the
+//! holes of issue 14, each reproduced as the attacker would, and refused.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, container_of, docker, random_hex, sh_in, unique};
+use serde_json::{Value, json};
+
+/// Runs `script` with `sh -c` in `vm` through the queued API, waiting for it.
+async fn sh(server: &TestServer, vm: &str, script: &str) -> Value {
+    sh_in(server, vm, script, 600).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_point_the_host_at_another_socket() {
+    let server = TestServer::start().await;
+    let victim = server.running_vm(&unique("victim")).await;
+    let attacker = server.running_vm(&unique("attacker")).await;
+    let marker = format!("victim-private-{}", random_hex());
+    let done = sh(&server, &victim, &format!("echo {marker} > /root/private")).await;
+    assert_eq!(done["exit_code"], 0, "{done}");
+
+    // The attacker swaps its own agent.sock for a link to the victim's socket (the
+    // host resolves the link) and asks the platform for "its own" files.
+    let victim_socket = server
+        .data_dir
+        .path()
+        .join("sockets")
+        .join(&victim)
+        .join("agent.sock");
+    let swap = format!(
+        "ln -s {} /.aetherium/run/x && mv -f /.aetherium/run/x /.aetherium/run/agent.sock && ls -l /.aetherium/run",
+        victim_socket.display()
+    );
+    let swapped = sh(&server, &attacker, &swap).await;
+    assert!(
+        swapped["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("agent.sock ->"),
+        "{swapped}"
+    );
+
+    let (status, body) = server
+        .get(&format!("/vms/{attacker}/files?path=/root/private"))
+        .await;
+    assert_ne!(status, 200, "the victim's file came back: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("symbolic link"),
+        "{status} {body}"
+    );
+    // A queued command does not run in the victim either.
+    let (status, queued) = server
+        .post(
+            &format!("/vms/{attacker}/execute?wait=3s"),
+            json!({"command": "cat", "args": ["/root/private"]}),
+        )
+        .await;
+    assert!(
+        !queued.to_string().contains(&marker),
+        "{status}: the command ran in the victim: {queued}"
+    );
+
+    // Pointed at the Docker engine's socket, the platform does not talk to Docker.
+    let other = server.running_vm(&unique("attacker2")).await;
+    sh(
+        &server,
+        &other,
+        "ln -s /var/run/docker.sock /.aetherium/run/x && mv -f /.aetherium/run/x /.aetherium/run/agent.sock",
+    )
+    .await;
+    let (status, body) = server
+        .get(&format!("/vms/{other}/files?path=/version"))
+        .await;
+    assert!(status >= 500, "{status} {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("symbolic link"),
+        "{body}"
+    );
+
+    // The victim itself is untouched.
+    let (status, file) = server
+        .request(
+            reqwest::Method::GET,
+            &format!("/vms/{victim}/files?path=/root/private"),
+        )
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(file.text().await.unwrap().trim(), marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_in_a_sandbox_cannot_use_the_agent_socket() {
+    let server = TestServer::start().await;
+    let vm = server.running_vm(&unique("inside")).await;
+    let socket = "/.aetherium/run/agent.sock";
+    let files = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {socket} 'http://agent/files?path=/etc/shadow'"
+    );
+
+    // Root inside the sandbox reaches the socket but has no token: 401.
+    let as_root = sh(&server, &vm, &files).await;
+    assert_eq!(as_root["stdout"], "401", "{as_root}");
+
+    // An unprivileged user (a workspace's AI assistant) is refused at connect: no
+    // HTTP answer at all, so not /etc/shadow either.
+    let as_nobody = sh(
+        &server,
+        &vm,
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups {files}; echo \" rc=$?\""),
+    )
+    .await;
+    let out = as_nobody["stdout"].as_str().unwrap();
+    assert!(out.starts_with("000 "), "{as_nobody}");
+    assert!(!out.contains("root:"), "{as_nobody}");
+
+    // The token reached the agent by a file it has deleted, and no process inherits
+    // it through the environment.
+    let look = sh(
+        &server,
+        &vm,
+        "ls -A /.aetherium/run; env | grep -c AETHERIUM_AGENT_ACCESS_TOKEN; true",
+    )
+    .await;
+    assert_eq!(look["stdout"], "agent.sock\n0\n", "{look}");
+    let inspect = docker(&["inspect", &container_of(&vm)]);
+    let info = String::from_utf8_lossy(&inspect.stdout);
+    assert!(info.contains("--access-token-file"), "{info}");
+    assert!(!info.contains("AETHERIUM_AGENT_ACCESS_TOKEN="));
+
+    // The platform itself still gets through (its calls carry the token).
+    let (status, body) = server
+        .request(
+            reqwest::Method::GET,
+            &format!("/vms/{vm}/files?path=/etc/hostname"),
+        )
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(!body.text().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_with_one_worker_id_keep_their_sandboxes() {
+    let first = TestServer::start().await;
+    let mine = first.running_vm(&unique("first")).await;
+    // A second `aetherium up` on this host (its own data dir) with the same worker
+    // id: its reconcile runs with every heartbeat (1 s here).
+    let second = TestServer::start_with_worker_id(&first.worker_id).await;
+    let theirs = second.running_vm(&unique("second")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    for (server, vm) in [(&first, &mine), (&second, &theirs)] {
+        let (status, body) = server.get(&format!("/vms/{vm}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "RUNNING", "{body}");
+        let ran = sh(server, vm, "echo alive").await;
+        assert_eq!(ran["stdout"], "alive\n", "{ran}");
+    }
+    // Each is labelled with its own installation.
+    let label = |vm: &str| {
+        let out = docker(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"io.aetherium.installation\"}}",
+            &container_of(vm),
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (a, b) = (label(&mine), label(&theirs));
+    assert!(a.starts_with("inst-") && b.starts_with("inst-"), "{a} {b}");
+    assert_ne!(a, b);
+    let kept = std::fs::read_to_string(first.data_dir.path().join("installation-id")).unwrap();
+    assert_eq!(kept.trim(), a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_removed_by_someone_else_is_reported_as_such() {
+    let server = TestServer::start().await;
+    let vm = server.running_vm(&unique("removed")).await;
+    assert!(docker(&["rm", "-f", &container_of(&vm)]).status.success());
+    let (_, body) = server
+        .wait_vm(&vm, 30, |_, b| b["status"] == "FAILED")
+        .await;
+    assert_eq!(body["status"], "FAILED", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("removed outside Aetherium"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_for_many_names_from_one_address_are_bounded() {
+    let server = TestServer::start().await;
+    let url = format!("{}/api/v1/auth/login", server.url);
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let http = server.http.clone();
+        let url = url.clone();
+        attempts.spawn(async move {
+            let resp = http
+                .post(url)
+                .json(&json!({"username": format!("nobody-{i}"), "password": "whatever12345"}))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = attempts.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let hashed = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(hashed + refused, 120, "{statuses:?}");
+    // 10 a minute per name, 4 names' worth per address: at most 40 were hashed.
+    assert!(hashed <= 40, "{hashed} password checks ran for one address");
+    assert!(refused >= 80, "{statuses:?}");
+    let health = server
+        .http
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    // Guessed bearer tokens: audited, and limited per address.
+    let mut statuses = Vec::new();
+    for i in 0..70 {
+        let (status, _) = server
+            .call_as(
+                &format!("ak_guess{i}"),
+                reqwest::Method::GET,
+                "/api/v1/vms",
+                None,
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert!(statuses[..60].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[60..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (_, audit) = server.get("/audit?action=auth.failed&limit=100").await;
+    let failed = audit["entries"].as_array().unwrap();
+    assert_eq!(failed.len(), 60, "{audit}");
+    assert_eq!(failed[0]["route"], "/api/v1/vms");
+    assert_eq!(failed[0]["remote_addr"], "127.0.0.1");
+    assert!(
+        !audit.to_string().contains("ak_guess"),
+        "the token is never recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_env_is_neither_stored_nor_shown_in_clear() {
+    let server = TestServer::start().await;
+    let vm = server.running_vm(&unique("env")).await;
+    let secret = format!("tok-{}", random_hex());
+    let (status, ran) = server
+        .post(
+            &format!("/vms/{vm}/execute?wait=60s"),
+            json!({"command": "sh", "args": ["-c", "test -n \"$API_TOKEN\" && echo has-token"], "env": {"API_TOKEN": secret}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["execution"]["stdout"], "has-token\n", "{ran}");
+    let viewer = server.create_key("viewer").await;
+    let task_id = ran["task_id"].as_str().unwrap();
+    let (status, task) = server
+        .call_as(
+            &viewer,
+            reqwest::Method::GET,
+            &format!("/api/v1/tasks/{task_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(task["payload"]["env"]["API_TOKEN"], "[REDACTED]", "{task}");
+    assert!(!task.to_string().contains(&secret));
+    let (_, tasks) = server
+        .call_as(
+            &viewer,
+            reqwest::Method::GET,
+            &format!("/api/v1/tasks?vm_id={vm}"),
+            None,
+        )
+        .await;
+    assert!(!tasks.to_string().contains(&secret));
+    // A secret named after a variable that steers every process is refused.
+    let (status, refused) = server
+        .post(
+            "/secrets",
+            json!({"name": "LD_PRELOAD", "value": "/tmp/evil.so"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("reserved"),
+        "{refused}"
+    );
+    // The database is its owner's alone.
+    for file in ["aetherium.db", "aetherium.db-wal"] {
+        let mode = std::fs::metadata(server.data_dir.path().join(file))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap();
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    // Not on disk either: the database, its WAL, anything in the data dir.
+    for path in walk(server.data_dir.path()) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the command's env in clear",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_secret_printed_by_a_command_is_redacted_in_its_record() {
+    let server = TestServer::start().await;
+    let suffix = &random_hex()[..8];
+    let secret = format!("ws-secret-{}", random_hex());
+    let (status, env) = server
+        .post("/environments", json!({"name": format!("env-{suffix}")}))
+        .await;
+    assert_eq!(status, 201, "{env}");
+    // Creations are audited with the id they made.
+    let (_, audit) = server.get("/audit?action=environments.create").await;
+    assert_eq!(audit["entries"][0]["resource_id"], env["id"], "{audit}");
+    let (status, ws) = server
+        .post(
+            "/workspaces",
+            json!({
+                "name": format!("ws-{suffix}"),
+                "environment_id": format!("env-{suffix}"),
+                "secrets": [{"name": "DEPLOY_TOKEN", "value": secret, "type": "token"}],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{ws}");
+    let id = ws["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let ws = loop {
+        let (_, ws) = server.get(&format!("/workspaces/{id}")).await;
+        if ws["status"] == "ready" || ws["status"] == "failed" {
+            break ws;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ws}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(ws["status"], "ready", "{ws}");
+    let vm = ws["vm_id"].as_str().unwrap().to_string();
+
+    // The secret is in the sandbox's environment; a command that prints it leaves a
+    // record that a viewer may read, without the value.
+    let ran = sh(&server, &vm, "echo \"token=$DEPLOY_TOKEN\"").await;
+    assert_eq!(ran["stdout"], "token=[REDACTED:DEPLOY_TOKEN]\n", "{ran}");
+    let viewer = server.create_key("viewer").await;
+    let (_, executions) = server
+        .call_as(
+            &viewer,
+            reqwest::Method::GET,
+            &format!("/api/v1/vms/{vm}/executions"),
+            None,
+        )
+        .await;
+    assert!(!executions.to_string().contains(&secret), "{executions}");
+
+    // Streamed commands are recorded redacted too.
+    let streamed = server
+        .request(reqwest::Method::POST, &format!("/vms/{vm}/exec/stream"))
+        .json(&json!({"command": "sh", "args": ["-c", "echo \"again=$DEPLOY_TOKEN\""]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status().as_u16(), 200);
+    let _ = streamed.text().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = server.get(&format!("/vms/{vm}/executions")).await;
+        let all = list["executions"].as_array().cloned().unwrap_or_default();
+        if let Some(done) = all.iter().find(|e| {
+            e["stdout"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("again=")
+        }) {
+            assert_eq!(done["stdout"], "again=[REDACTED:DEPLOY_TOKEN]\n", "{done}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Smart-execute without a VM name never lands in the workspace's VM.
+    let (status, smart) = server
+        .post(
+            "/smart-execute?wait=60s",
+            json!({"command": "echo \"smart=$DEPLOY_TOKEN\"", "prefer_existing": true}),
+        )
+        .await;
+    assert!(status == 200 || status == 202, "{smart}");
+    assert_ne!(smart["vm_id"].as_str(), Some(vm.as_str()), "{smart}");
+    assert!(!smart.to_string().contains(&secret), "{smart}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A network namespace with a listener on a private address, reachable from the
+/// host through a veth pair: a stand-in for another host of the LAN. Removed (by
+/// name) when dropped.
+struct PrivateHost {
+    netns: String,
+    veth: String,
+    ip: String,
+    port: u16,
+    server: std::process::Child,
+}
+
+impl PrivateHost {
+    fn start() -> PrivateHost {
+        let tag = &random_hex()[..6];
+        let third = u8::from_str_radix(&tag[..2], 16).unwrap();
+        let netns = format!("aet-{tag}");
+        let veth = format!("vaet{tag}");
+        let peer = format!("vaep{tag}");
+        let (host_ip, ip) = (format!("10.251.{third}.1"), format!("10.251.{third}.2"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["ip", "netns", "add", &netns]);
+        run(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        run(&["ip", "link", "set", &peer, "netns", &netns]);
+        run(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &veth]);
+        run(&["ip", "link", "set", &veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", netns.as_str()];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        inside(&["ip", "addr", "add", &format!("{ip}/30"), "dev", &peer]);
+        inside(&["ip", "link", "set", &peer, "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        inside(&["ip", "route", "add", "default", "via", &host_ip]);
+        let port = 18000 + u16::from(third);
+        // Debian's perl (not a toolchain's python): a one-line HTTP answer.
+        let script = format!(
+            "$s=IO::Socket::INET->new(LocalAddr=>'{ip}',LocalPort=>{port},Listen=>5,ReuseAddr=>1) or die $!; \
+             while($c=$s->accept){{print $c qq(HTTP/1.0 200 OK\r\n\r\nprivate-host\n); close $c}}"
+        );
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "/usr/bin/perl",
+                "-MIO::Socket::INET",
+                "-e",
+                &script,
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        PrivateHost {
+            netns,
+            veth,
+            ip,
+            port,
+            server,
+        }
+    }
+}
+
+impl Drop for PrivateHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// `curl` from inside `vm`; its output and exit code on one line.
+async fn curl_from(server: &TestServer, vm: &str, url: &str) -> String {
+    let ran = sh(server, vm, &format!("curl -s -m 3 {url}; echo \" rc=$?\"")).await;
+    ran["stdout"].as_str().unwrap().to_string()
+}
+
+fn docker_format(args: &[&str]) -> String {
+    String::from_utf8_lossy(&docker(args).stdout)
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_sandboxes_reach_neither_each_other_nor_the_host_nor_private_hosts() {
+    let server = TestServer::start().await;
+    let a = server.running_vm(&unique("net-a")).await;
+    let b = server.running_vm(&unique("net-b")).await;
+
+    // A listener in A, answering itself (so the refusals below mean something).
+    sh(
+        &server,
+        &a,
+        "setsid perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>8000,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){print $c qq(HTTP/1.0 200 OK\\r\\n\\r\\nfrom-a\\n); close $c}' >/dev/null 2>&1 </dev/null &",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !curl_from(&server, &a, "http://127.0.0.1:8000/")
+        .await
+        .contains("from-a")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener in A never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let a_ip = docker_format(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"aetherium-isolated\").IPAddress}}",
+        &container_of(&a),
+    ]);
+    assert!(!a_ip.is_empty());
+    let from_b = curl_from(&server, &b, &format!("http://{a_ip}:8000/")).await;
+    assert!(!from_b.contains("from-a"), "B reached A: {from_b}");
+
+    // The host's own services, on the bridge's gateway and on docker0.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gateway = docker_format(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        "aetherium-isolated",
+    ]);
+    for host in [
+        gateway.as_str(),
+        &aetherium_testkit::docker_gateway().to_string(),
+    ] {
+        let out = curl_from(&server, &b, &format!("http://{host}:{port}/")).await;
+        assert!(!out.contains(" rc=0"), "reached the host at {host}: {out}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a sandbox connected to the host's listener"
+    );
+    // The listener itself works.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+    // Another host on a private range, which the host routes to.
+    let private = PrivateHost::start();
+    let url = format!("http://{}:{}/", private.ip, private.port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("curl")
+        .args(["-s", "-m", "1", "-o", "/dev/null", &url])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the private host never answered the host"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = curl_from(&server, &b, &url).await;
+    assert!(!out.contains(" rc=0"), "reached the private host: {out}");
+
+    // No raw sockets: CAP_NET_RAW (bit 13) is not in the bounding set.
+    let caps = sh(&server, &b, "grep CapBnd /proc/self/status | cut -f2").await;
+    let bounding = u64::from_str_radix(caps["stdout"].as_str().unwrap().trim(), 16).unwrap();
+    assert_eq!(bounding & (1 << 13), 0, "NET_RAW kept: {bounding:x}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_making_a_request_cannot_revoke_itself() {
+    let server = TestServer::start().await;
+    let admin = server.create_key("admin").await;
+    let (_, me) = server
+        .call_as(&admin, reqwest::Method::GET, "/api/v1/auth/me", None)
+        .await;
+    let own = me["principal"]["id"].as_str().unwrap().to_string();
+    let revoke = format!("/api/v1/api-keys/{own}/revoke");
+    let (status, refused) = server
+        .call_as(&admin, reqwest::Method::POST, &revoke, Some(json!({})))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let (status, _) = server
+        .call_as(&admin, reqwest::Method::GET, "/api/v1/vms", None)
+        .await;
+    assert_eq!(status, 200, "the key still works");
+    // Another admin credential may revoke it.
+    let (status, revoked) = server
+        .post(&format!("/api-keys/{own}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (status, _) = server
+        .call_as(&admin, reqwest::Method::GET, "/api/v1/vms", None)
+        .await;
+    assert_eq!(status, 401);
+}
