@@ -26,6 +26,13 @@ BIN="${AETHERIUM_BIN:-$TARGET/debug/aetherium}"
 AGENT="${AETHERIUM_AGENT_PATH:-$TARGET/agent/aetherium-agent}"
 PORT="${CLUSTER_PORT:-8090}"
 PG_PORT=$((PORT + 1))
+# PostgreSQL's files: the `postgres` user must reach them, which a root home (0700)
+# does not allow; as root they live under /var/lib instead, one dir per cluster dir.
+if [ "$(id -u)" = 0 ]; then
+	PG_DIR="/var/lib/aetherium-cluster/pg-$(printf %s "$STATE" | sha256sum | cut -c1-12)"
+else
+	PG_DIR="$STATE/pg"
+fi
 REDIS_PORT=$((PORT + 2))
 WORKERS=(local-worker-1 local-worker-2)
 
@@ -42,14 +49,19 @@ pg_bindir() {
 	echo "$d"
 }
 
-# As root, PostgreSQL runs as the `postgres` user (it refuses root).
+# As root, PostgreSQL runs as the `postgres` user (it refuses root). `exec`: run in
+# the background, the subshell becomes the program, so `$!` is its pid.
 as_pg() {
 	if [ "$(id -u)" = 0 ]; then
-		setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+		exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
 	else
-		"$@"
+		exec "$@"
 	fi
 }
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT (else another cluster's server
+# would be used in silence).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -93,17 +105,20 @@ up() {
 	local bindir
 	bindir="$(pg_bindir)"
 
-	step "PostgreSQL on 127.0.0.1:$PG_PORT ($STATE/pg)"
+	step "PostgreSQL on 127.0.0.1:$PG_PORT ($PG_DIR)"
 	if ! alive "$STATE/postgres.pid"; then
-		if [ ! -f "$STATE/pg/data/PG_VERSION" ]; then
-			mkdir -p "$STATE/pg/data" "$STATE/pg/sock"
-			[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$STATE/pg" && chmod 755 "$STATE"
-			as_pg "$bindir/initdb" -A trust -U postgres -E UTF8 --locale=C --no-instructions \
-				-D "$STATE/pg/data" >"$STATE/postgres-init.log" 2>&1 ||
+		if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+			mkdir -p "$PG_DIR/data" "$PG_DIR/sock"
+			chmod 700 "$PG_DIR/data"
+			if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$PG_DIR"; fi
+			(as_pg "$bindir/initdb" -A trust -U postgres -E UTF8 --locale=C --no-instructions \
+				-D "$PG_DIR/data") >"$STATE/postgres-init.log" 2>&1 ||
 				die "initdb failed: $STATE/postgres-init.log"
 		fi
-		as_pg "$bindir/postgres" -D "$STATE/pg/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-			-k "$STATE/pg/sock" -c max_connections=200 >>"$STATE/postgres.log" 2>&1 &
+		port_free "$PG_PORT" ||
+			die "127.0.0.1:$PG_PORT is in use (another cluster's PostgreSQL? run make cluster-down there, or set its port)"
+		as_pg "$bindir/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
+			-k "$PG_DIR/sock" -c max_connections=200 >>"$STATE/postgres.log" 2>&1 &
 		echo $! >"$STATE/postgres.pid"
 		wait_for PostgreSQL 30 "$bindir/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
 		"$bindir/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \

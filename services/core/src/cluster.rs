@@ -41,6 +41,15 @@ pub fn offline_message(stale_after: Duration) -> String {
 /// for it waits for it instead of being cancelled as lost.
 pub const GRACEFUL_STOP_MESSAGE: &str = "stopped";
 
+/// `status_message` of a worker an administrator had drained when it stopped on
+/// purpose: it is draining again when it comes back (the drain is not forgotten).
+pub const DRAINED_STOP_MESSAGE: &str = "stopped while drained by request";
+
+/// Whether an offline worker's message says it stopped on purpose.
+pub fn stopped_on_purpose(message: Option<&str>) -> bool {
+    matches!(message, Some(GRACEFUL_STOP_MESSAGE | DRAINED_STOP_MESSAGE))
+}
+
 /// Whether this process may declare workers offline: only once it has reached the
 /// store without a break for a whole stale period. During a database outage no
 /// worker can heartbeat, so right after it every worker looks stale; sweeping then
@@ -337,9 +346,8 @@ impl Platform {
             }
         }
         for w in self.store.list_workers().await? {
-            let stopped_on_purpose = w.status_message.as_deref() == Some(GRACEFUL_STOP_MESSAGE);
             if w.status == WorkerStatus::Offline
-                && !stopped_on_purpose
+                && !stopped_on_purpose(w.status_message.as_deref())
                 && let Err(e) = self.cancel_tasks_stranded_on(&w.id).await
             {
                 tracing::warn!(worker_id = %w.id, error = %e, "cannot cancel the tasks of an offline worker");

@@ -199,6 +199,19 @@ impl Worker {
         exits.abort();
         idle.abort();
         tracing::info!(worker_id = %self.settings.id, "worker draining: no new tasks");
+        // An administrator's drain must outlive this stop (the rows below replace it).
+        let drained_by_request = self
+            .platform
+            .store
+            .get_worker(&self.settings.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|w| {
+                w.status == WorkerStatus::Draining
+                    && w.status_message.as_deref()
+                        == Some(crate::store::workers::DRAINED_BY_REQUEST)
+            });
         let vm_count = self.owned_vms().await.map(|v| v.len() as u32).unwrap_or(0);
         let draining = self.info(
             WorkerStatus::Draining,
@@ -228,7 +241,7 @@ impl Worker {
             }
         }
         self.release_unfinished().await;
-        self.mark_offline().await;
+        self.mark_offline(drained_by_request).await;
         tracing::info!(worker = %self.settings.id, "worker stopped");
     }
 
@@ -327,7 +340,7 @@ impl Worker {
         let store = &self.platform.store;
         let before = store.get_worker(&self.settings.id).await.ok().flatten();
         // An administrator's drain outlives heartbeats (the store keeps it).
-        let stored = match store
+        let mut stored = match store
             .heartbeat_worker(&self.info(status, message.clone(), vm_count))
             .await
         {
@@ -337,6 +350,21 @@ impl Worker {
                 return false;
             }
         };
+        // Back from a stop while an administrator had it drained: draining again.
+        if before.as_ref().is_some_and(|b| {
+            b.status == WorkerStatus::Offline
+                && b.status_message.as_deref() == Some(crate::cluster::DRAINED_STOP_MESSAGE)
+        }) && let Ok(Some(drained)) = store
+            .set_worker_status(
+                &self.settings.id,
+                &[WorkerStatus::Active, WorkerStatus::Unhealthy],
+                WorkerStatus::Draining,
+                Some(crate::store::workers::DRAINED_BY_REQUEST),
+            )
+            .await
+        {
+            stored = drained;
+        }
         let first = self
             .announced
             .lock()
@@ -352,22 +380,20 @@ impl Worker {
         true
     }
 
-    async fn mark_offline(&self) {
+    async fn mark_offline(&self, drained_by_request: bool) {
+        let message = if drained_by_request {
+            crate::cluster::DRAINED_STOP_MESSAGE
+        } else {
+            crate::cluster::GRACEFUL_STOP_MESSAGE
+        };
         if self
             .platform
             .store
-            .upsert_worker(&self.info(
-                WorkerStatus::Offline,
-                Some(crate::cluster::GRACEFUL_STOP_MESSAGE.into()),
-                0,
-            ))
+            .upsert_worker(&self.info(WorkerStatus::Offline, Some(message.into()), 0))
             .await
             .is_ok()
         {
-            self.announce(
-                WorkerStatus::Offline,
-                Some(crate::cluster::GRACEFUL_STOP_MESSAGE),
-            );
+            self.announce(WorkerStatus::Offline, Some(message));
         }
     }
 

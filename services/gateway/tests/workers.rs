@@ -110,7 +110,7 @@ fn staged_vm(worker_id: &str) -> Vm {
 
 #[tokio::test]
 async fn drain_stops_placement_but_keeps_serving_and_activate_restores_it() {
-    let server = TestServer::start().await;
+    let mut server = TestServer::start().await;
     let me = server.worker_id.clone();
 
     // The process's own worker is listed, live and active.
@@ -182,6 +182,14 @@ async fn drain_stops_placement_but_keeps_serving_and_activate_restores_it() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["execution"]["stdout"], "still here\n", "{body}");
+
+    // A restart (`aetherium up` stopped and started) does not forget the drain.
+    server.restart().await;
+    let (_, w) = server.get(&format!("/workers/{me}")).await;
+    assert_eq!(w["status"], "draining", "{w}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, w) = server.get(&format!("/workers/{me}")).await;
+    assert_eq!(w["status"], "draining", "still, after heartbeats: {w}");
 
     let (status, stats) = server.get("/cluster/stats").await;
     assert_eq!(status, 200, "{stats}");
