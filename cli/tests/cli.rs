@@ -19,8 +19,13 @@ struct Up {
 
 impl Up {
     fn start(data_dir: &Path, worker_id: &str) -> Up {
+        Up::start_with_env(data_dir, worker_id, &[])
+    }
+
+    fn start_with_env(data_dir: &Path, worker_id: &str, env: &[(&str, &str)]) -> Up {
         let mut child = Command::new(BIN)
             .args(["up", "--port", "0", "--data-dir"])
+            .envs(env.iter().copied())
             .arg(data_dir)
             .env("AETHERIUM_AGENT_PATH", static_agent_bin())
             // Docker only: no QEMU probe, no bridge (tests/microvm.rs covers those).
@@ -1064,4 +1069,91 @@ fn environments_and_secrets_from_the_cli() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     up.stop();
     cleanup(&worker_id);
+}
+
+/// `aetherium up` SIGKILLed while a queued command runs, then started again: the
+/// sandbox is adopted, the interrupted execution ends failed (it may have had
+/// effects, so it is not run again) instead of staying `running`, and the API works.
+#[test]
+fn sigkill_of_up_mid_command_ends_the_execution_and_keeps_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker_id = format!("cli-{}", random_hex());
+    // A short lease: the killed process's task comes back within seconds.
+    let env = [("AETHERIUM_QUEUE_LEASE_SECONDS", "5")];
+    let mut up = Up::start_with_env(dir.path(), &worker_id, &env);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let name = format!("kill-{}", random_hex());
+        let out = up.cli(&["vm", "create", "--name", &name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut exec = up.spawn_cli(&[
+            "vm",
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo start >> /tmp/runs; sleep 4; echo end >> /tmp/runs",
+        ]);
+        // Until the command runs in the sandbox.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = up.cli(&["vm", "executions", &name, "-o", "json"]);
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if list["executions"][0]["status"] == "running" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never ran: {list}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        up.child.kill().unwrap(); // SIGKILL
+        up.child.wait().unwrap();
+        let _ = exec.kill();
+        let _ = exec.wait();
+
+        let again = Up::start_with_env(dir.path(), &worker_id, &env);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let execution = loop {
+            let out = again.cli(&["vm", "executions", &name, "-o", "json"]);
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let e = list["executions"][0].clone();
+            if e["status"] != "running" && e["status"] != "pending" && !e.is_null() {
+                break e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still unfinished: {list}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        };
+        assert_eq!(execution["status"], "failed", "{execution}");
+        assert!(
+            execution["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not run again"),
+            "{execution}"
+        );
+        // The sandbox was adopted and the command ran exactly once.
+        let out = again.cli(&[
+            "vm",
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "sleep 4; cat /tmp/runs",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).matches("start").count(),
+            1,
+            "{}",
+            text(&out.stdout)
+        );
+        again.stop();
+    }));
+    cleanup(&worker_id);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
