@@ -146,6 +146,12 @@ up() {
 	export AETHERIUM_CLUSTER_SECRET
 	export AETHERIUM_AGENT_PATH="$AGENT"
 	export AETHERIUM_LOG_FORMAT=json
+	# The tunnel runs over TLS: a cluster CA and one certificate per process.
+	local pki="$STATE/pki"
+	[ -f "$pki/ca.pem" ] || "$BIN" cluster init --dir "$pki" >/dev/null || die "cannot make the cluster CA"
+	[ -f "$pki/gateway-gateway.pem" ] || "$BIN" cluster issue --dir "$pki" --gateway gateway >/dev/null ||
+		die "cannot issue the gateway's certificate"
+	export AETHERIUM_CLUSTER_TLS_CA="$pki/ca.pem"
 
 	local w
 	for w in "${WORKERS[@]}"; do
@@ -154,7 +160,10 @@ up() {
 			mkdir -p "$STATE/$w"
 			# Its tunnel endpoint (streams, terminals, files through the gateway) on a
 			# free loopback port, advertised in its heartbeats.
+			[ -f "$pki/worker-$w.pem" ] || "$BIN" cluster issue --dir "$pki" --worker "$w" >/dev/null ||
+				die "cannot issue the certificate of worker $w"
 			AETHERIUM_WORKER_ADDRESS=127.0.0.1:0 \
+				AETHERIUM_CLUSTER_TLS_CERT="$pki/worker-$w.pem" AETHERIUM_CLUSTER_TLS_KEY="$pki/worker-$w.key" \
 				"$BIN" worker run --id "$w" --data-dir "$STATE/$w" >>"$STATE/$w.log" 2>&1 &
 			echo $! >"$STATE/$w.pid"
 		fi
@@ -167,7 +176,8 @@ up() {
 	step "gateway on 127.0.0.1:$PORT"
 	if ! alive "$STATE/gateway.pid"; then
 		mkdir -p "$STATE/gateway"
-		"$BIN" gateway --host 127.0.0.1 --port "$PORT" --data-dir "$STATE/gateway" \
+		AETHERIUM_CLUSTER_TLS_CERT="$pki/gateway-gateway.pem" AETHERIUM_CLUSTER_TLS_KEY="$pki/gateway-gateway.key" \
+			"$BIN" gateway --host 127.0.0.1 --port "$PORT" --data-dir "$STATE/gateway" \
 			>>"$STATE/gateway.log" 2>&1 &
 		echo $! >"$STATE/gateway.pid"
 	fi

@@ -10,6 +10,7 @@ mod events;
 mod exec;
 mod image;
 mod output;
+mod pki;
 mod term;
 mod up;
 mod workers;
@@ -75,7 +76,8 @@ enum Command {
     Logs(events::LogsArgs),
     /// List and inspect workers; drain and activate them (admin).
     Worker(workers::WorkerArgs),
-    /// The cluster's capacity and how sandboxes spread over zones and workers.
+    /// The cluster's capacity and how sandboxes spread over zones and workers; `init`
+    /// and `issue` make the tunnel's CA and certificates.
     Cluster(workers::ClusterArgs),
     /// Build, list and remove guest images for the microVM backends (on this host).
     Image(image::ImageArgs),

@@ -49,9 +49,13 @@ pub enum WorkerCommand {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ClusterArgs {
     #[command(flatten)]
     pub opts: ClientOpts,
+    /// Without one: the cluster's capacity and distribution.
+    #[command(subcommand)]
+    pub action: Option<crate::pki::ClusterAction>,
 }
 
 fn worker_rows(workers: &[WorkerView]) -> Vec<Vec<String>> {
@@ -205,6 +209,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
 
 /// `aetherium cluster`: totals, then VMs per zone and per worker.
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<u8> {
+    if let Some(action) = args.action {
+        return crate::pki::run(action);
+    }
     let client = Client::new(&args.opts)?;
     let stats: ClusterStats = client.get("/cluster/stats").await?;
     let dist: ClusterDistribution = client.get("/cluster/distribution").await?;

@@ -123,13 +123,48 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        Cluster {
+        let cluster = Cluster {
             pg: TempPostgres::start().expect("postgres (apt-get install postgresql)"),
             redis: TempRedis::start_persistent().expect("redis-server"),
             secret: format!("secret-{}-{}", random_hex(), random_hex()),
             dir: tempfile::tempdir().unwrap(),
             worker_ids: std::sync::Mutex::new(Vec::new()),
-        }
+        };
+        // The tunnel runs over TLS, as a real cluster's: a CA made by the CLI.
+        cluster.pki(&["init"]);
+        cluster.pki(&["issue", "--gateway", "gateway"]);
+        cluster
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// `aetherium cluster <args> --dir <pki>`, which must succeed.
+    fn pki(&self, args: &[&str]) {
+        let out = Command::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .arg("--dir")
+            .arg(self.pki_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The TLS files of `stem` (`gateway-gateway`, `worker-<id>`) as environment.
+    fn tls_env(&self, cmd: &mut Command, stem: &str) {
+        let pki = self.pki_dir();
+        cmd.env("AETHERIUM_CLUSTER_TLS_CA", pki.join("ca.pem"))
+            .env(
+                "AETHERIUM_CLUSTER_TLS_CERT",
+                pki.join(format!("{stem}.pem")),
+            )
+            .env("AETHERIUM_CLUSTER_TLS_KEY", pki.join(format!("{stem}.key")));
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -165,6 +200,7 @@ impl Cluster {
         let data = self.dir.path().join(format!("gw-{}", random_hex()));
         let mut cmd = self.command(&["gateway", "--port", "0", "--data-dir"]);
         cmd.arg(&data);
+        self.tls_env(&mut cmd, "gateway-gateway");
         // The first gateway creates the admin key; later ones reuse its file.
         let shared_key = self.dir.path().join("admin-token");
         if let Ok(key) = std::fs::read_to_string(&shared_key) {
@@ -186,11 +222,13 @@ impl Cluster {
             let mut ids = self.worker_ids.lock().unwrap();
             if !ids.iter().any(|w| w == id) {
                 ids.push(id.to_string());
+                self.pki(&["issue", "--worker", id]);
             }
         }
         let data = self.dir.path().join(id);
         let mut cmd = self.command(&["worker", "run", "--id", id, "--data-dir"]);
         cmd.arg(&data);
+        self.tls_env(&mut cmd, &format!("worker-{id}"));
         Proc::spawn(cmd, &format!("aetherium worker {id} is up")).0
     }
 

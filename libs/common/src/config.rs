@@ -125,6 +125,24 @@ pub struct ClusterConfig {
     /// gateway calling a worker's internal endpoint). At least 16 characters;
     /// required by `aetherium gateway` and `aetherium worker`.
     pub secret: Option<String>,
+    /// TLS for the tunnel between gateways and workers, both ends authenticated by
+    /// the cluster CA (`aetherium cluster init` / `aetherium cluster issue`).
+    pub tls: Option<ClusterTlsConfig>,
+    /// Runs the tunnel without TLS: commands, output and files cross the network
+    /// in clear. Only by this explicit choice, with a warning at every start.
+    pub plaintext_tunnel: bool,
+}
+
+/// PEM files of the cluster's TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// The cluster CA's certificate.
+    pub ca: PathBuf,
+    /// This process's certificate (a worker's names its id).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// Which task queue runs the work.
@@ -712,6 +730,22 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.cluster.secret = Some(v.to_string());
         Ok(())
     }),
+    (&["AETHERIUM_CLUSTER_TLS_CA"], |c, v| {
+        c.cluster.tls.get_or_insert_with(Default::default).ca = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_CLUSTER_TLS_CERT"], |c, v| {
+        c.cluster.tls.get_or_insert_with(Default::default).cert = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_CLUSTER_TLS_KEY"], |c, v| {
+        c.cluster.tls.get_or_insert_with(Default::default).key = PathBuf::from(v);
+        Ok(())
+    }),
+    (&["AETHERIUM_CLUSTER_PLAINTEXT_TUNNEL"], |c, v| {
+        c.cluster.plaintext_tunnel = parse_bool(v)?;
+        Ok(())
+    }),
     (&["AETHERIUM_WORKER_ID", "WORKER_ID"], |c, v| {
         c.worker.id = v.to_string();
         Ok(())
@@ -1003,6 +1037,13 @@ impl Config {
                              in every process of the cluster"
                         ));
                     }
+                }
+                if self.cluster.tls.is_none() && !self.cluster.plaintext_tunnel {
+                    return invalid(format!(
+                        "{name} needs cluster.tls (ca, cert, key; AETHERIUM_CLUSTER_TLS_CA/_CERT/_KEY): \
+                         make them with `aetherium cluster init` and `aetherium cluster issue`, \
+                         or set cluster.plaintext_tunnel: true to send the tunnel's traffic in clear"
+                    ));
                 }
             }
         }
@@ -1344,9 +1385,16 @@ mod tests {
                 ("REDIS_ADDR", "127.0.0.1:6380"),
                 ("AETHERIUM_QUEUE_BACKEND", "redis"),
                 ("AETHERIUM_CLUSTER_SECRET", "0123456789abcdef"),
+                ("AETHERIUM_CLUSTER_TLS_CA", "/pki/ca.pem"),
+                ("AETHERIUM_CLUSTER_TLS_CERT", "/pki/w.pem"),
+                ("AETHERIUM_CLUSTER_TLS_KEY", "/pki/w.key"),
             ]),
         )
         .expect("load");
+        assert_eq!(
+            c.cluster.tls.as_ref().map(|t| t.cert.clone()),
+            Some(PathBuf::from("/pki/w.pem"))
+        );
         assert_eq!(
             c.database_url(),
             "postgres://ae:p%40ss%2Fword@db.local:5432/aeth"
@@ -1391,6 +1439,17 @@ mod tests {
         .expect("load");
         let err = c.validate_for(Role::Gateway).unwrap_err().to_string();
         assert!(err.contains("cluster.secret"), "{err}");
+        // With a secret, the tunnel needs TLS, or plaintext asked for by name.
+        let mut c = c;
+        c.cluster.secret = Some("0123456789abcdef".into());
+        let err = c.validate_for(Role::Worker).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster.tls") && err.contains("plaintext_tunnel"),
+            "{err}"
+        );
+        c.cluster.plaintext_tunnel = true;
+        c.validate_for(Role::Worker)
+            .expect("plaintext by explicit choice");
         let err = Config::load_with_env(
             None,
             env_of(&[

@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cluster_tls::ClusterTls;
 use crate::tunnel::{self, TunnelSecret};
 
 /// Bound on unary response bodies and on error bodies (a process list is the largest).
@@ -89,6 +90,8 @@ enum Transport {
         addr: String,
         vm_id: String,
         secret: TunnelSecret,
+        /// TLS, and the worker whose certificate must answer.
+        tls: Option<(ClusterTls, String)>,
     },
 }
 
@@ -204,15 +207,20 @@ impl Transport {
                 addr,
                 vm_id,
                 secret,
+                tls,
             } => {
                 let connect = async {
-                    let mut stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                    let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
                     stream.set_nodelay(true)?;
+                    let mut stream: AgentStream = match tls {
+                        Some((tls, worker_id)) => Box::new(tls.connect(worker_id, stream).await?),
+                        None => Box::new(stream),
+                    };
                     tunnel::client_handshake(&mut stream, vm_id, secret).await?;
                     Ok::<_, std::io::Error>(stream)
                 };
                 match tokio::time::timeout(tunnel::CLIENT_CONNECT_TIMEOUT, connect).await {
-                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return Err(unavailable(e)),
                     Err(_) => {
                         return Err(unavailable(std::io::Error::new(
@@ -358,7 +366,18 @@ impl AgentClient {
             addr: addr.into(),
             vm_id: vm_id.into(),
             secret,
+            tls: None,
         })
+    }
+
+    /// Speaks TLS to a tunnel endpoint, whose certificate must name `worker_id`
+    /// (the VM's owner) and chain to the cluster CA; presents this process's own.
+    /// No effect on other transports.
+    pub fn with_tunnel_tls(mut self, tls: ClusterTls, worker_id: impl Into<String>) -> Self {
+        if let Transport::Tunnel { tls: slot, .. } = &mut self.transport {
+            *slot = Some((tls, worker_id.into()));
+        }
+        self
     }
 
     /// A raw byte stream to the agent, past the transport's handshake (hybrid

@@ -154,6 +154,27 @@ impl DistributedRuntime {
             Some(host) => (Some(host.backends), host.network),
             None => (None, None),
         };
+        if config.cluster.tls.is_some() && matches!(role, DistributedRole::Worker) {
+            crate::cluster_tls::worker_dns_name(&config.worker.id)
+                .map_err(CoreError::InvalidInput)?;
+        }
+        let tls = match &config.cluster.tls {
+            Some(files) => Some(crate::cluster_tls::ClusterTls::load(
+                crate::cluster_tls::TlsFiles {
+                    ca: files.ca.clone(),
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                },
+            )?),
+            None => {
+                if secret.is_some() {
+                    tracing::warn!(
+                        "cluster.plaintext_tunnel is on: the tunnel between gateways and workers is NOT encrypted (commands, output and files cross the network in clear)"
+                    );
+                }
+                None
+            }
+        };
         let defaults = platform_defaults(config);
         let local = backend.as_ref().map(|backend| LocalAgents {
             worker_id: config.worker.id.clone(),
@@ -167,6 +188,7 @@ impl DistributedRuntime {
                 store: store.clone(),
                 secret: secret.clone(),
                 stale_after: defaults.worker_stale_after,
+                tls: tls.clone(),
             }),
             (None, None, Some(local)) => Arc::new(local),
             (None, None, None) => Arc::new(NoAgents),
@@ -241,7 +263,7 @@ impl DistributedRuntime {
         let (worker, worker_task) = match backend {
             Some(backend) => {
                 if let (Some(listener), Some(secret)) = (tunnel_listener, secret) {
-                    background.push(tokio::spawn(tunnel::serve(
+                    background.push(tokio::spawn(tunnel::serve_with(
                         listener,
                         Arc::new(OwnedAgents {
                             worker_id: config.worker.id.clone(),
@@ -249,6 +271,10 @@ impl DistributedRuntime {
                             backend: backend.clone(),
                         }),
                         secret,
+                        tunnel::TunnelOptions {
+                            tls: tls.clone(),
+                            ..Default::default()
+                        },
                         background_rx.clone(),
                     )));
                 }

@@ -5,6 +5,7 @@ pub mod agent_client;
 pub mod auth;
 pub mod bus_redis;
 pub mod cluster;
+pub mod cluster_tls;
 pub mod distributed;
 pub mod environments;
 pub mod error;

@@ -51,6 +51,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::agent_client::{AgentClient, AgentStream};
+use crate::cluster_tls::ClusterTls;
 use crate::error::{CoreError, CoreResult};
 use crate::identity::{AgentTokens, hmac_sha256};
 use crate::services::{AgentRouter, LocalAgents};
@@ -350,6 +351,10 @@ pub struct TunnelOptions {
     /// Connections in their handshake at once; more wait in the listen backlog
     /// until one is done. Established tunnels do not count.
     pub max_pending_handshakes: usize,
+    /// TLS with client certificates ([`ClusterTls`]): every connection is a TLS
+    /// session first (within the handshake timeout), the handshake runs inside.
+    /// `None`: plaintext, an operator's explicit choice (`cluster.plaintext_tunnel`).
+    pub tls: Option<ClusterTls>,
 }
 
 impl Default for TunnelOptions {
@@ -357,6 +362,7 @@ impl Default for TunnelOptions {
         TunnelOptions {
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
+            tls: None,
         }
     }
 }
@@ -428,6 +434,7 @@ pub async fn serve_with(
             targets.clone(),
             secret.clone(),
             options.handshake_timeout,
+            options.tls.clone(),
             permit,
         ));
     }
@@ -455,16 +462,45 @@ impl From<std::io::Error> for HandshakeError {
     }
 }
 
-/// One connection: the handshake under its time limit, then the splice.
+/// One connection: TLS (when configured), the handshake under its time limit,
+/// then the splice.
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    peer: SocketAddr,
+    targets: Arc<dyn TunnelTargets>,
+    secret: TunnelSecret,
+    handshake_timeout: Duration,
+    tls: Option<ClusterTls>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return tunnel(stream, peer, targets, secret, handshake_timeout, permit).await;
+    };
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let left = handshake_timeout.saturating_sub(started.elapsed());
+            tunnel(stream, peer, targets, secret, left, permit).await
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "tunnel: refused a TLS session (no or a foreign certificate?)");
+        }
+        Err(_) => tracing::debug!(%peer, "tunnel: no TLS session within the handshake timeout"),
+    }
+}
+
+/// The handshake under its time limit, then the splice.
+async fn tunnel<S>(
+    mut stream: S,
     peer: SocketAddr,
     targets: Arc<dyn TunnelTargets>,
     secret: TunnelSecret,
     handshake_timeout: Duration,
     permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let outcome = tokio::time::timeout(
         handshake_timeout,
         server_handshake(&mut stream, &*targets, &secret),
@@ -517,8 +553,8 @@ async fn connection(
 
 /// The worker's side of the handshake: the VM id, a stream to its agent, and any
 /// bytes the peer sent after its line.
-async fn server_handshake(
-    stream: &mut TcpStream,
+async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     targets: &dyn TunnelTargets,
     secret: &TunnelSecret,
 ) -> Result<(String, AgentStream, Vec<u8>), HandshakeError> {
@@ -550,7 +586,9 @@ async fn server_handshake(
 
 /// Reads up to the first `\n` (at most [`MAX_REQUEST_LINE`] bytes, `\n` included):
 /// the line without it, and what came after it in the same reads.
-async fn read_request_line(stream: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
+async fn read_request_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
     let mut buf = vec![0u8; MAX_REQUEST_LINE];
     let mut filled = 0;
     loop {
@@ -600,6 +638,9 @@ pub struct RemoteAgents {
     pub secret: TunnelSecret,
     /// A worker not seen for this long is offline (`PlatformDefaults::worker_stale_after`).
     pub stale_after: Duration,
+    /// TLS to the owners' endpoints (their certificates must name them); `None`:
+    /// plaintext, by the operator's explicit choice.
+    pub tls: Option<ClusterTls>,
 }
 
 fn worker_is_live(worker: &Worker, stale_after: Duration) -> bool {
@@ -647,10 +688,12 @@ impl AgentRouter for RemoteAgents {
                 vm.id
             )));
         }
-        Ok(
-            AgentClient::tunnel(address, vm.id.clone(), self.secret.clone())
-                .with_access_token(self.secret.agent_tokens().for_vm(&vm.id)),
-        )
+        let client = AgentClient::tunnel(address, vm.id.clone(), self.secret.clone())
+            .with_access_token(self.secret.agent_tokens().for_vm(&vm.id));
+        Ok(match &self.tls {
+            Some(tls) => client.with_tunnel_tls(tls.clone(), owner),
+            None => client,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aetherium_common::Config;
 use aetherium_core::agent_client::AgentClient;
+use aetherium_core::cluster_tls;
 use aetherium_core::tunnel::{self, RemoteAgents, TunnelSecret};
 use aetherium_gateway::AppState;
 use aetherium_types::{Orchestrator, Vm, VmStatus, Worker, WorkerStatus, new_id};
@@ -108,10 +109,35 @@ async fn stream_terminal_and_files_reach_a_vm_on_another_worker() {
     let tunnel_addr = listener.local_addr().unwrap().to_string();
     let (stop_tunnel, stop_rx) = tokio::sync::watch::channel(false);
     let secret = TunnelSecret::new(SECRET).unwrap();
-    tokio::spawn(tunnel::serve(
+    // Over TLS, as a cluster runs it: the worker's certificate names it.
+    let pki = tempfile::tempdir().unwrap();
+    let ca = cluster_tls::new_ca().unwrap();
+    std::fs::write(pki.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    let files = |name: &str, holder: cluster_tls::Holder| {
+        let issued = cluster_tls::issue(&ca.key_pem, &holder).unwrap();
+        let (cert, key) = (
+            pki.path().join(format!("{name}.pem")),
+            pki.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, issued.cert_pem).unwrap();
+        std::fs::write(&key, issued.key_pem).unwrap();
+        cluster_tls::ClusterTls::load(cluster_tls::TlsFiles {
+            ca: pki.path().join("ca.pem"),
+            cert,
+            key,
+        })
+        .unwrap()
+    };
+    let worker_tls = files("worker", cluster_tls::Holder::Worker(worker_id.clone()));
+    let gateway_tls = files("gateway", cluster_tls::Holder::Gateway("gw".into()));
+    tokio::spawn(tunnel::serve_with(
         listener,
         Arc::new(targets),
         secret.clone(),
+        tunnel::TunnelOptions {
+            tls: Some(worker_tls),
+            ..Default::default()
+        },
         stop_rx,
     ));
     // It heartbeats while the test runs (the embedded worker's sweep would declare
@@ -151,6 +177,7 @@ async fn stream_terminal_and_files_reach_a_vm_on_another_worker() {
         store: store.clone(),
         secret,
         stale_after: platform.defaults.worker_stale_after,
+        tls: Some(gateway_tls),
     });
     let mut state = AppState::from_config(remote, server.auth(), &Config::default());
     state.rate_limit_per_second = 0.0;
