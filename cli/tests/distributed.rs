@@ -455,8 +455,9 @@ fn redis_and_postgres_restarts_are_503_then_recovered() {
     let r = api.get("/queue/stats");
     assert_eq!(r.status, 200, "{r:?}");
 
-    // PostgreSQL down: every route that needs it is 503 (authentication included).
-    cluster.pg.stop().unwrap();
+    // PostgreSQL killed (SIGKILL, no clean shutdown): every route that needs it is
+    // 503 (authentication included).
+    cluster.pg.kill_hard().unwrap();
     for path in ["/vms", &format!("/vms/{vm_id}"), "/tasks", "/workers"] {
         let r = api.get(path);
         assert_eq!(r.status, 503, "GET {path}: {r:?}");

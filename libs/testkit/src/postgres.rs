@@ -169,6 +169,17 @@ impl TempPostgres {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash or the OOM killer would: no
+    /// shutdown checkpoint, crash recovery at the next start. The data stays.
+    pub fn kill_hard(&mut self) -> io::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// Starts the server again on the same port with the same data.
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop()?;
