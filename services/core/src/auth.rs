@@ -507,3 +507,46 @@ fn new_key_record(
         rate_limit_per_second,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_work_runs_one_per_core_and_refuses_a_flood() {
+        let work = PasswordWork::new();
+        let cores = work.max_admitted - MAX_WAITING_HASHES;
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..(work.max_admitted + 40) {
+            let (work, running, most) = (work.clone(), running.clone(), most.clone());
+            all.spawn(async move {
+                work.run(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+            });
+        }
+        let (mut done, mut refused) = (0, 0);
+        while let Some(result) = all.join_next().await {
+            match result.expect("task") {
+                Ok(()) => done += 1,
+                Err(CoreError::TooManyRequests(_)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            most.load(Ordering::SeqCst) <= cores,
+            "more hashes at once than cores"
+        );
+        assert!(refused >= 40, "{refused} refused, {done} done");
+        assert_eq!(done + refused, work.max_admitted + 40);
+        // Slots come back: a later check runs.
+        assert!(work.run(|| ()).await.is_ok());
+    }
+}

@@ -103,9 +103,62 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     }
 }
 
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// Query parameters. A parameter whose percent-decoded bytes are not UTF-8 is a 400:
+/// axum (as any form decoder) would replace them with U+FFFD and go on with another
+/// value than the one sent — another file path, say.
 pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        if let Some(raw) = parts.uri.query() {
+            query_is_utf8(raw).map_err(ApiError::bad_request)?;
+        }
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(ApiError::from)
+    }
+}
+
+/// Checks that every key and value of a raw query decodes (`%XX`, `+`) to UTF-8.
+fn query_is_utf8(raw: &str) -> Result<(), String> {
+    for part in raw.split('&').flat_map(|pair| pair.split('=')) {
+        let bytes = part.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        decoded.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => decoded.push(b'%'),
+                },
+                b'+' => decoded.push(b' '),
+                b => decoded.push(b),
+            }
+            i += 1;
+        }
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(format!(
+                "query parameter {part:?} does not decode to UTF-8: percent-encode UTF-8 bytes only"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// `?wait=30s`: block until the work is done (or this long), instead of polling.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -158,6 +211,19 @@ impl WaitQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_must_decode_to_utf8() {
+        assert!(query_is_utf8("path=%2Ftmp%2Fa+b&wait=30s").is_ok());
+        assert!(query_is_utf8("path=/tmp/%C3%A9t%C3%A9").is_ok());
+        assert!(
+            query_is_utf8("path=/100%").is_ok(),
+            "a lone % stays as it is"
+        );
+        assert!(query_is_utf8("path=/tmp/%FF").is_err());
+        assert!(query_is_utf8("path=/tmp/%C3").is_err());
+        assert!(query_is_utf8("%FE=1").is_err());
+    }
 
     #[test]
     fn wait_durations() {

@@ -16,6 +16,16 @@ pub(crate) struct Output {
 /// Runs `program args…` and waits for it. Only a command that cannot be started at
 /// all is an error here; the caller judges the exit status.
 pub(crate) async fn output(program: &str, args: &[&str]) -> Result<Output, NetError> {
+    output_with_input(program, args, None).await
+}
+
+/// [`output`], with `input` written to the command's stdin.
+pub(crate) async fn output_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> Result<Output, NetError> {
+    use tokio::io::AsyncWriteExt as _;
     // root's PATH usually has /usr/sbin, a service manager's may not.
     let mut last = None;
     for candidate in [
@@ -23,14 +33,28 @@ pub(crate) async fn output(program: &str, args: &[&str]) -> Result<Output, NetEr
         format!("/usr/sbin/{program}"),
         format!("/sbin/{program}"),
     ] {
-        let spawned = tokio::process::Command::new(&candidate)
+        let child = tokio::process::Command::new(&candidate)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .output()
-            .await;
+            .spawn();
+        let spawned = match child {
+            Ok(mut child) => {
+                if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                    stdin.write_all(input).await.map_err(|e| {
+                        NetError::Command(format!("cannot write to {program}: {e}"))
+                    })?;
+                }
+                child.wait_with_output().await
+            }
+            Err(e) => Err(e),
+        };
         match spawned {
             Ok(out) => {
                 return Ok(Output {

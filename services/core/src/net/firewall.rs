@@ -50,6 +50,43 @@ pub(crate) async fn has_rule(rule: &Rule) -> Result<bool, NetError> {
     }
 }
 
+/// In one transaction of the `filter` table: deletes the rules of `chains` that
+/// carry `tag`, then inserts `rules` at the top of their chains in the given order.
+/// Nothing ever sees a chain without them (iptables-restore --noflush commits once).
+pub(crate) async fn relay_tagged(
+    chains: &[&str],
+    tag: &str,
+    rules: &[Rule],
+) -> Result<(), NetError> {
+    let mut batch = String::from("*filter\n");
+    for chain in chains {
+        let listing = run("iptables", &["-w", "-t", "filter", "-S", chain]).await?;
+        for deletion in tagged_rule_deletions(&listing, tag) {
+            batch.push_str(&deletion.join(" "));
+            batch.push('\n');
+        }
+    }
+    let mut position: std::collections::HashMap<&str, usize> = Default::default();
+    for rule in rules {
+        let n = position.entry(rule.chain).or_insert(0);
+        *n += 1;
+        batch.push_str(&format!(
+            "-I {} {} {}\n",
+            rule.chain,
+            n,
+            rule.spec.join(" ")
+        ));
+    }
+    batch.push_str("COMMIT\n");
+    let args = ["-w", "--noflush"];
+    let out = cmd::output_with_input("iptables-restore", &args, Some(batch.as_bytes())).await?;
+    if out.success {
+        Ok(())
+    } else {
+        Err(failed("iptables-restore", &args, &out))
+    }
+}
+
 /// Deletes every rule of `table`/`chain` that carries `tag`.
 pub(crate) async fn remove_tagged(table: &str, chain: &str, tag: &str) -> Result<(), NetError> {
     let listing = run("iptables", &["-w", "-t", table, "-S", chain]).await?;

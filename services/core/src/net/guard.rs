@@ -123,11 +123,10 @@ pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
     if complete {
         return Ok(());
     }
-    // Some are missing: lay them all anew, so that their order holds.
-    let tag = tag_of_bridge(bridge);
-    firewall::remove_tagged("filter", "INPUT", &tag).await?;
-    firewall::remove_tagged("filter", DOCKER_USER, &tag).await?;
-    ensure_in_order(&rules).await
+    // Some are missing: lay them all anew, in order, in one transaction, so that
+    // no packet ever passes a chain without them (other processes may be
+    // starting sandboxes on this bridge right now).
+    firewall::relay_tagged(&["INPUT", DOCKER_USER], &tag_of_bridge(bridge), &rules).await
 }
 
 /// Opens the operator's allowed CIDRs to one sandbox.
