@@ -147,15 +147,17 @@ impl PasswordWork {
     }
 }
 
-async fn hash_password(password: String) -> CoreResult<String> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| CoreError::Internal(anyhow::anyhow!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| CoreError::Internal(e.into()))?
+impl PasswordWork {
+    /// An argon2id hash of a new password, within the bound on hashing work.
+    async fn hash(&self, password: String) -> CoreResult<String> {
+        self.run(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| CoreError::Internal(anyhow::anyhow!("password hashing failed: {e}")))
+    }
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
@@ -166,26 +168,15 @@ fn verify_password(password: &str, hash: &str) -> bool {
 
 impl Auth {
     pub async fn new(store: Arc<dyn AuthStore>, settings: AuthSettings) -> CoreResult<Auth> {
-        let dummy_hash = hash_password(random_token("dummy-")?).await?;
+        let password_work = PasswordWork::new();
+        let dummy_hash = password_work.hash(random_token("dummy-")?).await?;
         Ok(Auth {
             store,
             settings,
             touched: Arc::default(),
             dummy_hash: Arc::new(dummy_hash),
-            password_work: PasswordWork::new(),
+            password_work,
         })
-    }
-
-    /// An argon2id hash of a new password, within the bound on hashing work.
-    async fn hash_password(&self, password: String) -> CoreResult<String> {
-        self.password_work
-            .run(move || {
-                Argon2::default()
-                    .hash_password(password.as_bytes())
-                    .map(|h| h.to_string())
-            })
-            .await?
-            .map_err(|e| CoreError::Internal(anyhow::anyhow!("password hashing failed: {e}")))
     }
 
     pub fn store(&self) -> &Arc<dyn AuthStore> {
@@ -363,7 +354,7 @@ impl Auth {
             updated_at: now,
             last_login_at: None,
         };
-        let hash = self.hash_password(req.password.clone()).await?;
+        let hash = self.password_work.hash(req.password.clone()).await?;
         self.store.insert_user(&user, &hash).await?;
         Ok(user)
     }
@@ -392,7 +383,7 @@ impl Auth {
         }
         user.updated_at = Utc::now();
         let hash = match &req.password {
-            Some(p) => Some(self.hash_password(p.clone()).await?),
+            Some(p) => Some(self.password_work.hash(p.clone()).await?),
             None => None,
         };
         self.store.update_user(&user, hash.as_deref()).await?;

@@ -255,51 +255,10 @@ impl Keyring {
     /// The key kept in `path` (64 hex characters), creating the file (mode 0600, not
     /// overwriting a concurrent creator's) with a new key when it does not exist.
     pub fn load_or_create(path: &Path, retired: &[&str]) -> CoreResult<Keyring> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let read = |path: &Path| -> CoreResult<Keyring> {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                CoreError::Internal(anyhow::anyhow!(
-                    "cannot read encryption key file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            Ok(Keyring::from_hex(&text, retired)?)
-        };
-        if path.exists() {
-            return read(path);
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                CoreError::Internal(anyhow::anyhow!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let (_, key) = Keyring::generate()?;
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path);
-        match created {
-            Ok(mut file) => {
-                file.write_all(format!("{}\n", key.expose()).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| {
-                        // A half-written key file would lock every secret away later.
-                        let _ = std::fs::remove_file(path);
-                        CoreError::Internal(anyhow::anyhow!(
-                            "cannot write encryption key file {}: {e}",
-                            path.display()
-                        ))
-                    })?;
-                Ok(Keyring::from_hex(key.expose(), retired)?)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
-            Err(e) => Err(CoreError::Internal(anyhow::anyhow!(
-                "cannot create encryption key file {}: {e}",
-                path.display()
-            ))),
-        }
+        let (_, fresh) = Keyring::generate()?;
+        let text = crate::identity::read_or_create(path, 0o600, || fresh.expose().to_string())
+            .map_err(|e| CoreError::Internal(anyhow::anyhow!("encryption key file: {e}")))?;
+        Ok(Keyring::from_hex(&text, retired)?)
     }
 
     /// The id of the key that seals.

@@ -7,27 +7,11 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
-/// Path parameters. axum's own `Path` answers a segment that is not UTF-8 (or not
-/// the expected type) with plain text; this one with the API's error shape.
+/// Path parameters, with the API's error shape for a segment that is not UTF-8 or
+/// not the expected type (axum's own answers plain text).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Path<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(value)| Path(value))
-            .map_err(ApiError::from)
-    }
-}
 
 /// A JSON request body (or response). Bodies must be JSON objects: serde would
 /// otherwise take `[null, null]` as a struct's fields in order.

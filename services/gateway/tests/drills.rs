@@ -8,11 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, container_of, docker, sh_in, unique};
-use serde_json::{Value, json};
-
-async fn sh(server: &TestServer, vm: &str, script: &str, timeout: u64) -> Value {
-    sh_in(server, vm, script, timeout).await
-}
+use serde_json::json;
 
 async fn vm_sized(server: &TestServer, name: &str, memory_mb: u64) -> String {
     let (status, body) = server
@@ -40,7 +36,7 @@ async fn platform_healthy(server: &TestServer, neighbour: &str) {
         "{:?}",
         started.elapsed()
     );
-    let ran = sh(server, neighbour, "echo neighbour-ok", 30).await;
+    let ran = sh_in(server, neighbour, "echo neighbour-ok", 30).await;
     assert_eq!(ran["stdout"], "neighbour-ok\n", "{ran}");
 }
 
@@ -50,7 +46,7 @@ async fn a_fork_bomb_hits_the_pid_limit_and_is_stopped() {
     let neighbour = server.running_vm(&unique("neighbour")).await;
     let bomb = server.running_vm(&unique("bomb")).await;
     // Forks until the sandbox's pid limit; the command's timeout kills its group.
-    let ran = sh(
+    let ran = sh_in(
         &server,
         &bomb,
         "bomb() { bomb | bomb & }; bomb; sleep 30",
@@ -105,7 +101,7 @@ async fn a_memory_hog_is_killed_inside_its_limit() {
 async fn a_process_ignoring_sigterm_does_not_hold_up_a_delete() {
     let server = TestServer::start().await;
     let vm = server.running_vm(&unique("stubborn")).await;
-    sh(
+    sh_in(
         &server,
         &vm,
         "setsid sh -c 'trap \"\" TERM INT HUP; while :; do sleep 1; done' >/dev/null 2>&1 </dev/null &",

@@ -244,14 +244,6 @@ impl Worker {
         changed
     }
 
-    /// The workspace's secrets, decrypted: name → value.
-    async fn workspace_secrets(
-        &self,
-        workspace_id: &str,
-    ) -> Result<BTreeMap<String, String>, String> {
-        self.platform.injected_secrets(workspace_id).await
-    }
-
     // ---- workspace:create ----------------------------------------------------------
 
     pub(super) async fn handle_workspace_create(
@@ -318,7 +310,7 @@ impl Worker {
         {
             return Ok(json!({"workspace_id": workspace.id, "skipped": "not creating"}));
         }
-        let secrets = match self.workspace_secrets(&workspace.id).await {
+        let secrets = match self.platform.injected_secrets(&workspace.id).await {
             Ok(s) => s,
             Err(e) => {
                 self.fail_preparation(&workspace, &e).await;
@@ -789,7 +781,7 @@ impl Worker {
             fail(prompt, "the workspace has no VM".into());
             return false;
         };
-        let secrets = match self.workspace_secrets(&workspace.id).await {
+        let secrets = match self.platform.injected_secrets(&workspace.id).await {
             Ok(s) => s,
             Err(e) => {
                 fail(prompt, e);
