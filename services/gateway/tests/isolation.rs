@@ -526,6 +526,61 @@ impl Drop for PrivateHost {
     }
 }
 
+/// ACCEPT/RETURN rules tagged like a sandbox's openings for the first 253 addresses
+/// of `subnet`, letting them reach the host and private ranges; removed (by tag)
+/// when dropped.
+struct StaleOpenings {
+    tag: String,
+}
+
+impl StaleOpenings {
+    fn plant(subnet: &str) -> StaleOpenings {
+        let tag = format!("aetherium-vm:stale-{}", &random_hex()[..8]);
+        let prefix: Vec<&str> = subnet.split('.').take(3).collect();
+        let mut batch = String::from("*filter\n");
+        for host in 2..=254 {
+            let ip = format!("{}.{host}/32", prefix.join("."));
+            batch.push_str(&format!(
+                "-I INPUT 1 -s {ip} -i aeth-isolated -m comment --comment {tag} -j ACCEPT\n\
+                 -I DOCKER-USER 1 -s {ip} -i aeth-isolated -m comment --comment {tag} -j RETURN\n"
+            ));
+        }
+        batch.push_str("COMMIT\n");
+        let mut restore = std::process::Command::new("iptables-restore")
+            .args(["-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(restore.stdin.as_mut().unwrap(), batch.as_bytes()).unwrap();
+        drop(restore.stdin.take());
+        assert!(restore.wait().unwrap().success());
+        StaleOpenings { tag }
+    }
+}
+
+impl Drop for StaleOpenings {
+    fn drop(&mut self) {
+        for chain in ["INPUT", "DOCKER-USER"] {
+            let out = std::process::Command::new("iptables")
+                .args(["-w", "-S", chain])
+                .output()
+                .unwrap();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if line.contains(&self.tag) && line.starts_with("-A ") {
+                    let args: Vec<String> = line[3..]
+                        .split_whitespace()
+                        .map(|w| w.trim_matches('"').to_string())
+                        .collect();
+                    let _ = std::process::Command::new("iptables")
+                        .args(["-w", "-D"])
+                        .args(&args)
+                        .output();
+                }
+            }
+        }
+    }
+}
+
 /// `curl` from inside `vm`; its output and exit code on one line.
 async fn curl_from(server: &TestServer, vm: &str, url: &str) -> String {
     let ran = sh(server, vm, &format!("curl -s -m 3 {url}; echo \" rc=$?\"")).await;
@@ -542,6 +597,16 @@ fn docker_format(args: &[&str]) -> String {
 async fn isolated_sandboxes_reach_neither_each_other_nor_the_host_nor_private_hosts() {
     let server = TestServer::start().await;
     let a = server.running_vm(&unique("net-a")).await;
+    // Openings a dead sandbox left behind (one removed with `docker rm`, or whose
+    // worker died) on every address B could get: B must not inherit them.
+    let subnet = docker_format(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "aetherium-isolated",
+    ]);
+    let _stale = StaleOpenings::plant(&subnet);
     let b = server.running_vm(&unique("net-b")).await;
 
     // A listener in A, answering itself (so the refusals below mean something).

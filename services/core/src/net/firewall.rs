@@ -3,7 +3,7 @@
 
 use super::NetError;
 use super::cmd::{self, failed, run};
-use super::plan::{Rule, tagged_rule_deletions};
+use super::plan::{Rule, rule_deletions, tagged_rule_deletions};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -58,10 +58,24 @@ pub(crate) async fn relay_tagged(
     tag: &str,
     rules: &[Rule],
 ) -> Result<(), NetError> {
+    relay(
+        chains,
+        |words| words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag),
+        rules,
+    )
+    .await
+}
+
+/// [`relay_tagged`] for the rules `select` picks (given each rule's words).
+pub(crate) async fn relay(
+    chains: &[&str],
+    select: impl Fn(&[String]) -> bool,
+    rules: &[Rule],
+) -> Result<(), NetError> {
     let mut batch = String::from("*filter\n");
     for chain in chains {
         let listing = run("iptables", &["-w", "-t", "filter", "-S", chain]).await?;
-        for deletion in tagged_rule_deletions(&listing, tag) {
+        for deletion in rule_deletions(&listing, &select) {
             batch.push_str(&deletion.join(" "));
             batch.push('\n');
         }

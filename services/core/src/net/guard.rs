@@ -36,8 +36,10 @@ fn tag_of_bridge(bridge: &str) -> String {
     format!("aetherium-guard:{bridge}")
 }
 
+const SANDBOX_TAG_PREFIX: &str = "aetherium-vm:";
+
 fn tag_of_sandbox(vm_id: &str) -> String {
-    format!("aetherium-vm:{vm_id}")
+    format!("{SANDBOX_TAG_PREFIX}{vm_id}")
 }
 
 fn rule(chain: &'static str, parts: &[&str], tag: &str, target: &[&str]) -> Rule {
@@ -103,15 +105,6 @@ pub fn sandbox_rules(bridge: &str, vm_id: &str, ip: Ipv4Addr, allow: &[String]) 
         .collect()
 }
 
-/// Inserts `rules` so that they are evaluated in the given order, above whatever the
-/// chains held (each `ensure_rule` inserts at the top). Rules already present stay.
-async fn ensure_in_order(rules: &[Rule]) -> Result<(), NetError> {
-    for rule in rules.iter().rev() {
-        firewall::ensure_rule(rule).await?;
-    }
-    Ok(())
-}
-
 /// Makes sure the bridge's refusals are in place (idempotent; another installation
 /// sharing the bridge ensures the same rules).
 pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
@@ -129,14 +122,30 @@ pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
     firewall::relay_tagged(&["INPUT", DOCKER_USER], &tag_of_bridge(bridge), &rules).await
 }
 
-/// Opens the operator's allowed CIDRs to one sandbox.
+/// Gives a new sandbox its address's openings: the operator's allowed CIDRs (none
+/// is fine), in place of whatever rules that address still had. Docker hands an
+/// address to one live container at a time, so such rules are a dead sandbox's (one
+/// removed outside the platform, or whose worker died) and must not pass to this
+/// one. One transaction: nothing sees the address half-configured.
 pub async fn open_for_sandbox(
     bridge: &str,
     vm_id: &str,
     ip: Ipv4Addr,
     allow: &[String],
 ) -> Result<(), NetError> {
-    ensure_in_order(&sandbox_rules(bridge, vm_id, ip, allow)).await
+    let source = format!("{ip}/32");
+    let stale = |words: &[String]| {
+        let of_a_sandbox = words
+            .windows(2)
+            .any(|w| w[0] == "--comment" && w[1].starts_with(SANDBOX_TAG_PREFIX));
+        of_a_sandbox && words.windows(2).any(|w| w[0] == "-s" && w[1] == source)
+    };
+    firewall::relay(
+        &["INPUT", DOCKER_USER],
+        stale,
+        &sandbox_rules(bridge, vm_id, ip, allow),
+    )
+    .await
 }
 
 /// Removes whatever was opened for the sandbox (none is fine).

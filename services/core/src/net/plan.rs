@@ -172,6 +172,14 @@ pub fn nat_rules(config: &HostNetworkConfig) -> Vec<Rule> {
 /// The `-D` argument lists that delete every rule of an `iptables -S <chain>`
 /// listing that carries `tag` as its comment.
 pub fn tagged_rule_deletions(listing: &str, tag: &str) -> Vec<Vec<String>> {
+    rule_deletions(listing, |words| {
+        words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag)
+    })
+}
+
+/// The `-D` argument lists that delete every rule of an `iptables -S <chain>`
+/// listing for which `select` holds (given the rule's words, quotes removed).
+pub fn rule_deletions(listing: &str, select: impl Fn(&[String]) -> bool) -> Vec<Vec<String>> {
     listing
         .lines()
         .filter_map(|line| {
@@ -179,8 +187,7 @@ pub fn tagged_rule_deletions(listing: &str, tag: &str) -> Vec<Vec<String>> {
                 .split_whitespace()
                 .map(|w| w.trim_matches('"').to_string())
                 .collect();
-            let tagged = words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag);
-            (tagged && words.first().map(String::as_str) == Some("-A")).then(|| {
+            (words.first().map(String::as_str) == Some("-A") && select(&words)).then(|| {
                 let mut delete = words;
                 delete[0] = "-D".into();
                 delete

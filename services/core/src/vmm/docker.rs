@@ -257,7 +257,8 @@ impl DockerBackend {
             .map(|_| ())
     }
 
-    /// Opens `egress_allow` to a new isolated sandbox, by its address.
+    /// Opens `egress_allow` to a new isolated sandbox, by its address (and clears
+    /// what a dead sandbox left on that address).
     async fn open_egress(&self, vm_id: &str) -> Result<(), BackendError> {
         let info = self
             .client()?
@@ -362,7 +363,9 @@ impl DockerBackend {
             .start_container(&container_name(&spec.vm_id), None::<StartContainerOptions>)
             .await
             .map_err(map_err)?;
-        if self.isolated() && !self.config.egress_allow.is_empty() {
+        // Always, also without an allow list: the address may carry a dead
+        // sandbox's openings, which this one must not inherit.
+        if self.isolated() {
             self.open_egress(&spec.vm_id).await?;
         }
         Ok(())
