@@ -451,12 +451,18 @@ impl Inner {
         if self.qemu_process(vm_id).is_some() {
             return VmPresence::Alive;
         }
-        let code = self
+        let spawned = self
             .spawned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(vm_id)
-            .and_then(VmmProcess::exit_code);
+            .cloned();
+        if spawned.as_ref().is_some_and(VmmProcess::exit_pending) {
+            // Dead in /proc a moment before the reaper has its status: the next look
+            // reports the real code instead of -1.
+            return VmPresence::Alive;
+        }
+        let code = spawned.as_ref().and_then(VmmProcess::exit_code);
         VmPresence::Exited(code.map_or(-1, i64::from))
     }
 
