@@ -6,7 +6,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::PathBuf;
 
 use aetherium_types::{
-    ApiKey, ApiKeyList, CreateApiKeyResponse, LoginResponse, User, UserList, WhoAmI,
+    ApiKey, ApiKeyList, CreateApiKeyResponse, KeyQuota, LoginResponse, User, UserList, WhoAmI,
 };
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -202,11 +202,49 @@ pub enum ApiKeyCommand {
         /// Requests per second (default: the server's).
         #[arg(long)]
         rate_limit: Option<u32>,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// List keys (never the keys themselves).
     Ls,
     /// Revoke a key: it stops working at once.
     Revoke { id: String },
+    /// Set what the live sandboxes a key creates may take at once (replaces the
+    /// key's quota; no limit given: the key is not limited).
+    Quota {
+        id: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+}
+
+/// A key's quota as flags; none given: no quota.
+#[derive(Args)]
+pub struct QuotaArgs {
+    /// At most this many live sandboxes.
+    #[arg(long)]
+    max_vms: Option<u32>,
+    /// At most this many vCPUs over its live sandboxes.
+    #[arg(long)]
+    max_vcpus: Option<u32>,
+    /// At most this much memory (MiB) over its live sandboxes.
+    #[arg(long = "max-memory")]
+    max_memory_mb: Option<u64>,
+}
+
+impl QuotaArgs {
+    fn to_quota(&self) -> Option<KeyQuota> {
+        let quota = KeyQuota {
+            max_vms: self.max_vms,
+            max_vcpus: self.max_vcpus,
+            max_memory_mb: self.max_memory_mb,
+        };
+        (quota != KeyQuota::default()).then_some(quota)
+    }
+}
+
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 /// `30d`, `12h`, `90m`, `45s` or plain seconds.
@@ -265,6 +303,7 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
             role,
             expires_in,
             rate_limit,
+            quota,
         } => {
             let expires = expires_in.as_deref().map(parse_lifetime).transpose()?;
             let created: CreateApiKeyResponse = client
@@ -276,6 +315,7 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
                         "role": role,
                         "expires_in_seconds": expires,
                         "rate_limit_per_second": rate_limit,
+                        "quota": quota.to_quota(),
                     })),
                 )
                 .await?;
@@ -320,6 +360,30 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
                 print_json(&key)?;
             } else {
                 println!("Revoked API key {} ({}).", key.id, key.name);
+            }
+        }
+        ApiKeyCommand::Quota { id, quota } => {
+            let key: ApiKey = client
+                .send(
+                    reqwest::Method::PATCH,
+                    &format!("/api-keys/{}", seg(&id)),
+                    Some(json!({"quota": quota.to_quota()})),
+                )
+                .await?;
+            if json_out {
+                print_json(&key)?;
+            } else {
+                match &key.quota {
+                    Some(q) => println!(
+                        "API key {} ({}) quota: max_vms={} max_vcpus={} max_memory_mb={}",
+                        key.id,
+                        key.name,
+                        limit_text(q.max_vms.map(u64::from)),
+                        limit_text(q.max_vcpus.map(u64::from)),
+                        limit_text(q.max_memory_mb),
+                    ),
+                    None => println!("API key {} ({}) has no quota.", key.id, key.name),
+                }
             }
         }
     }

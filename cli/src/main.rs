@@ -121,6 +121,9 @@ pub enum VmCommand {
         /// Memory in MiB (at least 128).
         #[arg(long = "memory")]
         memory_mb: Option<u64>,
+        /// Containers: disk quota in MiB (default: the worker's vmm.docker.disk_mb).
+        #[arg(long = "disk")]
+        disk_mb: Option<u64>,
         /// Backend: docker, qemu or firecracker (default: the platform's).
         #[arg(long, value_parser = ["docker", "qemu", "firecracker"])]
         orchestrator: Option<String>,

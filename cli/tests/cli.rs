@@ -86,7 +86,7 @@ impl Up {
     }
 }
 
-fn cleanup(worker_id: &str) {
+fn cleanup(worker_id: &str, data_dir: &std::path::Path) {
     let out = Command::new("docker")
         .args(["ps", "-aq", "--filter"])
         .arg(format!("label=io.aetherium.worker_id={worker_id}"))
@@ -95,6 +95,7 @@ fn cleanup(worker_id: &str) {
     for id in String::from_utf8_lossy(&out.stdout).lines() {
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
     }
+    aetherium_testkit::unmount_below(data_dir);
 }
 
 fn text(out: &[u8]) -> String {
@@ -201,7 +202,7 @@ fn up_create_exec_rm_and_restart() {
         Ok(v) => v,
         Err(e) => {
             up.stop();
-            cleanup(&worker_id);
+            cleanup(&worker_id, dir.path());
             std::panic::resume_unwind(e);
         }
     };
@@ -226,7 +227,7 @@ fn up_create_exec_rm_and_restart() {
         );
     }));
     up.stop();
-    cleanup(&worker_id);
+    cleanup(&worker_id, dir.path());
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
@@ -245,7 +246,7 @@ fn with_vm(prefix: &str, body: impl FnOnce(&Up, &str)) {
         body(&up, &name);
     }));
     up.stop();
-    cleanup(&worker_id);
+    cleanup(&worker_id, dir.path());
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
@@ -797,6 +798,8 @@ fn login_api_keys_and_users() {
                 "viewer",
                 "--expires-in",
                 "1d",
+                "--max-vms",
+                "3",
             ],
             "",
         );
@@ -816,7 +819,26 @@ fn login_api_keys_and_users() {
             .find(|k| k["name"] == "ro")
             .unwrap();
         assert_eq!(viewer["role"], "viewer");
+        assert_eq!(viewer["quota"], serde_json::json!({"max_vms": 3}));
         let viewer_id = viewer["id"].as_str().unwrap().to_string();
+        // An admin changes the quota; no limit given removes it.
+        let out = cli_with_creds(
+            &creds,
+            &["apikey", "quota", &viewer_id, "--max-vcpus", "8"],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("max_vms=- max_vcpus=8"),
+            "{}",
+            text(&out.stdout)
+        );
+        let out = cli_with_creds(&creds, &["apikey", "quota", &viewer_id], "");
+        assert!(
+            text(&out.stdout).contains("has no quota"),
+            "{}",
+            text(&out.stdout)
+        );
 
         // The viewer key reads but may not create.
         let as_viewer = |args: &[&str]| {
@@ -896,7 +918,7 @@ fn login_api_keys_and_users() {
         assert!(!creds.exists());
     }));
     up.stop();
-    cleanup(&worker_id);
+    cleanup(&worker_id, dir.path());
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -1068,7 +1090,7 @@ fn environments_and_secrets_from_the_cli() {
     let out = up.cli(&["env", "rm", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     up.stop();
-    cleanup(&worker_id);
+    cleanup(&worker_id, data_dir.path());
 }
 
 /// `aetherium up` SIGKILLed while a queued command runs, then started again: the
@@ -1152,7 +1174,7 @@ fn sigkill_of_up_mid_command_ends_the_execution_and_keeps_the_sandbox() {
         );
         again.stop();
     }));
-    cleanup(&worker_id);
+    cleanup(&worker_id, dir.path());
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }

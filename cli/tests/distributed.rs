@@ -275,6 +275,7 @@ impl Drop for Cluster {
         for id in self.worker_ids.lock().unwrap().iter() {
             remove_containers_of(id);
         }
+        aetherium_testkit::unmount_below(self.dir.path());
     }
 }
 

@@ -401,6 +401,10 @@ pub struct DockerConfig {
     /// CIDRs (`10.0.0.5/32`, `192.168.0.0/16`) isolated sandboxes may reach although
     /// they are private or the host's: a package mirror, a git server.
     pub egress_allow: Vec<String>,
+    /// What a sandbox may write to its filesystem, in MiB, when its request does not
+    /// say (0: unlimited). Enforced by the engine where its storage can (overlay2 on
+    /// XFS mounted with `pquota`), else by a watch that stops a sandbox over it.
+    pub disk_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -568,6 +572,7 @@ impl Default for DockerConfig {
             pids_limit: 1024,
             network_mode: "isolated".into(),
             egress_allow: Vec::new(),
+            disk_mb: 10 * 1024,
         }
     }
 }
@@ -857,6 +862,10 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.vmm.agent_path = Some(PathBuf::from(v));
         Ok(())
     }),
+    (&["AETHERIUM_DOCKER_DISK_MB"], |c, v| {
+        c.vmm.docker.disk_mb = parse(v)?;
+        Ok(())
+    }),
     (&["AETHERIUM_DOCKER_NETWORK_MODE"], |c, v| {
         c.vmm.docker.network_mode = v.to_string();
         Ok(())
@@ -1072,6 +1081,11 @@ impl Config {
                 "vmm.default_memory_mb must be at least 128 (got {})",
                 self.vmm.default_memory_mb
             ));
+        }
+        if self.vmm.docker.disk_mb != 0
+            && let Err(e) = aetherium_types::api::validate_disk_mb(self.vmm.docker.disk_mb)
+        {
+            return invalid(format!("vmm.docker.{e} (0: unlimited)"));
         }
         const BACKENDS: [&str; 3] = ["docker", "qemu", "firecracker"];
         for backend in self.vmm.backends.iter().chain([&self.vmm.default_backend]) {

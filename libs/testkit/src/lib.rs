@@ -20,6 +20,23 @@ pub use fileserver::{FileServer, docker_gateway};
 pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};
 pub use standin::standin_agent_image;
 
+/// Lazily unmounts every mount point below `dir` (the tmpfs a Docker worker puts on
+/// each sandbox's run directory), for a test that stops a worker without deleting
+/// its sandboxes: the temp dir can then go, and the host's mount table stays clean.
+pub fn unmount_below(dir: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    for point in mounts.lines().filter_map(|line| line.split(' ').nth(4)) {
+        if point.starts_with(&prefix) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", point])
+                .status();
+        }
+    }
+}
+
 /// 12 random hex characters, for names tests make unique (containers, workers, VMs).
 pub fn random_hex() -> String {
     let mut buf = [0u8; 6];

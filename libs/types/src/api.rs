@@ -40,6 +40,19 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub const MIN_DISK_MB: u64 = 64;
+pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
+
+/// A sandbox's disk quota: from 64 MiB (room for a shell's temporary files) to 16 TiB.
+pub fn validate_disk_mb(disk_mb: u64) -> Result<(), String> {
+    if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&disk_mb) {
+        return Err(format!(
+            "disk_mb must be between {MIN_DISK_MB} and {MAX_DISK_MB}, not {disk_mb}"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
     if vcpus < 1 {
         return Err("vcpus must be at least 1".into());
@@ -73,6 +86,12 @@ pub struct CreateVmRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// Containers: how much the sandbox may write to its filesystem, in MiB (the
+    /// worker's `vmm.docker.disk_mb` when omitted). A sandbox that writes more is
+    /// stopped and FAILED saying so. MicroVM disks are sized by their image.
+    #[cfg_attr(feature = "openapi", schema(minimum = 64, maximum = 16777216))]
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
     /// Image to run (Docker backend). The configured default when omitted.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^\S+$"))]
     #[serde(default)]
@@ -217,6 +236,9 @@ impl CreateVmRequest {
         )?;
         if let Some(image) = &self.image {
             validate_image_reference(image)?;
+        }
+        if let Some(disk_mb) = self.disk_mb {
+            validate_disk_mb(disk_mb)?;
         }
         crate::workspace::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {
@@ -576,6 +598,13 @@ mod tests {
                 .expect_err("small memory")
                 .contains("memory_mb")
         );
+        for disk_mb in [63, 16 * 1024 * 1024 + 1] {
+            let disk = CreateVmRequest {
+                disk_mb: Some(disk_mb),
+                ..ok.clone()
+            };
+            assert!(disk.validate().expect_err("disk").contains("disk_mb"));
+        }
         let bad_name = CreateVmRequest {
             name: Some("-x y".into()),
             ..ok.clone()

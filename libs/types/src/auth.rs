@@ -55,6 +55,70 @@ pub struct Principal {
     pub name: String,
     pub kind: PrincipalKind,
     pub role: Role,
+    /// An API key's quota (what the sandboxes it creates may take at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<KeyQuota>,
+}
+
+/// What the live sandboxes (not STOPPED or FAILED) an API key created may take at
+/// once; each limit left out is not limited. A create over one is a 429 naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100000))]
+    pub max_vms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000000))]
+    pub max_vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1073741824))]
+    pub max_memory_mb: Option<u64>,
+}
+
+impl KeyQuota {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(&str, Option<u64>, u64); 3] = [
+            ("max_vms", self.max_vms.map(u64::from), 100_000),
+            ("max_vcpus", self.max_vcpus.map(u64::from), 1_000_000),
+            ("max_memory_mb", self.max_memory_mb, 1024 * 1024 * 1024),
+        ];
+        for (name, value, max) in checks {
+            if value.is_some_and(|v| v > max) {
+                return Err(format!("quota.{name} must be at most {max}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first limit that live usage `(vms, vcpus, memory_mb)` passes, as a
+    /// sentence for the caller; `None` when within every limit.
+    pub fn exceeded_by(&self, vms: u32, vcpus: u64, memory_mb: u64) -> Option<String> {
+        let checks = [
+            (
+                "max_vms",
+                "sandboxes",
+                self.max_vms.map(u64::from),
+                u64::from(vms),
+            ),
+            ("max_vcpus", "vCPUs", self.max_vcpus.map(u64::from), vcpus),
+            (
+                "max_memory_mb",
+                "MiB of memory",
+                self.max_memory_mb,
+                memory_mb,
+            ),
+        ];
+        checks.into_iter().find_map(|(name, what, limit, used)| {
+            let limit = limit?;
+            (used > limit).then(|| {
+                format!(
+                    "this API key's quota is {limit} {what} at once ({name}); this sandbox would make {used}: delete a sandbox or ask an admin to raise the quota"
+                )
+            })
+        })
+    }
 }
 
 /// An API key as the API shows it: never the key itself, nor its hash.
@@ -75,6 +139,17 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Requests per second this key may make; `None`: the server's default.
     pub rate_limit_per_second: Option<u32>,
+    /// What its sandboxes may take at once; `None`: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<KeyQuota>,
+}
+
+/// `PATCH /api-keys/{id}`: sets (or with `null` removes) a key's quota.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKeyRequest {
+    pub quota: Option<KeyQuota>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,6 +167,9 @@ pub struct CreateApiKeyRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub rate_limit_per_second: Option<u32>,
+    /// What the sandboxes this key creates may take at once; none: not limited.
+    #[serde(default)]
+    pub quota: Option<KeyQuota>,
 }
 
 /// Longest key lifetime one may ask for: ten years.
@@ -115,6 +193,9 @@ impl CreateApiKeyRequest {
             return Err(format!(
                 "rate_limit_per_second must be between 1 and {MAX_RATE_LIMIT_PER_SECOND}"
             ));
+        }
+        if let Some(quota) = &self.quota {
+            quota.validate()?;
         }
         Ok(())
     }

@@ -39,8 +39,8 @@ pub mod workspace;
 pub use api::*;
 pub use auth::{
     ApiKey, ApiKeyList, AuditEntry, AuditList, CreateApiKeyRequest, CreateApiKeyResponse,
-    CreateUserRequest, LoginRequest, LoginResponse, Principal, PrincipalKind, Role,
-    UpdateUserRequest, User, UserList, WhoAmI,
+    CreateUserRequest, KeyQuota, LoginRequest, LoginResponse, Principal, PrincipalKind, Role,
+    UpdateApiKeyRequest, UpdateUserRequest, User, UserList, WhoAmI,
 };
 pub use environment::{
     AddSecretRequest, CreateEnvironmentRequest, Environment, EnvironmentList, McpServer,

@@ -100,6 +100,13 @@ pub struct Vm {
     pub image: String,
     pub vcpu_count: u32,
     pub memory_mb: u64,
+    /// The container's disk quota in MiB (`None`: not limited, as for microVMs,
+    /// whose disk is their image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// The id of the API key or user that created it (counts against a key's quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -191,6 +191,7 @@ async fn main() {
         image,
         vcpus: 2,
         memory_mb: 1024,
+        disk_mb: None,
         network: None,
         access_token: None,
     };

@@ -57,6 +57,7 @@ fn spec(vm_id: &str, orchestrator: Orchestrator, image: &str) -> SandboxSpec {
         image: image.to_string(),
         vcpus: 1,
         memory_mb: 512,
+        disk_mb: None,
         network: None,
         access_token: None,
     }

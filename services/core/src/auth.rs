@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aetherium_types::{
-    ApiKey, AuditEntry, CreateApiKeyRequest, CreateUserRequest, LoginResponse, Principal,
+    ApiKey, AuditEntry, CreateApiKeyRequest, CreateUserRequest, KeyQuota, LoginResponse, Principal,
     PrincipalKind, Role, UpdateUserRequest, User, new_id,
 };
 use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
@@ -213,6 +213,7 @@ impl Auth {
                     name: user.username,
                     kind: PrincipalKind::Session,
                     role: user.role,
+                    quota: None,
                 },
                 credential_id: session.id,
                 expires_at: Some(session.expires_at),
@@ -237,6 +238,7 @@ impl Auth {
                 name: key.name.clone(),
                 kind: PrincipalKind::ApiKey,
                 role: key.role,
+                quota: key.quota,
             },
             credential_id: key.id,
             expires_at: key.expires_at,
@@ -308,18 +310,36 @@ impl Auth {
         let expires_at = req
             .expires_in_seconds
             .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
-        let key = new_key_record(
-            &req.name,
-            req.role,
-            &by.name,
-            expires_at,
-            req.rate_limit_per_second,
-            &secret,
-        );
+        let key = ApiKey {
+            quota: req.quota,
+            ..new_key_record(
+                &req.name,
+                req.role,
+                &by.name,
+                expires_at,
+                req.rate_limit_per_second,
+                &secret,
+            )
+        };
         self.store
             .insert_api_key(&key, &token_hash(&secret))
             .await?;
         Ok((key, secret))
+    }
+
+    /// Sets or clears a key's quota (admins; it applies from the key's next request).
+    pub async fn set_api_key_quota(
+        &self,
+        id: &str,
+        quota: Option<&KeyQuota>,
+    ) -> CoreResult<ApiKey> {
+        if let Some(quota) = quota {
+            quota.validate().map_err(CoreError::InvalidInput)?;
+        }
+        if !self.store.set_api_key_quota(id, quota).await? {
+            return Err(CoreError::NotFound(format!("API key {id} not found")));
+        }
+        self.get_api_key(id).await
     }
 
     pub async fn list_api_keys(&self) -> CoreResult<Vec<ApiKey>> {
@@ -496,6 +516,7 @@ fn new_key_record(
         revoked_at: None,
         last_used_at: None,
         rate_limit_per_second,
+        quota: None,
     }
 }
 

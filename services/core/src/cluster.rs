@@ -361,20 +361,7 @@ impl Platform {
             worker_id: Some(worker_id.to_string()),
             ..Default::default()
         };
-        let mut all = Vec::new();
-        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
-        loop {
-            let (vms, _) = self.store.list_vms(&filter, &page).await?;
-            let full = vms.len() as u32 >= page.limit;
-            let last = vms
-                .last()
-                .map(|v| crate::store::Cursor::after(v.created_at, &v.id));
-            all.extend(vms);
-            match last {
-                Some(c) if full => page.cursor = Some(c),
-                _ => return Ok(all),
-            }
-        }
+        self.store.all_vms(&filter).await
     }
 
     async fn lose_vms_of(&self, worker_id: &str) -> CoreResult<()> {

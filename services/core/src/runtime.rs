@@ -54,6 +54,7 @@ pub fn platform_defaults(config: &Config) -> PlatformDefaults {
     PlatformDefaults {
         vcpus: config.vmm.default_vcpus,
         memory_mb: config.vmm.default_memory_mb,
+        disk_mb: Some(config.vmm.docker.disk_mb).filter(|&mb| mb > 0),
         image: config.vmm.docker.default_image.clone(),
         orchestrator: config
             .vmm

@@ -8,8 +8,8 @@ use std::time::Duration;
 use aetherium_common::EventBus;
 use aetherium_types::{
     ComponentHealth, CreateVmRequest, Event, EventType, ExecuteCommandRequest, Execution,
-    ExecutionStatus, HealthResponse, Orchestrator, ReadyResponse, SmartExecuteRequest, Task,
-    TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, new_id,
+    ExecutionStatus, HealthResponse, Orchestrator, Principal, ReadyResponse, SmartExecuteRequest,
+    Task, TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, new_id,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,8 @@ pub struct DeletePayload {
 pub struct PlatformDefaults {
     pub vcpus: u32,
     pub memory_mb: u64,
+    /// Containers' disk quota in MiB when the request has none (`None`: unlimited).
+    pub disk_mb: Option<u64>,
     pub image: String,
     pub orchestrator: Orchestrator,
     pub exec_timeout_seconds: u64,
@@ -222,9 +224,34 @@ impl Platform {
 
     // ---- VMs -------------------------------------------------------------------
 
-    /// Validates, records the VM (CREATED) and queues `vm:create`.
-    pub async fn create_vm(&self, req: &CreateVmRequest) -> CoreResult<(Vm, Task)> {
-        self.create_vm_then(req, None).await
+    /// Refuses (429) the VM just recorded for `by` when its key's quota cannot hold
+    /// it, and removes the record. Counted after the insert, so that parallel
+    /// creates never together pass a quota (at worst both are refused).
+    async fn enforce_quota(&self, by: &Principal, vm: &Vm) -> CoreResult<()> {
+        let Some(quota) = &by.quota else {
+            return Ok(());
+        };
+        let refusal = match self.store.usage_by(&by.id).await {
+            Ok(used) => quota.exceeded_by(used.vms, used.vcpus, used.memory_mb),
+            Err(e) => Some(format!("cannot count this key's sandboxes: {e}")),
+        };
+        match refusal {
+            None => Ok(()),
+            Some(message) => {
+                self.store.delete_vm(&vm.id).await?;
+                Err(CoreError::TooManyRequests(message))
+            }
+        }
+    }
+
+    /// Validates, records the VM (CREATED) and queues `vm:create`. `by` is who asks
+    /// (recorded as the VM's `created_by`; an API key's quota is enforced).
+    pub async fn create_vm(
+        &self,
+        req: &CreateVmRequest,
+        by: Option<&Principal>,
+    ) -> CoreResult<(Vm, Task)> {
+        self.create_vm_then(req, None, by).await
     }
 
     /// Creates a VM; with `then`, also records an execution that `vm:create` queues
@@ -234,6 +261,7 @@ impl Platform {
         &self,
         req: &CreateVmRequest,
         then: Option<(&mut Execution, ExecPayload)>,
+        by: Option<&Principal>,
     ) -> CoreResult<(Vm, Task)> {
         req.validate().map_err(CoreError::InvalidInput)?;
         // Tools the catalog cannot install are refused now, with nothing recorded.
@@ -242,6 +270,15 @@ impl Platform {
         let orchestrator = req.orchestrator.unwrap_or(self.defaults.orchestrator);
         let vcpus = req.vcpus.unwrap_or(self.defaults.vcpus);
         let memory_mb = req.memory_mb.unwrap_or(self.defaults.memory_mb);
+        let disk_mb = match (orchestrator, req.disk_mb) {
+            (Orchestrator::Docker, asked) => asked.or(self.defaults.disk_mb),
+            (_, None) => None,
+            (other, Some(_)) => {
+                return Err(CoreError::InvalidInput(format!(
+                    "disk_mb limits containers; a {other} microVM's disk is the size of its image"
+                )));
+            }
+        };
         // The worker that will run it (a 503 saying why when none fits).
         let worker = self
             .place_vm(&PlacementRequest {
@@ -266,6 +303,8 @@ impl Platform {
                 .unwrap_or_else(|| self.defaults.image.clone()),
             vcpu_count: vcpus,
             memory_mb,
+            disk_mb,
+            created_by: by.map(|p| p.id.clone()),
             kernel_path: None,
             rootfs_path: None,
             socket_path: None,
@@ -278,6 +317,9 @@ impl Platform {
             metadata: vm_metadata(req),
         };
         self.store.insert_vm(&vm).await?;
+        if let Some(by) = by {
+            self.enforce_quota(by, &vm).await?;
+        }
         let mut payload = CreatePayload {
             vm_id: vm.id.clone(),
             then_execute: None,
@@ -519,7 +561,11 @@ impl Platform {
         }
     }
 
-    pub async fn smart_execute(&self, req: &SmartExecuteRequest) -> CoreResult<SmartExecution> {
+    pub async fn smart_execute(
+        &self,
+        req: &SmartExecuteRequest,
+        by: Option<&Principal>,
+    ) -> CoreResult<SmartExecution> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let existing = match &req.vm_name {
             Some(name) => self.store.get_vm_by_name(name).await?,
@@ -580,7 +626,7 @@ impl Platform {
         };
         let payload = self.seal_env(payload, &exec_req.env)?;
         let (vm, task) = self
-            .create_vm_then(&create, Some((&mut execution, payload)))
+            .create_vm_then(&create, Some((&mut execution, payload)), by)
             .await?;
         Ok(SmartExecution {
             execution,

@@ -22,8 +22,8 @@ use crate::queue::FailOutcome;
 use crate::services::{
     CANCELLED_WHILE_RUNNING, CreatePayload, DeletePayload, ExecPayload, Platform, new_task,
 };
-use crate::store::{Cursor, Page, VmFilter};
-use crate::vmm::{Backend, GuestNetwork, SandboxExit, SandboxSpec, SandboxState};
+use crate::store::VmFilter;
+use crate::vmm::{Backend, GuestNetwork, Limit, SandboxExit, SandboxSpec, SandboxState};
 
 mod vm_tools;
 mod workspaces;
@@ -426,17 +426,7 @@ impl Worker {
             worker_id: Some(self.settings.id.clone()),
             ..Default::default()
         };
-        let mut all: Vec<aetherium_types::Vm> = Vec::new();
-        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
-        loop {
-            let (vms, _) = self.platform.store.list_vms(&filter, &page).await?;
-            let full = vms.len() as u32 >= page.limit;
-            all.extend(vms);
-            match all.last() {
-                Some(last) if full => page.cursor = Some(Cursor::after(last.created_at, &last.id)),
-                _ => return Ok(all),
-            }
-        }
+        self.platform.store.all_vms(&filter).await
     }
 
     /// Makes the database and the backend agree: sandboxes nobody knows are removed,
@@ -452,13 +442,12 @@ impl Worker {
                 Some(vm) if matches!(vm.status, VmStatus::Running | VmStatus::Paused) => {
                     if let SandboxState::Exited {
                         exit_code,
-                        oom_killed,
+                        killed_for,
                     } = sandbox.state
                     {
-                        let cause = if oom_killed {
-                            ExitCause::OutOfMemory(exit_code)
-                        } else {
-                            ExitCause::Exited(exit_code)
+                        let cause = match killed_for {
+                            Some(limit) => ExitCause::OverLimit(limit, exit_code),
+                            None => ExitCause::Exited(exit_code),
                         };
                         self.sandbox_stopped(&vm.id, cause).await;
                     }
@@ -505,7 +494,7 @@ impl Worker {
         }
     }
 
-    /// Why a sandbox stopped: out of memory, removed by someone else (`docker rm -f`
+    /// Why a sandbox stopped: over its memory or disk limit, removed by someone else (`docker rm -f`
     /// kills it first, so its exit comes just before it vanishes: looked at a few
     /// times over 300 ms), or it exited.
     async fn exit_cause(&self, vm_id: &str, exit_code: i64) -> ExitCause {
@@ -513,8 +502,9 @@ impl Worker {
             match self.backend.status(vm_id).await {
                 Ok(SandboxState::Missing) => return ExitCause::Removed,
                 Ok(SandboxState::Exited {
-                    oom_killed: true, ..
-                }) => return ExitCause::OutOfMemory(exit_code),
+                    killed_for: Some(limit),
+                    ..
+                }) => return ExitCause::OverLimit(limit, exit_code),
                 _ if attempt == 3 => break,
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -526,10 +516,11 @@ impl Worker {
     async fn sandbox_stopped(&self, vm_id: &str, cause: ExitCause) {
         let store = &self.platform.store;
         let (to, message) = match cause {
-            ExitCause::OutOfMemory(exit_code) => (
+            ExitCause::OverLimit(Limit::Memory, exit_code) => (
                 VmStatus::Failed,
                 format!("sandbox was killed for running out of memory (exit code {exit_code})"),
             ),
+            ExitCause::OverLimit(Limit::Disk, _) => (VmStatus::Failed, OVER_DISK_QUOTA.to_string()),
             ExitCause::Removed => (VmStatus::Failed, REMOVED_OUTSIDE.to_string()),
             ExitCause::Exited(0) => (
                 VmStatus::Stopped,
@@ -967,6 +958,7 @@ impl Worker {
             image: vm.image.clone(),
             vcpus: vm.vcpu_count,
             memory_mb: vm.memory_mb,
+            disk_mb: vm.disk_mb,
             network: self.attach_network(&vm).await?,
             access_token: None,
         };
@@ -1345,12 +1337,14 @@ impl Worker {
 }
 
 /// What a VM whose sandbox was removed by someone else says.
+/// Why a sandbox that wrote more than its `disk_mb` is FAILED.
+pub const OVER_DISK_QUOTA: &str = "the sandbox was stopped for writing more than its disk quota (disk_mb); its files are kept until it is deleted";
 pub const REMOVED_OUTSIDE: &str = "the sandbox was removed outside Aetherium (by someone else, e.g. `docker rm`): its processes and files are gone";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExitCause {
     Exited(i64),
-    OutOfMemory(i64),
+    OverLimit(Limit, i64),
     Removed,
 }
 

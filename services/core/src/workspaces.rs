@@ -84,7 +84,11 @@ impl Platform {
     /// the request's own fields win); records the workspace (`creating`), its
     /// secrets (workspace scope) and prep steps; creates its VM and queues
     /// `workspace:create` on the VM's worker.
-    pub async fn create_workspace(&self, req: CreateWorkspaceRequest) -> CoreResult<Workspace> {
+    pub async fn create_workspace(
+        &self,
+        req: CreateWorkspaceRequest,
+        by: Option<&aetherium_types::Principal>,
+    ) -> CoreResult<Workspace> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let environment = match &req.environment_id {
             Some(env) => Some(self.get_environment(env).await.map_err(|e| match e {
@@ -188,7 +192,7 @@ impl Platform {
         let store = &self.workspace_data.workspaces;
         store.insert_workspace(&workspace).await?;
         match self
-            .finish_create(&mut workspace, &req, environment.as_ref(), steps, tools)
+            .finish_create(&mut workspace, &req, environment.as_ref(), steps, tools, by)
             .await
         {
             Ok(()) => Ok(workspace),
@@ -215,6 +219,7 @@ impl Platform {
         environment: Option<&aetherium_types::Environment>,
         steps: Vec<PrepStep>,
         tools: Vec<String>,
+        by: Option<&aetherium_types::Principal>,
     ) -> CoreResult<()> {
         let store = &self.workspace_data.workspaces;
         for secret in &req.secrets {
@@ -244,7 +249,7 @@ impl Platform {
             "metadata": {"workspace_id": workspace.id, "workspace": workspace.name},
         }))
         .map_err(|e| CoreError::Internal(e.into()))?;
-        let (vm, _) = self.create_vm(&vm_request).await?;
+        let (vm, _) = self.create_vm(&vm_request, by).await?;
         workspace.vm_id = Some(vm.id.clone());
         workspace.worker_id = vm.worker_id.clone();
         workspace.updated_at = Utc::now();

@@ -239,6 +239,7 @@ fn spec(vm_id: &str, network: Option<GuestNetwork>) -> SandboxSpec {
         image: "test/tiny:latest".into(),
         vcpus: 1,
         memory_mb: 32,
+        disk_mb: None,
         network,
         access_token: None,
     }
@@ -653,7 +654,7 @@ async fn a_killed_vmm_shows_as_exited_and_delete_cleans_up() {
         state,
         SandboxState::Exited {
             exit_code: 128 + 9,
-            oom_killed: false
+            killed_for: None
         }
     );
     let err = setup.backend.pause(&vm_id).await.unwrap_err();
@@ -708,7 +709,7 @@ async fn a_restarted_worker_adopts_live_vms_and_cleans_stale_ones() {
             stale.as_str(),
             &SandboxState::Exited {
                 exit_code: 1,
-                oom_killed: false
+                killed_for: None
             }
         )),
         "{states:?}"

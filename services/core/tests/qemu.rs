@@ -106,6 +106,7 @@ fn spec(vm_id: &str) -> SandboxSpec {
         image: BASE_IMAGE.into(),
         vcpus: 1,
         memory_mb: 512,
+        disk_mb: None,
         network: None,
         access_token: None,
     }
@@ -522,7 +523,7 @@ async fn a_killed_qemu_is_reported_and_cleaned_up() {
         backend.status(&vm_id).await.unwrap(),
         SandboxState::Exited {
             exit_code: i64::from(128 + libc::SIGKILL),
-            oom_killed: false
+            killed_for: None
         }
     );
     // The vsock device outlives QEMU until delete.
@@ -535,7 +536,7 @@ async fn a_killed_qemu_is_reported_and_cleaned_up() {
         restarted.status(&vm_id).await.unwrap(),
         SandboxState::Exited {
             exit_code: -1,
-            oom_killed: false
+            killed_for: None
         }
     );
     restarted

@@ -21,8 +21,8 @@ use aetherium_testkit::postgres::TempPostgres;
 use aetherium_types::logs::{LogFilter, LogLevel, LogOrder, LogRecord};
 use aetherium_types::task::QueueName;
 use aetherium_types::{
-    ApiKey, AuditEntry, Event, EventFilter, EventType, Execution, ExecutionStatus, Orchestrator,
-    Role, Task, TaskStatus, TaskType, User, Vm, VmStatus, Worker, WorkerStatus,
+    ApiKey, AuditEntry, Event, EventFilter, EventType, Execution, ExecutionStatus, KeyQuota,
+    Orchestrator, Role, Task, TaskStatus, TaskType, User, Vm, VmStatus, Worker, WorkerStatus,
 };
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -154,6 +154,8 @@ fn vm(name: &str, created: DateTime<Utc>) -> Vm {
         image: "debian:12".into(),
         vcpu_count: 2,
         memory_mb: 512,
+        disk_mb: Some(2048),
+        created_by: None,
         kernel_path: None,
         rootfs_path: Some("/r".into()),
         socket_path: None,
@@ -337,7 +339,7 @@ async fn vm_lists_filter_and_page_in_a_stable_order(s: Subject) {
     let w2_running = VmFilter {
         status: Some(VmStatus::Running),
         worker_id: Some("w2".into()),
-        name: None,
+        ..Default::default()
     };
     let (rows, total) = store
         .list_vms(&w2_running, &Page::new(None, None))
@@ -909,6 +911,42 @@ async fn worker_heartbeats_drains_sweeps_and_usage(s: Subject) {
         summary,
         vec![("a".into(), 2, 4, 1024), ("c".into(), 1, 2, 512)]
     );
+
+    // A key's usage: its live VMs (PAUSED ones too), not STOPPED or FAILED ones, not
+    // another creator's.
+    for (i, (by, status, vcpus)) in [
+        ("key-1", VmStatus::Running, 1),
+        ("key-1", VmStatus::Paused, 2),
+        ("key-1", VmStatus::Created, 4),
+        ("key-1", VmStatus::Failed, 8),
+        ("key-1", VmStatus::Stopped, 16),
+        ("key-2", VmStatus::Running, 32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut v = vm(&format!("k{i}"), at(100 + i as i64));
+        v.created_by = Some(by.into());
+        v.status = status;
+        v.vcpu_count = vcpus;
+        store.insert_vm(&v).await.unwrap();
+    }
+    let used = store.usage_by("key-1").await.unwrap();
+    assert_eq!((used.vms, used.vcpus, used.memory_mb), (3, 7, 3 * 512));
+    let by_key = VmFilter {
+        created_by: Some("key-2".into()),
+        ..Default::default()
+    };
+    let (rows, total) = store
+        .list_vms(&by_key, &Page::new(None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&rows, |v| &v.name), total),
+        (vec!["k5".to_string()], 1)
+    );
+    assert_eq!(rows[0].created_by.as_deref(), Some("key-2"));
+    assert_eq!(store.usage_by("nobody").await.unwrap().vms, 0);
 }
 
 fn api_key(id: &str, created: DateTime<Utc>) -> ApiKey {
@@ -923,6 +961,11 @@ fn api_key(id: &str, created: DateTime<Utc>) -> ApiKey {
         revoked_at: None,
         last_used_at: None,
         rate_limit_per_second: Some(7),
+        quota: Some(KeyQuota {
+            max_vms: Some(3),
+            max_vcpus: None,
+            max_memory_mb: Some(4096),
+        }),
     }
 }
 
@@ -933,6 +976,7 @@ async fn api_keys(s: Subject) {
     let mut k2 = api_key("k2", at(10));
     k2.expires_at = None;
     k2.rate_limit_per_second = None;
+    k2.quota = None;
     k2.role = Role::Admin;
     auth.insert_api_key(&k1, "hash1").await.unwrap();
     auth.insert_api_key(&k2, "hash2").await.unwrap();
@@ -959,6 +1003,20 @@ async fn api_keys(s: Subject) {
     let got = auth.get_api_key("k1").await.unwrap().unwrap();
     assert_eq!(got.last_used_at, Some(at(50)));
     assert_eq!(got.revoked_at, Some(at(60)));
+
+    // Quotas are set and cleared in place.
+    let raised = KeyQuota {
+        max_vcpus: Some(16),
+        ..Default::default()
+    };
+    assert!(auth.set_api_key_quota("k2", Some(&raised)).await.unwrap());
+    assert_eq!(
+        auth.get_api_key("k2").await.unwrap().unwrap().quota,
+        Some(raised)
+    );
+    assert!(auth.set_api_key_quota("k1", None).await.unwrap());
+    assert_eq!(auth.get_api_key("k1").await.unwrap().unwrap().quota, None);
+    assert!(!auth.set_api_key_quota("missing", None).await.unwrap());
 }
 
 fn user(id: &str, name: &str, created: DateTime<Utc>) -> User {

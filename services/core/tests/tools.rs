@@ -147,6 +147,7 @@ impl Sandbox {
             image: image.to_string(),
             vcpus: 1,
             memory_mb: 512,
+            disk_mb: None,
             network: None,
             access_token: None,
         };

@@ -654,6 +654,8 @@ fn vm_row(worker_id: &str, status: VmStatus) -> Vm {
         image: "i".into(),
         vcpu_count: 1,
         memory_mb: 128,
+        disk_mb: None,
+        created_by: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

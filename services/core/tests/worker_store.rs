@@ -43,6 +43,8 @@ fn vm(worker_id: &str, status: VmStatus, vcpus: u32, memory_mb: u64) -> Vm {
         image: "i".into(),
         vcpu_count: vcpus,
         memory_mb,
+        disk_mb: None,
+        created_by: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

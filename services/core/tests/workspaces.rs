@@ -176,7 +176,7 @@ impl Env {
     }
 
     async fn create(&mut self, req: CreateWorkspaceRequest) -> Workspace {
-        let w = self.platform.create_workspace(req).await.unwrap();
+        let w = self.platform.create_workspace(req, None).await.unwrap();
         self.vm_ids.extend(w.vm_id.clone());
         w
     }
@@ -570,7 +570,7 @@ async fn bad_input_and_failed_preparation_say_why() {
     let mut req = CreateWorkspaceRequest::named(&name("nokey"));
     req.prep_steps = vec![step(json!({"type": "git_clone", "config": {
         "url": "ssh://git@example.com/r.git", "ssh_key_secret": "missing_key"}}))];
-    let err = p.create_workspace(req.clone()).await.unwrap_err();
+    let err = p.create_workspace(req.clone(), None).await.unwrap_err();
     assert!(
         matches!(&err, CoreError::InvalidInput(m) if m.contains("missing_key")),
         "{err:?}"
@@ -581,7 +581,7 @@ async fn bad_input_and_failed_preparation_say_why() {
     ));
     let mut req = CreateWorkspaceRequest::named(&name("noenv"));
     req.environment_id = Some("no-such-environment".into());
-    let err = p.create_workspace(req).await.unwrap_err();
+    let err = p.create_workspace(req, None).await.unwrap_err();
     assert!(
         matches!(&err, CoreError::InvalidInput(m) if m.contains("no-such-environment")),
         "{err:?}"

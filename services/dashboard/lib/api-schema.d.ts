@@ -36,7 +36,11 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Set an API key's quota
+         * @description Sets (or with `quota: null` removes) what the live sandboxes the key creates may take at once. It applies from the key's next request; sandboxes it already has stay.
+         */
+        patch: operations["update_api_key"];
         trace?: never;
     };
     "/api/v1/api-keys/{id}/revoke": {
@@ -1183,6 +1187,7 @@ export interface components {
             name: string;
             /** @description The key's first characters, to tell keys apart (`ak_1a2b3c4d…`). */
             prefix: string;
+            quota?: components["schemas"]["KeyQuota"] | null;
             /**
              * Format: int32
              * @description Requests per second this key may make; `None`: the server's default.
@@ -1300,6 +1305,7 @@ export interface components {
              */
             expires_in_seconds?: number | null;
             name: string;
+            quota?: components["schemas"]["KeyQuota"] | null;
             /**
              * Format: int32
              * @description Requests per second; none: the server's default.
@@ -1347,6 +1353,13 @@ export interface components {
              *     have is a 400 naming it, with nothing recorded; a failed install fails the VM.
              */
             additional_tools?: string[];
+            /**
+             * Format: int64
+             * @description Containers: how much the sandbox may write to its filesystem, in MiB (the
+             *     worker's `vmm.docker.disk_mb` when omitted). A sandbox that writes more is
+             *     stopped and FAILED saying so. MicroVM disks are sized by their image.
+             */
+            disk_mb?: number | null;
             /** @description Image to run (Docker backend). The configured default when omitted. */
             image?: string | null;
             /** Format: int64 */
@@ -1572,6 +1585,18 @@ export interface components {
             version: string;
         };
         /**
+         * @description What the live sandboxes (not STOPPED or FAILED) an API key created may take at
+         *     once; each limit left out is not limited. A create over one is a 429 naming it.
+         */
+        KeyQuota: {
+            /** Format: int64 */
+            max_memory_mb?: number | null;
+            /** Format: int32 */
+            max_vcpus?: number | null;
+            /** Format: int32 */
+            max_vms?: number | null;
+        };
+        /**
          * @description Which records a query or a stream wants. Every filter is optional; they combine
          *     with AND.
          */
@@ -1754,6 +1779,7 @@ export interface components {
             kind: components["schemas"]["PrincipalKind"];
             /** @description The key's name or the user's name, for people reading the audit log. */
             name: string;
+            quota?: components["schemas"]["KeyQuota"] | null;
             role: components["schemas"]["Role"];
         };
         /**
@@ -2076,6 +2102,10 @@ export interface components {
          * @enum {string}
          */
         TaskType: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
+        /** @description `PATCH /api-keys/{id}`: sets (or with `null` removes) a key's quota. */
+        UpdateApiKeyRequest: {
+            quota?: components["schemas"]["KeyQuota"] | null;
+        };
         /**
          * @description Changes to an environment: absent fields stay as they are. For `image`,
          *     `git_repo_url` and `git_branch`, an empty string clears the value.
@@ -2136,6 +2166,14 @@ export interface components {
         Vm: {
             /** Format: date-time */
             created_at: string;
+            /** @description The id of the API key or user that created it (counts against a key's quota). */
+            created_by?: string | null;
+            /**
+             * Format: int64
+             * @description The container's disk quota in MiB (`None`: not limited, as for microVMs,
+             *     whose disk is their image).
+             */
+            disk_mb?: number | null;
             /** @description Why the VM is FAILED (or how it stopped), when known. */
             error?: string | null;
             id: string;
@@ -2591,6 +2629,107 @@ export interface operations {
             };
             /** @description No such key */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until a request is allowed again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The request took longer than `server.request_timeout_seconds` */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    update_api_key: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The API key's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateApiKeyRequest"];
+            };
+        };
+        responses: {
+            /** @description The key with its quota */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKey"];
+                };
+            };
+            /** @description A limit out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The caller's role is below `admin`, the least this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such key */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is not `application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4485,11 +4624,9 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            /** @description A new VM is needed and the API key's quota cannot hold it */
             429: {
                 headers: {
-                    /** @description Seconds until a request is allowed again */
-                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5394,6 +5531,8 @@ export interface operations {
                 status?: "CREATED" | "STARTING" | "RUNNING" | "PAUSED" | "STOPPING" | "STOPPED" | "FAILED";
                 /** @description Only the VM with this name. */
                 name?: string;
+                /** @description Only the VMs created by this API key or user (its id). */
+                created_by?: string;
                 /** @description At most this many (default 100, 1 to 1000; anything else is a 400). */
                 limit?: number;
                 /** @description The `next_cursor` of the page before (a malformed one is a 400). */
@@ -5555,11 +5694,9 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            /** @description The API key's quota (sandboxes, vCPUs or memory at once) cannot hold it; nothing was recorded */
             429: {
                 headers: {
-                    /** @description Seconds until a request is allowed again */
-                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7482,11 +7619,9 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            /** @description The API key's quota cannot hold the workspace's sandbox */
             429: {
                 headers: {
-                    /** @description Seconds until a request is allowed again */
-                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

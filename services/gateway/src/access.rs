@@ -103,6 +103,7 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/api-keys", Role::Admin),
     (Method::POST, "/api/v1/api-keys", Role::Admin),
     (Method::GET, "/api/v1/api-keys/{id}", Role::Admin),
+    (Method::PATCH, "/api/v1/api-keys/{id}", Role::Admin),
     (Method::POST, "/api/v1/api-keys/{id}/revoke", Role::Admin),
     (Method::GET, "/api/v1/users", Role::Admin),
     (Method::POST, "/api/v1/users", Role::Admin),

@@ -150,7 +150,10 @@ pub fn router(state: AppState) -> Router {
             "/api-keys",
             post(routes::admin::create_api_key).get(routes::admin::list_api_keys),
         )
-        .route("/api-keys/{id}", get(routes::admin::get_api_key))
+        .route(
+            "/api-keys/{id}",
+            get(routes::admin::get_api_key).patch(routes::admin::update_api_key),
+        )
         .route("/api-keys/{id}/revoke", post(routes::admin::revoke_api_key))
         .route(
             "/users",

@@ -132,6 +132,7 @@ pub struct QueueCounts {
         routes::admin::create_api_key,
         routes::admin::list_api_keys,
         routes::admin::get_api_key,
+        routes::admin::update_api_key,
         routes::admin::revoke_api_key,
         routes::admin::create_user,
         routes::admin::list_users,

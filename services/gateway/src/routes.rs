@@ -104,16 +104,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
         (status = 200, description = "Waited: the VM has settled", body = CreateVmResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = CreateVmResponse),
         (status = 409, description = "The name is taken, or no worker with the backend matches `placement` at all (the message names each worker and why)", body = aetherium_types::ErrorResponse),
+        (status = 429, description = "The API key's quota (sandboxes, vCPUs or memory at once) cannot hold it; nothing was recorded", body = aetherium_types::ErrorResponse),
         (status = 503, description = "No worker can take the VM now (none live and active with the backend, all draining or full; the message names each and why); nothing was recorded", body = aetherium_types::ErrorResponse),
     )
 )]
 pub async fn create_vm(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Query(q): Query<WaitQuery>,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<Response> {
     let wait = q.duration(state.max_wait)?;
-    let (mut vm, task) = state.platform.create_vm(&req).await?;
+    let (mut vm, task) = state.platform.create_vm(&req, Some(&by)).await?;
     let mut done = false;
     let mut status = task.status.as_str().to_string();
     if let Some(wait) = wait {
@@ -195,6 +197,8 @@ pub struct ListVmsQuery {
     status: Option<String>,
     /// Only the VM with this name.
     name: Option<String>,
+    /// Only the VMs created by this API key or user (its id).
+    created_by: Option<String>,
     /// At most this many (default 100, 1 to 1000; anything else is a 400).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -225,6 +229,7 @@ pub async fn list_vms(
             .map_err(ApiError::bad_request)?,
         name: q.name,
         worker_id: None,
+        created_by: q.created_by,
     };
     let page = parse_page(q.limit, q.cursor.as_deref())?;
     let (vms, total) = state.platform.list_vms(&filter, &page.probe()).await?;
@@ -559,16 +564,18 @@ pub async fn get_execution(
         (status = 200, description = "Waited: the execution has finished", body = SmartExecuteResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = SmartExecuteResponse),
         (status = 409, description = "The named VM is not RUNNING or the name is taken", body = aetherium_types::ErrorResponse),
+        (status = 429, description = "A new VM is needed and the API key's quota cannot hold it", body = aetherium_types::ErrorResponse),
         (status = 503, description = "No live worker with a healthy backend", body = aetherium_types::ErrorResponse),
     )
 )]
 pub async fn smart_execute(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Query(q): Query<WaitQuery>,
     Json(req): Json<SmartExecuteRequest>,
 ) -> ApiResult<Response> {
     let wait = q.duration(state.max_wait)?;
-    let smart = state.platform.smart_execute(&req).await?;
+    let smart = state.platform.smart_execute(&req, Some(&by)).await?;
     let execution_id = smart.execution.id.clone();
     let (done, execution) = wait_for_execution(&state, smart.execution, wait).await?;
     let status = match &execution {

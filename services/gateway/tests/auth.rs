@@ -135,6 +135,7 @@ async fn invalid_revoked_and_expired_keys_get_401() {
         revoked_at: None,
         last_used_at: None,
         rate_limit_per_second: None,
+        quota: None,
     };
     server
         .auth()

@@ -724,3 +724,113 @@ async fn the_key_making_a_request_cannot_revoke_itself() {
         .await;
     assert_eq!(status, 401);
 }
+
+/// Creates an operator key with `quota` (as the admin): its secret and id.
+async fn key_with_quota(server: &TestServer, quota: Value) -> (String, String) {
+    let (status, created) = server
+        .post(
+            "/api-keys",
+            json!({"name": unique("quota"), "role": "operator", "quota": quota}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["api_key"]["quota"], quota, "{created}");
+    (
+        created["key"].as_str().unwrap().to_string(),
+        created["api_key"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
+    let server = TestServer::start().await;
+    let (status, refused) = server
+        .post(
+            "/api-keys",
+            json!({"name": "q", "role": "operator", "quota": {"max_vms": 1, "max_cpus": 2}}),
+        )
+        .await;
+    assert_eq!(status, 400, "a misspelt limit: {refused}");
+
+    let (key, key_id) = key_with_quota(&server, json!({"max_vms": 2, "max_vcpus": 3})).await;
+    let create = |vcpus: u32| {
+        server.call_as(
+            &key,
+            reqwest::Method::POST,
+            "/api/v1/vms?wait=90s",
+            Some(json!({"vcpus": vcpus})),
+        )
+    };
+    let (status, first) = create(1).await;
+    assert_eq!(status, 200, "{first}");
+    let first = first["vm_id"].as_str().unwrap().to_string();
+    let (status, refused) = create(3).await;
+    assert_eq!(status, 429, "1 + 3 vCPUs: {refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("max_vcpus"),
+        "{refused}"
+    );
+    let (status, second) = create(2).await;
+    assert_eq!(status, 200, "{second}");
+    let (status, refused) = create(1).await;
+    assert_eq!(status, 429, "a third sandbox: {refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("max_vms"),
+        "{refused}"
+    );
+    // The refused ones left nothing; the key's sandboxes are listed as its own.
+    let (_, mine) = server.get(&format!("/vms?created_by={key_id}")).await;
+    assert_eq!(mine["total"], 2, "{mine}");
+    assert!(
+        mine["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|vm| vm["created_by"] == key_id.as_str())
+    );
+
+    // A deleted sandbox frees its share; a removed quota frees the key.
+    let (status, _) = server.delete(&format!("/vms/{first}?wait=60s")).await;
+    assert_eq!(status, 200);
+    let (status, third) = create(1).await;
+    assert_eq!(status, 200, "{third}");
+    let (status, updated) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api-keys/{key_id}"),
+            Some(json!({"quota": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert!(updated.get("quota").is_none(), "{updated}");
+    let (status, fourth) = create(1).await;
+    assert_eq!(status, 200, "{fourth}");
+    // Only admins set quotas.
+    let (status, _) = server
+        .call_as(
+            &key,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/api-keys/{key_id}"),
+            Some(json!({"quota": null})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Parallel creates never pass a quota together (at worst all are refused).
+    let (racer, racer_id) = key_with_quota(&server, json!({"max_vms": 2})).await;
+    let answers = futures::future::join_all((0..5).map(|_| {
+        server.call_as(
+            &racer,
+            reqwest::Method::POST,
+            "/api/v1/vms",
+            Some(json!({"vcpus": 1})),
+        )
+    }))
+    .await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    let refused = answers.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!(accepted + refused, 5, "{answers:?}");
+    assert!(accepted <= 2, "{answers:?}");
+    let (_, racers) = server.get(&format!("/vms?created_by={racer_id}")).await;
+    assert_eq!(racers["total"], accepted, "{racers}");
+}

@@ -37,6 +37,8 @@ fn staged_vm(name: &str, created_at: DateTime<Utc>) -> Vm {
         image: "none".into(),
         vcpu_count: 1,
         memory_mb: 256,
+        disk_mb: None,
+        created_by: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -68,6 +68,8 @@ fn vm_row(worker_id: &str) -> Vm {
         image: "none".into(),
         vcpu_count: 1,
         memory_mb: 256,
+        disk_mb: Some(256),
+        created_by: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

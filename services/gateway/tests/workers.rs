@@ -96,6 +96,8 @@ fn staged_vm(worker_id: &str) -> Vm {
         image: "none".into(),
         vcpu_count: 2,
         memory_mb: 512,
+        disk_mb: None,
+        created_by: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -1,7 +1,7 @@
 //! Storage of API keys, users, sessions and the audit log: a trait of its own, so a
 //! database implements it beside [`super::Store`] (SQLite now, PostgreSQL later).
 
-use aetherium_types::{ApiKey, AuditEntry, User};
+use aetherium_types::{ApiKey, AuditEntry, KeyQuota, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -37,6 +37,8 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Sets `revoked_at` unless already revoked; returns whether it changed.
     async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> CoreResult<bool>;
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> CoreResult<()>;
+    /// Sets or clears a key's quota; returns whether the key exists.
+    async fn set_api_key_quota(&self, id: &str, quota: Option<&KeyQuota>) -> CoreResult<bool>;
 
     /// Inserts a user; a taken username is a `Conflict`.
     async fn insert_user(&self, user: &User, password_hash: &str) -> CoreResult<()>;

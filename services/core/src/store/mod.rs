@@ -303,6 +303,8 @@ pub struct VmFilter {
     pub status: Option<VmStatus>,
     pub worker_id: Option<String>,
     pub name: Option<String>,
+    /// The API key's or user's id that created the VMs.
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -466,22 +468,46 @@ pub trait Store: Send + Sync + 'static {
         Ok(changed)
     }
 
+    /// What the live VMs (not STOPPED or FAILED) that `created_by` made take, for
+    /// its quota (PAUSED ones keep their memory, so they count).
+    async fn usage_by(&self, created_by: &str) -> CoreResult<WorkerUsage> {
+        let filter = VmFilter {
+            created_by: Some(created_by.to_string()),
+            ..Default::default()
+        };
+        let mut usage = WorkerUsage::default();
+        for vm in self.all_vms(&filter).await? {
+            if !matches!(vm.status, VmStatus::Stopped | VmStatus::Failed) {
+                usage.vms += 1;
+                usage.vcpus += u64::from(vm.vcpu_count);
+                usage.memory_mb += vm.memory_mb;
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Every VM `filter` matches, page after page (newest first).
+    async fn all_vms(&self, filter: &VmFilter) -> CoreResult<Vec<Vm>> {
+        let mut all: Vec<Vm> = Vec::new();
+        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
+        loop {
+            let (vms, _) = self.list_vms(filter, &page).await?;
+            let full = vms.len() as u32 >= page.limit;
+            all.extend(vms);
+            match all.last() {
+                Some(last) if full => page.cursor = Some(Cursor::after(last.created_at, &last.id)),
+                _ => return Ok(all),
+            }
+        }
+    }
+
     /// What each worker's VMs take (VMs in [`workers::HOLDING`] states), by worker
     /// id; workers without such VMs are left out.
     async fn worker_usage(&self) -> CoreResult<Vec<(String, WorkerUsage)>> {
         let mut usage: std::collections::BTreeMap<String, WorkerUsage> = Default::default();
-        let mut page = Page::new(Some(Page::MAX_LIMIT), None);
-        loop {
-            let (vms, _) = self.list_vms(&VmFilter::default(), &page).await?;
-            let full = vms.len() as u32 >= page.limit;
-            for vm in &vms {
-                if let Some(worker) = &vm.worker_id {
-                    workers::add_usage(usage.entry(worker.clone()).or_default(), vm);
-                }
-            }
-            match vms.last() {
-                Some(last) if full => page.cursor = Some(Cursor::after(last.created_at, &last.id)),
-                _ => break,
+        for vm in self.all_vms(&VmFilter::default()).await? {
+            if let Some(worker) = &vm.worker_id {
+                workers::add_usage(usage.entry(worker.clone()).or_default(), &vm);
             }
         }
         Ok(usage.into_iter().filter(|(_, u)| u.vms > 0).collect())

@@ -111,6 +111,10 @@ pub(crate) fn vm_from_row(row: &PgRow) -> CoreResult<Vm> {
         image: row.try_get("image")?,
         vcpu_count: row.try_get::<i64, _>("vcpu_count")? as u32,
         memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        disk_mb: row
+            .try_get::<Option<i64>, _>("disk_mb")?
+            .map(|mb| mb as u64),
+        created_by: row.try_get("created_by")?,
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -228,8 +232,8 @@ impl Store for PgStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                stopped_at, metadata, disk_mb, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -247,6 +251,8 @@ impl Store for PgStore {
         .bind(vm.started_at.map(to_ms))
         .bind(vm.stopped_at.map(to_ms))
         .bind(jsonb(&vm.metadata))
+        .bind(vm.disk_mb.map(|mb| mb as i64))
+        .bind(&vm.created_by)
         .execute(&self.pool)
         .await;
         match result {
@@ -281,17 +287,19 @@ impl Store for PgStore {
 
     async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
         const FILTER: &str = "($1::TEXT IS NULL OR status = $1)
-              AND ($2::TEXT IS NULL OR worker_id = $2) AND ($3::TEXT IS NULL OR name = $3)";
+              AND ($2::TEXT IS NULL OR worker_id = $2) AND ($3::TEXT IS NULL OR name = $3)
+              AND ($4::TEXT IS NULL OR created_by = $4)";
         let status = filter.status.map(|s| s.as_str());
         let (after_ms, after_id) = keyset(page);
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT * FROM vms WHERE {FILTER} AND {}
-             ORDER BY created_at DESC, id DESC LIMIT $6",
-            keyset_sql(4)
+             ORDER BY created_at DESC, id DESC LIMIT $7",
+            keyset_sql(5)
         )))
         .bind(status)
         .bind(&filter.worker_id)
         .bind(&filter.name)
+        .bind(&filter.created_by)
         .bind(after_ms)
         .bind(after_id)
         .bind(page.limit as i64)
@@ -303,6 +311,7 @@ impl Store for PgStore {
         .bind(status)
         .bind(&filter.worker_id)
         .bind(&filter.name)
+        .bind(&filter.created_by)
         .fetch_one(&self.pool)
         .await?;
         let vms = rows.iter().map(vm_from_row).collect::<CoreResult<_>>()?;

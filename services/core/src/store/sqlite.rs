@@ -109,6 +109,10 @@ fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {
         image: row.try_get("image")?,
         vcpu_count: row.try_get::<i64, _>("vcpu_count")? as u32,
         memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
+        disk_mb: row
+            .try_get::<Option<i64>, _>("disk_mb")?
+            .map(|mb| mb as u64),
+        created_by: row.try_get("created_by")?,
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -225,8 +229,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stopped_at, metadata, disk_mb, created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -244,6 +248,8 @@ impl Store for SqliteStore {
         .bind(vm.started_at.map(to_ms))
         .bind(vm.stopped_at.map(to_ms))
         .bind(to_json(&vm.metadata))
+        .bind(vm.disk_mb.map(|mb| mb as i64))
+        .bind(&vm.created_by)
         .execute(&self.pool)
         .await;
         match result {
@@ -278,17 +284,18 @@ impl Store for SqliteStore {
 
     async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {
         const FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR worker_id = ?2)
-              AND (?3 IS NULL OR name = ?3)";
+              AND (?3 IS NULL OR name = ?3) AND (?4 IS NULL OR created_by = ?4)";
         let status = filter.status.map(|s| s.as_str());
         let (after_ms, after_id) = keyset(page);
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT * FROM vms WHERE {FILTER} AND {}
-             ORDER BY created_at DESC, id DESC LIMIT ?6",
-            keyset_sql(4)
+             ORDER BY created_at DESC, id DESC LIMIT ?7",
+            keyset_sql(5)
         )))
         .bind(status)
         .bind(&filter.worker_id)
         .bind(&filter.name)
+        .bind(&filter.created_by)
         .bind(after_ms)
         .bind(after_id)
         .bind(page.limit as i64)
@@ -300,6 +307,7 @@ impl Store for SqliteStore {
         .bind(status)
         .bind(&filter.worker_id)
         .bind(&filter.name)
+        .bind(&filter.created_by)
         .fetch_one(&self.pool)
         .await?;
         let vms = rows.iter().map(vm_from_row).collect::<CoreResult<_>>()?;

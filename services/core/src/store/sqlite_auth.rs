@@ -1,6 +1,6 @@
 //! [`AuthStore`] on SQLite.
 
-use aetherium_types::{ApiKey, AuditEntry, User};
+use aetherium_types::{ApiKey, AuditEntry, KeyQuota, User};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -25,6 +25,9 @@ fn api_key_from_row(row: &SqliteRow) -> CoreResult<ApiKey> {
         rate_limit_per_second: row
             .try_get::<Option<i64>, _>("rate_limit_per_second")?
             .map(|r| r as u32),
+        quota: row
+            .try_get::<Option<sqlx::types::Json<KeyQuota>>, _>("quota")?
+            .map(|q| q.0),
     })
 }
 
@@ -76,8 +79,8 @@ impl AuthStore for SqliteStore {
     async fn insert_api_key(&self, key: &ApiKey, key_hash: &str) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, key_hash, role, created_by, created_at,
-                expires_at, revoked_at, last_used_at, rate_limit_per_second)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                expires_at, revoked_at, last_used_at, rate_limit_per_second, quota)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -90,6 +93,7 @@ impl AuthStore for SqliteStore {
         .bind(key.revoked_at.map(to_ms))
         .bind(key.last_used_at.map(to_ms))
         .bind(key.rate_limit_per_second.map(i64::from))
+        .bind(key.quota.map(sqlx::types::Json))
         .execute(self.pool())
         .await
         .map_err(|e| {
@@ -132,6 +136,15 @@ impl AuthStore for SqliteStore {
                 .bind(id)
                 .execute(self.pool())
                 .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_api_key_quota(&self, id: &str, quota: Option<&KeyQuota>) -> CoreResult<bool> {
+        let done = sqlx::query("UPDATE api_keys SET quota = ? WHERE id = ?")
+            .bind(quota.map(sqlx::types::Json))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 

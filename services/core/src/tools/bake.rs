@@ -37,6 +37,7 @@ pub async fn bake(
         image: from.to_string(),
         vcpus: 2,
         memory_mb: 4096,
+        disk_mb: None,
         network: None,
         access_token: Some(uuid::Uuid::new_v4().simple().to_string()),
     };

@@ -7,13 +7,20 @@
 //!   a symlink the container may have put in its place (`agent_client::connect_unix`).
 //!   The agent's access token is left there as a file that the agent reads and
 //!   deletes at start: it is in no environment, image or `docker inspect`.
-//! - CPU, memory (no extra swap) and pid limits come from the VM's size.
+//! - CPU, memory (no extra swap) and pid limits come from the VM's size. The
+//!   per-sandbox run directory is a small tmpfs of its own (when we are root), so
+//!   the container cannot fill the host's data directory through it.
+//! - Disk: `disk_mb` is the engine's hard limit where its storage has one (overlay2
+//!   on XFS mounted with `pquota`: writes fail with ENOSPC); elsewhere a watch over
+//!   every sandbox's writable layer stops one that writes more ([`DiskQuota`]).
 //! - Labels name the installation, the owning worker and the VM, so a restarted
 //!   worker finds (adopts or removes) exactly the containers it owns -- not those of
 //!   another installation on the same host that happens to use the same worker id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aetherium_types::Orchestrator;
 use async_trait::async_trait;
@@ -26,7 +33,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::{Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
+use super::{Backend, BackendError, Limit, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
 
 pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
 pub const RUN_DIR_IN_CONTAINER: &str = "/.aetherium/run";
@@ -38,6 +45,38 @@ pub const LABEL_MANAGED: &str = "io.aetherium.managed";
 pub const LABEL_WORKER: &str = "io.aetherium.worker_id";
 pub const LABEL_INSTALLATION: &str = "io.aetherium.installation";
 pub const LABEL_VM: &str = "io.aetherium.vm_id";
+/// The sandbox's disk quota in MiB, for the watch (and for a restarted worker).
+pub const LABEL_DISK_MB: &str = "io.aetherium.disk_mb";
+
+/// How often the disk watch looks at every sandbox's writable layer.
+const DISK_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The run directory's tmpfs: room for the socket and the token file, no more.
+const RUN_DIR_TMPFS: &str = "size=256k,nr_inodes=32,mode=0755";
+
+/// How `disk_mb` is enforced on this engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskQuota {
+    /// The engine's own limit (`--storage-opt size`): writes past it fail.
+    Engine,
+    /// The watch: a sandbox over its quota is stopped (within about a second).
+    Watch,
+}
+
+impl DiskQuota {
+    /// Whether an engine with this `docker info` storage driver and driver status
+    /// can limit a container's writable layer: overlay2 over XFS. (`pquota` is not
+    /// shown; an engine without it refuses the first create, and we fall back.)
+    pub fn for_storage(driver: &str, driver_status: &[Vec<String>]) -> DiskQuota {
+        let xfs = driver_status
+            .iter()
+            .any(|kv| kv.len() == 2 && kv[0] == "Backing Filesystem" && kv[1] == "xfs");
+        if driver == "overlay2" && xfs {
+            DiskQuota::Engine
+        } else {
+            DiskQuota::Watch
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DockerBackendConfig {
@@ -76,6 +115,10 @@ pub struct DockerBackend {
     config: DockerBackendConfig,
     /// Set once the isolated network and its guard are in place (this process).
     isolated_ready: tokio::sync::OnceCell<()>,
+    /// How disk quotas are enforced, found out at the first create that has one.
+    disk_quota: Mutex<Option<DiskQuota>>,
+    /// Sandboxes the disk watch stopped (their exit is reported as over the limit).
+    over_disk: Arc<Mutex<HashSet<String>>>,
 }
 
 fn container_name(vm_id: &str) -> String {
@@ -167,7 +210,34 @@ impl DockerBackend {
                 .to_string(),
             config,
             isolated_ready: tokio::sync::OnceCell::new(),
+            disk_quota: Mutex::new(None),
+            over_disk: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    /// How this engine enforces disk quotas (asked once).
+    pub async fn disk_quota(&self) -> Result<DiskQuota, BackendError> {
+        if let Some(mode) = *self.disk_quota.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(mode);
+        }
+        let info = self.client()?.info().await.map_err(map_err)?;
+        let mode = DiskQuota::for_storage(
+            info.driver.as_deref().unwrap_or_default(),
+            info.driver_status.as_deref().unwrap_or_default(),
+        );
+        self.set_disk_quota(mode);
+        Ok(mode)
+    }
+
+    fn set_disk_quota(&self, mode: DiskQuota) {
+        *self.disk_quota.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+    }
+
+    fn is_over_disk(&self, vm_id: &str) -> bool {
+        self.over_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(vm_id)
     }
 
     fn client(&self) -> Result<Docker, BackendError> {
@@ -290,7 +360,34 @@ impl DockerBackend {
         spec: &SandboxSpec,
         run_dir: &Path,
     ) -> Result<(), BackendError> {
-        let labels = HashMap::from([
+        let quota = match spec.disk_mb {
+            Some(_) => Some(self.disk_quota().await?),
+            None => None,
+        };
+        match self.try_create_container(spec, run_dir, quota).await {
+            // XFS without `pquota`: the engine cannot after all; the watch can.
+            Err(BackendError::Other(message))
+                if quota == Some(DiskQuota::Engine) && message.contains("storage-opt") =>
+            {
+                tracing::warn!(
+                    "the Docker engine cannot limit a container's disk ({message}); \
+                     disk_mb is enforced by watching instead"
+                );
+                self.set_disk_quota(DiskQuota::Watch);
+                self.try_create_container(spec, run_dir, Some(DiskQuota::Watch))
+                    .await
+            }
+            done => done,
+        }
+    }
+
+    async fn try_create_container(
+        &self,
+        spec: &SandboxSpec,
+        run_dir: &Path,
+        quota: Option<DiskQuota>,
+    ) -> Result<(), BackendError> {
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (
                 LABEL_INSTALLATION.to_string(),
@@ -299,12 +396,23 @@ impl DockerBackend {
             (LABEL_WORKER.to_string(), self.config.worker_id.clone()),
             (LABEL_VM.to_string(), spec.vm_id.clone()),
         ]);
+        if let Some(disk_mb) = spec.disk_mb {
+            labels.insert(LABEL_DISK_MB.to_string(), disk_mb.to_string());
+        }
+        let storage_opt = match (quota, spec.disk_mb) {
+            (Some(DiskQuota::Engine), Some(disk_mb)) => {
+                Some(HashMap::from([("size".to_string(), format!("{disk_mb}m"))]))
+            }
+            _ => None,
+        };
         let mut entrypoint = vec![
             AGENT_IN_CONTAINER.to_string(),
             "--listen".to_string(),
             format!("unix:{RUN_DIR_IN_CONTAINER}/{AGENT_SOCKET_NAME}"),
         ];
         if let Some(token) = &spec.access_token {
+            // A retried create finds the file the attempt before left.
+            let _ = std::fs::remove_file(run_dir.join(AGENT_TOKEN_NAME));
             write_token_file(&run_dir.join(AGENT_TOKEN_NAME), token)?;
             entrypoint.push(format!(
                 "--access-token-file={RUN_DIR_IN_CONTAINER}/{AGENT_TOKEN_NAME}"
@@ -332,6 +440,7 @@ impl DockerBackend {
             }),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             cap_drop: Some(DROPPED_CAPABILITIES.map(String::from).to_vec()),
+            storage_opt,
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -386,7 +495,116 @@ fn write_token_file(path: &Path, token: &str) -> Result<(), BackendError> {
         .map_err(|e| BackendError::Other(format!("cannot write {}: {e}", path.display())))
 }
 
-fn state_of(state: Option<&bollard::models::ContainerState>) -> SandboxState {
+/// Mounts a small tmpfs on a new run directory, so that what the container writes
+/// there is bounded and never reaches the host's disk. Needs root; without it the
+/// directory stays a plain one (and the disk watch does not see it).
+#[allow(unsafe_code)]
+fn mount_run_dir(run_dir: &Path) -> Result<(), BackendError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let cstr = |s: &str| {
+        std::ffi::CString::new(s)
+            .map_err(|_| BackendError::Other(format!("NUL in mount argument {s:?}")))
+    };
+    let target = cstr(&run_dir.to_string_lossy())?;
+    let (source, fstype, data) = (cstr("tmpfs")?, cstr("tmpfs")?, cstr(RUN_DIR_TMPFS)?);
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(BackendError::Other(format!(
+            "cannot mount a tmpfs on {}: {}",
+            run_dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Unmounts a run directory's tmpfs, if it has one.
+#[allow(unsafe_code)]
+fn unmount_run_dir(run_dir: &Path) {
+    let Ok(target) = std::ffi::CString::new(run_dir.to_string_lossy().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path; EINVAL (not a mount point) and ENOENT are
+    // the expected answers for a directory without one.
+    unsafe {
+        libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// Stops the sandboxes whose writable layer holds more than their `disk_mb`
+/// (one listing of the engine for all of them).
+async fn stop_over_disk(
+    docker: &Docker,
+    own_labels: &[String],
+    over_disk: &Mutex<HashSet<String>>,
+) -> Result<(), BackendError> {
+    let mut labels = own_labels.to_vec();
+    labels.push(LABEL_DISK_MB.to_string());
+    let filters = HashMap::from([("label", labels)]);
+    let options = ListContainersOptionsBuilder::default()
+        .size(true)
+        .filters(&filters)
+        .build();
+    for container in docker
+        .list_containers(Some(options))
+        .await
+        .map_err(map_err)?
+    {
+        let labels = container.labels.unwrap_or_default();
+        let (Some(vm_id), Some(limit_mb)) = (
+            labels.get(LABEL_VM),
+            labels
+                .get(LABEL_DISK_MB)
+                .and_then(|mb| mb.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        let used = container.size_rw.unwrap_or(0);
+        if used <= limit_mb.saturating_mul(1024 * 1024) {
+            continue;
+        }
+        tracing::warn!(
+            vm_id,
+            used_bytes = used,
+            limit_mb,
+            "sandbox over its disk quota: stopping it"
+        );
+        over_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm_id.clone());
+        let options = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match docker
+            .kill_container(&container_name(vm_id), Some(options))
+            .await
+        {
+            Ok(()) => {}
+            // Gone or stopped meanwhile.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+    }
+    Ok(())
+}
+
+fn state_of(state: Option<&bollard::models::ContainerState>, over_disk: bool) -> SandboxState {
     let Some(state) = state else {
         return SandboxState::Missing;
     };
@@ -398,7 +616,13 @@ fn state_of(state: Option<&bollard::models::ContainerState>) -> SandboxState {
         }
         _ => SandboxState::Exited {
             exit_code: state.exit_code.unwrap_or(-1),
-            oom_killed: state.oom_killed.unwrap_or(false),
+            killed_for: if state.oom_killed.unwrap_or(false) {
+                Some(Limit::Memory)
+            } else if over_disk {
+                Some(Limit::Disk)
+            } else {
+                None
+            },
         },
     }
 }
@@ -421,7 +645,13 @@ impl Backend for DockerBackend {
         tokio::fs::create_dir_all(&run_dir).await.map_err(|e| {
             BackendError::Other(format!("cannot create {}: {e}", run_dir.display()))
         })?;
-        if let Err(e) = self.create_container(spec, &run_dir).await {
+        // A retried create may find the tmpfs of the attempt before.
+        unmount_run_dir(&run_dir);
+        let made = match mount_run_dir(&run_dir) {
+            Ok(()) => self.create_container(spec, &run_dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
             // Leave nothing half-made behind: no container, no socket directory.
             if let Err(cleanup) = self.delete(&spec.vm_id).await {
                 tracing::warn!(vm_id = %spec.vm_id, error = %cleanup, "cleanup after failed create");
@@ -457,7 +687,12 @@ impl Backend for DockerBackend {
                 "cannot remove the egress rules of {vm_id}: {e}"
             )));
         }
+        self.over_disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vm_id);
         let run_dir = self.run_dir(vm_id);
+        unmount_run_dir(&run_dir);
         match tokio::fs::remove_dir_all(&run_dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -474,7 +709,7 @@ impl Backend for DockerBackend {
             .inspect_container(&container_name(vm_id), None::<InspectContainerOptions>)
             .await
         {
-            Ok(info) => Ok(state_of(info.state.as_ref())),
+            Ok(info) => Ok(state_of(info.state.as_ref(), self.is_over_disk(vm_id))),
             Err(e) if is_not_found(&e) => Ok(SandboxState::Missing),
             Err(e) => Err(map_err(e)),
         }
@@ -513,7 +748,30 @@ impl Backend for DockerBackend {
             Ok(docker) => docker,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
-        docker
+        // The disk watch runs while the events are watched: a sandbox it stops
+        // dies, and its exit comes through the events like any other.
+        let watch = {
+            let docker = docker.clone();
+            let own_labels = self.own_labels();
+            let over_disk = self.over_disk.clone();
+            let engine_enforces = *self.disk_quota.lock().unwrap_or_else(|e| e.into_inner())
+                == Some(DiskQuota::Engine);
+            futures::stream::unfold((), move |()| {
+                let (docker, own_labels, over_disk) =
+                    (docker.clone(), own_labels.clone(), over_disk.clone());
+                async move {
+                    tokio::time::sleep(DISK_WATCH_INTERVAL).await;
+                    if !engine_enforces
+                        && let Err(e) = stop_over_disk(&docker, &own_labels, &over_disk).await
+                    {
+                        tracing::debug!(error = %e, "disk watch");
+                    }
+                    Some(((), ()))
+                }
+            })
+            .filter_map(|()| async { None })
+        };
+        let events = docker
             .events(Some(options))
             .filter_map(|event| async move {
                 match event {
@@ -529,6 +787,12 @@ impl Backend for DockerBackend {
                     }
                 }
             })
+            .map(Some)
+            // Ends the merged stream when the events end (the watch never does).
+            .chain(futures::stream::once(async { None }));
+        futures::stream::select(events, watch)
+            .take_while(|item| std::future::ready(item.is_some()))
+            .filter_map(|item| async move { item })
             .boxed()
     }
 

@@ -27,6 +27,9 @@ pub struct SandboxSpec {
     pub image: String,
     pub vcpus: u32,
     pub memory_mb: u64,
+    /// What the sandbox may write to its filesystem, in MiB (containers; `None`:
+    /// unlimited).
+    pub disk_mb: Option<u64>,
     /// The guest's network, made by the worker before `create` (microVM backends
     /// attach the TAP device; Docker uses its own networking). `None`: no network.
     pub network: Option<GuestNetwork>,
@@ -73,10 +76,19 @@ pub enum SandboxState {
     Paused,
     Exited {
         exit_code: i64,
-        oom_killed: bool,
+        /// Set when the sandbox was stopped for going over one of its limits.
+        killed_for: Option<Limit>,
     },
     /// The backend has no such sandbox.
     Missing,
+}
+
+/// A limit a sandbox can be stopped for exceeding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory,
+    /// Its disk quota (`SandboxSpec::disk_mb`).
+    Disk,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -585,7 +585,7 @@ impl Backend for QemuBackend {
             VmPresence::Creating => Ok(SandboxState::Starting),
             VmPresence::Exited(exit_code) => Ok(SandboxState::Exited {
                 exit_code,
-                oom_killed: false,
+                killed_for: None,
             }),
             VmPresence::Alive if self.is_frozen(vm_id) => Ok(SandboxState::Paused),
             VmPresence::Alive => {

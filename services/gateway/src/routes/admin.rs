@@ -227,6 +227,33 @@ pub async fn get_api_key(
 }
 
 #[utoipa::path(
+    patch,
+    path = "/api/v1/api-keys/{id}",
+    tag = "auth",
+    summary = "Set an API key's quota",
+    description = "Sets (or with `quota: null` removes) what the live sandboxes the key creates may take at once. It applies from the key's next request; sandboxes it already has stay.",
+    params(("id" = String, Path, description = "The API key's id")),
+    request_body = aetherium_types::UpdateApiKeyRequest,
+    responses(
+        (status = 200, description = "The key with its quota", body = aetherium_types::ApiKey),
+        (status = 400, description = "A limit out of range", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such key", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn update_api_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<aetherium_types::UpdateApiKeyRequest>,
+) -> ApiResult<Json<ApiKey>> {
+    Ok(Json(
+        state
+            .auth
+            .set_api_key_quota(&id, req.quota.as_ref())
+            .await?,
+    ))
+}
+
+#[utoipa::path(
     post,
     path = "/api/v1/api-keys/{id}/revoke",
     tag = "auth",

@@ -52,15 +52,17 @@ pub struct PrepStepList {
         (status = 400, description = "A field is invalid (the message names it), or an unknown tool", body = ErrorResponse),
         (status = 404, description = "No such environment", body = ErrorResponse),
         (status = 409, description = "The name is taken, or no worker can take the sandbox", body = ErrorResponse),
+        (status = 429, description = "The API key's quota cannot hold the workspace's sandbox", body = ErrorResponse),
         (status = 503, description = "No encryption key is configured (secrets given), or no worker is available now", body = ErrorResponse),
     )
 )]
 pub async fn create_workspace(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Json(req): Json<CreateWorkspaceRequest>,
 ) -> ApiResult<Response> {
     req.validate().map_err(ApiError::bad_request)?;
-    let workspace = state.platform.create_workspace(req).await?;
+    let workspace = state.platform.create_workspace(req, Some(&by)).await?;
     Ok((StatusCode::CREATED, Json(workspace)).into_response())
 }
 

@@ -324,5 +324,6 @@ impl Drop for TestServer {
         for id in self.containers() {
             let _ = docker(&["rm", "-f", &id]);
         }
+        aetherium_testkit::unmount_below(self.data_dir.path());
     }
 }

@@ -574,7 +574,7 @@ impl Backend for FirecrackerBackend {
             }
             return Ok(SandboxState::Exited {
                 exit_code: exit_code(&self.started, vm_id, &dir).await,
-                oom_killed: false,
+                killed_for: None,
             });
         };
         let _ = process;

@@ -1,0 +1,4 @@
+// sqlx::migrate! embeds the migrations: a new or changed file must rebuild the crate.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}
