@@ -92,7 +92,12 @@ fn cleanup(worker_id: &str, data_dir: &std::path::Path) {
         .arg(format!("label=io.aetherium.worker_id={worker_id}"))
         .output()
         .unwrap();
-    for id in String::from_utf8_lossy(&out.stdout).lines() {
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    aetherium_testkit::remove_sandbox_rules(&ids);
+    for id in &ids {
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
     }
     aetherium_testkit::unmount_below(data_dir);

@@ -293,6 +293,7 @@ fn remove_containers_of(worker_id: &str) {
             .split_whitespace()
             .map(str::to_string)
             .collect();
+        aetherium_testkit::remove_sandbox_rules(&ids);
         if !ids.is_empty() {
             let _ = Command::new("docker")
                 .args(["rm", "-f"])

@@ -37,6 +37,67 @@ pub fn unmount_below(dir: &std::path::Path) {
     }
 }
 
+/// Removes the firewall rules and the policy chain a Docker worker made for the
+/// sandbox of each container (by id; read from its `io.aetherium.vm_id` label), for
+/// a test that removes containers without deleting their sandboxes. Call it before
+/// removing the containers.
+pub fn remove_sandbox_rules(container_ids: &[String]) {
+    if container_ids.is_empty() {
+        return;
+    }
+    let Ok(labels) = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"io.aetherium.vm_id\"}}",
+        ])
+        .args(container_ids)
+        .output()
+    else {
+        return;
+    };
+    let vm_ids: Vec<String> = String::from_utf8_lossy(&labels.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    let iptables = |args: &[&str]| {
+        std::process::Command::new("iptables")
+            .arg("-w")
+            .args(args)
+            .output()
+            .ok()
+    };
+    let Some(listing) = iptables(&["-S"]) else {
+        return;
+    };
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for vm_id in &vm_ids {
+        let tag = format!("aetherium-vm:{vm_id}");
+        for rule in listing
+            .lines()
+            .filter(|l| l.starts_with("-A ") && l.contains(&tag))
+        {
+            let words: Vec<String> = rule[3..]
+                .split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect();
+            let mut args = vec!["-D"];
+            args.extend(words.iter().map(String::as_str));
+            iptables(&args);
+        }
+        let digits: String = vm_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(16)
+            .collect();
+        let chain = format!("aeth-vm-{digits}");
+        iptables(&["-F", &chain]);
+        iptables(&["-X", &chain]);
+    }
+}
+
 /// 12 random hex characters, for names tests make unique (containers, workers, VMs).
 pub fn random_hex() -> String {
     let mut buf = [0u8; 6];

@@ -103,6 +103,10 @@ pub struct CreateVmRequest {
     /// `none` (no network device at all). Containers use the configured Docker network.
     #[serde(default)]
     pub network: Option<crate::VmNetwork>,
+    /// Containers on the isolated network: what it may reach besides the network's
+    /// defaults (changeable later with `PUT /vms/{id}/network-policy`).
+    #[serde(default)]
+    pub network_policy: Option<crate::NetworkPolicy>,
     /// Tools from the catalog to install (as root) before the VM is reported
     /// RUNNING: `name` or `name@version` (at most 64). A tool the catalog does not
     /// have is a 400 naming it, with nothing recorded; a failed install fails the VM.
@@ -239,6 +243,9 @@ impl CreateVmRequest {
         }
         if let Some(disk_mb) = self.disk_mb {
             validate_disk_mb(disk_mb)?;
+        }
+        if let Some(policy) = &self.network_policy {
+            policy.normalized()?;
         }
         crate::workspace::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {

@@ -23,6 +23,9 @@ pub enum TaskType {
     VmResume,
     #[serde(rename = "vm:snapshot")]
     VmSnapshot,
+    /// Applies a VM's new network policy on its worker.
+    #[serde(rename = "vm:network")]
+    VmNetwork,
     #[serde(rename = "job:execute")]
     JobExecute,
     #[serde(rename = "integration:run")]
@@ -43,7 +46,7 @@ pub struct TaskPolicy {
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 13] = [
+    pub const ALL: [TaskType; 14] = [
         TaskType::VmCreate,
         TaskType::VmStart,
         TaskType::VmStop,
@@ -52,6 +55,7 @@ impl TaskType {
         TaskType::VmPause,
         TaskType::VmResume,
         TaskType::VmSnapshot,
+        TaskType::VmNetwork,
         TaskType::JobExecute,
         TaskType::IntegrationRun,
         TaskType::WorkspaceCreate,
@@ -69,6 +73,7 @@ impl TaskType {
             TaskType::VmPause => "vm:pause",
             TaskType::VmResume => "vm:resume",
             TaskType::VmSnapshot => "vm:snapshot",
+            TaskType::VmNetwork => "vm:network",
             TaskType::JobExecute => "job:execute",
             TaskType::IntegrationRun => "integration:run",
             TaskType::WorkspaceCreate => "workspace:create",
@@ -86,6 +91,7 @@ impl TaskType {
             // A freeze or thaw either works at once or the VM is broken: no retries.
             TaskType::VmPause | TaskType::VmResume => (0, 2),
             TaskType::VmSnapshot => (0, 10),
+            TaskType::VmNetwork => (2, 2),
             TaskType::JobExecute | TaskType::IntegrationRun => (2, 30),
             TaskType::WorkspaceCreate => (2, 30),
             TaskType::WorkspaceDelete => (2, 5),

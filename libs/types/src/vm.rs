@@ -89,6 +89,83 @@ pub enum VmNetwork {
     None,
 }
 
+/// What a container reaches by default besides its `allow` list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// The outside world, except `deny`.
+    #[default]
+    Allow,
+    /// Only `allow`.
+    Deny,
+}
+
+/// A container's outbound traffic, on top of what the isolated network always
+/// refuses (other sandboxes, the host, private, link-local and multicast ranges,
+/// unless the operator's `vmm.docker.egress_allow` opens them): nothing here can
+/// open those. Entries are IPv4 addresses or CIDRs. DNS keeps working (the engine
+/// answers it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub egress: Egress,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
+    pub deny: Vec<String>,
+}
+
+/// Most entries one list of a [`NetworkPolicy`] may have.
+pub const MAX_POLICY_ENTRIES: usize = 64;
+
+impl NetworkPolicy {
+    /// Checks every entry and writes each as a CIDR (`1.2.3.4` → `1.2.3.4/32`,
+    /// host bits cleared), the form the firewall gets.
+    pub fn normalized(&self) -> Result<NetworkPolicy, String> {
+        let list = |name: &str, entries: &[String]| -> Result<Vec<String>, String> {
+            if entries.len() > MAX_POLICY_ENTRIES {
+                return Err(format!(
+                    "network_policy.{name} has {} entries; at most {MAX_POLICY_ENTRIES}",
+                    entries.len()
+                ));
+            }
+            entries
+                .iter()
+                .map(|entry| {
+                    normalize_cidr(entry).ok_or_else(|| {
+                        format!(
+                            "network_policy.{name}: {entry:?} is not an IPv4 address or CIDR (e.g. 203.0.113.7 or 203.0.113.0/24); domain names are not supported yet"
+                        )
+                    })
+                })
+                .collect()
+        };
+        Ok(NetworkPolicy {
+            egress: self.egress,
+            allow: list("allow", &self.allow)?,
+            deny: list("deny", &self.deny)?,
+        })
+    }
+}
+
+fn normalize_cidr(entry: &str) -> Option<String> {
+    let (address, prefix) = match entry.split_once('/') {
+        Some((address, prefix)) => (address, prefix.parse::<u8>().ok().filter(|p| *p <= 32)?),
+        None => (entry, 32),
+    };
+    // Only the dotted-quad form: Ipv4Addr's parser refuses leading zeros and the
+    // like, which iptables would read differently.
+    let address: std::net::Ipv4Addr = address.parse().ok()?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let network = std::net::Ipv4Addr::from(u32::from(address) & mask);
+    Some(format!("{network}/{prefix}"))
+}
+
 /// A sandbox, as stored and as returned by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -104,6 +181,10 @@ pub struct Vm {
     /// whose disk is their image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<u64>,
+    /// What the container may reach (containers on the isolated network; `None`: the
+    /// network's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicy>,
     /// The id of the API key or user that created it (counts against a key's quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
@@ -126,4 +207,51 @@ pub struct Vm {
     pub stopped_at: Option<DateTime<Utc>>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_policies_are_checked_and_written_as_cidrs() {
+        let policy = NetworkPolicy {
+            egress: Egress::Deny,
+            allow: vec!["203.0.113.7".into(), "198.51.100.77/24".into()],
+            deny: vec!["0.0.0.0/0".into()],
+        };
+        assert_eq!(
+            policy.normalized().unwrap(),
+            NetworkPolicy {
+                egress: Egress::Deny,
+                allow: vec!["203.0.113.7/32".into(), "198.51.100.0/24".into()],
+                deny: vec!["0.0.0.0/0".into()],
+            }
+        );
+        for bad in [
+            "example.com",
+            "1.2.3.4/33",
+            "01.2.3.4",
+            "1.2.3",
+            "::1",
+            "1.2.3.4/",
+            "-j ACCEPT",
+        ] {
+            let policy = NetworkPolicy {
+                deny: vec![bad.into()],
+                ..Default::default()
+            };
+            let e = policy.normalized().expect_err(bad);
+            assert!(e.contains("network_policy.deny"), "{e}");
+        }
+        let long = NetworkPolicy {
+            allow: vec!["10.0.0.1".into(); MAX_POLICY_ENTRIES + 1],
+            ..Default::default()
+        };
+        assert!(long.normalized().unwrap_err().contains("at most 64"));
+        let parsed: NetworkPolicy = serde_json::from_str(r#"{"egress":"deny"}"#).unwrap();
+        assert_eq!(parsed.egress, Egress::Deny);
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"egress":"block"}"#).is_err());
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"allowed":[]}"#).is_err());
+    }
 }

@@ -192,6 +192,7 @@ async fn main() {
         vcpus: 2,
         memory_mb: 1024,
         disk_mb: None,
+        network_policy: None,
         network: None,
         access_token: None,
     };

@@ -8,8 +8,8 @@ use std::time::Duration;
 use aetherium_common::EventBus;
 use aetherium_types::{
     ComponentHealth, CreateVmRequest, Event, EventType, ExecuteCommandRequest, Execution,
-    ExecutionStatus, HealthResponse, Orchestrator, Principal, ReadyResponse, SmartExecuteRequest,
-    Task, TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, new_id,
+    ExecutionStatus, HealthResponse, NetworkPolicy, Orchestrator, Principal, ReadyResponse,
+    SmartExecuteRequest, Task, TaskStatus, TaskType, Vm, VmStatus, Worker, WorkerStatus, new_id,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,13 @@ fn hide_env_values(payload: &mut serde_json::Value) {
     if let Some(then) = payload.get_mut("then_execute") {
         hide_env_values(then);
     }
+}
+
+/// Payload of `vm:network`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkPayload {
+    pub vm_id: String,
+    pub policy: Option<NetworkPolicy>,
 }
 
 /// Payload of `vm:delete` and of the control tasks (`vm:pause`, `vm:resume`, `vm:snapshot`).
@@ -166,6 +173,26 @@ fn vm_metadata(req: &CreateVmRequest) -> serde_json::Map<String, serde_json::Val
         metadata.insert("network".into(), "none".into());
     }
     metadata
+}
+
+/// A request's network policy, checked and in CIDR form (containers only: microVM
+/// TAP devices are not filtered per sandbox yet).
+fn network_policy_for(
+    orchestrator: Orchestrator,
+    policy: Option<&NetworkPolicy>,
+) -> CoreResult<Option<NetworkPolicy>> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    if orchestrator != Orchestrator::Docker {
+        return Err(CoreError::InvalidInput(format!(
+            "network_policy applies to containers; {orchestrator} microVMs are not filtered per sandbox yet"
+        )));
+    }
+    policy
+        .normalized()
+        .map(Some)
+        .map_err(CoreError::InvalidInput)
 }
 
 /// Which control operations each backend supports (the API answers 409 saying so for others).
@@ -279,6 +306,7 @@ impl Platform {
                 )));
             }
         };
+        let network_policy = network_policy_for(orchestrator, req.network_policy.as_ref())?;
         // The worker that will run it (a 503 saying why when none fits).
         let worker = self
             .place_vm(&PlacementRequest {
@@ -305,6 +333,7 @@ impl Platform {
             memory_mb,
             disk_mb,
             created_by: by.map(|p| p.id.clone()),
+            network_policy,
             kernel_path: None,
             rootfs_path: None,
             socket_path: None,
@@ -431,6 +460,43 @@ impl Platform {
         self.control_vm(id, TaskType::VmResume).await
     }
 
+    /// Queues `vm:network`: the VM's worker puts `policy` in place of its current one
+    /// (`None`: the network's defaults) and records it. RUNNING or PAUSED containers.
+    pub async fn set_network_policy(
+        &self,
+        id: &str,
+        policy: Option<&NetworkPolicy>,
+    ) -> CoreResult<Task> {
+        let vm = self.get_vm(id).await?;
+        let policy = network_policy_for(vm.orchestrator, policy)?;
+        if !matches!(vm.status, VmStatus::Running | VmStatus::Paused) {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is {}: only a RUNNING or PAUSED VM's network policy can change",
+                vm.status
+            )));
+        }
+        let payload = to_value(&NetworkPayload {
+            vm_id: vm.id.clone(),
+            policy,
+        })?;
+        self.queue_on_owner(&vm, TaskType::VmNetwork, payload).await
+    }
+
+    /// Queues a control task for the worker that owns `vm` (which must be live).
+    async fn queue_on_owner(
+        &self,
+        vm: &Vm,
+        task_type: TaskType,
+        payload: serde_json::Value,
+    ) -> CoreResult<Task> {
+        self.ensure_owner_reachable(vm).await?;
+        let mut task = new_task(task_type, payload, Some(&vm.id));
+        task.priority = 8;
+        task.target_worker_id = vm.worker_id.clone();
+        self.submit(&task).await?;
+        Ok(task)
+    }
+
     /// Queues `vm:snapshot`: the state and memory of a PAUSED microVM are written on
     /// its worker (Firecracker only).
     pub async fn snapshot_vm(&self, id: &str) -> CoreResult<Task> {
@@ -456,18 +522,10 @@ impl Platform {
                 vm.status
             )));
         }
-        self.ensure_owner_reachable(&vm).await?;
-        let mut task = new_task(
-            task_type,
-            to_value(&DeletePayload {
-                vm_id: vm.id.clone(),
-            })?,
-            Some(&vm.id),
-        );
-        task.priority = 8;
-        task.target_worker_id = vm.worker_id.clone();
-        self.submit(&task).await?;
-        Ok(task)
+        let payload = to_value(&DeletePayload {
+            vm_id: vm.id.clone(),
+        })?;
+        self.queue_on_owner(&vm, task_type, payload).await
     }
 
     // ---- executions ------------------------------------------------------------

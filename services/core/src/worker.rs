@@ -20,7 +20,8 @@ use crate::agent_client::AgentError;
 use crate::net::HostNetwork;
 use crate::queue::FailOutcome;
 use crate::services::{
-    CANCELLED_WHILE_RUNNING, CreatePayload, DeletePayload, ExecPayload, Platform, new_task,
+    CANCELLED_WHILE_RUNNING, CreatePayload, DeletePayload, ExecPayload, NetworkPayload, Platform,
+    new_task,
 };
 use crate::store::VmFilter;
 use crate::vmm::{Backend, GuestNetwork, Limit, SandboxExit, SandboxSpec, SandboxState};
@@ -777,6 +778,7 @@ impl Worker {
             TaskType::VmPause | TaskType::VmResume | TaskType::VmSnapshot => {
                 self.handle_control(task, parse(&task.payload)?).await
             }
+            TaskType::VmNetwork => self.handle_network(parse(&task.payload)?).await,
             TaskType::WorkspaceCreate => {
                 self.handle_workspace_create(parse(&task.payload)?, cancel)
                     .await
@@ -959,6 +961,7 @@ impl Worker {
             vcpus: vm.vcpu_count,
             memory_mb: vm.memory_mb,
             disk_mb: vm.disk_mb,
+            network_policy: vm.network_policy.clone(),
             network: self.attach_network(&vm).await?,
             access_token: None,
         };
@@ -1048,6 +1051,29 @@ impl Worker {
     }
 
     // ---- vm:pause, vm:resume, vm:snapshot -----------------------------------------
+
+    /// Puts a VM's new network policy in place, then records it (so the record
+    /// never shows a policy that is not the sandbox's).
+    async fn handle_network(&self, payload: NetworkPayload) -> TaskResult {
+        let store = &self.platform.store;
+        let vm_id = &payload.vm_id;
+        let Some(vm) = store.get_vm(vm_id).await? else {
+            return Err(TaskError::permanent(format!("VM {vm_id} no longer exists")));
+        };
+        if !matches!(vm.status, VmStatus::Running | VmStatus::Paused) {
+            return Err(TaskError::permanent(format!(
+                "VM {vm_id} is {}: only a RUNNING or PAUSED VM's network policy can change",
+                vm.status
+            )));
+        }
+        self.backend
+            .set_network_policy(vm_id, payload.policy.as_ref())
+            .await?;
+        store
+            .set_vm_network_policy(vm_id, payload.policy.as_ref())
+            .await?;
+        Ok(json!({"vm_id": vm_id, "network_policy": payload.policy}))
+    }
 
     async fn handle_control(&self, task: &Task, payload: DeletePayload) -> TaskResult {
         let store = &self.platform.store;

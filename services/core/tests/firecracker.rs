@@ -240,6 +240,7 @@ fn spec(vm_id: &str, network: Option<GuestNetwork>) -> SandboxSpec {
         vcpus: 1,
         memory_mb: 32,
         disk_mb: None,
+        network_policy: None,
         network,
         access_token: None,
     }

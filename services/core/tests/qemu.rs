@@ -107,6 +107,7 @@ fn spec(vm_id: &str) -> SandboxSpec {
         vcpus: 1,
         memory_mb: 512,
         disk_mb: None,
+        network_policy: None,
         network: None,
         access_token: None,
     }

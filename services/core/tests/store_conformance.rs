@@ -156,6 +156,7 @@ fn vm(name: &str, created: DateTime<Utc>) -> Vm {
         memory_mb: 512,
         disk_mb: Some(2048),
         created_by: None,
+        network_policy: None,
         kernel_path: None,
         rootfs_path: Some("/r".into()),
         socket_path: None,

@@ -148,6 +148,7 @@ impl Sandbox {
             vcpus: 1,
             memory_mb: 512,
             disk_mb: None,
+            network_policy: None,
             network: None,
             access_token: None,
         };

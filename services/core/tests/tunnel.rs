@@ -656,6 +656,7 @@ fn vm_row(worker_id: &str, status: VmStatus) -> Vm {
         memory_mb: 128,
         disk_mb: None,
         created_by: None,
+        network_policy: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

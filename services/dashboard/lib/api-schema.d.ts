@@ -758,6 +758,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/vms/{id}/network-policy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Change a container's network policy
+         * @description Puts the policy in place of the container's current one, for new and open connections (`{}`: the isolated network's defaults). Queued on its worker; with `?wait=` 200 once in place, and the VM shows it.
+         */
+        put: operations["set_network_policy"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/vms/{id}/pause": {
         parameters: {
             query?: never;
@@ -1368,6 +1388,7 @@ export interface components {
             /** @description Unique among live VMs. Generated when omitted. */
             name?: string | null;
             network?: components["schemas"]["VmNetwork"] | null;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
             /**
              * @description Backend (`docker`, `qemu` or `firecracker`); the configured default when omitted. Listed here as `docker` only: schema-driven fuzzing runs on Docker-only hosts, where a microVM backend is a 503 (docs/api.md).
              * @enum {string|null}
@@ -1419,6 +1440,11 @@ export interface components {
             type: string;
             vm_id: string;
         };
+        /**
+         * @description What a container reaches by default besides its `allow` list.
+         * @enum {string}
+         */
+        Egress: "allow" | "deny";
         /**
          * @description A reusable template for workspaces: what to run, which tools to install, what
          *     to clone and how long it may sit idle.
@@ -1710,6 +1736,18 @@ export interface components {
          * @enum {string}
          */
         McpServerType: "stdio" | "http";
+        /**
+         * @description A container's outbound traffic, on top of what the isolated network always
+         *     refuses (other sandboxes, the host, private, link-local and multicast ranges,
+         *     unless the operator's `vmm.docker.egress_allow` opens them): nothing here can
+         *     open those. Entries are IPv4 addresses or CIDRs. DNS keeps working (the engine
+         *     answers it).
+         */
+        NetworkPolicy: {
+            allow?: string[];
+            deny?: string[];
+            egress?: components["schemas"]["Egress"];
+        };
         /**
          * @description Which backend runs a sandbox.
          * @enum {string}
@@ -2101,7 +2139,7 @@ export interface components {
          * @description The kinds of queued work. Wire names are the Go original's (`vm:create`, …).
          * @enum {string}
          */
-        TaskType: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
+        TaskType: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
         /** @description `PATCH /api-keys/{id}`: sets (or with `null` removes) a key's quota. */
         UpdateApiKeyRequest: {
             quota?: components["schemas"]["KeyQuota"] | null;
@@ -2183,6 +2221,7 @@ export interface components {
             memory_mb: number;
             metadata: Record<string, never>;
             name: string;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
             orchestrator: components["schemas"]["Orchestrator"];
             rootfs_path?: string | null;
             socket_path?: string | null;
@@ -4659,7 +4698,7 @@ export interface operations {
                 /** @description Only tasks in this state (case-insensitive). */
                 status?: "pending" | "running" | "completed" | "failed" | "cancelled";
                 /** @description Only tasks of this type (case-insensitive). */
-                type?: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
+                type?: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
                 /** @description Only tasks about this VM (its id). */
                 vm_id?: string;
                 /** @description Only tasks last leased by this worker. */
@@ -6700,6 +6739,141 @@ export interface operations {
             };
             /** @description The sandbox's disk is full */
             507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    set_network_policy: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Block until the work is done, at most this long: `500ms`, `30s`, `2m` or bare
+                 *     seconds, at most the server's `max_wait_seconds` (600 by default, which the
+                 *     pattern spells out; longer is a 400). Without it the call answers 202 at once.
+                 */
+                wait?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The VM's id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NetworkPolicy"];
+            };
+        };
+        responses: {
+            /** @description Waited: the policy is in place */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VmActionResponse"];
+                };
+            };
+            /** @description Queued (or the wait ran out) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VmActionResponse"];
+                };
+            };
+            /** @description An entry is not an IPv4 address or CIDR, a list is too long, or the VM is a microVM */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The caller's role is below `operator`, the least this route needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No such VM */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The VM is not RUNNING or PAUSED, or its worker refused (e.g. its Docker network is not isolated) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Over the caller's request rate; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Seconds until a request is allowed again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The VM's worker is offline */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description The request took longer than `server.request_timeout_seconds` */
+            504: {
                 headers: {
                     [name: string]: unknown;
                 };

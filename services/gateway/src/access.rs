@@ -16,6 +16,11 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::POST, "/api/v1/vms/{id}/pause", Role::Operator),
     (Method::POST, "/api/v1/vms/{id}/resume", Role::Operator),
     (Method::POST, "/api/v1/vms/{id}/snapshot", Role::Operator),
+    (
+        Method::PUT,
+        "/api/v1/vms/{id}/network-policy",
+        Role::Operator,
+    ),
     (Method::POST, "/api/v1/vms/{id}/execute", Role::Operator),
     (Method::GET, "/api/v1/vms/{id}/executions", Role::Viewer),
     (Method::POST, "/api/v1/vms/{id}/exec/stream", Role::Operator),

@@ -19,7 +19,7 @@ use aetherium_core::Platform;
 use aetherium_core::auth::Auth;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 
 pub use aetherium_core::auth::token_hash;
@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/{id}/pause", post(routes::pause_vm))
         .route("/vms/{id}/resume", post(routes::resume_vm))
         .route("/vms/{id}/snapshot", post(routes::snapshot_vm))
+        .route("/vms/{id}/network-policy", put(routes::set_network_policy))
         .route("/vms/{id}/execute", post(routes::execute))
         .route("/vms/{id}/executions", get(routes::list_executions))
         .route("/vms/{id}/exec/stream", post(routes::stream::exec_stream))

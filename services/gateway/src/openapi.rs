@@ -105,6 +105,7 @@ pub struct QueueCounts {
         routes::pause_vm,
         routes::resume_vm,
         routes::snapshot_vm,
+        routes::set_network_policy,
         routes::execute,
         routes::list_executions,
         routes::get_execution,

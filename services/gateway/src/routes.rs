@@ -321,6 +321,18 @@ async fn vm_action(
         aetherium_types::TaskType::VmResume => platform.resume_vm(&vm.id).await?,
         _ => platform.snapshot_vm(&vm.id).await?,
     };
+    answer_vm_action(state, &vm.id, task, wait).await
+}
+
+/// The answer to a queued control task on a VM: at once (202), or once it is done
+/// within `wait` (200; a failed task is a 409 with its error).
+async fn answer_vm_action(
+    state: &AppState,
+    vm_id: &str,
+    task: aetherium_types::Task,
+    wait: Option<Duration>,
+) -> ApiResult<Response> {
+    let platform = &state.platform;
     let task = match wait {
         Some(wait) => platform.wait_task_finished(&task.id, wait).await?,
         None => task,
@@ -335,10 +347,10 @@ async fn vm_action(
     let done = task.status == aetherium_types::TaskStatus::Completed;
     let body = VmActionResponse {
         task_id: task.id.clone(),
-        vm_id: vm.id.clone(),
+        vm_id: vm_id.to_string(),
         task_type: task.task_type.to_string(),
         status: task.status.to_string(),
-        vm: platform.get_vm(&vm.id).await?,
+        vm: platform.get_vm(vm_id).await?,
         result: if done { task.result.clone() } else { None },
     };
     Ok((accepted_or_done(done), Json(body)).into_response())
@@ -411,6 +423,42 @@ pub async fn snapshot_vm(
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     vm_action(&state, &id, &q, aetherium_types::TaskType::VmSnapshot).await
+}
+
+#[utoipa::path(
+    put,
+    path = "/api/v1/vms/{id}/network-policy",
+    tag = "vms",
+    summary = "Change a container's network policy",
+    description = "Puts the policy in place of the container's current one, for new and open connections (`{}`: the isolated network's defaults). Queued on its worker; with `?wait=` 200 once in place, and the VM shows it.",
+    params(("id" = String, Path, description = "The VM's id or name"), WaitQuery),
+    request_body = aetherium_types::NetworkPolicy,
+    responses(
+        (status = 200, description = "Waited: the policy is in place", body = VmActionResponse),
+        (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
+        (status = 400, description = "An entry is not an IPv4 address or CIDR, a list is too long, or the VM is a microVM", body = aetherium_types::ErrorResponse),
+        (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
+        (status = 409, description = "The VM is not RUNNING or PAUSED, or its worker refused (e.g. its Docker network is not isolated)", body = aetherium_types::ErrorResponse),
+        (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
+    )
+)]
+pub async fn set_network_policy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+    Json(policy): Json<aetherium_types::NetworkPolicy>,
+) -> ApiResult<Response> {
+    let wait = q.duration(state.max_wait)?;
+    // A bad policy is a 400 whatever VM it names.
+    policy.normalized().map_err(ApiError::bad_request)?;
+    let vm = resolve_vm(&state, &id).await?;
+    // The defaults need no policy of their own.
+    let policy = (policy != aetherium_types::NetworkPolicy::default()).then_some(policy);
+    let task = state
+        .platform
+        .set_network_policy(&vm.id, policy.as_ref())
+        .await?;
+    answer_vm_action(&state, &vm.id, task, wait).await
 }
 
 async fn wait_for_execution(

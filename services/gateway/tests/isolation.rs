@@ -445,18 +445,31 @@ struct PrivateHost {
     netns: String,
     veth: String,
     ip: String,
+    /// A second address of the same host.
+    other_ip: String,
     port: u16,
     server: std::process::Child,
 }
 
 impl PrivateHost {
+    /// A host on a private range, which the host routes to.
     fn start() -> PrivateHost {
+        Self::start_in("10.251")
+    }
+
+    /// A host in `<net>.X.0/29` (X random): the host is `.1`, it answers on `.2`
+    /// and `.3`.
+    fn start_in(net: &str) -> PrivateHost {
         let tag = &random_hex()[..6];
         let third = u8::from_str_radix(&tag[..2], 16).unwrap();
         let netns = format!("aet-{tag}");
         let veth = format!("vaet{tag}");
         let peer = format!("vaep{tag}");
-        let (host_ip, ip) = (format!("10.251.{third}.1"), format!("10.251.{third}.2"));
+        let (host_ip, ip, other_ip) = (
+            format!("{net}.{third}.1"),
+            format!("{net}.{third}.2"),
+            format!("{net}.{third}.3"),
+        );
         let run = |args: &[&str]| {
             let out = std::process::Command::new(args[0])
                 .args(&args[1..])
@@ -473,21 +486,22 @@ impl PrivateHost {
             "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
         ]);
         run(&["ip", "link", "set", &peer, "netns", &netns]);
-        run(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &veth]);
+        run(&["ip", "addr", "add", &format!("{host_ip}/29"), "dev", &veth]);
         run(&["ip", "link", "set", &veth, "up"]);
         let inside = |args: &[&str]| {
             let mut all = vec!["ip", "netns", "exec", netns.as_str()];
             all.extend_from_slice(args);
             run(&all);
         };
-        inside(&["ip", "addr", "add", &format!("{ip}/30"), "dev", &peer]);
+        inside(&["ip", "addr", "add", &format!("{ip}/29"), "dev", &peer]);
+        inside(&["ip", "addr", "add", &format!("{other_ip}/29"), "dev", &peer]);
         inside(&["ip", "link", "set", &peer, "up"]);
         inside(&["ip", "link", "set", "lo", "up"]);
         inside(&["ip", "route", "add", "default", "via", &host_ip]);
         let port = 18000 + u16::from(third);
         // Debian's perl (not a toolchain's python): a one-line HTTP answer.
         let script = format!(
-            "$s=IO::Socket::INET->new(LocalAddr=>'{ip}',LocalPort=>{port},Listen=>5,ReuseAddr=>1) or die $!; \
+            "$s=IO::Socket::INET->new(LocalPort=>{port},Listen=>5,ReuseAddr=>1) or die $!; \
              while($c=$s->accept){{print $c qq(HTTP/1.0 200 OK\r\n\r\nprivate-host\n); close $c}}"
         );
         let server = std::process::Command::new("ip")
@@ -507,6 +521,7 @@ impl PrivateHost {
             netns,
             veth,
             ip,
+            other_ip,
             port,
             server,
         }
@@ -675,19 +690,7 @@ async fn isolated_sandboxes_reach_neither_each_other_nor_the_host_nor_private_ho
     // Another host on a private range, which the host routes to.
     let private = PrivateHost::start();
     let url = format!("http://{}:{}/", private.ip, private.port);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::process::Command::new("curl")
-        .args(["-s", "-m", "1", "-o", "/dev/null", &url])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the private host never answered the host"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_answering(&url).await;
     let out = curl_from(&server, &b, &url).await;
     assert!(!out.contains(" rc=0"), "reached the private host: {out}");
 
@@ -833,4 +836,155 @@ async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
     assert!(accepted <= 2, "{answers:?}");
     let (_, racers) = server.get(&format!("/vms?created_by={racer_id}")).await;
     assert_eq!(racers["total"], accepted, "{racers}");
+}
+
+/// Waits until the host itself gets an answer from `url` (at most 10 s).
+async fn wait_answering(url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("curl")
+        .args(["-s", "-m", "1", "-o", "/dev/null", url])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never answered the host"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts whether `vm` gets an answer from `url`.
+async fn assert_reaches(server: &TestServer, vm: &str, url: &str, expected: bool) {
+    let out = curl_from(server, vm, url).await;
+    // The one-line server may reset the connection after its answer (curl's 56).
+    let reached = out.contains("private-host");
+    assert_eq!(reached, expected, "{vm} -> {url}: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs() {
+    let server = TestServer::start().await;
+    // A host outside the private ranges (198.18.0.0/15 is set aside for network
+    // tests), which the isolated network lets sandboxes reach, on two addresses.
+    let remote = PrivateHost::start_in("198.18");
+    let first = format!("http://{}:{}/", remote.ip, remote.port);
+    let second = format!("http://{}:{}/", remote.other_ip, remote.port);
+    wait_answering(&first).await;
+    wait_answering(&second).await;
+
+    for (body, needle) in [
+        (
+            json!({"network_policy": {"allow": ["example.com"]}}),
+            "domain names",
+        ),
+        (
+            json!({"network_policy": {"deny": ["10.0.0.0/33"]}}),
+            "network_policy.deny",
+        ),
+        (
+            json!({"orchestrator": "qemu", "network_policy": {"egress": "deny"}}),
+            "containers",
+        ),
+    ] {
+        let (status, refused) = server.post("/vms", body).await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused["message"].as_str().unwrap().contains(needle),
+            "{refused}"
+        );
+    }
+
+    let server = &server;
+    let create = |policy: Value| async move {
+        let (status, created) = server
+            .post(
+                "/vms?wait=90s",
+                json!({"name": unique("policy"), "network_policy": policy}),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+        assert_eq!(created["vm"]["status"], "RUNNING", "{created}");
+        created["vm"].clone()
+    };
+    let only_first = create(json!({"egress": "deny", "allow": [remote.ip]})).await;
+    assert_eq!(
+        only_first["network_policy"],
+        json!({"egress": "deny", "allow": [format!("{}/32", remote.ip)]})
+    );
+    let not_second = create(json!({"deny": [remote.other_ip]})).await;
+    let open = server.running_vm(&unique("open")).await;
+    let only_first = only_first["id"].as_str().unwrap().to_string();
+    let not_second = not_second["id"].as_str().unwrap().to_string();
+
+    assert_reaches(server, &open, &first, true).await;
+    assert_reaches(server, &open, &second, true).await;
+    assert_reaches(server, &only_first, &first, true).await;
+    assert_reaches(server, &only_first, &second, false).await;
+    assert_reaches(server, &not_second, &first, true).await;
+    assert_reaches(server, &not_second, &second, false).await;
+
+    // Changed while it runs: at once, and the VM shows it.
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{only_first}/network-policy?wait=30s"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed["vm"].get("network_policy").is_none(), "{changed}");
+    assert_reaches(server, &only_first, &second, true).await;
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{not_second}/network-policy?wait=30s"),
+            Some(json!({"egress": "deny"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["vm"]["network_policy"], json!({"egress": "deny"}));
+    assert_reaches(server, &not_second, &first, false).await;
+    // A viewer may not change it; a bad one changes nothing.
+    let viewer = server.create_key("viewer").await;
+    let (status, _) = server
+        .call_as(
+            &viewer,
+            reqwest::Method::PUT,
+            &format!("/api/v1/vms/{not_second}/network-policy"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{not_second}/network-policy"),
+            Some(json!({"allow": ["not-an-address"]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_reaches(server, &not_second, &first, false).await;
+
+    // Deleted: its rules and its chain go with it.
+    for vm in [&only_first, &not_second] {
+        let (status, _) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
+        assert_eq!(status, 200);
+        let rules = String::from_utf8_lossy(
+            &std::process::Command::new("iptables")
+                .args(["-w", "-S"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        assert!(!rules.contains(vm.as_str()), "rules of {vm} left:\n{rules}");
+        let chain: String = vm
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(16)
+            .collect();
+        assert!(!rules.contains(&chain), "chain of {vm} left:\n{rules}");
+    }
 }

@@ -39,6 +39,7 @@ fn staged_vm(name: &str, created_at: DateTime<Utc>) -> Vm {
         memory_mb: 256,
         disk_mb: None,
         created_by: None,
+        network_policy: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -70,6 +70,7 @@ fn vm_row(worker_id: &str) -> Vm {
         memory_mb: 256,
         disk_mb: Some(256),
         created_by: None,
+        network_policy: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -98,6 +98,7 @@ fn staged_vm(worker_id: &str) -> Vm {
         memory_mb: 512,
         disk_mb: None,
         created_by: None,
+        network_policy: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

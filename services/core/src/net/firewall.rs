@@ -72,7 +72,25 @@ pub(crate) async fn relay(
     select: impl Fn(&[String]) -> bool,
     rules: &[Rule],
 ) -> Result<(), NetError> {
+    relay_with_chain(chains, select, rules, None).await
+}
+
+/// [`relay`], also making (or emptying) a chain of our own and appending its rules
+/// (`-A <chain> …` lines), in the same transaction.
+pub(crate) async fn relay_with_chain(
+    chains: &[&str],
+    select: impl Fn(&[String]) -> bool,
+    rules: &[Rule],
+    own_chain: Option<(&str, &[String])>,
+) -> Result<(), NetError> {
     let mut batch = String::from("*filter\n");
+    if let Some((name, own_rules)) = own_chain {
+        batch.push_str(&format!(":{name} - [0:0]\n"));
+        for line in own_rules {
+            batch.push_str(line);
+            batch.push('\n');
+        }
+    }
     for chain in chains {
         let listing = run("iptables", &["-w", "-t", "filter", "-S", chain]).await?;
         for deletion in rule_deletions(&listing, &select) {
@@ -92,6 +110,12 @@ pub(crate) async fn relay(
         ));
     }
     batch.push_str("COMMIT\n");
+    restore(&batch).await
+}
+
+/// Commits `batch` (`iptables-restore` input) in one transaction, leaving what it
+/// does not name as it is.
+async fn restore(batch: &str) -> Result<(), NetError> {
     let args = ["-w", "--noflush"];
     let out = cmd::output_with_input("iptables-restore", &args, Some(batch.as_bytes())).await?;
     if out.success {
@@ -99,6 +123,12 @@ pub(crate) async fn relay(
     } else {
         Err(failed("iptables-restore", &args, &out))
     }
+}
+
+/// Empties and deletes a chain of our own in the `filter` table (after whatever
+/// jumped to it is gone); a missing chain is fine.
+pub(crate) async fn remove_chain(chain: &str) -> Result<(), NetError> {
+    restore(&format!("*filter\n:{chain} - [0:0]\n-X {chain}\nCOMMIT\n")).await
 }
 
 /// Deletes every rule of `table`/`chain` that carries `tag`.

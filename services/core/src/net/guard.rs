@@ -10,9 +10,15 @@
 //!   other hosts of the LAN, other Docker networks, the microVM bridge.
 //!
 //! Per sandbox, an operator's `egress_allow` CIDRs are opened above those refusals
-//! for its address only, tagged with its VM id so that they leave with it.
+//! for its address only, tagged with its VM id so that they leave with it. Above
+//! them, a sandbox with a network policy jumps to a chain of its own
+//! (`aeth-vm-…`): its `deny` entries are refused, its `allow` entries return to the
+//! rules below (so they never open what the network refuses), and with `egress:
+//! deny` everything else is refused.
 
 use std::net::Ipv4Addr;
+
+use aetherium_types::{Egress, NetworkPolicy};
 
 use super::NetError;
 use super::firewall;
@@ -88,21 +94,63 @@ pub fn bridge_rules(bridge: &str) -> Vec<Rule> {
     rules
 }
 
-/// One sandbox's openings: each allowed CIDR from its address, to the host and
-/// through the forward chain.
-pub fn sandbox_rules(bridge: &str, vm_id: &str, ip: Ipv4Addr, allow: &[String]) -> Vec<Rule> {
+/// The chain of a sandbox's network policy (at most 28 characters, as iptables
+/// wants: 16 hex digits of the VM id).
+pub fn policy_chain(vm_id: &str) -> String {
+    let digits: String = vm_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    format!("aeth-vm-{digits}")
+}
+
+/// One sandbox's rules: the jump to its policy chain (with a policy), then each
+/// CIDR the operator allows, from its address, to the host and through the
+/// forward chain.
+pub fn sandbox_rules(
+    bridge: &str,
+    vm_id: &str,
+    ip: Ipv4Addr,
+    allow: &[String],
+    policy: Option<&NetworkPolicy>,
+) -> Vec<Rule> {
     let tag = tag_of_sandbox(vm_id);
     let source = format!("{ip}/32");
-    allow
+    let from_sandbox = ["-i", bridge, "-s", source.as_str()];
+    let mut rules = Vec::new();
+    if policy.is_some() {
+        let chain = policy_chain(vm_id);
+        rules.push(rule(DOCKER_USER, &from_sandbox, &tag, &["-j", &chain]));
+    }
+    rules.extend(allow.iter().flat_map(|cidr| {
+        let parts = [&from_sandbox[..], &["-d", cidr.as_str()]].concat();
+        [
+            rule("INPUT", &parts, &tag, &["-j", "ACCEPT"]),
+            rule(DOCKER_USER, &parts, &tag, &["-j", "RETURN"]),
+        ]
+    }));
+    rules
+}
+
+/// The rules of a sandbox's policy chain, in order (entries are CIDRs already).
+pub fn policy_rules(chain: &str, policy: &NetworkPolicy) -> Vec<String> {
+    let reject = "-j REJECT --reject-with icmp-admin-prohibited";
+    let mut rules: Vec<String> = policy
+        .deny
         .iter()
-        .flat_map(|cidr| {
-            let parts = ["-i", bridge, "-s", source.as_str(), "-d", cidr.as_str()];
-            [
-                rule("INPUT", &parts, &tag, &["-j", "ACCEPT"]),
-                rule(DOCKER_USER, &parts, &tag, &["-j", "RETURN"]),
-            ]
-        })
-        .collect()
+        .map(|cidr| format!("-A {chain} -d {cidr} {reject}"))
+        .collect();
+    rules.extend(
+        policy
+            .allow
+            .iter()
+            .map(|cidr| format!("-A {chain} -d {cidr} -j RETURN")),
+    );
+    if policy.egress == Egress::Deny {
+        rules.push(format!("-A {chain} {reject}"));
+    }
+    rules
 }
 
 /// Makes sure the bridge's refusals are in place (idempotent; another installation
@@ -122,16 +170,18 @@ pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
     firewall::relay_tagged(&["INPUT", DOCKER_USER], &tag_of_bridge(bridge), &rules).await
 }
 
-/// Gives a new sandbox its address's openings: the operator's allowed CIDRs (none
-/// is fine), in place of whatever rules that address still had. Docker hands an
-/// address to one live container at a time, so such rules are a dead sandbox's (one
-/// removed outside the platform, or whose worker died) and must not pass to this
-/// one. One transaction: nothing sees the address half-configured.
+/// Gives a sandbox its address's rules: its policy (none is fine) and the
+/// operator's allowed CIDRs (none is fine), in place of whatever rules that address
+/// still had -- this sandbox's older policy, or a dead sandbox's rules (one removed
+/// outside the platform, or whose worker died: Docker hands an address to one live
+/// container at a time), which must not pass to this one. One transaction: nothing
+/// sees the address half-configured.
 pub async fn open_for_sandbox(
     bridge: &str,
     vm_id: &str,
     ip: Ipv4Addr,
     allow: &[String],
+    policy: Option<&NetworkPolicy>,
 ) -> Result<(), NetError> {
     let source = format!("{ip}/32");
     let stale = |words: &[String]| {
@@ -140,19 +190,29 @@ pub async fn open_for_sandbox(
             .any(|w| w[0] == "--comment" && w[1].starts_with(SANDBOX_TAG_PREFIX));
         of_a_sandbox && words.windows(2).any(|w| w[0] == "-s" && w[1] == source)
     };
-    firewall::relay(
+    // Declaring the chain makes it, or empties it for its new rules.
+    let chain = policy.map(|policy| {
+        let name = policy_chain(vm_id);
+        let rules = policy_rules(&name, policy);
+        (name, rules)
+    });
+    firewall::relay_with_chain(
         &["INPUT", DOCKER_USER],
         stale,
-        &sandbox_rules(bridge, vm_id, ip, allow),
+        &sandbox_rules(bridge, vm_id, ip, allow, policy),
+        chain
+            .as_ref()
+            .map(|(name, rules)| (name.as_str(), rules.as_slice())),
     )
     .await
 }
 
-/// Removes whatever was opened for the sandbox (none is fine).
+/// Removes whatever was opened for the sandbox and its policy chain (none is fine).
 pub async fn close_for_sandbox(vm_id: &str) -> Result<(), NetError> {
     let tag = tag_of_sandbox(vm_id);
     firewall::remove_tagged("filter", "INPUT", &tag).await?;
-    firewall::remove_tagged("filter", DOCKER_USER, &tag).await
+    firewall::remove_tagged("filter", DOCKER_USER, &tag).await?;
+    firewall::remove_chain(&policy_chain(vm_id)).await
 }
 
 #[cfg(test)]
@@ -180,11 +240,54 @@ mod tests {
             "vm-1",
             Ipv4Addr::new(172, 30, 0, 5),
             &["172.17.0.1/32".into()],
+            None,
         );
         assert_eq!(open.len(), 2);
         assert_eq!(
             open[1].spec.join(" "),
             "-i aeth-isolated -s 172.30.0.5/32 -d 172.17.0.1/32 -m comment --comment aetherium-vm:vm-1 -j RETURN"
         );
+    }
+
+    #[test]
+    fn a_policy_filters_above_the_operators_openings_and_never_opens_more() {
+        let policy = NetworkPolicy {
+            egress: Egress::Deny,
+            allow: vec!["198.18.0.0/24".into()],
+            deny: vec!["198.18.0.7/32".into()],
+        };
+        let vm_id = "0b3c9a52-7d1e-4f60-9a1b-2c3d4e5f6a7b";
+        let chain = policy_chain(vm_id);
+        assert_eq!(chain, "aeth-vm-0b3c9a527d1e4f60");
+        assert!(chain.len() <= 28);
+        let rules = sandbox_rules(
+            "aeth-isolated",
+            vm_id,
+            Ipv4Addr::new(172, 30, 0, 5),
+            &["172.17.0.1/32".into()],
+            Some(&policy),
+        );
+        // The jump comes first, so a policy's refusals hold for the operator's
+        // openings too.
+        assert_eq!(
+            rules[0].spec.join(" "),
+            format!(
+                "-i aeth-isolated -s 172.30.0.5/32 -m comment --comment aetherium-vm:{vm_id} -j {chain}"
+            )
+        );
+        assert_eq!(rules.len(), 3);
+        // deny before allow; allow returns to the bridge's refusals; then the rest.
+        assert_eq!(
+            policy_rules(&chain, &policy),
+            vec![
+                format!(
+                    "-A {chain} -d 198.18.0.7/32 -j REJECT --reject-with icmp-admin-prohibited"
+                ),
+                format!("-A {chain} -d 198.18.0.0/24 -j RETURN"),
+                format!("-A {chain} -j REJECT --reject-with icmp-admin-prohibited"),
+            ]
+        );
+        let open = NetworkPolicy::default();
+        assert!(policy_rules(&chain, &open).is_empty());
     }
 }

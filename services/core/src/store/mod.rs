@@ -372,6 +372,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(counts)
     }
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()>;
+    /// Records the network policy a VM's worker applied; false: no such VM.
+    async fn set_vm_network_policy(
+        &self,
+        id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> CoreResult<bool>;
     /// Sets the status only if the VM is currently in one of `from` (a compare-and-set,
     /// so that concurrent transitions cannot both win). Returns whether it changed.
     async fn transition_vm(

@@ -115,6 +115,11 @@ pub(crate) fn vm_from_row(row: &PgRow) -> CoreResult<Vm> {
             .try_get::<Option<i64>, _>("disk_mb")?
             .map(|mb| mb as u64),
         created_by: row.try_get("created_by")?,
+        network_policy: row
+            .try_get::<Option<sqlx::types::Json<aetherium_types::NetworkPolicy>>, _>(
+                "network_policy",
+            )?
+            .map(|p| p.0),
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -232,8 +237,8 @@ impl Store for PgStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata, disk_mb, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                stopped_at, metadata, disk_mb, created_by, network_policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -253,6 +258,7 @@ impl Store for PgStore {
         .bind(jsonb(&vm.metadata))
         .bind(vm.disk_mb.map(|mb| mb as i64))
         .bind(&vm.created_by)
+        .bind(vm.network_policy.as_ref().map(sqlx::types::Json))
         .execute(&self.pool)
         .await;
         match result {
@@ -326,6 +332,19 @@ impl Store for PgStore {
         rows.into_iter()
             .map(|(status, n)| Ok((parse_enum(&status)?, n as u64)))
             .collect()
+    }
+
+    async fn set_vm_network_policy(
+        &self,
+        id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> CoreResult<bool> {
+        let done = sqlx::query("UPDATE vms SET network_policy = $1 WHERE id = $2")
+            .bind(policy.map(sqlx::types::Json))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {

@@ -113,6 +113,11 @@ fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {
             .try_get::<Option<i64>, _>("disk_mb")?
             .map(|mb| mb as u64),
         created_by: row.try_get("created_by")?,
+        network_policy: row
+            .try_get::<Option<sqlx::types::Json<aetherium_types::NetworkPolicy>>, _>(
+                "network_policy",
+            )?
+            .map(|p| p.0),
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -229,8 +234,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata, disk_mb, created_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stopped_at, metadata, disk_mb, created_by, network_policy)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -250,6 +255,7 @@ impl Store for SqliteStore {
         .bind(to_json(&vm.metadata))
         .bind(vm.disk_mb.map(|mb| mb as i64))
         .bind(&vm.created_by)
+        .bind(vm.network_policy.as_ref().map(sqlx::types::Json))
         .execute(&self.pool)
         .await;
         match result {
@@ -322,6 +328,19 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(status, n)| Ok((parse_enum(&status)?, n as u64)))
             .collect()
+    }
+
+    async fn set_vm_network_policy(
+        &self,
+        id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> CoreResult<bool> {
+        let done = sqlx::query("UPDATE vms SET network_policy = ? WHERE id = ?")
+            .bind(policy.map(sqlx::types::Json))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {

@@ -38,6 +38,7 @@ pub async fn bake(
         vcpus: 2,
         memory_mb: 4096,
         disk_mb: None,
+        network_policy: None,
         network: None,
         access_token: Some(uuid::Uuid::new_v4().simple().to_string()),
     };

@@ -327,9 +327,14 @@ impl DockerBackend {
             .map(|_| ())
     }
 
-    /// Opens `egress_allow` to a new isolated sandbox, by its address (and clears
-    /// what a dead sandbox left on that address).
-    async fn open_egress(&self, vm_id: &str) -> Result<(), BackendError> {
+    /// Puts an isolated sandbox's rules in place, by its address: its network policy
+    /// and the operator's `egress_allow` (and clears what an older policy, or a dead
+    /// sandbox, left on that address).
+    async fn open_egress(
+        &self,
+        vm_id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> Result<(), BackendError> {
         let info = self
             .client()?
             .inspect_container(&container_name(vm_id), None::<InspectContainerOptions>)
@@ -346,9 +351,22 @@ impl DockerBackend {
                     "sandbox {vm_id} has no address on {ISOLATED_NETWORK}"
                 ))
             })?;
-        crate::net::guard::open_for_sandbox(ISOLATED_BRIDGE, vm_id, ip, &self.config.egress_allow)
-            .await
-            .map_err(|e| BackendError::Other(format!("cannot open egress_allow to {vm_id}: {e}")))
+        crate::net::guard::open_for_sandbox(
+            ISOLATED_BRIDGE,
+            vm_id,
+            ip,
+            &self.config.egress_allow,
+            policy,
+        )
+        .await
+        .map_err(|e| BackendError::Other(format!("cannot set the network rules of {vm_id}: {e}")))
+    }
+
+    fn no_policies(&self) -> BackendError {
+        BackendError::Rejected(format!(
+            "network policies need vmm.docker.network_mode: isolated (this worker's is {:?})",
+            self.config.network_mode
+        ))
     }
 
     fn run_dir(&self, vm_id: &str) -> PathBuf {
@@ -475,7 +493,8 @@ impl DockerBackend {
         // Always, also without an allow list: the address may carry a dead
         // sandbox's openings, which this one must not inherit.
         if self.isolated() {
-            self.open_egress(&spec.vm_id).await?;
+            self.open_egress(&spec.vm_id, spec.network_policy.as_ref())
+                .await?;
         }
         Ok(())
     }
@@ -640,6 +659,8 @@ impl Backend for DockerBackend {
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
         if self.isolated() {
             self.ensure_isolated_network().await?;
+        } else if spec.network_policy.is_some() {
+            return Err(self.no_policies());
         }
         let run_dir = self.run_dir(&spec.vm_id);
         tokio::fs::create_dir_all(&run_dir).await.map_err(|e| {
@@ -680,11 +701,10 @@ impl Backend for DockerBackend {
             Err(e) => return Err(map_err(e)),
         }
         if self.isolated()
-            && !self.config.egress_allow.is_empty()
             && let Err(e) = crate::net::guard::close_for_sandbox(vm_id).await
         {
             return Err(BackendError::Other(format!(
-                "cannot remove the egress rules of {vm_id}: {e}"
+                "cannot remove the network rules of {vm_id}: {e}"
             )));
         }
         self.over_disk
@@ -798,6 +818,17 @@ impl Backend for DockerBackend {
 
     fn agent_socket(&self, vm_id: &str) -> PathBuf {
         self.run_dir(vm_id).join(AGENT_SOCKET_NAME)
+    }
+
+    async fn set_network_policy(
+        &self,
+        vm_id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> Result<(), BackendError> {
+        if !self.isolated() {
+            return Err(self.no_policies());
+        }
+        self.open_egress(vm_id, policy).await
     }
 
     /// `docker pause`: the cgroup freezer stops every process of the container.

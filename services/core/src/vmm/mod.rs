@@ -30,6 +30,9 @@ pub struct SandboxSpec {
     /// What the sandbox may write to its filesystem, in MiB (containers; `None`:
     /// unlimited).
     pub disk_mb: Option<u64>,
+    /// What the sandbox may reach besides its network's defaults (containers on the
+    /// isolated network), in CIDR form.
+    pub network_policy: Option<aetherium_types::NetworkPolicy>,
     /// The guest's network, made by the worker before `create` (microVM backends
     /// attach the TAP device; Docker uses its own networking). `None`: no network.
     pub network: Option<GuestNetwork>,
@@ -190,6 +193,20 @@ pub trait Backend: Send + Sync + 'static {
         let _ = vm_id;
         Err(BackendError::Unsupported(format!(
             "the {} backend cannot resume sandboxes",
+            self.kind()
+        )))
+    }
+
+    /// Puts `policy` in place of the sandbox's current network policy (`None`: the
+    /// network's defaults), at once, for new and existing connections.
+    async fn set_network_policy(
+        &self,
+        vm_id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> Result<(), BackendError> {
+        let _ = (vm_id, policy);
+        Err(BackendError::Unsupported(format!(
+            "the {} backend has no network policies",
             self.kind()
         )))
     }

@@ -263,6 +263,17 @@ impl Backend for Backends {
     async fn snapshot(&self, vm_id: &str, dir: &Path) -> Result<(), BackendError> {
         self.require_owner(vm_id).await?.snapshot(vm_id, dir).await
     }
+
+    async fn set_network_policy(
+        &self,
+        vm_id: &str,
+        policy: Option<&aetherium_types::NetworkPolicy>,
+    ) -> Result<(), BackendError> {
+        self.require_owner(vm_id)
+            .await?
+            .set_network_policy(vm_id, policy)
+            .await
+    }
 }
 
 const ENDED: &str = "a backend's exit stream ended";

@@ -12,6 +12,7 @@ export const TASK_TYPES: TaskType[] = [
   "vm:pause",
   "vm:resume",
   "vm:snapshot",
+  "vm:network",
   "job:execute",
   "integration:run",
   "workspace:create",

@@ -321,7 +321,9 @@ pub fn random_hex() -> String {
 impl Drop for TestServer {
     fn drop(&mut self) {
         // Remove, by id, whatever this test's worker left behind.
-        for id in self.containers() {
+        let containers = self.containers();
+        aetherium_testkit::remove_sandbox_rules(&containers);
+        for id in containers {
             let _ = docker(&["rm", "-f", &id]);
         }
         aetherium_testkit::unmount_below(self.data_dir.path());

@@ -1,0 +1,3 @@
+-- A container's network policy (twin of migrations/sqlite/0010_network_policy.sql);
+-- NULL: the isolated network's defaults.
+ALTER TABLE vms ADD COLUMN network_policy JSONB;

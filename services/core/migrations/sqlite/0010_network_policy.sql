@@ -1,0 +1,3 @@
+-- A container's network policy as JSON (twin of migrations/postgres/0009_network_policy.sql);
+-- NULL: the isolated network's defaults.
+ALTER TABLE vms ADD COLUMN network_policy TEXT;
