@@ -40,6 +40,21 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads an optional JSON object as `T`, and nothing else: serde would also fill a
+/// struct's fields from a JSON array, by position (`"quota": [1, null]`).
+pub fn object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error as _;
+    let object = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?;
+    object
+        .map(|object| serde_json::from_value(serde_json::Value::Object(object)))
+        .transpose()
+        .map_err(D::Error::custom)
+}
+
 pub const MIN_DISK_MB: u64 = 64;
 pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 
@@ -105,7 +120,7 @@ pub struct CreateVmRequest {
     pub network: Option<crate::VmNetwork>,
     /// Containers on the isolated network: what it may reach besides the network's
     /// defaults (changeable later with `PUT /vms/{id}/network-policy`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     pub network_policy: Option<crate::NetworkPolicy>,
     /// Tools from the catalog to install (as root) before the VM is reported
     /// RUNNING: `name` or `name@version` (at most 64). A tool the catalog does not
@@ -122,7 +137,11 @@ pub struct CreateVmRequest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Where the VM may run: a zone and labels the chosen worker must have. Among
     /// the workers that fit, the one with the most free capacity is chosen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "object_only",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub placement: Option<crate::Placement>,
 }
 

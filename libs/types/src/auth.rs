@@ -149,6 +149,7 @@ pub struct ApiKey {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApiKeyRequest {
+    #[serde(deserialize_with = "crate::api::object_only")]
     pub quota: Option<KeyQuota>,
 }
 
@@ -168,7 +169,7 @@ pub struct CreateApiKeyRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub rate_limit_per_second: Option<u32>,
     /// What the sandboxes this key creates may take at once; none: not limited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::object_only")]
     pub quota: Option<KeyQuota>,
 }
 

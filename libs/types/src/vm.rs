@@ -120,6 +120,10 @@ pub struct NetworkPolicy {
     pub deny: Vec<String>,
 }
 
+/// What an entry of a [`NetworkPolicy`] list looks like: an IPv4 address in
+/// dotted-quad form (no leading zeros), with an optional prefix length 0 to 32.
+pub const CIDR_PATTERN: &str = r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?$";
+
 /// Most entries one list of a [`NetworkPolicy`] may have.
 pub const MAX_POLICY_ENTRIES: usize = 64;
 

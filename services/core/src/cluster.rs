@@ -211,6 +211,17 @@ impl Platform {
         }))
     }
 
+    /// Whether the VMs recorded on `worker` (counting one just recorded) are within
+    /// its slots and memory.
+    pub(crate) async fn still_fits(&self, worker: &Worker) -> CoreResult<bool> {
+        let mut used = WorkerUsage::default();
+        for vm in self.vms_of(&worker.id).await? {
+            crate::store::workers::add_usage(&mut used, &vm);
+        }
+        Ok(used.vms <= worker.max_vms
+            && (worker.memory_mb == 0 || used.memory_mb <= worker.memory_mb))
+    }
+
     /// Refuses VM-bound work at once (503) when the VM's owner is offline or has not
     /// heartbeated within the stale threshold: a queued task would never run.
     pub async fn ensure_owner_reachable(&self, vm: &Vm) -> CoreResult<()> {

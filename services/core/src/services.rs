@@ -271,6 +271,37 @@ impl Platform {
         }
     }
 
+    /// Chooses `vm`'s worker and records the VM there (CREATED: it counts against
+    /// the worker's capacity from now on). Checked again once recorded, since
+    /// parallel creates may have chosen the same last slot: the ones that overfill
+    /// it are removed and placed again, a few times, then answered 503.
+    async fn place_and_record(
+        &self,
+        vm: &mut Vm,
+        placement: &PlacementRequest<'_>,
+    ) -> CoreResult<Worker> {
+        const ATTEMPTS: u32 = 4;
+        for attempt in 1..=ATTEMPTS {
+            let worker = self.place_vm(placement).await?;
+            vm.worker_id = Some(worker.id.clone());
+            self.store.insert_vm(vm).await?;
+            if self.still_fits(&worker).await? {
+                return Ok(worker);
+            }
+            self.store.delete_vm(&vm.id).await?;
+            if attempt == ATTEMPTS {
+                return Err(CoreError::Unavailable(format!(
+                    "worker {} filled up with other new VMs meanwhile; try again",
+                    worker.id
+                )));
+            }
+            // Apart, so that the creates that collided do not collide again.
+            let spread = u64::from(rand::random::<u8>()) % 50;
+            tokio::time::sleep(Duration::from_millis(10 + spread * u64::from(attempt))).await;
+        }
+        unreachable!("the last attempt returns")
+    }
+
     /// Validates, records the VM (CREATED) and queues `vm:create`. `by` is who asks
     /// (recorded as the VM's `created_by`; an API key's quota is enforced).
     pub async fn create_vm(
@@ -307,17 +338,8 @@ impl Platform {
             }
         };
         let network_policy = network_policy_for(orchestrator, req.network_policy.as_ref())?;
-        // The worker that will run it (a 503 saying why when none fits).
-        let worker = self
-            .place_vm(&PlacementRequest {
-                orchestrator,
-                vcpus,
-                memory_mb,
-                placement: req.placement.as_ref(),
-            })
-            .await?;
         let id = new_id();
-        let vm = Vm {
+        let mut vm = Vm {
             name: req
                 .name
                 .clone()
@@ -337,15 +359,20 @@ impl Platform {
             kernel_path: None,
             rootfs_path: None,
             socket_path: None,
-            // Placed: it counts against the worker's capacity from now on.
-            worker_id: Some(worker.id.clone()),
+            worker_id: None,
             error: None,
             created_at: Utc::now(),
             started_at: None,
             stopped_at: None,
             metadata: vm_metadata(req),
         };
-        self.store.insert_vm(&vm).await?;
+        let placement = PlacementRequest {
+            orchestrator,
+            vcpus,
+            memory_mb,
+            placement: req.placement.as_ref(),
+        };
+        let worker = self.place_and_record(&mut vm, &placement).await?;
         if let Some(by) = by {
             self.enforce_quota(by, &vm).await?;
         }

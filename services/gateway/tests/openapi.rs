@@ -524,6 +524,55 @@ fn the_validator_catches_bodies_that_break_the_spec() {
     assert!(!validator.is_valid(&json!({"error": "Not Found", "code": 404})));
 }
 
+#[test]
+fn the_spec_and_the_server_agree_on_network_policy_entries_and_objects() {
+    let mut schema = spec_value();
+    schema["$ref"] = json!("#/components/schemas/NetworkPolicy");
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    for entry in [
+        "203.0.113.7",
+        "198.51.100.0/24",
+        "0.0.0.0/0",
+        "255.255.255.255/32",
+        "10.0.0.1/0",
+        "",
+        "01.2.3.4",
+        "1.2.3.4/33",
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4/",
+        "example.com",
+        " 1.2.3.4",
+    ] {
+        let policy = aetherium_types::NetworkPolicy {
+            deny: vec![entry.to_string()],
+            ..Default::default()
+        };
+        assert_eq!(
+            validator.is_valid(&json!({"deny": [entry]})),
+            policy.normalized().is_ok(),
+            "{entry:?}"
+        );
+    }
+    // A JSON array is never taken for an object's fields.
+    for body in [
+        json!({"name": "k", "role": "viewer", "quota": [null, null]}),
+        json!({"name": "k", "role": "viewer", "quota": [1]}),
+    ] {
+        let err = serde_json::from_value::<aetherium_types::CreateApiKeyRequest>(body.clone())
+            .unwrap_err();
+        assert!(err.to_string().contains("expected a map"), "{body}: {err}");
+    }
+    let err = serde_json::from_value::<aetherium_types::CreateVmRequest>(
+        json!({"network_policy": ["deny"], "placement": null}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("expected a map"), "{err}");
+    let ok: aetherium_types::UpdateApiKeyRequest =
+        serde_json::from_value(json!({"quota": {"max_vms": 1}})).unwrap();
+    assert_eq!(ok.quota.unwrap().max_vms, Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_roles_and_revocation_answer_as_declared() {
     let spec = spec_value();
