@@ -189,6 +189,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
             vcpus,
             memory_mb,
             disk_mb,
+            network_policy,
             orchestrator,
             no_network,
             tools,
@@ -206,6 +207,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
                 "vcpus": vcpus,
                 "memory_mb": memory_mb,
                 "disk_mb": disk_mb,
+                "network_policy": network_policy.to_json(),
                 "orchestrator": orchestrator,
                 "network": if no_network { Some("none") } else { None },
                 "additional_tools": tools,
@@ -367,6 +369,29 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<u8> {
         VmCommand::Pause { vm } => vm_action(&client, format, &vm, "pause").await,
         VmCommand::Resume { vm } => vm_action(&client, format, &vm, "resume").await,
         VmCommand::Snapshot { vm } => vm_action(&client, format, &vm, "snapshot").await,
+        VmCommand::Network { vm, policy } => {
+            let done: aetherium_types::VmActionResponse = client
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/vms/{}/network-policy?wait=120s", seg(&vm)),
+                    Some(policy.to_json().unwrap_or_else(|| json!({}))),
+                )
+                .await?;
+            match format {
+                OutputFormat::Json => print_json(&done)?,
+                OutputFormat::Table => match &done.vm.network_policy {
+                    Some(p) => println!(
+                        "{}: egress {}, allow {:?}, deny {:?}",
+                        done.vm.name,
+                        serde_json::to_value(p.egress)?.as_str().unwrap_or("?"),
+                        p.allow,
+                        p.deny
+                    ),
+                    None => println!("{}: the network's defaults", done.vm.name),
+                },
+            }
+            Ok(if done.status == "completed" { 0 } else { 1 })
+        }
         VmCommand::Rm { vm, no_wait } => {
             let query = if no_wait { "" } else { "?wait=120s" };
             let deleted: DeleteVmResponse = client

@@ -107,6 +107,33 @@ pub struct TaskArgs {
     pub command: TaskCommand,
 }
 
+/// A container's network policy as flags (none given: no policy of its own).
+#[derive(clap::Args)]
+pub struct NetworkPolicyArgs {
+    /// allow (default): the outside world but --deny; deny: only --allow.
+    #[arg(long, value_parser = ["allow", "deny"])]
+    pub egress: Option<String>,
+    /// An IPv4 address or CIDR it may reach (repeatable).
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<String>,
+    /// An IPv4 address or CIDR it may not reach (repeatable).
+    #[arg(long = "deny", value_name = "CIDR")]
+    pub deny: Vec<String>,
+}
+
+impl NetworkPolicyArgs {
+    /// The policy, `None` when no flag was given.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        (self.egress.is_some() || !self.allow.is_empty() || !self.deny.is_empty()).then(|| {
+            serde_json::json!({
+                "egress": self.egress.as_deref().unwrap_or("allow"),
+                "allow": self.allow,
+                "deny": self.deny,
+            })
+        })
+    }
+}
+
 #[derive(Subcommand)]
 pub enum VmCommand {
     /// Create a sandbox (waits until it runs unless --no-wait).
@@ -124,6 +151,8 @@ pub enum VmCommand {
         /// Containers: disk quota in MiB (default: the worker's vmm.docker.disk_mb).
         #[arg(long = "disk")]
         disk_mb: Option<u64>,
+        #[command(flatten)]
+        network_policy: NetworkPolicyArgs,
         /// Backend: docker, qemu or firecracker (default: the platform's).
         #[arg(long, value_parser = ["docker", "qemu", "firecracker"])]
         orchestrator: Option<String>,
@@ -195,6 +224,13 @@ pub enum VmCommand {
     Resume { vm: String },
     /// Write a paused microVM's state and memory on its worker (Firecracker).
     Snapshot { vm: String },
+    /// Replace a running container's network policy (no flags: the network's
+    /// defaults).
+    Network {
+        vm: String,
+        #[command(flatten)]
+        policy: NetworkPolicyArgs,
+    },
     /// Delete a sandbox (waits until it is gone unless --no-wait).
     Rm {
         vm: String,

@@ -281,6 +281,41 @@ impl Up {
 }
 
 #[test]
+fn a_containers_network_policy_is_set_shown_and_cleared() {
+    with_vm("net", |up, name| {
+        let out = up.cli(&[
+            "vm",
+            "network",
+            name,
+            "--egress",
+            "deny",
+            "--allow",
+            "203.0.113.7",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("egress deny, allow [\"203.0.113.7/32\"]"),
+            "{}",
+            text(&out.stdout)
+        );
+        let out = up.cli(&["vm", "network", name, "--allow", "not-an-address"]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("not an IPv4 address"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = up.cli(&["vm", "network", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("the network's defaults"),
+            "{}",
+            text(&out.stdout)
+        );
+    });
+}
+
+#[test]
 fn cp_both_ways_and_streamed_exec() {
     with_vm("cp", |up, name| {
         let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,11 @@ pub struct Environment {
     pub mcp_servers: Vec<McpServer>,
     /// Seconds without activity before a workspace is stopped; 0: never.
     pub idle_timeout_seconds: u64,
+    /// What its workspaces' sandboxes may reach (see `NetworkPolicy`; their
+    /// preparation too: allow the git host and tool mirrors it needs). `None`: the
+    /// isolated network's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<crate::NetworkPolicy>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -185,6 +190,9 @@ pub struct CreateEnvironmentRequest {
     /// 0 (never) or 60 to 604800 seconds.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// What its workspaces' sandboxes may reach; none: the network's defaults.
+    #[serde(default, deserialize_with = "crate::api::object_only")]
+    pub network_policy: Option<crate::NetworkPolicy>,
 }
 
 fn default_vcpus() -> u32 {
@@ -219,6 +227,7 @@ impl CreateEnvironmentRequest {
             env_vars: BTreeMap::new(),
             mcp_servers: Vec::new(),
             idle_timeout_seconds: DEFAULT_IDLE_TIMEOUT_SECONDS,
+            network_policy: None,
         }
     }
 
@@ -239,6 +248,9 @@ impl CreateEnvironmentRequest {
         validate_tools(&self.tools)?;
         validate_env_vars(&self.env_vars)?;
         validate_mcp_servers(&self.mcp_servers)?;
+        if let Some(policy) = &self.network_policy {
+            policy.normalized()?;
+        }
         validate_idle_timeout(self.idle_timeout_seconds)
     }
 
@@ -258,10 +270,19 @@ impl CreateEnvironmentRequest {
             env_vars: self.env_vars,
             mcp_servers: self.mcp_servers,
             idle_timeout_seconds: self.idle_timeout_seconds,
+            network_policy: policy_or_defaults(self.network_policy),
             created_at: now,
             updated_at: now,
         }
     }
+}
+
+/// A policy in CIDR form, or `None` for one that is the network's defaults (or not
+/// valid: call `validate` first).
+fn policy_or_defaults(policy: Option<crate::NetworkPolicy>) -> Option<crate::NetworkPolicy> {
+    policy
+        .filter(|p| *p != crate::NetworkPolicy::default())
+        .and_then(|p| p.normalized().ok())
 }
 
 /// Changes to an environment: absent fields stay as they are. For `image`,
@@ -300,6 +321,10 @@ pub struct UpdateEnvironmentRequest {
     pub mcp_servers: Option<Vec<McpServer>>,
     #[serde(default)]
     pub idle_timeout_seconds: Option<u64>,
+    /// A new policy for its workspaces' sandboxes made from now on; `{}`: the
+    /// network's defaults.
+    #[serde(default, deserialize_with = "crate::api::object_only")]
+    pub network_policy: Option<crate::NetworkPolicy>,
 }
 
 impl UpdateEnvironmentRequest {
@@ -340,6 +365,9 @@ impl UpdateEnvironmentRequest {
         if let Some(t) = self.idle_timeout_seconds {
             validate_idle_timeout(t)?;
         }
+        if let Some(policy) = &self.network_policy {
+            policy.normalized()?;
+        }
         Ok(())
     }
 
@@ -376,6 +404,9 @@ impl UpdateEnvironmentRequest {
         }
         if let Some(v) = self.env_vars {
             env.env_vars = v;
+        }
+        if let Some(policy) = self.network_policy {
+            env.network_policy = policy_or_defaults(Some(policy));
         }
         if let Some(v) = self.mcp_servers {
             env.mcp_servers = v;

@@ -86,6 +86,9 @@ fn hide_env_values(payload: &mut serde_json::Value) {
     }
 }
 
+/// Why an execution whose task was lost (an outage while it was queued) failed.
+pub const ORPHANED_EXECUTION: &str = "its task was lost (the database or the queue failed while it was queued or finishing): run it again";
+
 /// Payload of `vm:network`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkPayload {
@@ -617,6 +620,21 @@ impl Platform {
             return Err(e);
         }
         Ok((execution, task))
+    }
+
+    /// Ends the executions an outage left without a live task (see
+    /// [`crate::store::Store::fail_orphaned_executions`]), once they are older than
+    /// any write between an execution and its task can take.
+    pub async fn sweep_orphaned_executions(&self) -> CoreResult<u64> {
+        const GRACE: chrono::Duration = chrono::Duration::seconds(15);
+        let swept = self
+            .store
+            .fail_orphaned_executions(Utc::now() - GRACE, ORPHANED_EXECUTION)
+            .await?;
+        if swept > 0 {
+            tracing::warn!(executions = swept, "ended executions whose task was lost");
+        }
+        Ok(swept)
     }
 
     /// Runs a command on a named or any running VM, creating one when needed.

@@ -295,6 +295,9 @@ impl Worker {
                         gate.record(false);
                         tracing::warn!(error = %e, "offline sweep failed");
                     }
+                    if let Err(e) = self.platform.sweep_orphaned_executions().await {
+                        tracing::debug!(error = %e, "execution sweep failed");
+                    }
                 }
                 _ = shutdown.changed() => return,
             }

@@ -246,6 +246,7 @@ impl Platform {
             "vcpus": req.vcpus.or(environment.map(|e| e.vcpus)),
             "memory_mb": req.memory_mb.or(environment.map(|e| e.memory_mb)),
             "image": environment.and_then(|e| e.image.clone()),
+            "network_policy": environment.and_then(|e| e.network_policy.clone()),
             "metadata": {"workspace_id": workspace.id, "workspace": workspace.name},
         }))
         .map_err(|e| CoreError::Internal(e.into()))?;

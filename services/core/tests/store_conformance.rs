@@ -116,6 +116,7 @@ conformance!(
     vm_transitions_are_compare_and_set,
     vms_are_counted_by_status,
     executions_are_listed_paged_and_failed,
+    executions_whose_task_was_lost_are_failed,
     tasks_are_read_listed_and_filtered,
     task_history_counts_per_minute_and_tasks_are_deleted,
     workers_are_upserted_and_listed,
@@ -584,6 +585,93 @@ async fn executions_are_listed_paged_and_failed(s: Subject) {
             ExecutionStatus::Running,
             "{id}"
         );
+    }
+}
+
+async fn executions_whose_task_was_lost_are_failed(s: Subject) {
+    let store = s.store();
+    let cutoff = at(100_000);
+    let done = |id: &str, completed: DateTime<Utc>| Task {
+        completed_at: Some(completed),
+        ..task(id, TaskType::VmExecute, TaskStatus::Completed, at(0))
+    };
+    s.insert_task(
+        &task("t-live", TaskType::VmExecute, TaskStatus::Pending, at(0)),
+        QueueName::Default,
+    )
+    .await;
+    s.insert_task(&done("t-old", at(50_000)), QueueName::Default)
+        .await;
+    s.insert_task(&done("t-just", at(150_000)), QueueName::Default)
+        .await;
+    // (execution, its task, status, created): whether the sweep ends it.
+    let cases = [
+        (
+            "no-task-old",
+            Some("t-missing"),
+            ExecutionStatus::Pending,
+            at(0),
+            true,
+        ),
+        (
+            "no-task-new",
+            Some("t-missing"),
+            ExecutionStatus::Pending,
+            at(200_000),
+            false,
+        ),
+        (
+            "live-task",
+            Some("t-live"),
+            ExecutionStatus::Pending,
+            at(0),
+            false,
+        ),
+        (
+            "task-done-long-ago",
+            Some("t-old"),
+            ExecutionStatus::Running,
+            at(0),
+            true,
+        ),
+        (
+            "task-just-done",
+            Some("t-just"),
+            ExecutionStatus::Running,
+            at(0),
+            false,
+        ),
+        ("direct", None, ExecutionStatus::Running, at(0), false),
+        (
+            "finished",
+            Some("t-missing"),
+            ExecutionStatus::Completed,
+            at(0),
+            false,
+        ),
+    ];
+    for (id, task_id, status, created, _) in &cases {
+        let mut e = execution(id, "vm-orphans", *created, *status);
+        e.task_id = task_id.map(str::to_string);
+        store.insert_execution(&e).await.unwrap();
+    }
+    let n = store
+        .fail_orphaned_executions(cutoff, "task lost")
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    for (id, _, status, _, swept) in cases {
+        let e = store.get_execution(id).await.unwrap().unwrap();
+        if swept {
+            assert_eq!(
+                (e.status, e.error.as_deref()),
+                (ExecutionStatus::Failed, Some("task lost")),
+                "{id}"
+            );
+            assert!(e.completed_at.is_some(), "{id}");
+        } else {
+            assert_eq!(e.status, status, "{id}");
+        }
     }
 }
 

@@ -107,6 +107,11 @@ fn environment(name: &str, created: DateTime<Utc>) -> Environment {
             },
         ],
         idle_timeout_seconds: 1800,
+        network_policy: Some(aetherium_types::NetworkPolicy {
+            egress: aetherium_types::Egress::Deny,
+            allow: vec!["140.82.112.0/20".into()],
+            deny: Vec::new(),
+        }),
         created_at: created,
         updated_at: created,
     }
@@ -133,6 +138,7 @@ async fn environments_insert_get_update_delete(s: Subject) {
     bare.git_repo_url = None;
     bare.git_branch = None;
     bare.tools.clear();
+    bare.network_policy = None;
     bare.env_vars.clear();
     bare.mcp_servers.clear();
     bare.idle_timeout_seconds = 0;
@@ -148,6 +154,7 @@ async fn environments_insert_get_update_delete(s: Subject) {
     changed.mcp_servers.truncate(1);
     changed.git_branch = None;
     changed.vcpus = 4;
+    changed.network_policy = None;
     changed.updated_at = at(5000);
     // created_at is not updatable: the stored one stays.
     changed.created_at = at(9999);

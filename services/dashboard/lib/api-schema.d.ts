@@ -1356,6 +1356,7 @@ export interface components {
             /** Format: int64 */
             memory_mb?: number;
             name: string;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
             tools?: string[];
             /** Format: int32 */
             vcpus?: number;
@@ -1471,6 +1472,7 @@ export interface components {
             /** Format: int64 */
             memory_mb: number;
             name: string;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
             /** @description Tools to install, each `name` or `name@version`. */
             tools: string[];
             /** Format: date-time */
@@ -2162,6 +2164,7 @@ export interface components {
             /** Format: int64 */
             memory_mb?: number | null;
             name?: string | null;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
             tools?: string[] | null;
             /** Format: int32 */
             vcpus?: number | null;

@@ -168,3 +168,55 @@ async fn secret_values_never_come_back_and_are_not_stored_in_clear() {
     let (status, _) = server.delete(&format!("/secrets/{id}")).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environments_network_policy_goes_to_its_workspaces_sandboxes() {
+    let server = TestServer::start().await;
+    let (status, refused) = server
+        .post(
+            "/environments",
+            json!({"name": "p", "network_policy": {"allow": ["github.com"]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("network_policy"),
+        "{refused}"
+    );
+    let name = format!("env-{}", &random_hex()[..8]);
+    let (status, created) = server
+        .post(
+            "/environments",
+            json!({"name": name, "network_policy": {"egress": "deny", "allow": ["140.82.112.4"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let policy = json!({"egress": "deny", "allow": ["140.82.112.4/32"]});
+    assert_eq!(created["network_policy"], policy, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let (status, workspace) = server
+        .post(
+            "/workspaces",
+            json!({"name": format!("ws-{}", &random_hex()[..8]), "environment_id": id}),
+        )
+        .await;
+    assert_eq!(status, 201, "{workspace}");
+    let vm_id = workspace["vm_id"].as_str().unwrap();
+    let (_, vm) = server.get(&format!("/vms/{vm_id}")).await;
+    assert_eq!(vm["network_policy"], policy, "{vm}");
+
+    // `{}` puts the defaults back, for workspaces made from now on.
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/environments/{id}"),
+            Some(json!({"network_policy": {}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed.get("network_policy").is_none(), "{changed}");
+}

@@ -398,6 +398,12 @@ pub trait Store: Send + Sync + 'static {
     /// Marks direct (streamed or interactive) executions still `running` as failed:
     /// their connection died with the process that served them.
     async fn fail_interrupted_direct_executions(&self, error: &str) -> CoreResult<u64>;
+    /// Marks as failed the queued executions (`pending` or `running`) created before
+    /// `before` whose task does not exist or finished before `before`: a database or
+    /// queue outage between writing the execution and queueing (or finishing) its
+    /// task left them so, and nothing else will ever end them.
+    async fn fail_orphaned_executions(&self, before: DateTime<Utc>, error: &str)
+    -> CoreResult<u64>;
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)>;
@@ -519,6 +525,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(usage.into_iter().filter(|(_, u)| u.vms > 0).collect())
     }
 }
+
+/// The statement behind [`Store::fail_orphaned_executions`], the same on SQLite and
+/// PostgreSQL (`$1` the error, `$2` now, `$3` the cutoff; times are ms integers).
+pub(crate) const FAIL_ORPHANED_EXECUTIONS: &str = "UPDATE executions
+     SET status = 'failed', error = $1, completed_at = $2
+     WHERE status IN ('pending', 'running') AND task_id IS NOT NULL AND created_at < $3
+       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = executions.task_id
+         AND (t.status IN ('pending', 'running') OR t.completed_at >= $3))";
 
 /// The statements behind [`Store::task_history`], the same on SQLite and PostgreSQL
 /// (times are ms integers; `$1` is the first minute's start, `$2` the end).

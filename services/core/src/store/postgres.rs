@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use aetherium_types::{Execution, Task, Vm, VmStatus, Worker};
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
@@ -515,6 +515,21 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        Ok(done)
+    }
+
+    async fn fail_orphaned_executions(
+        &self,
+        before: DateTime<Utc>,
+        error: &str,
+    ) -> CoreResult<u64> {
+        let done = sqlx::query(super::FAIL_ORPHANED_EXECUTIONS)
+            .bind(error)
+            .bind(to_ms(Utc::now()))
+            .bind(to_ms(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(done)
     }
 

@@ -31,6 +31,11 @@ fn environment_from_row(row: &PgRow) -> CoreResult<Environment> {
         env_vars: json_column(row, "env_vars")?,
         mcp_servers: json_column(row, "mcp_servers")?,
         idle_timeout_seconds: row.try_get::<i64, _>("idle_timeout_seconds")? as u64,
+        network_policy: row
+            .try_get::<Option<sqlx::types::Json<aetherium_types::NetworkPolicy>>, _>(
+                "network_policy",
+            )?
+            .map(|p| p.0),
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
@@ -42,8 +47,9 @@ impl EnvironmentStore for PgStore {
         let result = sqlx::query(
             "INSERT INTO environments (id, name, description, image, vcpus, memory_mb,
                 git_repo_url, git_branch, working_directory, tools, env_vars, mcp_servers,
-                idle_timeout_seconds, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                idle_timeout_seconds, created_at, updated_at, network_policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                $16)",
         )
         .bind(&env.id)
         .bind(&env.name)
@@ -60,6 +66,7 @@ impl EnvironmentStore for PgStore {
         .bind(env.idle_timeout_seconds as i64)
         .bind(to_ms(env.created_at))
         .bind(to_ms(env.updated_at))
+        .bind(env.network_policy.as_ref().map(sqlx::types::Json))
         .execute(self.pool())
         .await;
         match result {
@@ -117,7 +124,7 @@ impl EnvironmentStore for PgStore {
             "UPDATE environments SET name = $1, description = $2, image = $3, vcpus = $4,
                 memory_mb = $5, git_repo_url = $6, git_branch = $7, working_directory = $8,
                 tools = $9, env_vars = $10, mcp_servers = $11, idle_timeout_seconds = $12,
-                updated_at = $13
+                updated_at = $13, network_policy = $15
              WHERE id = $14",
         )
         .bind(&env.name)
@@ -134,6 +141,7 @@ impl EnvironmentStore for PgStore {
         .bind(env.idle_timeout_seconds as i64)
         .bind(to_ms(env.updated_at))
         .bind(&env.id)
+        .bind(env.network_policy.as_ref().map(sqlx::types::Json))
         .execute(self.pool())
         .await;
         match result {

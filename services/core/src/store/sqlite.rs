@@ -507,6 +507,21 @@ impl Store for SqliteStore {
         Ok(done)
     }
 
+    async fn fail_orphaned_executions(
+        &self,
+        before: DateTime<Utc>,
+        error: &str,
+    ) -> CoreResult<u64> {
+        let done = sqlx::query(super::FAIL_ORPHANED_EXECUTIONS)
+            .bind(error)
+            .bind(to_ms(Utc::now()))
+            .bind(to_ms(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(done)
+    }
+
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {
         sqlx::query("SELECT * FROM tasks WHERE id = ?")
             .bind(id)
