@@ -230,6 +230,10 @@ pub struct QuotaArgs {
     /// At most this much memory (MiB) over its live sandboxes.
     #[arg(long = "max-memory")]
     max_memory_mb: Option<u64>,
+    /// At most this many commands running at once (queued, streamed or
+    /// interactive).
+    #[arg(long = "max-executions")]
+    max_concurrent_executions: Option<u32>,
 }
 
 impl QuotaArgs {
@@ -238,6 +242,7 @@ impl QuotaArgs {
             max_vms: self.max_vms,
             max_vcpus: self.max_vcpus,
             max_memory_mb: self.max_memory_mb,
+            max_concurrent_executions: self.max_concurrent_executions,
         };
         (quota != KeyQuota::default()).then_some(quota)
     }
@@ -375,12 +380,13 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
             } else {
                 match &key.quota {
                     Some(q) => println!(
-                        "API key {} ({}) quota: max_vms={} max_vcpus={} max_memory_mb={}",
+                        "API key {} ({}) quota: max_vms={} max_vcpus={} max_memory_mb={} max_concurrent_executions={}",
                         key.id,
                         key.name,
                         limit_text(q.max_vms.map(u64::from)),
                         limit_text(q.max_vcpus.map(u64::from)),
                         limit_text(q.max_memory_mb),
+                        limit_text(q.max_concurrent_executions.map(u64::from)),
                     ),
                     None => println!("API key {} ({}) has no quota.", key.id, key.name),
                 }

@@ -111,10 +111,14 @@ impl Drop for Proc {
     }
 }
 
-/// PostgreSQL + Redis + the environment every process of one cluster shares.
+/// PostgreSQL + Redis + the environment every process of one cluster shares. The
+/// processes reach both over TLS, verifying the servers' certificates (and showing
+/// Redis a client certificate), as a cluster across hosts would; the tests' own
+/// checks (`psql`, `redis-cli`) use the plain loopback ports.
 struct Cluster {
     pg: TempPostgres,
     redis: TempRedis,
+    db_pki: aetherium_testkit::tls::TestPki,
     secret: String,
     dir: tempfile::TempDir,
     /// Worker ids started: their containers are removed at the end.
@@ -123,11 +127,30 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let db_pki = aetherium_testkit::tls::TestPki::make(&dir.path().join("db-pki")).unwrap();
+        let mut pg = TempPostgres::start().expect("postgres (apt-get install postgresql)");
+        pg.enable_tls(
+            &std::fs::read_to_string(&db_pki.server_cert).unwrap(),
+            &std::fs::read_to_string(&db_pki.server_key).unwrap(),
+        )
+        .expect("postgres with TLS");
+        let redis = TempRedis::start_tls(
+            aetherium_testkit::redis::RedisTlsFiles {
+                cert: db_pki.server_cert.clone(),
+                key: db_pki.server_key.clone(),
+                ca: db_pki.ca.clone(),
+                require_client_cert: true,
+            },
+            true,
+        )
+        .expect("redis-server with TLS");
         let cluster = Cluster {
-            pg: TempPostgres::start().expect("postgres (apt-get install postgresql)"),
-            redis: TempRedis::start_persistent().expect("redis-server"),
+            pg,
+            redis,
+            db_pki,
             secret: format!("secret-{}-{}", random_hex(), random_hex()),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             worker_ids: std::sync::Mutex::new(Vec::new()),
         };
         // The tunnel runs over TLS, as a real cluster's: a CA made by the CLI.
@@ -170,9 +193,19 @@ impl Cluster {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
-            .env("AETHERIUM_DATABASE_URL", self.pg.url())
+            .env(
+                "AETHERIUM_DATABASE_URL",
+                format!(
+                    "{}?sslmode=verify-full&sslrootcert={}",
+                    self.pg.url(),
+                    self.db_pki.ca.display()
+                ),
+            )
             .env("AETHERIUM_QUEUE_BACKEND", "redis")
-            .env("AETHERIUM_REDIS_URL", self.redis.url())
+            .env("AETHERIUM_REDIS_URL", self.redis.tls_url().unwrap())
+            .env("AETHERIUM_REDIS_TLS_CA", &self.db_pki.ca)
+            .env("AETHERIUM_REDIS_TLS_CERT", &self.db_pki.client_cert)
+            .env("AETHERIUM_REDIS_TLS_KEY", &self.db_pki.client_key)
             .env("AETHERIUM_CLUSTER_SECRET", &self.secret)
             // Workers' tunnel endpoints on a free loopback port each.
             .env("AETHERIUM_WORKER_ADDRESS", "127.0.0.1:0")
@@ -190,6 +223,7 @@ impl Cluster {
             // A crashed worker's tasks come back after 5 s, retried after 1 s.
             .env("AETHERIUM_QUEUE_LEASE_SECONDS", "5")
             .env("AETHERIUM_QUEUE_RETRY_BASE_SECONDS", "1")
+            .env("AETHERIUM_QUEUE_RECONCILE_SECONDS", "5")
             .env_remove("AETHERIUM_API_TOKEN")
             .env_remove("AETHERIUM_CONFIG");
         cmd
@@ -484,20 +518,63 @@ fn redis_and_postgres_restarts_are_503_then_recovered() {
         (r.status == 200 && r.body["status"] == "active").then_some(r)
     });
     assert_eq!(w.body["id"], worker_id.as_str());
+    // Every connection of the platform's processes, made again after the restarts,
+    // is TLS: PostgreSQL says so per backend; Redis by the port its clients came to.
+    let sessions = |ssl: &str| {
+        cluster.psql(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'aetherium' AND s.ssl = {ssl}"
+        ))
+    };
+    assert_eq!(sessions("false"), "0");
+    assert_ne!(sessions("true"), "0");
+    let clients = Command::new("redis-cli")
+        .args(["-p", &cluster.redis.port().to_string(), "CLIENT", "LIST"])
+        .output()
+        .unwrap();
+    let clients = String::from_utf8_lossy(&clients.stdout).into_owned();
+    let tls_port = cluster
+        .redis
+        .tls_url()
+        .unwrap()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let ours = format!("laddr=127.0.0.1:{} ", cluster.redis.port());
+    let platform: Vec<&str> = clients.lines().filter(|l| !l.contains(&ours)).collect();
+    assert!(!platform.is_empty(), "{clients}");
+    assert!(
+        platform
+            .iter()
+            .all(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port} "))),
+        "{clients}"
+    );
     // Every execution of the VM ends (none left pending or running). An attempt
     // that an outage cut may leave one behind: its task lost in Redis comes back by
-    // the queue's reconcile sweep (every 60 s, for records 60 s old) and runs, and
+    // the queue's reconcile sweep (every 5 s here, for records 5 s old) and runs, and
     // one whose task was never queued is failed by the execution sweep (15 s).
-    wait_until(
-        "every execution of the VM ended",
-        Duration::from_secs(180),
-        || {
-            let unfinished = cluster.psql(&format!(
-                "SELECT count(*) FROM executions WHERE vm_id = '{vm_id}' AND status IN ('pending','running')"
-            ));
-            (unfinished == "0").then_some(())
-        },
-    );
+    let unfinished = || {
+        cluster.psql(&format!(
+            "SELECT count(*) FROM executions WHERE vm_id = '{vm_id}' AND status IN ('pending','running')"
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unfinished() != "0" {
+        if Instant::now() > deadline {
+            panic!(
+                "executions of the VM still unfinished after 60 s:\n{}\ntheir tasks:\n{}",
+                cluster.psql(&format!(
+                    "SELECT id, status, task_id, created_at FROM executions WHERE vm_id = '{vm_id}'"
+                )),
+                cluster.psql(&format!(
+                    "SELECT id, type, status, worker_id, retry_count, error FROM tasks WHERE vm_id = '{vm_id}'"
+                )),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 // ---- (d) owner offline --------------------------------------------------------------------
@@ -555,6 +632,70 @@ fn execute_on_a_vm_whose_owner_is_offline_is_a_clear_error() {
         "SELECT count(*) FROM tasks WHERE vm_id = '{vm_id}' AND status IN ('pending','running')"
     ));
     assert_eq!(waiting, "0");
+}
+
+/// A VM placed on a worker that died before making it (its create still queued for
+/// that worker) is placed on another worker once the first is declared offline,
+/// under the same placement; the first worker, back, makes nothing of it.
+#[test]
+fn a_vm_whose_worker_died_before_making_it_is_placed_on_another() {
+    assert!(has_docker(), "needs Docker");
+    let cluster = Cluster::start();
+    let first = format!("dist-e-{}", random_hex());
+    let mut worker = cluster.worker(&first);
+    let (_gateway, api) = cluster.gateway();
+    // Right after the kill the worker still counts as live (3 heartbeats): the VM
+    // is placed on it, and its create waits in its queue.
+    worker.kill_hard();
+    let r = api.post(
+        "/vms",
+        json!({"name": format!("d-{}", random_hex()), "memory_mb": 128}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let vm_id = r.body["vm_id"].as_str().unwrap().to_string();
+    let r = api.get(&format!("/vms/{vm_id}"));
+    assert_eq!(r.body["worker_id"], first.as_str(), "{r:?}");
+
+    let second = format!("dist-e-{}", random_hex());
+    let _second_worker = cluster.worker(&second);
+    let vm = wait_until(
+        "the VM running on the second worker",
+        Duration::from_secs(60),
+        || {
+            let r = api.get(&format!("/vms/{vm_id}"));
+            assert_ne!(r.body["status"], "FAILED", "{r:?}");
+            (r.body["status"] == "RUNNING").then_some(r.body)
+        },
+    );
+    assert_eq!(vm["worker_id"], second.as_str(), "{vm}");
+    let r = api.execute(&vm_id, &["echo", "placed again"], "30s");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["execution"]["stdout"], "placed again\n", "{r:?}");
+    // The first create was cancelled saying why; the second made the VM.
+    let creates = cluster.psql(&format!(
+        "SELECT status || ' ' || coalesce(error, '') FROM tasks
+         WHERE vm_id = '{vm_id}' AND type = 'vm:create' ORDER BY created_at"
+    ));
+    let creates: Vec<&str> = creates.lines().collect();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert!(
+        creates[0].starts_with("cancelled") && creates[0].contains(&second),
+        "{creates:?}"
+    );
+    assert!(creates[1].starts_with("completed"), "{creates:?}");
+
+    // The first worker back: nothing of the VM is made there, and it stays where it is.
+    let _back = cluster.worker(&first);
+    std::thread::sleep(Duration::from_secs(3));
+    let r = api.get(&format!("/vms/{vm_id}"));
+    assert_eq!(r.body["status"], "RUNNING", "{r:?}");
+    assert_eq!(r.body["worker_id"], second.as_str(), "{r:?}");
+    let on_first = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=io.aetherium.worker_id={first}"))
+        .output()
+        .unwrap();
+    assert!(on_first.stdout.is_empty(), "{on_first:?}");
 }
 
 // ---- (a) a worker killed in the middle of a task ---------------------------------------

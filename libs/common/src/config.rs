@@ -425,6 +425,22 @@ pub struct QueueConfig {
     /// Every Redis key (and the event channel) starts with it, so deployments can
     /// share one Redis.
     pub redis_prefix: String,
+    /// Distributed mode: how often the queue compares the task records with Redis
+    /// and repairs what a crash or a Redis restart lost (records younger than this
+    /// are left alone, their Redis write may be under way).
+    pub reconcile_seconds: u64,
+    /// PEM files for a `rediss://` URL: the CA of the server's certificate (else
+    /// the system's roots) and a client certificate and key, if the server asks.
+    pub redis_tls: RedisTlsConfig,
+}
+
+/// PEM files of Redis over TLS, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -586,6 +602,8 @@ impl Default for QueueConfig {
             backend: QueueBackend::Embedded,
             redis_url: None,
             redis_prefix: "aetherium:".into(),
+            reconcile_seconds: 60,
+            redis_tls: RedisTlsConfig::default(),
         }
     }
 }
@@ -699,6 +717,10 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.queue.lease_seconds = parse(v)?;
         Ok(())
     }),
+    (&["AETHERIUM_QUEUE_RECONCILE_SECONDS"], |c, v| {
+        c.queue.reconcile_seconds = parse(v)?;
+        Ok(())
+    }),
     (&["AETHERIUM_QUEUE_RETRY_BASE_SECONDS"], |c, v| {
         c.queue.retry_base_seconds = parse(v)?;
         Ok(())
@@ -733,6 +755,18 @@ const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
     ),
     (&["AETHERIUM_CLUSTER_SECRET"], |c, v| {
         c.cluster.secret = Some(v.to_string());
+        Ok(())
+    }),
+    (&["AETHERIUM_REDIS_TLS_CA"], |c, v| {
+        c.queue.redis_tls.ca = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_REDIS_TLS_CERT"], |c, v| {
+        c.queue.redis_tls.cert = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    (&["AETHERIUM_REDIS_TLS_KEY"], |c, v| {
+        c.queue.redis_tls.key = Some(PathBuf::from(v));
         Ok(())
     }),
     (&["AETHERIUM_CLUSTER_TLS_CA"], |c, v| {
@@ -1156,6 +1190,24 @@ impl Config {
         if self.queue.lease_seconds < 5 {
             return invalid("queue.lease_seconds must be at least 5".into());
         }
+        let redis_tls = &self.queue.redis_tls;
+        if redis_tls.cert.is_some() != redis_tls.key.is_some() {
+            return invalid("queue.redis_tls.cert and queue.redis_tls.key go together".into());
+        }
+        if *redis_tls != RedisTlsConfig::default()
+            && !self
+                .queue
+                .redis_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("rediss://"))
+        {
+            return invalid(
+                "queue.redis_tls is set but queue.redis_url is not a rediss:// URL".into(),
+            );
+        }
+        if self.queue.reconcile_seconds == 0 {
+            return invalid("queue.reconcile_seconds must be at least 1".into());
+        }
         if self.queue.poll_interval_ms == 0 {
             return invalid("queue.poll_interval_ms must be at least 1".into());
         }
@@ -1344,6 +1396,48 @@ mod tests {
         writeln!(f, "server:\n  prot: 1").expect("write");
         let err = Config::load_with_env(Some(f.path()), env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn redis_tls_files_need_a_rediss_url_and_a_cert_its_key() {
+        let c = Config::load_with_env(
+            None,
+            env_of(&[
+                ("AETHERIUM_REDIS_URL", "rediss://redis:6380/0"),
+                ("AETHERIUM_REDIS_TLS_CA", "/etc/aetherium/redis-ca.pem"),
+                ("AETHERIUM_REDIS_TLS_CERT", "/etc/aetherium/redis.pem"),
+                ("AETHERIUM_REDIS_TLS_KEY", "/etc/aetherium/redis.key"),
+                ("AETHERIUM_QUEUE_RECONCILE_SECONDS", "5"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(
+            c.queue.redis_tls.ca.as_deref(),
+            Some(Path::new("/etc/aetherium/redis-ca.pem"))
+        );
+        assert_eq!(c.queue.reconcile_seconds, 5);
+        let err = Config::load_with_env(
+            None,
+            env_of(&[
+                ("AETHERIUM_REDIS_URL", "redis://redis:6379/0"),
+                ("AETHERIUM_REDIS_TLS_CA", "/etc/aetherium/redis-ca.pem"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        let err = Config::load_with_env(
+            None,
+            env_of(&[
+                ("AETHERIUM_REDIS_URL", "rediss://redis:6380/0"),
+                ("AETHERIUM_REDIS_TLS_CERT", "/etc/aetherium/redis.pem"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err =
+            Config::load_with_env(None, env_of(&[("AETHERIUM_QUEUE_RECONCILE_SECONDS", "0")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("reconcile_seconds"), "{err}");
     }
 
     #[test]

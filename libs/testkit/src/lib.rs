@@ -1,7 +1,8 @@
 //! Test support for distributed mode: real PostgreSQL and Redis servers, each test
 //! its own, on a free loopback port in a temp dir, stopped (by pid) when dropped.
 //! Also [`standin::standin_agent_image`]: a Docker image with a stand-in coding-agent
-//! CLI for workspace tests. Dev-dependency only.
+//! CLI for workspace tests, and [`tls::TestPki`]: certificates for servers that
+//! speak TLS. Dev-dependency only.
 //!
 //! Requirements on the host:
 //! - [`postgres::TempPostgres`]: PostgreSQL's server binaries (`initdb`, `postgres`,
@@ -15,6 +16,7 @@ pub mod paths;
 pub mod postgres;
 pub mod redis;
 pub mod standin;
+pub mod tls;
 
 pub use fileserver::{FileServer, docker_gateway};
 pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};

@@ -7,7 +7,9 @@
 //! (else `nobody`) and `initdb`/`postgres` run under that uid; otherwise they run as
 //! the current user.
 //!
-//! The server is tuned for speed, not durability (`fsync=off`, no full-page writes),
+//! The server is tuned for speed, not for surviving the host (`fsync=off`, no
+//! full-page writes) — it does keep what it acknowledged when killed (commits stay
+//! synchronous),
 //! listens on 127.0.0.1 only, and trusts every local connection (user `postgres`, no
 //! password). Starting one takes about a second (most of it `initdb`) and 30 MB of
 //! disk. A test process killed outright (timeout, Ctrl-C) never runs `Drop`, so a
@@ -34,6 +36,7 @@ pub struct TempPostgres {
     run_as: Option<(u32, u32)>,
     child: Option<Child>,
     watchdog: Option<Child>,
+    tls: bool,
 }
 
 impl TempPostgres {
@@ -72,6 +75,7 @@ impl TempPostgres {
             run_as,
             child: None,
             watchdog: None,
+            tls: false,
             dir,
         };
         let out = pg
@@ -197,6 +201,21 @@ impl TempPostgres {
         }
     }
 
+    /// Restarts the server with TLS on (`ssl=on`) serving `cert_pem`/`key_pem`;
+    /// plain connections stay allowed, so a client's `sslmode` decides.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) -> io::Result<()> {
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data_dir().join(name);
+            std::fs::write(&path, pem)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        self.tls = true;
+        self.restart()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -230,9 +249,19 @@ impl TempPostgres {
             .arg("-k")
             .arg(self.socket_dir())
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            // Commits stay synchronous: a commit is acknowledged only once its WAL is
+            // written to the OS, so a server SIGKILLed (`kill_hard`, the fault drills)
+            // keeps every write it acknowledged, as a real one does. (With it off,
+            // acknowledged commits still in shared memory died with the server and
+            // the drills saw writes vanish.) Without fsync, that costs little.
+            .args(["-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
             .args(["-c", "shared_buffers=16MB", "-c", "logging_collector=off"])
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -26,6 +26,18 @@ pub struct TempRedis {
     port: u16,
     persistent: bool,
     child: Option<Child>,
+    tls: Option<(RedisTlsFiles, u16)>,
+}
+
+/// PEM files for a server that also listens with TLS ([`TempRedis::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct RedisTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that clients' certificates must chain to.
+    pub ca: PathBuf,
+    /// Whether a client must show a certificate (`tls-auth-clients yes`).
+    pub require_client_cert: bool,
 }
 
 impl TempRedis {
@@ -40,7 +52,18 @@ impl TempRedis {
         Self::start_with(true)
     }
 
+    /// Starts a server that listens with TLS on a port of its own too
+    /// ([`TempRedis::tls_url`]); the plain port stays, for readiness checks and
+    /// `redis-cli`. `persistent` as with [`TempRedis::start_persistent`].
+    pub fn start_tls(files: RedisTlsFiles, persistent: bool) -> io::Result<TempRedis> {
+        Self::start_with_tls(persistent, Some(files))
+    }
+
     fn start_with(persistent: bool) -> io::Result<TempRedis> {
+        Self::start_with_tls(persistent, None)
+    }
+
+    fn start_with_tls(persistent: bool, tls: Option<RedisTlsFiles>) -> io::Result<TempRedis> {
         let mut last_error = None;
         // A free port may be taken by someone else between finding and binding it:
         // try a few.
@@ -53,6 +76,10 @@ impl TempRedis {
                 port,
                 persistent,
                 child: None,
+                tls: match &tls {
+                    Some(files) => Some((files.clone(), free_port()?)),
+                    None => None,
+                },
             };
             match redis.spawn() {
                 Ok(()) => return Ok(redis),
@@ -69,6 +96,14 @@ impl TempRedis {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://localhost:<tls port>/` of a server started with
+    /// [`TempRedis::start_tls`] (`localhost`: the name its certificate should carry).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(_, port)| format!("rediss://localhost:{port}/"))
     }
 
     /// The server's directory (its log is `redis.log`; the AOF lives here too).
@@ -132,6 +167,22 @@ impl TempRedis {
             .arg(&log)
             .args(["--daemonize", "no", "--save", ""])
             .args(["--databases", "1"]);
+        if let Some((files, port)) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca)
+                .arg("--tls-auth-clients")
+                .arg(if files.require_client_cert {
+                    "yes"
+                } else {
+                    "no"
+                });
+        }
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {

@@ -108,7 +108,7 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub disk_mb: Option<u64>,
     /// Image to run (Docker backend). The configured default when omitted.
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^\S+$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[!-~]{1,255}$"))]
     #[serde(default)]
     pub image: Option<String>,
     /// Backend; the configured default when omitted.
@@ -383,6 +383,8 @@ pub struct SmartExecuteRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 1048576))]
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// Image to run, as for `POST /vms`.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[!-~]{1,255}$"))]
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]

@@ -75,12 +75,22 @@ pub struct KeyQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1073741824))]
     pub max_memory_mb: Option<u64>,
+    /// Commands (queued, streamed or interactive) the key may have unfinished at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100000))]
+    pub max_concurrent_executions: Option<u32>,
 }
 
 impl KeyQuota {
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, Option<u64>, u64); 3] = [
+        let checks: [(&str, Option<u64>, u64); 4] = [
             ("max_vms", self.max_vms.map(u64::from), 100_000),
+            (
+                "max_concurrent_executions",
+                self.max_concurrent_executions.map(u64::from),
+                100_000,
+            ),
             ("max_vcpus", self.max_vcpus.map(u64::from), 1_000_000),
             ("max_memory_mb", self.max_memory_mb, 1024 * 1024 * 1024),
         ];
@@ -119,6 +129,17 @@ impl KeyQuota {
             })
         })
     }
+
+    /// Why `unfinished` executions (the new one included) pass the quota, as a
+    /// sentence for the caller; `None` when within it.
+    pub fn executions_exceeded_by(&self, unfinished: u64) -> Option<String> {
+        let limit = self.max_concurrent_executions?;
+        (unfinished > u64::from(limit)).then(|| {
+            format!(
+                "this API key's quota is {limit} commands running at once (max_concurrent_executions); this one would make {unfinished}: wait for one to end or ask an admin to raise the quota"
+            )
+        })
+    }
 }
 
 /// An API key as the API shows it: never the key itself, nor its hash.
@@ -149,7 +170,10 @@ pub struct ApiKey {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApiKeyRequest {
+    /// The new quota; `null` removes it. Required: a change that names nothing is
+    /// refused rather than read as "remove".
     #[serde(deserialize_with = "crate::api::object_only")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub quota: Option<KeyQuota>,
 }
 

@@ -167,6 +167,7 @@ pub struct CreateEnvironmentRequest {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[!-~]{1,255}$"))]
     #[serde(default)]
     pub image: Option<String>,
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]

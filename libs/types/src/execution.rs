@@ -73,4 +73,8 @@ pub struct Execution {
     pub duration_ms: Option<i64>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The API key or user that ran it (a key's quota counts its unfinished
+    /// executions); absent for those the platform ran itself or made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }

@@ -189,6 +189,10 @@ pub struct Vm {
     /// network's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicy>,
+    /// Where it may run, as its create asked (a VM whose worker died before making
+    /// it is placed again under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::Placement>,
     /// The id of the API key or user that created it (counts against a key's quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,

@@ -31,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::error::{CoreError, CoreResult};
+use crate::error::CoreResult;
 use crate::store::EventLog;
 
 /// Most events stored in one transaction.
@@ -53,6 +53,8 @@ pub struct RedisBusOptions {
     pub poll_interval: Duration,
     /// Wait between reconnection attempts to Redis (doubling up to 5 s).
     pub reconnect_delay: Duration,
+    /// TLS files for a `rediss://` URL.
+    pub tls: crate::queue::RedisTls,
 }
 
 impl Default for RedisBusOptions {
@@ -63,6 +65,7 @@ impl Default for RedisBusOptions {
             gap_give_up: Duration::from_secs(3),
             poll_interval: Duration::from_secs(2),
             reconnect_delay: Duration::from_millis(100),
+            tls: Default::default(),
         }
     }
 }
@@ -99,8 +102,7 @@ impl RedisEventBus {
         redis_url: &str,
         options: RedisBusOptions,
     ) -> CoreResult<Arc<RedisEventBus>> {
-        let client = redis::Client::open(redis_url)
-            .map_err(|e| CoreError::InvalidInput(format!("bad Redis URL {redis_url:?}: {e}")))?;
+        let client = crate::queue::redis_client(redis_url, &options.tls)?;
         let start_after = log.latest_event_seq().await?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (live, _) = broadcast::channel(LIVE_CAPACITY);

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aetherium_types::{
-    ClusterDistribution, ClusterStats, EventType, Orchestrator, Placement, TaskStatus, Vm,
-    VmStatus, Worker, WorkerCounts, WorkerDistribution, WorkerStatus, WorkerUsage, WorkerView,
+    ClusterDistribution, ClusterStats, EventType, Orchestrator, Placement, TaskStatus, TaskType,
+    Vm, VmStatus, Worker, WorkerCounts, WorkerDistribution, WorkerStatus, WorkerUsage, WorkerView,
     ZoneDistribution,
 };
 use chrono::Utc;
@@ -102,11 +102,12 @@ impl Platform {
     }
 
     /// Chooses the worker for a new VM: live, `active`, able to run the backend,
-    /// matching the placement, with a free slot and room for the VM's memory; among
+    /// matching the placement, with at least as many CPU cores as the VM has vCPUs,
+    /// a free slot and room for the VM's memory; among
     /// those, the one with the most free slots, then free memory, then free vCPUs
     /// (vCPUs are overcommitted: they rank, they do not exclude). When none fits:
-    /// a `Conflict` (409) if no worker with the backend matches the placement at
-    /// all, else `Unavailable` (503); either says why each worker was not chosen.
+    /// a `Conflict` (409) if no worker with the backend matches the placement and
+    /// has the cores at all, else `Unavailable` (503); either says why each worker was not chosen.
     pub async fn place_vm(&self, req: &PlacementRequest<'_>) -> CoreResult<Worker> {
         let workers = self.store.list_workers().await?;
         let usage = self.usage_by_worker().await?;
@@ -128,6 +129,15 @@ impl Platform {
                 && !p.matches(&w)
             {
                 reasons.push(why_not("does not match the placement".into()));
+                continue;
+            }
+            // More vCPUs than the host has cores: Docker refuses such a limit, and a
+            // microVM's vCPU threads would only queue for the same cores. Never fits.
+            if w.cpu_cores > 0 && req.vcpus > w.cpu_cores {
+                reasons.push(why_not(format!(
+                    "has {} CPU cores, {} vCPUs asked",
+                    w.cpu_cores, req.vcpus
+                )));
                 continue;
             }
             matched_any = true;
@@ -189,17 +199,22 @@ impl Platform {
             return Ok(w);
         }
         let orchestrator = req.orchestrator;
-        if let Some(p) = req.placement
-            && !matched_any
-            && !reasons.is_empty()
-        {
+        if !matched_any && !reasons.is_empty() {
             // Not a passing state: no registered worker could ever take it.
-            return Err(CoreError::Conflict(format!(
-                "no worker that runs {orchestrator} sandboxes matches the placement (zone {}, labels {:?}): {}",
-                p.zone.as_deref().unwrap_or("any"),
-                p.labels,
-                reasons.join("; ")
-            )));
+            return Err(CoreError::Conflict(match req.placement {
+                Some(p) => format!(
+                    "no worker that runs {orchestrator} sandboxes matches the placement (zone {}, labels {:?}) with {} vCPUs: {}",
+                    p.zone.as_deref().unwrap_or("any"),
+                    p.labels,
+                    req.vcpus,
+                    reasons.join("; ")
+                ),
+                None => format!(
+                    "no worker that runs {orchestrator} sandboxes has {} CPU cores: {}",
+                    req.vcpus,
+                    reasons.join("; ")
+                ),
+            }));
         }
         Err(CoreError::Unavailable(if reasons.is_empty() {
             format!("no live worker can run {orchestrator} sandboxes")
@@ -378,6 +393,18 @@ impl Platform {
     async fn lose_vms_of(&self, worker_id: &str) -> CoreResult<()> {
         let message = lost_vm_message(worker_id);
         for vm in self.vms_of(worker_id).await? {
+            let vm = if matches!(vm.status, VmStatus::Created | VmStatus::Starting) {
+                if self.place_again(&vm, worker_id).await? {
+                    continue;
+                }
+                // As it is now (a failed attempt may have moved it back).
+                match self.store.get_vm(&vm.id).await? {
+                    Some(vm) if vm.worker_id.as_deref() == Some(worker_id) => vm,
+                    _ => continue,
+                }
+            } else {
+                vm
+            };
             self.cancel_pending_tasks_of_vm(&vm.id, worker_id, &message)
                 .await?;
             match vm.status {
@@ -415,6 +442,73 @@ impl Platform {
             }
         }
         Ok(())
+    }
+
+    /// Places a VM that `lost` went offline before making (CREATED, or STARTING:
+    /// its sandbox may be half-made there, which `lost` removes if it ever returns)
+    /// on another worker that can take it under its own placement, with the same
+    /// create (and the command to run after it, if any). Returns whether it was
+    /// placed; `false` leaves it to be failed as lost.
+    async fn place_again(&self, vm: &Vm, lost: &str) -> CoreResult<bool> {
+        let filter = TaskFilter {
+            task_type: Some(TaskType::VmCreate),
+            vm_id: Some(vm.id.clone()),
+            ..Default::default()
+        };
+        let (tasks, _) = self
+            .store
+            .list_tasks(&filter, &Page::new(Some(Page::MAX_LIMIT), None))
+            .await?;
+        let Some(create) = tasks
+            .into_iter()
+            .find(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Running))
+        else {
+            return Ok(false);
+        };
+        let request = PlacementRequest {
+            orchestrator: vm.orchestrator,
+            vcpus: vm.vcpu_count,
+            memory_mb: vm.memory_mb,
+            placement: vm.placement.as_ref(),
+        };
+        let worker = match self.place_vm(&request).await {
+            Ok(worker) => worker,
+            Err(e) => {
+                tracing::warn!(vm_id = %vm.id, lost, error = %e, "no other worker can take the VM");
+                return Ok(false);
+            }
+        };
+        if !self.store.move_vm(&vm.id, lost, &worker.id).await? {
+            return Ok(true); // Changed meanwhile (deleted, or placed by another sweep).
+        }
+        if !self.still_fits(&worker).await? {
+            // Other VMs took the last place meanwhile: it stays lost.
+            self.store.move_vm(&vm.id, &worker.id, lost).await?;
+            return Ok(false);
+        }
+        // The old create must never run: cancelled before the new one is queued (a
+        // running one ends cancelled once its lease runs out).
+        let reason = format!(
+            "worker {lost} went offline before making the VM: placed on {} instead",
+            worker.id
+        );
+        self.queue.cancel(&create.id, &reason).await?;
+        let mut again =
+            crate::services::new_task(TaskType::VmCreate, create.payload.clone(), Some(&vm.id));
+        again.target_worker_id = Some(worker.id.clone());
+        again.timeout_seconds = create.timeout_seconds;
+        if let Err(e) = self.submit(&again).await {
+            self.store.move_vm(&vm.id, &worker.id, lost).await?;
+            tracing::warn!(vm_id = %vm.id, error = %e, "cannot queue the VM's create again");
+            return Ok(false);
+        }
+        tracing::warn!(vm_id = %vm.id, lost, to = %worker.id, "VM placed again: its worker went offline before making it");
+        self.publish(
+            EventType::VmCreated,
+            &vm.id,
+            json!({"vm_id": vm.id, "worker_id": worker.id, "placed_again_from": lost}),
+        );
+        Ok(true)
     }
 
     /// Cancels the VM's pending tasks that are bound to `worker_id`.

@@ -22,7 +22,7 @@ use crate::auth::{Auth, AuthSettings};
 use crate::bus_redis::{RedisBusOptions, RedisEventBus};
 use crate::error::{CoreError, CoreResult};
 use crate::feed::{self, LogFeed};
-use crate::queue::{RedisQueue, RedisQueueOptions, RetryPolicy};
+use crate::queue::{RedisQueue, RedisQueueOptions, RedisTls, RetryPolicy};
 use crate::runtime::{platform_defaults, retention, worker_settings};
 use crate::services::{AgentRouter, LocalAgents, Platform};
 use crate::store::{PgStore, redact_url};
@@ -92,9 +92,17 @@ impl DistributedRuntime {
         let store = Arc::new(
             with_patience("PostgreSQL", CONNECT_PATIENCE, || PgStore::connect(&url)).await?,
         );
+        let redis_tls = RedisTls {
+            ca: config.queue.redis_tls.ca.clone(),
+            cert: config.queue.redis_tls.cert.clone(),
+            key: config.queue.redis_tls.key.clone(),
+        };
         let options = RedisQueueOptions {
             prefix: config.queue.redis_prefix.clone(),
             retry: RetryPolicy::new(Duration::from_secs(config.queue.retry_base_seconds)),
+            reconcile_interval: Duration::from_secs(config.queue.reconcile_seconds),
+            reconcile_grace: Duration::from_secs(config.queue.reconcile_seconds),
+            tls: redis_tls.clone(),
             ..RedisQueueOptions::default()
         };
         let queue = Arc::new(
@@ -108,6 +116,7 @@ impl DistributedRuntime {
             &redis_url,
             RedisBusOptions {
                 channel: format!("{}events", config.queue.redis_prefix),
+                tls: redis_tls,
                 ..RedisBusOptions::default()
             },
         )

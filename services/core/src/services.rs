@@ -359,6 +359,7 @@ impl Platform {
             disk_mb,
             created_by: by.map(|p| p.id.clone()),
             network_policy,
+            placement: req.placement.clone(),
             kernel_path: None,
             rootfs_path: None,
             socket_path: None,
@@ -396,6 +397,10 @@ impl Platform {
                 .insert("create_task_id".into(), task.id.clone().into());
             exec_payload.vm_id = vm.id.clone();
             if let Err(e) = self.store.insert_execution(execution).await {
+                let _ = self.store.delete_vm(&vm.id).await;
+                return Err(e);
+            }
+            if let Err(e) = self.enforce_execution_quota(by, execution).await {
                 let _ = self.store.delete_vm(&vm.id).await;
                 return Err(e);
             }
@@ -560,7 +565,13 @@ impl Platform {
 
     // ---- executions ------------------------------------------------------------
 
-    fn new_execution(&self, vm_id: &str, command: &str, args: &[String]) -> Execution {
+    fn new_execution(
+        &self,
+        vm_id: &str,
+        command: &str,
+        args: &[String],
+        by: Option<&Principal>,
+    ) -> Execution {
         Execution {
             id: new_id(),
             vm_id: vm_id.to_string(),
@@ -577,6 +588,35 @@ impl Platform {
             completed_at: None,
             duration_ms: None,
             metadata: Default::default(),
+            created_by: by.map(|p| p.id.clone()),
+        }
+    }
+
+    /// Refuses (429) the execution just recorded for `by` when its key may not run
+    /// one more command at once, and removes the record. Counted after the insert,
+    /// like [`Self::enforce_quota`], so parallel requests never pass it together.
+    async fn enforce_execution_quota(
+        &self,
+        by: Option<&Principal>,
+        execution: &Execution,
+    ) -> CoreResult<()> {
+        let Some(quota) = by.and_then(|by| by.quota.as_ref()) else {
+            return Ok(());
+        };
+        let Some(by) = by else { return Ok(()) };
+        if quota.max_concurrent_executions.is_none() {
+            return Ok(());
+        }
+        let refusal = match self.store.unfinished_executions_by(&by.id).await {
+            Ok(unfinished) => quota.executions_exceeded_by(unfinished),
+            Err(e) => Some(format!("cannot count this key's running commands: {e}")),
+        };
+        match refusal {
+            None => Ok(()),
+            Some(message) => {
+                self.store.delete_execution(&execution.id).await?;
+                Err(CoreError::TooManyRequests(message))
+            }
         }
     }
 
@@ -585,6 +625,7 @@ impl Platform {
         &self,
         vm_id: &str,
         req: &ExecuteCommandRequest,
+        by: Option<&Principal>,
     ) -> CoreResult<(Execution, Task)> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let vm = self.get_vm(vm_id).await?;
@@ -595,7 +636,7 @@ impl Platform {
             )));
         }
         self.ensure_owner_reachable(&vm).await?;
-        let mut execution = self.new_execution(vm_id, &req.command, &req.args);
+        let mut execution = self.new_execution(vm_id, &req.command, &req.args, by);
         let payload = ExecPayload {
             execution_id: execution.id.clone(),
             vm_id: vm_id.to_string(),
@@ -613,6 +654,7 @@ impl Platform {
         task.target_worker_id = vm.worker_id.clone();
         execution.task_id = Some(task.id.clone());
         self.store.insert_execution(&execution).await?;
+        self.enforce_execution_quota(by, &execution).await?;
         if let Err(e) = self.submit(&task).await {
             execution.status = ExecutionStatus::Failed;
             execution.error = Some(format!("could not queue the command: {e}"));
@@ -698,7 +740,7 @@ impl Platform {
                     vm.name, vm.status
                 )));
             }
-            let (execution, task) = self.execute(&vm.id, &exec_req).await?;
+            let (execution, task) = self.execute(&vm.id, &exec_req, by).await?;
             return Ok(SmartExecution {
                 execution,
                 task,
@@ -714,7 +756,7 @@ impl Platform {
             ..Default::default()
         };
         // The execution is recorded now; vm:create queues it once the VM runs.
-        let mut execution = self.new_execution("", &exec_req.command, &exec_req.args);
+        let mut execution = self.new_execution("", &exec_req.command, &exec_req.args, by);
         let payload = ExecPayload {
             execution_id: execution.id.clone(),
             vm_id: String::new(),
@@ -890,12 +932,14 @@ impl Platform {
         command: &str,
         args: &[String],
         kind: &str,
+        by: Option<&Principal>,
     ) -> CoreResult<Execution> {
-        let mut execution = self.new_execution(vm_id, command, args);
+        let mut execution = self.new_execution(vm_id, command, args, by);
         execution.status = ExecutionStatus::Running;
         execution.started_at = Some(Utc::now());
         execution.metadata.insert("mode".into(), kind.into());
         self.store.insert_execution(&execution).await?;
+        self.enforce_execution_quota(by, &execution).await?;
         self.publish(
             EventType::ExecutionStarted,
             &execution.id,

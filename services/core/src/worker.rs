@@ -443,6 +443,17 @@ impl Worker {
                     tracing::warn!(vm_id = %sandbox.vm_id, "removing a sandbox with no VM record");
                     self.remove_sandbox(&sandbox.vm_id).await?;
                 }
+                // Placed again on another worker while this one was away (it went
+                // offline before making the VM): this half-made copy goes.
+                Some(vm)
+                    if vm
+                        .worker_id
+                        .as_deref()
+                        .is_some_and(|owner| owner != self.settings.id) =>
+                {
+                    tracing::warn!(vm_id = %vm.id, owner = ?vm.worker_id, "removing a sandbox whose VM is on another worker now");
+                    self.remove_sandbox(&vm.id).await?;
+                }
                 Some(vm) if matches!(vm.status, VmStatus::Running | VmStatus::Paused) => {
                     if let SandboxState::Exited {
                         exit_code,
@@ -928,6 +939,12 @@ impl Worker {
         let Some(mut vm) = store.get_vm(&payload.vm_id).await? else {
             return Ok(json!({"skipped": "the VM was deleted before it started"}));
         };
+        if let Some(owner) = vm.worker_id.as_deref()
+            && owner != self.settings.id
+        {
+            // Placed again on another worker while this one was away.
+            return Ok(json!({"skipped": format!("the VM is on worker {owner} now")}));
+        }
         match vm.status {
             VmStatus::Created | VmStatus::Starting => {}
             VmStatus::Running => return Ok(json!({"vm_id": vm.id, "status": vm.status})),
@@ -1105,6 +1122,12 @@ impl Worker {
                 return Ok(json!({"vm_id": vm_id, "snapshot_dir": dir.display().to_string()}));
             }
         };
+        // Two pauses (or resumes) asked at once both pass the API's check: the one
+        // that runs second finds the state it was asked for, and is done too.
+        let already = json!({"vm_id": vm_id, "status": to, "already": true});
+        if vm.status == to {
+            return Ok(already);
+        }
         if vm.status != from {
             return Err(TaskError::permanent(format!(
                 "VM {vm_id} is {}, not {from}",
@@ -1118,6 +1141,10 @@ impl Worker {
         // Not retried: a freeze or thaw that fails says something about the VM.
         result.map_err(|e| TaskError::permanent(e.to_string()))?;
         if !store.transition_vm(vm_id, &[from], to, None).await? {
+            let now = store.get_vm(vm_id).await?.map(|vm| vm.status);
+            if now == Some(to) {
+                return Ok(already);
+            }
             return Err(TaskError::permanent(format!(
                 "VM {vm_id} changed state meanwhile"
             )));

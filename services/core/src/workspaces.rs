@@ -465,13 +465,16 @@ impl Platform {
         }
     }
 
-    /// Waits (at most 30 s) for the worker to record the end of a cancelled prompt.
+    /// Waits (at most 5 s) for the worker to record the end of a cancelled prompt. An
+    /// agent that ignores the kill is dropped after the worker's grace period (30 s);
+    /// the caller is not held that long: it gets the prompt still `running`, and
+    /// `prompt.done` follows.
     async fn wait_until_prompt_finished(
         &self,
         workspace: &str,
         prompt_id: &str,
     ) -> CoreResult<Prompt> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let p = self.get_prompt(workspace, prompt_id).await?;
             if p.status.is_finished() || tokio::time::Instant::now() >= deadline {

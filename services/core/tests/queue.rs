@@ -344,6 +344,7 @@ async fn a_cancelled_task_is_never_leased_and_a_running_one_is_asked_to_stop() {
         completed_at: None,
         duration_ms: None,
         metadata: Default::default(),
+        created_by: None,
     };
     store.insert_execution(&execution).await.unwrap();
     let orphan = new_task(

@@ -115,6 +115,8 @@ conformance!(
     vm_lists_filter_and_page_in_a_stable_order,
     vm_transitions_are_compare_and_set,
     vms_are_counted_by_status,
+    vms_move_between_workers_only_before_they_are_made,
+    executions_are_counted_by_who_ran_them_and_deleted,
     executions_are_listed_paged_and_failed,
     executions_whose_task_was_lost_are_failed,
     tasks_are_read_listed_and_filtered,
@@ -158,6 +160,7 @@ fn vm(name: &str, created: DateTime<Utc>) -> Vm {
         disk_mb: Some(2048),
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: Some("/r".into()),
         socket_path: None,
@@ -187,6 +190,7 @@ fn execution(id: &str, vm_id: &str, created: DateTime<Utc>, status: ExecutionSta
         completed_at: None,
         duration_ms: None,
         metadata: Default::default(),
+        created_by: None,
     }
 }
 
@@ -445,6 +449,103 @@ async fn vm_transitions_are_compare_and_set(s: Subject) {
         let got = store.get_vm(&v.id).await.unwrap().unwrap();
         assert_eq!(got.status, winners[0]);
     }
+}
+
+async fn vms_move_between_workers_only_before_they_are_made(s: Subject) {
+    let store = s.store();
+    let mut v = vm("mover", at(0));
+    v.worker_id = Some("w1".into());
+    v.placement = Some(aetherium_types::Placement {
+        zone: Some("eu-1".into()),
+        labels: [("gpu".to_string(), "true".to_string())].into(),
+    });
+    store.insert_vm(&v).await.unwrap();
+    assert_eq!(
+        store.get_vm(&v.id).await.unwrap().unwrap().placement,
+        v.placement
+    );
+    // Only from the worker that has it.
+    assert!(!store.move_vm(&v.id, "w9", "w2").await.unwrap());
+    assert!(!store.move_vm("missing", "w1", "w2").await.unwrap());
+    // STARTING (half-made on a lost worker) moves, CREATED again, its socket forgotten.
+    assert!(
+        store
+            .transition_vm(&v.id, &[VmStatus::Created], VmStatus::Starting, None)
+            .await
+            .unwrap()
+    );
+    let mut starting = store.get_vm(&v.id).await.unwrap().unwrap();
+    starting.socket_path = Some("/run/w1/agent.sock".into());
+    store.update_vm(&starting).await.unwrap();
+    assert!(store.move_vm(&v.id, "w1", "w2").await.unwrap());
+    let moved = store.get_vm(&v.id).await.unwrap().unwrap();
+    assert_eq!(moved.worker_id.as_deref(), Some("w2"));
+    assert_eq!(moved.status, VmStatus::Created);
+    assert_eq!(moved.socket_path, None);
+    // A VM that runs stays where it is.
+    assert!(
+        store
+            .transition_vm(&v.id, &[VmStatus::Created], VmStatus::Running, None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.move_vm(&v.id, "w2", "w3").await.unwrap());
+    assert_eq!(
+        store
+            .get_vm(&v.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .worker_id
+            .as_deref(),
+        Some("w2")
+    );
+}
+
+async fn executions_are_counted_by_who_ran_them_and_deleted(s: Subject) {
+    let store = s.store();
+    let v = vm("counted", at(0));
+    store.insert_vm(&v).await.unwrap();
+    let statuses = [
+        ExecutionStatus::Pending,
+        ExecutionStatus::Running,
+        ExecutionStatus::Completed,
+        ExecutionStatus::Failed,
+    ];
+    for (i, status) in statuses.into_iter().enumerate() {
+        let mut e = execution(&format!("ck-{i}"), &v.id, at(i as i64), status);
+        e.created_by = Some("key-1".into());
+        store.insert_execution(&e).await.unwrap();
+    }
+    let mut other = execution("ck-other", &v.id, at(9), ExecutionStatus::Running);
+    other.created_by = Some("key-2".into());
+    store.insert_execution(&other).await.unwrap();
+    store
+        .insert_execution(&execution(
+            "ck-none",
+            &v.id,
+            at(10),
+            ExecutionStatus::Running,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.unfinished_executions_by("key-1").await.unwrap(), 2);
+    assert_eq!(store.unfinished_executions_by("key-2").await.unwrap(), 1);
+    assert_eq!(store.unfinished_executions_by("nobody").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .get_execution("ck-0")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_by
+            .as_deref(),
+        Some("key-1")
+    );
+    store.delete_execution("ck-0").await.unwrap();
+    assert!(store.get_execution("ck-0").await.unwrap().is_none());
+    assert_eq!(store.unfinished_executions_by("key-1").await.unwrap(), 1);
+    store.delete_execution("missing").await.unwrap();
 }
 
 async fn vms_are_counted_by_status(s: Subject) {
@@ -1054,6 +1155,7 @@ fn api_key(id: &str, created: DateTime<Utc>) -> ApiKey {
             max_vms: Some(3),
             max_vcpus: None,
             max_memory_mb: Some(4096),
+            max_concurrent_executions: Some(2),
         }),
     }
 }

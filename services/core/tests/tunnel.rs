@@ -657,6 +657,7 @@ fn vm_row(worker_id: &str, status: VmStatus) -> Vm {
         disk_mb: None,
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -46,6 +46,7 @@ fn vm(worker_id: &str, status: VmStatus, vcpus: u32, memory_mb: u64) -> Vm {
         disk_mb: None,
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -1549,6 +1549,11 @@ export interface components {
             completed_at?: string | null;
             /** Format: date-time */
             created_at: string;
+            /**
+             * @description The API key or user that ran it (a key's quota counts its unfinished
+             *     executions); absent for those the platform ran itself or made before.
+             */
+            created_by?: string | null;
             /** Format: int64 */
             duration_ms?: number | null;
             /** @description Set when the command could not run, timed out, or its output was cut. */
@@ -1617,6 +1622,12 @@ export interface components {
          *     once; each limit left out is not limited. A create over one is a 429 naming it.
          */
         KeyQuota: {
+            /**
+             * Format: int32
+             * @description Commands (queued, streamed or interactive) the key may have unfinished at
+             *     once.
+             */
+            max_concurrent_executions?: number | null;
             /** Format: int64 */
             max_memory_mb?: number | null;
             /** Format: int32 */
@@ -2017,6 +2028,7 @@ export interface components {
             env?: {
                 [key: string]: string;
             };
+            /** @description Image to run, as for `POST /vms`. */
             image?: string | null;
             /** Format: int64 */
             memory_mb?: number | null;
@@ -2144,7 +2156,7 @@ export interface components {
         TaskType: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
         /** @description `PATCH /api-keys/{id}`: sets (or with `null` removes) a key's quota. */
         UpdateApiKeyRequest: {
-            quota?: components["schemas"]["KeyQuota"] | null;
+            quota: components["schemas"]["KeyQuota"] | null;
         };
         /**
          * @description Changes to an environment: absent fields stay as they are. For `image`,
@@ -2226,6 +2238,7 @@ export interface components {
             name: string;
             network_policy?: components["schemas"]["NetworkPolicy"] | null;
             orchestrator: components["schemas"]["Orchestrator"];
+            placement?: components["schemas"]["Placement"] | null;
             rootfs_path?: string | null;
             socket_path?: string | null;
             /** Format: date-time */

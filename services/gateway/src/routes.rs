@@ -499,6 +499,7 @@ async fn wait_for_execution(
 )]
 pub async fn execute(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
     Json(req): Json<ExecuteCommandRequest>,
@@ -507,7 +508,7 @@ pub async fn execute(
     // A bad request is a 400 whatever VM it names.
     req.validate().map_err(ApiError::bad_request)?;
     let vm = resolve_vm(&state, &id).await?;
-    let (execution, task) = state.platform.execute(&vm.id, &req).await?;
+    let (execution, task) = state.platform.execute(&vm.id, &req, Some(&by)).await?;
     let execution_id = execution.id.clone();
     let (done, execution) = wait_for_execution(&state, execution, wait).await?;
     let status = match &execution {

@@ -560,6 +560,7 @@ async fn a_command_interrupted_mid_run_is_not_run_again() {
         completed_at: None,
         duration_ms: None,
         metadata: Default::default(),
+        created_by: None,
     };
     platform.store.insert_execution(&execution).await.unwrap();
     let payload = ExecPayload {
@@ -609,7 +610,7 @@ async fn direct_executions_cut_by_a_restart_are_marked_failed() {
     let vm_id = server.running_vm(&unique("cut")).await;
     let execution = server
         .platform()
-        .begin_direct_execution(&vm_id, "sleep", &["100".to_string()], "stream")
+        .begin_direct_execution(&vm_id, "sleep", &["100".to_string()], "stream", None)
         .await
         .unwrap();
     server.restart().await;

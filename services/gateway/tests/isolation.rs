@@ -755,7 +755,9 @@ async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
         .await;
     assert_eq!(status, 400, "a misspelt limit: {refused}");
 
-    let (key, key_id) = key_with_quota(&server, json!({"max_vms": 2, "max_vcpus": 3})).await;
+    // (vCPUs kept at most 2 a sandbox: a test host may have only 2 cores, and a
+    // sandbox cannot have more vCPUs than its worker has cores.)
+    let (key, key_id) = key_with_quota(&server, json!({"max_vms": 2, "max_vcpus": 2})).await;
     let create = |vcpus: u32| {
         server.call_as(
             &key,
@@ -767,13 +769,13 @@ async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
     let (status, first) = create(1).await;
     assert_eq!(status, 200, "{first}");
     let first = first["vm_id"].as_str().unwrap().to_string();
-    let (status, refused) = create(3).await;
-    assert_eq!(status, 429, "1 + 3 vCPUs: {refused}");
+    let (status, refused) = create(2).await;
+    assert_eq!(status, 429, "1 + 2 vCPUs: {refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("max_vcpus"),
         "{refused}"
     );
-    let (status, second) = create(2).await;
+    let (status, second) = create(1).await;
     assert_eq!(status, 200, "{second}");
     let (status, refused) = create(1).await;
     assert_eq!(status, 429, "a third sandbox: {refused}");
@@ -838,6 +840,96 @@ async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
     assert!(accepted <= 2, "{answers:?}");
     let (_, racers) = server.get(&format!("/vms?created_by={racer_id}")).await;
     assert_eq!(racers["total"], accepted, "{racers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_keys_quota_bounds_its_running_commands() {
+    let server = TestServer::start().await;
+    let (key, key_id) = key_with_quota(&server, json!({"max_concurrent_executions": 1})).await;
+    let (srv, key_ref) = (&server, key.as_str());
+    let as_key = move |method: reqwest::Method, path: String, body: Option<Value>| async move {
+        srv.call_as(key_ref, method, &format!("/api/v1{path}"), body)
+            .await
+    };
+    let (status, vm) = as_key(
+        reqwest::Method::POST,
+        "/vms?wait=90s".into(),
+        Some(json!({"vcpus": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{vm}");
+    let vm = vm["vm_id"].as_str().unwrap().to_string();
+    let exec = |script: &str, wait: &str| {
+        as_key(
+            reqwest::Method::POST,
+            format!("/vms/{vm}/execute{wait}"),
+            Some(json!({"command": "sh", "args": ["-c", script]})),
+        )
+    };
+
+    // One command running: the next one, queued or streamed, is refused.
+    let (status, long) = exec("sleep 4; echo first", "").await;
+    assert_eq!(status, 202, "{long}");
+    let long_id = long["execution_id"].as_str().unwrap().to_string();
+    let (status, refused) = exec("echo second", "?wait=30s").await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_executions"),
+        "{refused}"
+    );
+    let (status, refused) = as_key(
+        reqwest::Method::POST,
+        format!("/vms/{vm}/exec/stream"),
+        Some(json!({"command": "echo", "args": ["streamed"]})),
+    )
+    .await;
+    assert_eq!(status, 429, "{refused}");
+    // Another credential is not bound by this key's quota.
+    let (status, admins) = server
+        .post(
+            &format!("/vms/{vm}/execute?wait=30s"),
+            json!({"command": "echo", "args": ["admin"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{admins}");
+    // The refused ones were recorded nowhere; the accepted one is the key's.
+    let (_, history) = server.get(&format!("/vms/{vm}/executions")).await;
+    let commands: Vec<&Value> = history["executions"].as_array().unwrap().iter().collect();
+    assert_eq!(commands.len(), 2, "{history}");
+    let (_, first) = server.get(&format!("/executions/{long_id}")).await;
+    assert_eq!(first["created_by"], key_id.as_str(), "{first}");
+
+    // Once it ended, the key may run the next.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, first) = server.get(&format!("/executions/{long_id}")).await;
+        if first["status"] == "completed" {
+            assert_eq!(first["stdout"], "first\n", "{first}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{first}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, next) = exec("echo next", "?wait=30s").await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["execution"]["stdout"], "next\n", "{next}");
+
+    // Parallel commands never pass the quota together (at worst all are refused).
+    let answers =
+        futures::future::join_all((0..4).map(|_| exec("sleep 1; echo raced", "?wait=30s"))).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 200).count();
+    let refused = answers.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!(accepted + refused, 4, "{answers:?}");
+    assert!(accepted <= 1, "{answers:?}");
+    let (_, history) = server.get(&format!("/vms/{vm}/executions")).await;
+    assert_eq!(
+        history["executions"].as_array().unwrap().len(),
+        3 + accepted,
+        "{history}"
+    );
 }
 
 /// Waits until the host itself gets an answer from `url` (at most 10 s).

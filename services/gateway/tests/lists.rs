@@ -40,6 +40,7 @@ fn staged_vm(name: &str, created_at: DateTime<Utc>) -> Vm {
         disk_mb: None,
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,
@@ -185,6 +186,7 @@ async fn execution_and_task_pages_visit_every_row_once() {
             completed_at: None,
             duration_ms: None,
             metadata: Default::default(),
+            created_by: None,
         };
         platform.store.insert_execution(&e).await.unwrap();
         staged.push((e.created_at, e.id));

@@ -425,11 +425,11 @@ async fn a_microvm_backend_the_worker_does_not_offer_is_refused_clearly() {
     let vm = server
         .running_vm(&format!("pz-{}", &random_hex()[..8]))
         .await;
-    let (status, body) = server
-        .post(&format!("/vms/{vm}/pause?wait=30s"), json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["vm"]["status"], "PAUSED");
+    // Two pauses asked at once both pass the API's check (the VM is still RUNNING)
+    // and both end done: the second finds the state it wants.
+    twice_at_once(&server, &vm, "pause", "only a RUNNING VM can be paused").await;
+    let (_, body) = server.get(&format!("/vms/{vm}")).await;
+    assert_eq!(body["status"], "PAUSED", "{body}");
     let (status, body) = server.post(&format!("/vms/{vm}/pause"), json!({})).await;
     assert_eq!(status, 409, "pausing twice: {body}");
     let (status, body) = server.post(&format!("/vms/{vm}/snapshot"), json!({})).await;
@@ -441,11 +441,26 @@ async fn a_microvm_backend_the_worker_does_not_offer_is_refused_clearly() {
             .contains("cannot be snapshotted"),
         "{body}"
     );
-    let (status, body) = server
-        .post(&format!("/vms/{vm}/resume?wait=30s"), json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["vm"]["status"], "RUNNING");
+    twice_at_once(&server, &vm, "resume", "only a PAUSED VM can be resumed").await;
+    let (_, body) = server.get(&format!("/vms/{vm}")).await;
+    assert_eq!(body["status"], "RUNNING", "{body}");
     let (status, body) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// `POST /vms/{vm}/{action}` twice at once, each waiting: both done, or a 409 from
+/// the API's own state check (`refusal`) when the other got there first.
+async fn twice_at_once(server: &TestServer, vm: &str, action: &str, refusal: &str) {
+    let path = format!("/vms/{vm}/{action}?wait=30s");
+    let (first, second) =
+        tokio::join!(server.post(&path, json!({})), server.post(&path, json!({})));
+    for (status, body) in [first, second] {
+        if status == 409 {
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains(refusal), "{action}: {body}");
+        } else {
+            assert_eq!(status, 200, "{action}: {body}");
+            assert_eq!(body["status"], "completed", "{action}: {body}");
+        }
+    }
 }

@@ -305,6 +305,7 @@ async fn cancelling_tasks_that_have_not_started_or_have_finished() {
         completed_at: None,
         duration_ms: None,
         metadata: Default::default(),
+        created_by: None,
     };
     let payload = ExecPayload {
         execution_id: execution.id.clone(),

@@ -71,6 +71,7 @@ fn vm_row(worker_id: &str) -> Vm {
         disk_mb: Some(256),
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,

@@ -99,6 +99,7 @@ fn staged_vm(worker_id: &str) -> Vm {
         disk_mb: None,
         created_by: None,
         network_policy: None,
+        placement: None,
         kernel_path: None,
         rootfs_path: None,
         socket_path: None,
@@ -318,6 +319,32 @@ async fn placement_follows_labels_and_capacity_and_an_offline_worker_loses_its_v
         message.contains(&me) && message.contains(&other) && message.contains("placement"),
         "{message}"
     );
+    // More vCPUs than any worker has cores: Docker would refuse the limit on the
+    // worker, so it is refused here, 409 naming each worker's cores, and not recorded.
+    let my_cores = platform
+        .store
+        .get_worker(&me)
+        .await
+        .unwrap()
+        .unwrap()
+        .cpu_cores;
+    let too_many = my_cores.max(8) + 1;
+    let name = format!("too-wide-{}", &random_hex()[..8]);
+    let (status, body) = server
+        .post("/vms", json!({"name": name, "vcpus": too_many}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    conforms("post", "/api/v1/vms", 409, &body);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "{me} has {my_cores} CPU cores, {too_many} vCPUs asked"
+        )) && message.contains(&format!("{other} has 8 CPU cores")),
+        "{message}"
+    );
+    let (status, _) = server.get(&format!("/vms/{name}")).await;
+    assert_eq!(status, 404);
+
     // A zone selector, and a malformed one.
     let (status, body) = server
         .post("/vms", json!({"placement": {"zone": "zone-c"}}))
@@ -374,6 +401,7 @@ async fn placement_follows_labels_and_capacity_and_an_offline_worker_loses_its_v
         completed_at: None,
         duration_ms: None,
         metadata: Default::default(),
+        created_by: None,
     };
     platform.store.insert_execution(&execution).await.unwrap();
     let payload = ExecPayload {

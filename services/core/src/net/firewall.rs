@@ -7,6 +7,11 @@ use super::plan::{Rule, rule_deletions, tagged_rule_deletions};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// Our changes read a chain, then delete what they found: two at once (two policy
+/// changes of one sandbox) would both delete the same rule, and the second batch
+/// fail ("Bad rule"). `iptables -w` only serialises single commands.
+static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Turns on IPv4 forwarding if it is off.
 pub(crate) async fn enable_forwarding() -> Result<(), NetError> {
     let now = tokio::fs::read_to_string(IP_FORWARD)
@@ -83,6 +88,7 @@ pub(crate) async fn relay_with_chain(
     rules: &[Rule],
     own_chain: Option<(&str, &[String])>,
 ) -> Result<(), NetError> {
+    let _one_at_a_time = CHANGES.lock().await;
     let mut batch = String::from("*filter\n");
     if let Some((name, own_rules)) = own_chain {
         batch.push_str(&format!(":{name} - [0:0]\n"));
@@ -133,6 +139,7 @@ pub(crate) async fn remove_chain(chain: &str) -> Result<(), NetError> {
 
 /// Deletes every rule of `table`/`chain` that carries `tag`.
 pub(crate) async fn remove_tagged(table: &str, chain: &str, tag: &str) -> Result<(), NetError> {
+    let _one_at_a_time = CHANGES.lock().await;
     let listing = run("iptables", &["-w", "-t", table, "-S", chain]).await?;
     for deletion in tagged_rule_deletions(&listing, tag) {
         let mut argv = vec!["-w", "-t", table];

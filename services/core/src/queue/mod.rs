@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use self::redis::{ReconcileReport, RedisQueue, RedisQueueOptions, RetryPolicy};
+pub use self::redis::{
+    ReconcileReport, RedisQueue, RedisQueueOptions, RedisTls, RetryPolicy, redis_client,
+};
 pub use embedded::EmbeddedQueue;
 
 use crate::error::CoreResult;

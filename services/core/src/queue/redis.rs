@@ -95,6 +95,8 @@ pub struct RedisQueueOptions {
     pub archive_max: u64,
     /// A command that gets no answer within this fails as `Unavailable`.
     pub response_timeout: Duration,
+    /// TLS files for a `rediss://` URL (see [`redis_client`]).
+    pub tls: RedisTls,
 }
 
 impl Default for RedisQueueOptions {
@@ -109,8 +111,68 @@ impl Default for RedisQueueOptions {
             tombstone_ttl: Duration::from_secs(3600),
             archive_max: 10_000,
             response_timeout: Duration::from_secs(3),
+            tls: RedisTls::default(),
         }
     }
+}
+
+/// PEM files for Redis over TLS (`rediss://` URLs), each optional: the CA that signs
+/// the server's certificate (else the system's roots), and a client certificate and
+/// key for servers that ask for one (`tls-auth-clients`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// The one way a Redis client is made (queue and event bus alike). `redis://` is
+/// plain TCP; `rediss://` is TLS (rustls) that verifies the server's certificate
+/// and name against `tls.ca` or the system's roots. Errors never show the URL's
+/// password.
+pub fn redis_client(url: &str, tls: &RedisTls) -> CoreResult<redis::Client> {
+    let shown = crate::store::redact_url(url);
+    let bad = |e: &dyn std::fmt::Display| {
+        CoreError::InvalidInput(format!("bad Redis URL {shown:?}: {e}"))
+    };
+    let is_tls = url.starts_with("rediss://");
+    if !is_tls {
+        if *tls != RedisTls::default() {
+            return Err(CoreError::InvalidInput(format!(
+                "Redis TLS files are set but the URL {shown:?} is not rediss://"
+            )));
+        }
+        return redis::Client::open(url).map_err(|e| bad(&e));
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            CoreError::InvalidInput(format!(
+                "cannot read the Redis TLS {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "certificate")?,
+            client_key: read(key, "key")?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(CoreError::InvalidInput(
+                "a Redis TLS client certificate needs its key, and a key its certificate".into(),
+            ));
+        }
+    };
+    let root_cert = tls.ca.as_deref().map(|ca| read(ca, "CA")).transpose()?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| bad(&e))
 }
 
 /// A task hash's `state`, `outcome`, `error` and `retried` fields.
@@ -217,7 +279,8 @@ fn unsupported_state(what: &str) -> CoreError {
 }
 
 impl RedisQueue {
-    /// Connects to `url` (`redis://host:port/db`). The connection reconnects by
+    /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS with
+    /// `options.tls`). The connection reconnects by
     /// itself: while Redis is down every call fails with `Unavailable`, and works
     /// again once it is back, with no new queue handle.
     pub async fn connect(
@@ -225,8 +288,7 @@ impl RedisQueue {
         records: Arc<dyn TaskRecords>,
         options: RedisQueueOptions,
     ) -> CoreResult<RedisQueue> {
-        let client = redis::Client::open(url)
-            .map_err(|e| CoreError::InvalidInput(format!("bad redis url {url:?}: {e}")))?;
+        let client = redis_client(url, &options.tls)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(options.response_timeout))

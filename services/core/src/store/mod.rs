@@ -388,6 +388,10 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
     ) -> CoreResult<bool>;
     async fn delete_vm(&self, id: &str) -> CoreResult<()>;
+    /// Hands a VM not made yet (CREATED, or STARTING on a worker that died) from
+    /// worker `from` to worker `to`, CREATED again; only if `from` still has it (a
+    /// compare-and-set). Returns whether it moved.
+    async fn move_vm(&self, id: &str, from: &str, to: &str) -> CoreResult<bool>;
 
     async fn insert_execution(&self, execution: &Execution) -> CoreResult<()>;
     async fn get_execution(&self, id: &str) -> CoreResult<Option<Execution>>;
@@ -404,6 +408,10 @@ pub trait Store: Send + Sync + 'static {
     /// task left them so, and nothing else will ever end them.
     async fn fail_orphaned_executions(&self, before: DateTime<Utc>, error: &str)
     -> CoreResult<u64>;
+    /// How many executions `created_by` ran are unfinished (`pending` or `running`).
+    async fn unfinished_executions_by(&self, created_by: &str) -> CoreResult<u64>;
+    /// Removes an execution record (one refused before anything ran).
+    async fn delete_execution(&self, id: &str) -> CoreResult<()>;
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter, page: &Page) -> CoreResult<(Vec<Task>, u64)>;
@@ -533,6 +541,16 @@ pub(crate) const FAIL_ORPHANED_EXECUTIONS: &str = "UPDATE executions
      WHERE status IN ('pending', 'running') AND task_id IS NOT NULL AND created_at < $3
        AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = executions.task_id
          AND (t.status IN ('pending', 'running') OR t.completed_at >= $3))";
+
+/// The statement behind [`Store::move_vm`], the same on SQLite and PostgreSQL.
+pub(crate) const MOVE_VM: &str = "UPDATE vms SET worker_id = $1, status = 'CREATED',
+       socket_path = NULL, error = NULL
+     WHERE id = $2 AND worker_id = $3 AND status IN ('CREATED', 'STARTING')";
+
+/// The statement behind [`Store::unfinished_executions_by`], the same on SQLite and
+/// PostgreSQL.
+pub(crate) const UNFINISHED_EXECUTIONS_BY: &str = "SELECT COUNT(*) FROM executions
+     WHERE created_by = $1 AND status IN ('pending', 'running')";
 
 /// The statements behind [`Store::task_history`], the same on SQLite and PostgreSQL
 /// (times are ms integers; `$1` is the first minute's start, `$2` the end).

@@ -120,6 +120,9 @@ pub(crate) fn vm_from_row(row: &PgRow) -> CoreResult<Vm> {
                 "network_policy",
             )?
             .map(|p| p.0),
+        placement: row
+            .try_get::<Option<sqlx::types::Json<aetherium_types::Placement>>, _>("placement")?
+            .map(|p| p.0),
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -152,6 +155,7 @@ pub(crate) fn execution_from_row(row: &PgRow) -> CoreResult<Execution> {
         completed_at: opt_from_ms(row.try_get("completed_at")?),
         duration_ms: row.try_get("duration_ms")?,
         metadata: json_map(row.try_get("metadata")?),
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -237,8 +241,8 @@ impl Store for PgStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata, disk_mb, created_by, network_policy)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                stopped_at, metadata, disk_mb, created_by, network_policy, placement)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -259,6 +263,7 @@ impl Store for PgStore {
         .bind(vm.disk_mb.map(|mb| mb as i64))
         .bind(&vm.created_by)
         .bind(vm.network_policy.as_ref().map(sqlx::types::Json))
+        .bind(vm.placement.as_ref().map(sqlx::types::Json))
         .execute(&self.pool)
         .await;
         match result {
@@ -397,6 +402,17 @@ impl Store for PgStore {
         Ok(changed > 0)
     }
 
+    async fn move_vm(&self, id: &str, from: &str, to: &str) -> CoreResult<bool> {
+        let moved = sqlx::query(super::MOVE_VM)
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(moved > 0)
+    }
+
     async fn delete_vm(&self, id: &str) -> CoreResult<()> {
         sqlx::query("DELETE FROM vms WHERE id = $1")
             .bind(id)
@@ -408,8 +424,9 @@ impl Store for PgStore {
     async fn insert_execution(&self, e: &Execution) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO executions (id, vm_id, task_id, command, args, status, exit_code,
-                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata,
+                created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&e.id)
         .bind(&e.vm_id)
@@ -426,6 +443,7 @@ impl Store for PgStore {
         .bind(e.completed_at.map(to_ms))
         .bind(e.duration_ms)
         .bind(jsonb(&e.metadata))
+        .bind(&e.created_by)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -531,6 +549,22 @@ impl Store for PgStore {
             .await?
             .rows_affected();
         Ok(done)
+    }
+
+    async fn unfinished_executions_by(&self, created_by: &str) -> CoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(super::UNFINISHED_EXECUTIONS_BY)
+            .bind(created_by)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn delete_execution(&self, id: &str) -> CoreResult<()> {
+        sqlx::query("DELETE FROM executions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {

@@ -118,6 +118,9 @@ fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {
                 "network_policy",
             )?
             .map(|p| p.0),
+        placement: row
+            .try_get::<Option<sqlx::types::Json<aetherium_types::Placement>>, _>("placement")?
+            .map(|p| p.0),
         kernel_path: row.try_get("kernel_path")?,
         rootfs_path: row.try_get("rootfs_path")?,
         socket_path: row.try_get("socket_path")?,
@@ -149,6 +152,7 @@ fn execution_from_row(row: &SqliteRow) -> CoreResult<Execution> {
         completed_at: opt_from_ms(row.try_get("completed_at")?),
         duration_ms: row.try_get("duration_ms")?,
         metadata: json_map(row.try_get("metadata")?),
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -234,8 +238,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata, disk_mb, created_by, network_policy)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stopped_at, metadata, disk_mb, created_by, network_policy, placement)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -256,6 +260,7 @@ impl Store for SqliteStore {
         .bind(vm.disk_mb.map(|mb| mb as i64))
         .bind(&vm.created_by)
         .bind(vm.network_policy.as_ref().map(sqlx::types::Json))
+        .bind(vm.placement.as_ref().map(sqlx::types::Json))
         .execute(&self.pool)
         .await;
         match result {
@@ -389,6 +394,17 @@ impl Store for SqliteStore {
         Ok(changed > 0)
     }
 
+    async fn move_vm(&self, id: &str, from: &str, to: &str) -> CoreResult<bool> {
+        let moved = sqlx::query(super::MOVE_VM)
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(moved > 0)
+    }
+
     async fn delete_vm(&self, id: &str) -> CoreResult<()> {
         sqlx::query("DELETE FROM vms WHERE id = ?")
             .bind(id)
@@ -400,8 +416,9 @@ impl Store for SqliteStore {
     async fn insert_execution(&self, e: &Execution) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO executions (id, vm_id, task_id, command, args, status, exit_code,
-                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stdout, stderr, error, created_at, started_at, completed_at, duration_ms, metadata,
+                created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&e.id)
         .bind(&e.vm_id)
@@ -418,6 +435,7 @@ impl Store for SqliteStore {
         .bind(e.completed_at.map(to_ms))
         .bind(e.duration_ms)
         .bind(to_json(&e.metadata))
+        .bind(&e.created_by)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -520,6 +538,22 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
         Ok(done)
+    }
+
+    async fn unfinished_executions_by(&self, created_by: &str) -> CoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(super::UNFINISHED_EXECUTIONS_BY)
+            .bind(created_by)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn delete_execution(&self, id: &str) -> CoreResult<()> {
+        sqlx::query("DELETE FROM executions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn get_task(&self, id: &str) -> CoreResult<Option<Task>> {

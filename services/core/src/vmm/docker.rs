@@ -140,6 +140,15 @@ fn map_err(e: bollard::errors::Error) -> BackendError {
     }
 }
 
+/// Docker's answer whose message says `what` (its wording for a state conflict:
+/// a 409 for "already paused", a 500 for "is not paused").
+fn is_conflict_saying(e: &bollard::errors::Error, what: &str) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains(what)
+    )
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -833,16 +842,21 @@ impl Backend for DockerBackend {
 
     /// `docker pause`: the cgroup freezer stops every process of the container.
     async fn pause(&self, vm_id: &str) -> Result<(), BackendError> {
-        self.client()?
-            .pause_container(&container_name(vm_id))
-            .await
-            .map_err(map_err)
+        match self.client()?.pause_container(&container_name(vm_id)).await {
+            // Two pauses queued at once: the second finds the state it wants.
+            Err(e) if is_conflict_saying(&e, "already paused") => Ok(()),
+            other => other.map_err(map_err),
+        }
     }
 
     async fn resume(&self, vm_id: &str) -> Result<(), BackendError> {
-        self.client()?
+        match self
+            .client()?
             .unpause_container(&container_name(vm_id))
             .await
-            .map_err(map_err)
+        {
+            Err(e) if is_conflict_saying(&e, "is not paused") => Ok(()),
+            other => other.map_err(map_err),
+        }
     }
 }

@@ -134,6 +134,7 @@ pub fn start_request(req: &ExecuteCommandRequest) -> StartRequest {
 )]
 pub async fn exec_stream(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(req): Json<ExecuteCommandRequest>,
@@ -146,7 +147,7 @@ pub async fn exec_stream(
         .unwrap_or(state.platform.defaults.exec_timeout_seconds);
     let mut execution = state
         .platform
-        .begin_direct_execution(&vm.id, &req.command, &req.args, "stream")
+        .begin_direct_execution(&vm.id, &req.command, &req.args, "stream", Some(&by))
         .await?;
     let capture = Capture::new(state.output_cap_bytes);
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);

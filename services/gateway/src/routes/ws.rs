@@ -165,6 +165,7 @@ fn validate_size(cols: u32, rows: u32) -> Result<(), ApiError> {
 )]
 pub async fn exec_ws(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -183,6 +184,7 @@ pub async fn exec_ws(
         agent,
         vm_id: vm.id,
         params,
+        by,
     };
     Ok(upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
@@ -238,6 +240,8 @@ struct Session {
     agent: AgentClient,
     vm_id: String,
     params: SessionParams,
+    /// Who opened the session (the execution is theirs; a key's quota counts it).
+    by: aetherium_types::Principal,
 }
 
 impl Session {
@@ -267,7 +271,13 @@ impl Session {
         // Recorded once the session exists, so a failed upgrade leaves no row behind.
         let request = &self.params.request;
         let mut execution = match platform
-            .begin_direct_execution(&self.vm_id, &request.command, &request.args, "interactive")
+            .begin_direct_execution(
+                &self.vm_id,
+                &request.command,
+                &request.args,
+                "interactive",
+                Some(&self.by),
+            )
             .await
         {
             Ok(execution) => execution,
