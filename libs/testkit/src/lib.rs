@@ -2,7 +2,8 @@
 //! its own, on a free loopback port in a temp dir, stopped (by pid) when dropped.
 //! Also [`standin::standin_agent_image`]: a Docker image with a stand-in coding-agent
 //! CLI for workspace tests, and [`tls::TestPki`]: certificates for servers that
-//! speak TLS. Dev-dependency only.
+//! speak TLS, and [`tools`]: tool tarballs and recipes for installer tests.
+//! Dev-dependency only.
 //!
 //! Requirements on the host:
 //! - [`postgres::TempPostgres`]: PostgreSQL's server binaries (`initdb`, `postgres`,
@@ -17,6 +18,7 @@ pub mod postgres;
 pub mod redis;
 pub mod standin;
 pub mod tls;
+pub mod tools;
 
 pub use fileserver::{FileServer, docker_gateway};
 pub use paths::{agent_bin, kernel_dir, static_agent_bin, test_image, test_images_dir};
@@ -77,6 +79,9 @@ pub fn remove_sandbox_rules(container_ids: &[String]) {
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     for vm_id in &vm_ids {
         let tag = format!("aetherium-vm:{vm_id}");
+        // The sandbox's policy chain is the target of its tagged jump (its name is
+        // the worker's business; it is read, not rebuilt, here).
+        let mut chains = Vec::new();
         for rule in listing
             .lines()
             .filter(|l| l.starts_with("-A ") && l.contains(&tag))
@@ -85,18 +90,19 @@ pub fn remove_sandbox_rules(container_ids: &[String]) {
                 .split_whitespace()
                 .map(|w| w.trim_matches('"').to_string())
                 .collect();
+            if let Some(target) = words.windows(2).find(|w| w[0] == "-j").map(|w| &w[1])
+                && target.starts_with("aeth-vm-")
+            {
+                chains.push(target.clone());
+            }
             let mut args = vec!["-D"];
             args.extend(words.iter().map(String::as_str));
             iptables(&args);
         }
-        let digits: String = vm_id
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(16)
-            .collect();
-        let chain = format!("aeth-vm-{digits}");
-        iptables(&["-F", &chain]);
-        iptables(&["-X", &chain]);
+        for chain in chains {
+            iptables(&["-F", &chain]);
+            iptables(&["-X", &chain]);
+        }
     }
 }
 

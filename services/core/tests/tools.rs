@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aetherium_testkit::FileServer;
+use aetherium_testkit::tools::{append_sha256, tool_recipe, tool_tarball};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,56 +24,6 @@ use aetherium_types::agent::{ProcessConfig, StartRequest};
 
 // ---------------------------------------------------------------------------------
 // Fixtures: an HTTP file server, tarballs, a test catalog.
-
-/// `<dir>/<tool>-<version>.tar.gz` holding `bin/<tool>`, a script printing
-/// `<tool> <version>`.
-fn build_tarball(dir: &Path, tool: &str, version: &str) {
-    let staging = tempfile::tempdir().unwrap();
-    let bin = staging.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let script = bin.join(tool);
-    std::fs::write(&script, format!("#!/bin/sh\necho \"{tool} {version}\"\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let archive = dir.join(format!("{tool}-{version}.tar.gz"));
-    let status = std::process::Command::new("tar")
-        .arg("-czf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(staging.path())
-        .arg("bin")
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// A recipe that installs `bin/<tool>` from the fixture server into /usr/local.
-fn fixture_recipe(tool: &str, requires: &[&str]) -> String {
-    let requires: Vec<String> = requires.iter().map(|r| format!("{r:?}")).collect();
-    format!(
-        r#"name = "{tool}"
-description = "a test tool from the fixture server"
-default_version = "1.0.0"
-requires = [{requires}]
-timeout_seconds = 60
-verify = '''
-test "$({tool} 2>/dev/null)" = "{tool} {{version}}"
-'''
-install = '''
-fetch "{{source.tarball}}" "$WORK/{tool}.tar.gz"
-tar -xzf "$WORK/{tool}.tar.gz" -C /usr/local --no-same-owner
-'''
-
-[sources]
-tarball = "{{mirror.fixture}}/{tool}-{{version}}.tar.gz"
-
-[mirrors]
-# Unreachable on purpose: the test points the mirror at its own server.
-fixture = "http://127.0.0.1:9"
-"#,
-        requires = requires.join(", ")
-    )
-}
 
 /// Sleeps far past its two-second limit; the marker argument finds its process.
 const SLOW_RECIPE: &str = r#"name = "slow"
@@ -91,12 +42,12 @@ fn test_catalog() -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("hello.toml"),
-        fixture_recipe("hello", &["hello-dep"]),
+        tool_recipe("hello", &["hello-dep"]),
     )
     .unwrap();
     std::fs::write(
         dir.path().join("hello-dep.toml"),
-        fixture_recipe("hello-dep", &[]),
+        tool_recipe("hello-dep", &[]),
     )
     .unwrap();
     std::fs::write(dir.path().join("slow.toml"), SLOW_RECIPE).unwrap();
@@ -168,6 +119,12 @@ impl Sandbox {
         sandbox
     }
 
+    /// How many installer scratch directories (`mktemp -d`) are left in /tmp.
+    async fn scratch_dirs(&self) -> usize {
+        let count = self.sh("ls -d /tmp/tmp.* 2>/dev/null | wc -l").await;
+        count.trim().parse().unwrap()
+    }
+
     /// Runs `sh -c script` in the sandbox; its stdout.
     async fn sh(&self, script: &str) -> String {
         let request = StartRequest {
@@ -209,6 +166,14 @@ fn plan(catalog: &Catalog, specs: &[&str], sources: &ToolSources) -> InstallPlan
         .unwrap()
 }
 
+/// The error message of an install that must fail.
+async fn refused(sandbox: &Sandbox, plan: &InstallPlan) -> String {
+    install(&sandbox.agent, plan, &recorder().1)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// Collects progress events as `"<kind> <tool>@<version>"`.
 fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(ToolProgress) + Send + Sync) {
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -230,9 +195,9 @@ fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(ToolProgress) + Send + Sync) 
 #[tokio::test]
 async fn installs_in_order_idempotently_and_reports_failures_with_output() {
     let files = tempfile::tempdir().unwrap();
-    build_tarball(files.path(), "hello", "1.0.0");
-    build_tarball(files.path(), "hello", "2.0.0");
-    build_tarball(files.path(), "hello-dep", "1.0.0");
+    tool_tarball(files.path(), "hello", "1.0.0");
+    tool_tarball(files.path(), "hello", "2.0.0");
+    tool_tarball(files.path(), "hello-dep", "1.0.0");
     let server = FileServer::start(
         files.path().to_path_buf(),
         std::net::Ipv4Addr::LOCALHOST.into(),
@@ -278,13 +243,7 @@ async fn installs_in_order_idempotently_and_reports_failures_with_output() {
     assert_eq!(server.hits("/hello-1.0.0.tar.gz"), 1);
     assert_eq!(server.hits("/hello-dep-1.0.0.tar.gz"), 1);
     // The scratch directory went with the script.
-    assert_eq!(
-        sandbox
-            .sh("ls -d /tmp/tmp.* 2>/dev/null | wc -l")
-            .await
-            .trim(),
-        "0"
-    );
+    assert_eq!(sandbox.scratch_dirs().await, 0);
 
     // Again: verify passes, nothing is downloaded.
     let (events, record) = recorder();
@@ -355,6 +314,39 @@ async fn installs_in_order_idempotently_and_reports_failures_with_output() {
     );
     // The earlier version is still there.
     assert_eq!(sandbox.sh("hello").await, "hello 2.0.0\n");
+
+    // A download that is not what its publisher listed (a tampered or corrupted
+    // file on the mirror) is refused before it is unpacked.
+    tool_tarball(files.path(), "hello", "3.0.0");
+    let tampered = files.path().join("hello-3.0.0.tar.gz");
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(&tampered, bytes).unwrap();
+    let err = refused(&sandbox, &plan(&catalog, &["hello@3.0.0"], &sources)).await;
+    assert!(
+        err.contains("checksum mismatch for hello-3.0.0.tar.gz: expected sha256 "),
+        "{err}"
+    );
+    assert_eq!(server.hits("/hello-3.0.0.tar.gz"), 1);
+    assert_eq!(sandbox.sh("hello").await, "hello 2.0.0\n");
+    // A file its sums file does not list.
+    let unlisted = files.path().join("hello-4.0.0.tar.gz");
+    std::fs::copy(files.path().join("hello-2.0.0.tar.gz"), &unlisted).unwrap();
+    let err = refused(&sandbox, &plan(&catalog, &["hello@4.0.0"], &sources)).await;
+    assert!(
+        err.contains("SHA256SUMS does not list hello-4.0.0.tar.gz"),
+        "{err}"
+    );
+    // A mirror without sums files.
+    std::fs::remove_file(files.path().join("SHA256SUMS")).unwrap();
+    let err = refused(&sandbox, &plan(&catalog, &["hello@1.0.0"], &sources)).await;
+    assert!(
+        err.contains("cannot download the checksums of hello-1.0.0.tar.gz"),
+        "{err}"
+    );
+    assert_eq!(sandbox.sh("hello").await, "hello 2.0.0\n");
+    // No scratch files were left by any of them.
+    assert_eq!(sandbox.scratch_dirs().await, 0);
 }
 
 #[tokio::test]
@@ -398,13 +390,7 @@ async fn a_recipe_past_its_timeout_is_killed() {
         !processes.lines().any(|l| l.trim() == "sleep 4321"),
         "{processes}"
     );
-    assert_eq!(
-        sandbox
-            .sh("ls -d /tmp/tmp.* 2>/dev/null | wc -l")
-            .await
-            .trim(),
-        "0"
-    );
+    assert_eq!(sandbox.scratch_dirs().await, 0);
 }
 
 #[test]
@@ -482,17 +468,29 @@ async fn builtin_recipes_install_from_mirrors() {
             &format!("{node_dir}/share/doc"),
         ],
     );
-    build_tree(
-        &root.join(format!("go/go1.25.4.linux-{debian}.tar.gz")),
-        &[
-            (
-                "go/bin/go",
-                "#!/bin/sh\necho \"go version go1.25.4 linux/$(uname -m)\"\n",
-            ),
-            ("go/bin/gofmt", "#!/bin/sh\n"),
-        ],
-        &[],
+    append_sha256(
+        &root.join(format!("node/v22.12.0/{node_dir}.tar.gz")),
+        &root.join("node/v22.12.0/SHASUMS256.txt"),
     );
+    // Go's .sha256 holds the sum alone; uv's "<sum> *<name>".
+    for version in ["1.24.0", "1.25.4"] {
+        let go_tarball = root.join(format!("go/go{version}.linux-{debian}.tar.gz"));
+        build_tree(
+            &go_tarball,
+            &[
+                (
+                    "go/bin/go",
+                    &format!("#!/bin/sh\necho \"go version go{version} linux/$(uname -m)\"\n"),
+                ),
+                ("go/bin/gofmt", "#!/bin/sh\n"),
+            ],
+            &[],
+        );
+        let sums = go_tarball.with_extension("gz.sha256");
+        append_sha256(&go_tarball, &sums);
+        let line = std::fs::read_to_string(&sums).unwrap();
+        std::fs::write(&sums, line.split_whitespace().next().unwrap()).unwrap();
+    }
     let uv_dir = format!("uv-{uname}-unknown-linux-gnu");
     build_tree(
         &root.join(format!("uv/0.9.11/{uv_dir}.tar.gz")),
@@ -505,6 +503,11 @@ async fn builtin_recipes_install_from_mirrors() {
         ],
         &[],
     );
+    let uv_tarball = root.join(format!("uv/0.9.11/{uv_dir}.tar.gz"));
+    let uv_sums = uv_tarball.with_extension("gz.sha256");
+    append_sha256(&uv_tarball, &uv_sums);
+    let line = std::fs::read_to_string(&uv_sums).unwrap();
+    std::fs::write(&uv_sums, line.replace("  ", " *")).unwrap();
     let server = FileServer::start(root.to_path_buf(), std::net::Ipv4Addr::LOCALHOST.into());
     let mut sources = ToolSources::new();
     for (mirror, path) in [
@@ -521,7 +524,7 @@ async fn builtin_recipes_install_from_mirrors() {
     catalog.check_sources(&sources).unwrap();
     let sandbox = Sandbox::start("builtin").await;
 
-    let specs = ["claude-code", "nodejs@22.12.0", "go@1.25.4", "uv@0.9.11"];
+    let specs = ["claude-code", "nodejs@22.12.0", "go@1.24.0", "uv@0.9.11"];
     let outcomes = install(
         &sandbox.agent,
         &plan(&catalog, &specs, &sources),
@@ -538,7 +541,7 @@ async fn builtin_recipes_install_from_mirrors() {
         [
             ("nodejs", "22.12.0", ToolStatus::Installed),
             ("claude-code", "latest", ToolStatus::Installed),
-            ("go", "1.25.4", ToolStatus::Installed),
+            ("go", "1.24.0", ToolStatus::Installed),
             ("uv", "0.9.11", ToolStatus::Installed),
         ]
     );
@@ -546,7 +549,7 @@ async fn builtin_recipes_install_from_mirrors() {
         sandbox
             .sh("node --version; claude --version; go version | cut -d' ' -f3; uv --version; ls /usr/local/bin")
             .await,
-        "v22.12.0\n2.0.1 (Claude Code)\ngo1.25.4\nuv 0.9.11 (stand-in)\n\
+        "v22.12.0\n2.0.1 (Claude Code)\ngo1.24.0\nuv 0.9.11 (stand-in)\n\
          claude\ngo\ngofmt\nnode\nnpm\nuv\nuvx\n"
     );
     assert_eq!(
@@ -564,6 +567,22 @@ async fn builtin_recipes_install_from_mirrors() {
     .await
     .unwrap();
     assert!(again.iter().all(|o| o.status == ToolStatus::AlreadyPresent));
+
+    // The default version's sum is pinned in the recipe: a mirror serving another
+    // file for it is refused, though its own .sha256 agrees with that file.
+    let err = refused(&sandbox, &plan(&catalog, &["go@1.25.4"], &sources)).await;
+    let pinned = &catalog.get("go").unwrap().sha256[&format!("tarball@1.25.4/{uname}")];
+    assert!(
+        err.contains(&format!(
+            "checksum mismatch for go1.25.4.linux-{debian}.tar.gz: expected sha256 {pinned}, got "
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        server.hits(&format!("/go/go1.25.4.linux-{debian}.tar.gz.sha256")),
+        0
+    );
+    assert_eq!(sandbox.sh("go version | cut -d' ' -f3").await, "go1.24.0\n");
 }
 
 /// Removes a test image by its tag when the test ends, whatever happens.
@@ -580,8 +599,8 @@ impl Drop for ImageGuard {
 #[tokio::test]
 async fn bake_installs_tools_once_into_an_image() {
     let files = tempfile::tempdir().unwrap();
-    build_tarball(files.path(), "hello", "1.0.0");
-    build_tarball(files.path(), "hello-dep", "1.0.0");
+    tool_tarball(files.path(), "hello", "1.0.0");
+    tool_tarball(files.path(), "hello-dep", "1.0.0");
     let server = FileServer::start(
         files.path().to_path_buf(),
         std::net::Ipv4Addr::LOCALHOST.into(),

@@ -17,6 +17,7 @@ use aetherium_common::Config;
 use aetherium_core::error::CoreError;
 use aetherium_core::runtime::EmbeddedRuntime;
 use aetherium_core::services::Platform;
+use aetherium_testkit::tools::{tool_recipe, tool_tarball};
 use aetherium_testkit::{agent_bin, standin_agent_image};
 use aetherium_types::agent::{ProcessConfig, StartRequest};
 use aetherium_types::workspace::{PrepStepStatus, WorkspaceSecretInput, WorkspaceSecretType};
@@ -82,45 +83,6 @@ fn git_repo(root: &Path) {
     git(&bare, &["update-server-info"]);
 }
 
-/// `<root>/hello-1.0.0.tar.gz` holding `bin/hello`.
-fn hello_tarball(root: &Path) {
-    let staging = tempfile::tempdir().unwrap();
-    let bin = staging.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let script = bin.join("hello");
-    std::fs::write(&script, "#!/bin/sh\necho \"hello 1.0.0\"\n").unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let status = Command::new("tar")
-        .arg("-czf")
-        .arg(root.join("hello-1.0.0.tar.gz"))
-        .arg("-C")
-        .arg(staging.path())
-        .arg("bin")
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-const HELLO_RECIPE: &str = r#"name = "hello"
-description = "a test tool from the fixture server"
-default_version = "1.0.0"
-timeout_seconds = 60
-verify = '''
-test "$(hello 2>/dev/null)" = "hello {version}"
-'''
-install = '''
-fetch "{source.tarball}" "$WORK/hello.tar.gz"
-tar -xzf "$WORK/hello.tar.gz" -C /usr/local --no-same-owner
-'''
-
-[sources]
-tarball = "{mirror.fixture}/hello-{version}.tar.gz"
-
-[mirrors]
-fixture = "http://127.0.0.1:9"
-"#;
-
 /// An embedded platform (its own data dir and worker) whose sandboxes run the
 /// stand-in image, plus the fixture server.
 struct Env {
@@ -139,10 +101,10 @@ impl Env {
         let served = fixtures.path().join("served");
         std::fs::create_dir_all(&served).unwrap();
         git_repo(&served);
-        hello_tarball(&served);
+        tool_tarball(&served, "hello", "1.0.0");
         let catalog = fixtures.path().join("catalog");
         std::fs::create_dir_all(&catalog).unwrap();
-        std::fs::write(catalog.join("hello.toml"), HELLO_RECIPE).unwrap();
+        std::fs::write(catalog.join("hello.toml"), tool_recipe("hello", &[])).unwrap();
         let addr = file_server(served);
 
         let data_dir = tempfile::tempdir().unwrap();

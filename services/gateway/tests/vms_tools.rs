@@ -10,58 +10,20 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use aetherium_testkit::tools::{tool_recipe, tool_tarball};
 use aetherium_testkit::{FileServer, docker_gateway};
 use common::{TestServer, docker_ids, random_hex};
 use serde_json::json;
 
-/// `<root>/vmhello-1.0.0.tar.gz` holding `bin/vmhello`, and a catalog dir with two
-/// recipes on mirror `fixture`: `vmhello`, and `vmbroken`, whose tarball the server
-/// does not have (its download is a 404).
+/// `<root>/vmhello-1.0.0.tar.gz` (with its sum) and a catalog dir with two recipes
+/// on mirror `fixture`: `vmhello`, and `vmbroken`, whose tarball the server does not
+/// have (its download is a 404).
 fn tool_fixture(root: &Path) -> PathBuf {
-    let staging = root.join("staging");
-    let bin = staging.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("vmhello");
-    std::fs::write(&script, "#!/bin/sh\necho \"vmhello 1.0.0\"\n").unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = std::process::Command::new("tar")
-        .args(["-czf", "vmhello-1.0.0.tar.gz", "-C", "staging", "bin"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tool_tarball(root, "vmhello", "1.0.0");
     let catalog = root.join("catalog");
     std::fs::create_dir_all(&catalog).unwrap();
     for name in ["vmhello", "vmbroken"] {
-        std::fs::write(
-            catalog.join(format!("{name}.toml")),
-            format!(
-                r#"name = "{name}"
-description = "a test tool from the fixture server"
-default_version = "1.0.0"
-timeout_seconds = 60
-verify = '''
-test "$({name} 2>/dev/null)" = "{name} {{version}}"
-'''
-install = '''
-fetch "{{source.tarball}}" "$WORK/{name}.tar.gz"
-tar -xzf "$WORK/{name}.tar.gz" -C /usr/local --no-same-owner
-'''
-
-[sources]
-tarball = "{{mirror.fixture}}/{name}-{{version}}.tar.gz"
-
-[mirrors]
-fixture = "http://127.0.0.1:9"
-"#
-            ),
-        )
-        .unwrap();
+        std::fs::write(catalog.join(format!("{name}.toml")), tool_recipe(name, &[])).unwrap();
     }
     catalog
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aetherium_testkit::tools::{tool_recipe, tool_tarball};
 use common::{TestServer, random_hex};
 use futures::SinkExt as _;
 use serde_json::{Value, json};
@@ -69,51 +70,13 @@ fn git_fixture(root: &Path) {
     run("git", &["update-server-info"], &root.join("repo.git"));
 }
 
-/// `<root>/hello-1.0.0.tar.gz` holding `bin/hello`, and a catalog dir with its
-/// recipe (mirror `fixture`).
+/// `<root>/wshello-1.0.0.tar.gz` (with its sum) and a catalog dir with its recipe
+/// (mirror `fixture`).
 fn tool_fixture(root: &Path) -> PathBuf {
-    let staging = root.join("staging");
-    let bin = staging.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("wshello");
-    std::fs::write(&script, "#!/bin/sh\necho \"wshello 1.0.0\"\n").unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    run(
-        "tar",
-        &[
-            "-czf",
-            root.join("wshello-1.0.0.tar.gz").to_str().unwrap(),
-            "-C",
-            staging.to_str().unwrap(),
-            "bin",
-        ],
-        root,
-    );
+    tool_tarball(root, "wshello", "1.0.0");
     let catalog = root.join("catalog");
     std::fs::create_dir_all(&catalog).unwrap();
-    std::fs::write(
-        catalog.join("wshello.toml"),
-        r#"name = "wshello"
-description = "a test tool from the fixture server"
-default_version = "1.0.0"
-timeout_seconds = 60
-verify = '''
-test "$(wshello 2>/dev/null)" = "wshello {version}"
-'''
-install = '''
-fetch "{source.tarball}" "$WORK/wshello.tar.gz"
-tar -xzf "$WORK/wshello.tar.gz" -C /usr/local --no-same-owner
-'''
-
-[sources]
-tarball = "{mirror.fixture}/wshello-{version}.tar.gz"
-
-[mirrors]
-fixture = "http://127.0.0.1:9"
-"#,
-    )
-    .unwrap();
+    std::fs::write(catalog.join("wshello.toml"), tool_recipe("wshello", &[])).unwrap();
     catalog
 }
 

@@ -73,6 +73,15 @@ pub struct Recipe {
     /// [`ToolSources`].
     #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
+    /// Source name → URL template of the file where the publisher lists the
+    /// SHA-256 sums of its downloads (`SHASUMS256.txt`, `<file>.sha256`).
+    /// Rendered like the sources; `{source.<name>}` may be used too.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+    /// Pinned sums, trusted over any sums file: `"<source>@<version>/<arch>"` →
+    /// lowercase hex SHA-256 (`arch` as `uname -m`: `x86_64`, `aarch64`).
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
 }
 
 fn default_timeout_seconds() -> u64 {
@@ -468,11 +477,84 @@ fn parse_recipe(origin: &str, file_stem: &str, text: &str) -> Result<Recipe, Too
     for (name, url) in &recipe.mirrors {
         check_mirror_url(name, url).map_err(|e| invalid(e.to_string()))?;
     }
+    check_checksums(&recipe).map_err(invalid)?;
     for arch in [Arch::X86_64, Arch::Aarch64] {
         render_tool(&recipe, &recipe.default_version, arch, &ToolSources::new())
             .map_err(|e| invalid(e.to_string()))?;
     }
     Ok(recipe)
+}
+
+/// How a recipe's checksums hold together: sums files only for its sources, pins
+/// well formed and for its sources, and every source verifiable one way or the
+/// other (every download is checked: `fetch` refuses a URL it has no sum for).
+fn check_checksums(recipe: &Recipe) -> Result<(), String> {
+    for name in recipe.checksums.keys() {
+        if !recipe.sources.contains_key(name) {
+            return Err(format!("checksums: {name:?} is not one of the sources"));
+        }
+    }
+    for (key, sum) in &recipe.sha256 {
+        let pin = PinKey::parse(key).ok_or_else(|| {
+            format!("sha256: {key:?} is not \"<source>@<version>/<arch>\" (arch x86_64 or aarch64)")
+        })?;
+        if !recipe.sources.contains_key(pin.source) {
+            return Err(format!("sha256: {key:?} names no source of the recipe"));
+        }
+        check_version(pin.version).map_err(|r| format!("sha256: {key:?}: {r}"))?;
+        if sum.len() != 64
+            || !sum
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!("sha256: {key:?} is not 64 lowercase hex digits"));
+        }
+    }
+    for name in recipe.sources.keys() {
+        let pinned = recipe
+            .sha256
+            .keys()
+            .filter_map(|k| PinKey::parse(k))
+            .any(|pin| pin.source == name);
+        if !pinned && !recipe.checksums.contains_key(name) {
+            return Err(format!(
+                "source {name:?} has no checksum: give its publisher's sums file under [checksums] or pin versions under [sha256]"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `[sha256]` key: `<source>@<version>/<arch>`.
+struct PinKey<'a> {
+    source: &'a str,
+    version: &'a str,
+    arch: Arch,
+}
+
+impl<'a> PinKey<'a> {
+    fn parse(key: &'a str) -> Option<PinKey<'a>> {
+        let (source, rest) = key.split_once('@')?;
+        let (version, arch) = rest.rsplit_once('/')?;
+        let arch = [Arch::X86_64, Arch::Aarch64]
+            .into_iter()
+            .find(|a| a.uname() == arch)?;
+        Some(PinKey {
+            source,
+            version,
+            arch,
+        })
+    }
+}
+
+/// How a download is checked before anything uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadCheck {
+    /// The SHA-256 the recipe pins for this version and architecture.
+    Pinned(String),
+    /// The sum listed for the file's name in this sums file (fetched at install
+    /// time, from the same mirror unless the recipe says otherwise).
+    SumsFile(String),
 }
 
 /// What installing one tool takes, scripts rendered.
@@ -485,6 +567,8 @@ pub struct PlannedTool {
     pub timeout: Duration,
     pub(super) verify: String,
     pub(super) install: String,
+    /// Every URL the install may `fetch`, with how its download is checked.
+    pub(super) downloads: BTreeMap<String, DownloadCheck>,
     /// Mirror credentials, cut from any output before it is kept.
     pub(super) secrets: Vec<String>,
 }
@@ -499,6 +583,28 @@ impl PlannedTool {
     /// mirror credentials: never log it.
     pub fn install_script(&self) -> &str {
         &self.install
+    }
+
+    /// Each URL the install may download, with how the download is checked.
+    pub fn downloads(&self) -> &BTreeMap<String, DownloadCheck> {
+        &self.downloads
+    }
+
+    /// The shell function the prelude's `fetch` asks for a URL's expected sum:
+    /// `sha256 <hex>`, `sums <url of a sums file>`, or `none` (then `fetch`
+    /// refuses the download). URLs are safe inside double quotes (checked when
+    /// rendered).
+    pub(super) fn expected_sha256_function(&self) -> String {
+        let mut function = String::from("expected_sha256() {\n  case \"$1\" in\n");
+        for (url, check) in &self.downloads {
+            let answer = match check {
+                DownloadCheck::Pinned(sum) => format!("sha256 {sum}"),
+                DownloadCheck::SumsFile(sums) => format!("sums {sums}"),
+            };
+            function.push_str(&format!("    \"{url}\") echo \"{answer}\" ;;\n"));
+        }
+        function.push_str("    *) echo none ;;\n  esac\n}\n");
+        function
     }
 }
 
@@ -562,12 +668,45 @@ fn render_tool(
     let mut urls = BTreeMap::new();
     for (name, template) in &recipe.sources {
         let url = render(template, base).map_err(|e| invalid(format!("source {name}: {e}")))?;
+        check_rendered_url(&url).map_err(|r| invalid(format!("source {name}: {r}")))?;
         urls.insert(name.as_str(), url);
     }
     let script_vars = |key: &str| match key.split_once('.') {
         Some(("source", name)) => urls.get(name).cloned(),
         _ => base(key),
     };
+    let mut downloads = BTreeMap::new();
+    for (name, url) in &urls {
+        let pin = recipe.sha256.iter().find_map(|(key, sum)| {
+            let pin = PinKey::parse(key)?;
+            (pin.source == *name && pin.version == version && pin.arch == arch).then_some(sum)
+        });
+        // Rendered even where a pin wins, so a broken template shows when the
+        // catalog loads rather than at the first unpinned version.
+        let sums = match recipe.checksums.get(*name) {
+            Some(template) => {
+                let sums = render(template, script_vars)
+                    .map_err(|e| invalid(format!("checksums {name}: {e}")))?;
+                check_rendered_url(&sums).map_err(|r| invalid(format!("checksums {name}: {r}")))?;
+                Some(sums)
+            }
+            None => None,
+        };
+        let check = match (pin, sums) {
+            (Some(sum), _) => DownloadCheck::Pinned(sum.clone()),
+            (None, Some(sums)) => DownloadCheck::SumsFile(sums),
+            (None, None) => {
+                return Err(ToolError::InvalidSpec {
+                    spec: format!("{}@{version}", recipe.name),
+                    reason: format!(
+                        "no checksum is known for this version on {}: the recipe pins only other versions and names no sums file",
+                        arch.uname()
+                    ),
+                });
+            }
+        };
+        downloads.insert(url.clone(), check);
+    }
     let verify =
         render(&recipe.verify, script_vars).map_err(|e| invalid(format!("verify: {e}")))?;
     let install =
@@ -590,8 +729,23 @@ fn render_tool(
         timeout: Duration::from_secs(recipe.timeout_seconds),
         verify,
         install,
+        downloads,
         secrets,
     })
+}
+
+/// A rendered download URL goes into shell scripts inside double quotes: no
+/// whitespace, quotes, `$`, backticks or backslashes (a recipe's own text is
+/// checked here; mirrors and versions are checked before).
+fn check_rendered_url(url: &str) -> Result<(), String> {
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'`$\\".contains(c))
+    {
+        // Not the URL itself: it may carry a mirror's credentials.
+        return Err("the rendered URL may not contain whitespace, quotes, '$', '`' or '\\'".into());
+    }
+    Ok(())
 }
 
 /// `roots` and what they require, each after its requirements (depth first, in the
@@ -730,7 +884,7 @@ mod tests {
             .unwrap();
         let go = catalog.get("go").unwrap();
         assert!(plan.tools()[0].install_script().contains(&format!(
-            "https://go.dev/dl/go{}.linux-arm64.tar.gz",
+            "https://dl.google.com/go/go{}.linux-arm64.tar.gz",
             go.default_version
         )));
     }
@@ -848,6 +1002,133 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, ToolError::InvalidSpec { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_download_has_a_checksum_pinned_for_defaults_else_a_sums_file() {
+        let catalog = catalog();
+        let sources = ToolSources::new()
+            .with("go", "http://10.0.0.1:8080/go/")
+            .unwrap();
+        let go = |version: &str, arch| {
+            let plan = catalog
+                .plan(&[format!("go@{version}").parse().unwrap()], &sources, arch)
+                .unwrap();
+            plan.tools()[0].downloads().clone()
+        };
+        // The default version: the pinned sum, whatever the mirror.
+        assert_eq!(
+            go("1.25.4", Arch::X86_64),
+            BTreeMap::from([(
+                "http://10.0.0.1:8080/go/go1.25.4.linux-amd64.tar.gz".to_string(),
+                DownloadCheck::Pinned(
+                    "9fa5ffeda4170de60f67f3aa0f824e426421ba724c21e133c1e35d6159ca1bec".into()
+                )
+            )])
+        );
+        assert!(matches!(
+            go("1.25.4", Arch::Aarch64).values().next(),
+            Some(DownloadCheck::Pinned(sum)) if sum.starts_with("a68e86d4")
+        ));
+        // Another version: the sums file its publisher puts next to it.
+        assert_eq!(
+            go("1.24.0", Arch::X86_64),
+            BTreeMap::from([(
+                "http://10.0.0.1:8080/go/go1.24.0.linux-amd64.tar.gz".to_string(),
+                DownloadCheck::SumsFile(
+                    "http://10.0.0.1:8080/go/go1.24.0.linux-amd64.tar.gz.sha256".into()
+                )
+            )])
+        );
+        // Every built-in download is covered, and `fetch` is given the answer.
+        for recipe in catalog.recipes() {
+            let plan = catalog
+                .plan(
+                    &[recipe.name.parse().unwrap()],
+                    &ToolSources::new(),
+                    Arch::X86_64,
+                )
+                .unwrap();
+            let tool = plan.tools().last().unwrap();
+            assert_eq!(
+                tool.downloads().len(),
+                recipe.sources.len(),
+                "{}",
+                recipe.name
+            );
+            let function = tool.expected_sha256_function();
+            for (url, check) in tool.downloads() {
+                assert!(tool.install_script().contains(url.as_str()), "{url}");
+                let answer = match check {
+                    DownloadCheck::Pinned(sum) => format!("\"{url}\") echo \"sha256 {sum}\""),
+                    DownloadCheck::SumsFile(sums) => format!("\"{url}\") echo \"sums {sums}\""),
+                };
+                assert!(function.contains(&answer), "{function}");
+            }
+            assert!(function.contains("*) echo none ;;"), "{function}");
+        }
+    }
+
+    #[test]
+    fn recipes_with_unverifiable_downloads_or_bad_pins_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = |extra: &str| {
+            format!(
+                "name = \"t\"\ndescription = \"x\"\ndefault_version = \"1.0\"\nverify = \"true\"\ninstall = 'fetch \"{{source.file}}\" \"$WORK/f\"'\n\
+                 [sources]\nfile = \"{{mirror.t}}/t-{{version}}.tgz\"\n[mirrors]\nt = \"https://t.example\"\n{extra}"
+            )
+        };
+        let load = |text: String| {
+            std::fs::write(dir.path().join("t.toml"), text).unwrap();
+            Catalog::load(Some(dir.path())).map(|_| ())
+        };
+        let err = load(recipe("")).unwrap_err().to_string();
+        assert!(err.contains("source \"file\" has no checksum"), "{err}");
+        let err = load(recipe("[checksums]\nfiles = \"{mirror.t}/SUMS\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"files\" is not one of the sources"), "{err}");
+        let err = load(recipe("[sha256]\n\"file@1.0/x86_64\" = \"abc\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not 64 lowercase hex digits"), "{err}");
+        let err = load(recipe(&format!(
+            "[sha256]\n\"file@1.0/riscv64\" = \"{}\"\n",
+            "a".repeat(64)
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("arch x86_64 or aarch64"), "{err}");
+        let err = load(recipe(
+            "[checksums]\nfile = \"{mirror.t}/{verison}/SUMS\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown placeholder {verison}"), "{err}");
+        // Pinned for the default on both architectures and nothing else: other
+        // versions cannot be checked, so they are refused before anything runs.
+        let pins = format!(
+            "[sha256]\n\"file@1.0/x86_64\" = \"{a}\"\n\"file@1.0/aarch64\" = \"{a}\"\n",
+            a = "a".repeat(64)
+        );
+        std::fs::write(dir.path().join("t.toml"), recipe(&pins)).unwrap();
+        let catalog = Catalog::load(Some(dir.path())).unwrap();
+        catalog
+            .plan(&["t".parse().unwrap()], &ToolSources::new(), Arch::X86_64)
+            .unwrap();
+        let err = catalog
+            .plan(
+                &["t@2.0".parse().unwrap()],
+                &ToolSources::new(),
+                Arch::X86_64,
+            )
+            .unwrap_err();
+        assert!(matches!(err, ToolError::InvalidSpec { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no checksum is known for this version on x86_64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -39,15 +39,60 @@ need() {
   shift
   apt_install "$@"
 }
-# fetch URL FILE: downloads URL to FILE; an HTTP error fails the script.
+# fetch URL FILE: downloads URL to FILE and checks its SHA-256 against the sum
+# the recipe pins or its publisher's sums file lists (expected_sha256, rendered
+# per tool, answers which); an HTTP error, an unknown sum or a mismatch fails
+# the script and leaves no FILE behind.
 fetch() {
   need curl curl ca-certificates
   curl -fsSL --retry 2 --connect-timeout 30 -o "$2" "$1"
+  fetch_name=${1##*/}
+  fetch_expected=$(expected_sha256 "$1")
+  case "$fetch_expected" in
+    "sha256 "*) fetch_expected=${fetch_expected#sha256 } ;;
+    "sums "*)
+      fetch_sums=${fetch_expected#sums }
+      if ! curl -fsSL --retry 2 --connect-timeout 30 -o "$2.sums" "$fetch_sums"; then
+        rm -f "$2" "$2.sums"
+        echo "cannot download the checksums of $fetch_name from $fetch_sums" >&2
+        exit 1
+      fi
+      # "<sum>  <name>" lines (sha256sum's format, "*" before binary names), or
+      # a file holding the one sum alone.
+      fetch_expected=$(awk -v name="$fetch_name" '
+        NF == 1 && length($1) == 64 { print $1; exit }
+        NF >= 2 && ($2 == name || $2 == "*" name) { print $1; exit }' "$2.sums" | tr 'A-F' 'a-f')
+      rm -f "$2.sums"
+      if [ -z "$fetch_expected" ]; then
+        rm -f "$2"
+        echo "the checksums file $fetch_sums does not list $fetch_name" >&2
+        exit 1
+      fi ;;
+    *)
+      rm -f "$2"
+      echo "no checksum is known for $fetch_name: a recipe's downloads must be listed under [sources] with [checksums] or [sha256]" >&2
+      exit 1 ;;
+  esac
+  fetch_actual=$(sha256sum "$2" | cut -d ' ' -f 1)
+  if [ "$fetch_actual" != "$fetch_expected" ]; then
+    rm -f "$2"
+    echo "checksum mismatch for $fetch_name: expected sha256 $fetch_expected, got $fetch_actual" >&2
+    exit 1
+  fi
 }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 trap 'exit 143' TERM INT
 "#;
+
+/// What runs for an install: the prelude, the tool's download sums, its script.
+fn full_install_script(tool: &PlannedTool) -> String {
+    format!(
+        "{PRELUDE}\n{}\n{}",
+        tool.expected_sha256_function(),
+        tool.install
+    )
+}
 
 /// One tool's progress; the caller maps these to its own events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +202,7 @@ async fn install_one(agent: &AgentClient, tool: &PlannedTool) -> Result<ToolStat
         return Ok(ToolStatus::AlreadyPresent);
     }
     tracing::info!(tool = %tool.name, version = %tool.version, "installing tool");
-    let script = format!("{PRELUDE}\n{}", tool.install);
+    let script = full_install_script(tool);
     let run = run_script(agent, tool, &script, deadline).await?;
     if run.exit_code != Some(0) {
         return Err(ToolError::Failed {
@@ -375,7 +420,7 @@ mod syntax_tests {
                 .plan(&[spec], &ToolSources::new(), Arch::X86_64)
                 .unwrap();
             let tool = plan.tools().last().unwrap();
-            let install = format!("{PRELUDE}\n{}", tool.install);
+            let install = full_install_script(tool);
             for script in [tool.verify.as_str(), install.as_str()] {
                 let status = std::process::Command::new("sh")
                     .args(["-n", "-c", script])
