@@ -234,17 +234,27 @@ pub struct QuotaArgs {
     /// interactive).
     #[arg(long = "max-executions")]
     max_concurrent_executions: Option<u32>,
+    /// The network policy every sandbox of the key gets (it cannot ask for another).
+    #[command(flatten)]
+    network_policy: crate::NetworkPolicyArgs,
 }
 
 impl QuotaArgs {
-    fn to_quota(&self) -> Option<KeyQuota> {
+    fn to_quota(&self) -> anyhow::Result<Option<KeyQuota>> {
+        let network_policy = self
+            .network_policy
+            .to_json()
+            .map(serde_json::from_value)
+            .transpose()
+            .context("bad network policy")?;
         let quota = KeyQuota {
             max_vms: self.max_vms,
             max_vcpus: self.max_vcpus,
             max_memory_mb: self.max_memory_mb,
             max_concurrent_executions: self.max_concurrent_executions,
+            network_policy,
         };
-        (quota != KeyQuota::default()).then_some(quota)
+        Ok((quota != KeyQuota::default()).then_some(quota))
     }
 }
 
@@ -320,7 +330,7 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
                         "role": role,
                         "expires_in_seconds": expires,
                         "rate_limit_per_second": rate_limit,
-                        "quota": quota.to_quota(),
+                        "quota": quota.to_quota()?,
                     })),
                 )
                 .await?;
@@ -372,7 +382,7 @@ pub async fn apikey(args: ApiKeyArgs) -> anyhow::Result<u8> {
                 .send(
                     reqwest::Method::PATCH,
                     &format!("/api-keys/{}", seg(&id)),
-                    Some(json!({"quota": quota.to_quota()})),
+                    Some(json!({"quota": quota.to_quota()?})),
                 )
                 .await?;
             if json_out {

@@ -61,8 +61,9 @@ pub struct Principal {
 }
 
 /// What the live sandboxes (not STOPPED or FAILED) an API key created may take at
-/// once; each limit left out is not limited. A create over one is a 429 naming it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// once, and what they may reach; each limit left out is not limited. A create over
+/// one is a 429 naming it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuota {
@@ -80,6 +81,12 @@ pub struct KeyQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100000))]
     pub max_concurrent_executions: Option<u32>,
+    /// The network policy of every sandbox the key creates (containers: microVMs
+    /// cannot enforce one yet, so the key cannot create them). The key can neither
+    /// ask for another (403) nor change it on a running sandbox; an environment's
+    /// policy gives way to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<crate::NetworkPolicy>,
 }
 
 impl KeyQuota {
@@ -99,7 +106,20 @@ impl KeyQuota {
                 return Err(format!("quota.{name} must be at most {max}"));
             }
         }
+        if let Some(policy) = &self.network_policy {
+            policy.normalized().map_err(|e| format!("quota.{e}"))?;
+        }
         Ok(())
+    }
+
+    /// The quota as stored: validated, its network policy in CIDR form.
+    pub fn normalized(&self) -> Result<KeyQuota, String> {
+        self.validate()?;
+        let mut quota = self.clone();
+        if let Some(policy) = &self.network_policy {
+            quota.network_policy = Some(policy.normalized()?);
+        }
+        Ok(quota)
     }
 
     /// The first limit that live usage `(vms, vcpus, memory_mb)` passes, as a
@@ -407,5 +427,29 @@ mod tests {
         assert!(!Role::Operator.allows(Role::Admin));
         assert_eq!("OPERATOR".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn a_quota_keeps_its_network_policy_in_cidr_form() {
+        let quota: KeyQuota = serde_json::from_value(serde_json::json!({
+            "max_vms": 2,
+            "network_policy": {"egress": "deny", "allow": ["203.0.113.9/24", "198.51.100.7"]}
+        }))
+        .unwrap();
+        let stored = quota.normalized().unwrap();
+        assert_eq!(
+            stored.network_policy.unwrap().allow,
+            ["203.0.113.0/24", "198.51.100.7/32"]
+        );
+        assert_eq!(stored.max_vms, Some(2));
+        let bad = KeyQuota {
+            network_policy: Some(crate::NetworkPolicy {
+                deny: vec!["example.com".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = bad.normalized().unwrap_err();
+        assert!(err.starts_with("quota.network_policy.deny: "), "{err}");
     }
 }

@@ -310,8 +310,12 @@ impl Auth {
         let expires_at = req
             .expires_in_seconds
             .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
+        let quota = match &req.quota {
+            Some(quota) => Some(quota.normalized().map_err(CoreError::InvalidInput)?),
+            None => None,
+        };
         let key = ApiKey {
-            quota: req.quota,
+            quota,
             ..new_key_record(
                 &req.name,
                 req.role,
@@ -333,10 +337,11 @@ impl Auth {
         id: &str,
         quota: Option<&KeyQuota>,
     ) -> CoreResult<ApiKey> {
-        if let Some(quota) = quota {
-            quota.validate().map_err(CoreError::InvalidInput)?;
-        }
-        if !self.store.set_api_key_quota(id, quota).await? {
+        let quota = match quota {
+            Some(quota) => Some(quota.normalized().map_err(CoreError::InvalidInput)?),
+            None => None,
+        };
+        if !self.store.set_api_key_quota(id, quota.as_ref()).await? {
             return Err(CoreError::NotFound(format!("API key {id} not found")));
         }
         self.get_api_key(id).await

@@ -178,6 +178,35 @@ fn vm_metadata(req: &CreateVmRequest) -> serde_json::Map<String, serde_json::Val
     metadata
 }
 
+/// The network policy an API key's quota fixes for the sandboxes it creates.
+fn key_network_policy(by: Option<&Principal>) -> Option<&NetworkPolicy> {
+    by?.quota.as_ref()?.network_policy.as_ref()
+}
+
+/// A new sandbox's policy when its key fixes one (`fixed`, stored normalized): that
+/// one, on a container; a request asking for another is refused, not narrowed
+/// silently, so the caller learns what its sandbox really gets.
+fn fixed_policy_for(
+    orchestrator: Orchestrator,
+    fixed: &NetworkPolicy,
+    asked: Option<&NetworkPolicy>,
+) -> CoreResult<NetworkPolicy> {
+    if orchestrator != Orchestrator::Docker {
+        return Err(CoreError::Forbidden(format!(
+            "this API key's quota fixes the network policy of its sandboxes, which {orchestrator} microVMs cannot enforce yet: create a container (orchestrator docker)"
+        )));
+    }
+    if let Some(asked) = asked {
+        let asked = asked.normalized().map_err(CoreError::InvalidInput)?;
+        if &asked != fixed {
+            return Err(CoreError::Forbidden(
+                "this API key's quota fixes the network policy of its sandboxes: leave network_policy out (GET /api-keys/{id} shows it)".into(),
+            ));
+        }
+    }
+    Ok(fixed.clone())
+}
+
 /// A request's network policy, checked and in CIDR form (containers only: microVM
 /// TAP devices are not filtered per sandbox yet).
 fn network_policy_for(
@@ -284,7 +313,8 @@ impl Platform {
         placement: &PlacementRequest<'_>,
     ) -> CoreResult<Worker> {
         const ATTEMPTS: u32 = 4;
-        for attempt in 1..=ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             let worker = self.place_vm(placement).await?;
             vm.worker_id = Some(worker.id.clone());
             self.store.insert_vm(vm).await?;
@@ -301,8 +331,8 @@ impl Platform {
             // Apart, so that the creates that collided do not collide again.
             let spread = u64::from(rand::random::<u8>()) % 50;
             tokio::time::sleep(Duration::from_millis(10 + spread * u64::from(attempt))).await;
+            attempt += 1;
         }
-        unreachable!("the last attempt returns")
     }
 
     /// Validates, records the VM (CREATED) and queues `vm:create`. `by` is who asks
@@ -340,7 +370,14 @@ impl Platform {
                 )));
             }
         };
-        let network_policy = network_policy_for(orchestrator, req.network_policy.as_ref())?;
+        let network_policy = match key_network_policy(by) {
+            Some(fixed) => Some(fixed_policy_for(
+                orchestrator,
+                fixed,
+                req.network_policy.as_ref(),
+            )?),
+            None => network_policy_for(orchestrator, req.network_policy.as_ref())?,
+        };
         let id = new_id();
         let mut vm = Vm {
             name: req
@@ -501,7 +538,13 @@ impl Platform {
         &self,
         id: &str,
         policy: Option<&NetworkPolicy>,
+        by: Option<&Principal>,
     ) -> CoreResult<Task> {
+        if key_network_policy(by).is_some() {
+            return Err(CoreError::Forbidden(
+                "this API key's quota fixes the network policy of its sandboxes: it cannot change one".into(),
+            ));
+        }
         let vm = self.get_vm(id).await?;
         let policy = network_policy_for(vm.orchestrator, policy)?;
         if !matches!(vm.status, VmStatus::Running | VmStatus::Paused) {

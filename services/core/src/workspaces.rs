@@ -246,7 +246,10 @@ impl Platform {
             "vcpus": req.vcpus.or(environment.map(|e| e.vcpus)),
             "memory_mb": req.memory_mb.or(environment.map(|e| e.memory_mb)),
             "image": environment.and_then(|e| e.image.clone()),
-            "network_policy": environment.and_then(|e| e.network_policy.clone()),
+            // A key whose quota fixes the policy gets its own (create_vm applies it).
+            "network_policy": environment
+                .and_then(|e| e.network_policy.clone())
+                .filter(|_| by.and_then(|p| p.quota.as_ref()).is_none_or(|q| q.network_policy.is_none())),
             "metadata": {"workspace_id": workspace.id, "workspace": workspace.name},
         }))
         .map_err(|e| CoreError::Internal(e.into()))?;

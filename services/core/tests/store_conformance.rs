@@ -1156,6 +1156,11 @@ fn api_key(id: &str, created: DateTime<Utc>) -> ApiKey {
             max_vcpus: None,
             max_memory_mb: Some(4096),
             max_concurrent_executions: Some(2),
+            network_policy: Some(aetherium_types::NetworkPolicy {
+                egress: aetherium_types::Egress::Deny,
+                allow: vec!["203.0.113.0/24".into()],
+                deny: vec![],
+            }),
         }),
     }
 }

@@ -1619,7 +1619,8 @@ export interface components {
         };
         /**
          * @description What the live sandboxes (not STOPPED or FAILED) an API key created may take at
-         *     once; each limit left out is not limited. A create over one is a 429 naming it.
+         *     once, and what they may reach; each limit left out is not limited. A create over
+         *     one is a 429 naming it.
          */
         KeyQuota: {
             /**
@@ -1634,6 +1635,7 @@ export interface components {
             max_vcpus?: number | null;
             /** Format: int32 */
             max_vms?: number | null;
+            network_policy?: components["schemas"]["NetworkPolicy"] | null;
         };
         /**
          * @description Which records a query or a stream wants. Every filter is optional; they combine
@@ -5713,7 +5715,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The caller's role is below `operator`, the least this route needs */
+            /** @description The caller's API key fixes its sandboxes' network policy (its quota) and the request asks for another, or for a microVM, which cannot enforce one yet */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6823,7 +6825,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The caller's role is below `operator`, the least this route needs */
+            /** @description The caller's API key fixes its sandboxes' network policy (its quota) */
             403: {
                 headers: {
                     [name: string]: unknown;

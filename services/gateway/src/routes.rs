@@ -103,6 +103,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     responses(
         (status = 200, description = "Waited: the VM has settled", body = CreateVmResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = CreateVmResponse),
+        (status = 403, description = "The caller's API key fixes its sandboxes' network policy (its quota) and the request asks for another, or for a microVM, which cannot enforce one yet", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The name is taken, or no worker with the backend matches `placement` at all (the message names each worker and why)", body = aetherium_types::ErrorResponse),
         (status = 429, description = "The API key's quota (sandboxes, vCPUs or memory at once) cannot hold it; nothing was recorded", body = aetherium_types::ErrorResponse),
         (status = 503, description = "No worker can take the VM now (none live and active with the backend, all draining or full; the message names each and why); nothing was recorded", body = aetherium_types::ErrorResponse),
@@ -437,6 +438,7 @@ pub async fn snapshot_vm(
         (status = 200, description = "Waited: the policy is in place", body = VmActionResponse),
         (status = 202, description = "Queued (or the wait ran out)", body = VmActionResponse),
         (status = 400, description = "An entry is not an IPv4 address or CIDR, a list is too long, or the VM is a microVM", body = aetherium_types::ErrorResponse),
+        (status = 403, description = "The caller's API key fixes its sandboxes' network policy (its quota)", body = aetherium_types::ErrorResponse),
         (status = 404, description = "No such VM", body = aetherium_types::ErrorResponse),
         (status = 409, description = "The VM is not RUNNING or PAUSED, or its worker refused (e.g. its Docker network is not isolated)", body = aetherium_types::ErrorResponse),
         (status = 503, description = "The VM's worker is offline", body = aetherium_types::ErrorResponse),
@@ -444,6 +446,7 @@ pub async fn snapshot_vm(
 )]
 pub async fn set_network_policy(
     State(state): State<AppState>,
+    axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
     Json(policy): Json<aetherium_types::NetworkPolicy>,
@@ -456,7 +459,7 @@ pub async fn set_network_policy(
     let policy = (policy != aetherium_types::NetworkPolicy::default()).then_some(policy);
     let task = state
         .platform
-        .set_network_policy(&vm.id, policy.as_ref())
+        .set_network_policy(&vm.id, policy.as_ref(), Some(&by))
         .await?;
     answer_vm_action(&state, &vm.id, task, wait).await
 }

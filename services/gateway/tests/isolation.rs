@@ -949,6 +949,18 @@ async fn wait_answering(url: &str) {
     }
 }
 
+/// A host outside the private ranges (198.18.0.0/15 is set aside for network
+/// tests), which the isolated network lets sandboxes reach, answering on two
+/// addresses: the host and the URLs of both, once the host itself gets answers.
+async fn public_host() -> (PrivateHost, String, String) {
+    let remote = PrivateHost::start_in("198.18");
+    let first = format!("http://{}:{}/", remote.ip, remote.port);
+    let second = format!("http://{}:{}/", remote.other_ip, remote.port);
+    wait_answering(&first).await;
+    wait_answering(&second).await;
+    (remote, first, second)
+}
+
 /// Asserts whether `vm` gets an answer from `url`.
 async fn assert_reaches(server: &TestServer, vm: &str, url: &str, expected: bool) {
     let out = curl_from(server, vm, url).await;
@@ -960,13 +972,7 @@ async fn assert_reaches(server: &TestServer, vm: &str, url: &str, expected: bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs() {
     let server = TestServer::start().await;
-    // A host outside the private ranges (198.18.0.0/15 is set aside for network
-    // tests), which the isolated network lets sandboxes reach, on two addresses.
-    let remote = PrivateHost::start_in("198.18");
-    let first = format!("http://{}:{}/", remote.ip, remote.port);
-    let second = format!("http://{}:{}/", remote.other_ip, remote.port);
-    wait_answering(&first).await;
-    wait_answering(&second).await;
+    let (remote, first, second) = public_host().await;
 
     for (body, needle) in [
         (
@@ -1080,5 +1086,119 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
             .take(16)
             .collect();
         assert!(!rules.contains(&chain), "chain of {vm} left:\n{rules}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_network_policy_is_the_one_its_sandboxes_get() {
+    let server = TestServer::start().await;
+    let (remote, first, second) = public_host().await;
+
+    let (status, refused) = server
+        .post(
+            "/api-keys",
+            json!({"name": unique("netkey"), "role": "operator",
+                   "quota": {"network_policy": {"allow": ["not-an-address"]}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota.network_policy.allow"),
+        "{refused}"
+    );
+    // Stored in CIDR form, as sandboxes get it.
+    let (status, created) = server
+        .post(
+            "/api-keys",
+            json!({"name": unique("netkey"), "role": "operator",
+                   "quota": {"network_policy": {"egress": "deny", "allow": [remote.ip]}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let fixed = json!({"egress": "deny", "allow": [format!("{}/32", remote.ip)]});
+    assert_eq!(
+        created["api_key"]["quota"]["network_policy"], fixed,
+        "{created}"
+    );
+    let key = created["key"].as_str().unwrap().to_string();
+    let create_as_key = |body: Value| {
+        let (server, key) = (&server, key.clone());
+        async move {
+            server
+                .call_as(
+                    &key,
+                    reqwest::Method::POST,
+                    "/api/v1/vms?wait=90s",
+                    Some(body),
+                )
+                .await
+        }
+    };
+
+    // Its sandbox gets the key's policy without asking, and it holds.
+    let (status, made) = create_as_key(json!({"name": unique("keyvm")})).await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["vm"]["network_policy"], fixed, "{made}");
+    let vm = made["vm"]["id"].as_str().unwrap().to_string();
+    assert_reaches(&server, &vm, &first, true).await;
+    assert_reaches(&server, &vm, &second, false).await;
+
+    // Another policy, a microVM (which cannot enforce one), or a change: refused,
+    // and nothing is left of the refused creates.
+    let (_, before) = server.get("/vms").await;
+    for body in [
+        json!({"name": unique("keyvm"), "network_policy": {}}),
+        json!({"name": unique("keyvm"), "network_policy": {"egress": "allow"}}),
+        json!({"name": unique("keyvm"), "orchestrator": "qemu"}),
+    ] {
+        let (status, refused) = create_as_key(body.clone()).await;
+        assert_eq!(status, 403, "{body}: {refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("fixes the network policy"),
+            "{refused}"
+        );
+    }
+    // Asking for the very same policy is fine (written either way).
+    let (status, same) = create_as_key(json!({"name": unique("keyvm"),
+        "network_policy": {"egress": "deny", "allow": [remote.ip]}}))
+    .await;
+    assert_eq!(status, 200, "{same}");
+    let same = same["vm"]["id"].as_str().unwrap().to_string();
+    let (_, after) = server.get("/vms").await;
+    assert_eq!(
+        after["vms"].as_array().unwrap().len(),
+        before["vms"].as_array().unwrap().len() + 1,
+        "{after}"
+    );
+    let (status, refused) = server
+        .call_as(
+            &key,
+            reqwest::Method::PUT,
+            &format!("/api/v1/vms/{vm}/network-policy"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    assert_reaches(&server, &vm, &second, false).await;
+
+    // An admin (whose key fixes nothing) may still open it.
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{vm}/network-policy?wait=30s"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_reaches(&server, &vm, &second, true).await;
+    for id in [&vm, &same] {
+        let (status, _) = server.delete(&format!("/vms/{id}?wait=60s")).await;
+        assert_eq!(status, 200);
     }
 }

@@ -93,7 +93,7 @@ impl AuthStore for SqliteStore {
         .bind(key.revoked_at.map(to_ms))
         .bind(key.last_used_at.map(to_ms))
         .bind(key.rate_limit_per_second.map(i64::from))
-        .bind(key.quota.map(sqlx::types::Json))
+        .bind(key.quota.as_ref().map(sqlx::types::Json))
         .execute(self.pool())
         .await
         .map_err(|e| {
