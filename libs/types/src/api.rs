@@ -289,7 +289,7 @@ pub struct CreateVmResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteCommandRequest {
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*\S[^\x00]*$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
@@ -360,7 +360,7 @@ fn default_true() -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SmartExecuteRequest {
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*\S[^\x00]*$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
