@@ -107,7 +107,7 @@ pub struct TaskArgs {
     pub command: TaskCommand,
 }
 
-/// A container's network policy as flags (none given: no policy of its own).
+/// A sandbox's network policy as flags (none given: no policy of its own).
 #[derive(clap::Args)]
 pub struct NetworkPolicyArgs {
     /// allow (default): the outside world but --deny; deny: only --allow.
@@ -224,7 +224,7 @@ pub enum VmCommand {
     Resume { vm: String },
     /// Write a paused microVM's state and memory on its worker (Firecracker).
     Snapshot { vm: String },
-    /// Replace a running container's network policy (no flags: the network's
+    /// Replace a running sandbox's network policy (no flags: the network's
     /// defaults).
     Network {
         vm: String,

@@ -330,6 +330,14 @@ pub struct NetworkConfig {
     pub gateway_cidr: String,
     /// Masquerade guest traffic to the outside.
     pub nat: bool,
+    /// Fence microVMs in (the default): they cannot reach each other, the host's
+    /// own services, private ranges or link-local (cloud metadata) addresses, only
+    /// the outside world and what `egress_allow` lists; each may have a network
+    /// policy. Off: none of that is enforced (and network policies are refused).
+    pub isolated: bool,
+    /// CIDRs (`10.0.0.5/32`, `192.168.0.0/16`) isolated microVMs may reach although
+    /// they are private or the host's: a package mirror, a git server.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -339,6 +347,8 @@ impl Default for NetworkConfig {
             bridge: "aetherium0".into(),
             gateway_cidr: "172.16.0.1/24".into(),
             nat: true,
+            isolated: true,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -1216,11 +1226,16 @@ impl Config {
         {
             return invalid("server.api_token must be at least 16 characters".into());
         }
-        for cidr in &self.vmm.docker.egress_allow {
-            if parse_ipv4_cidr(cidr).is_none() {
-                return invalid(format!(
-                    "vmm.docker.egress_allow: {cidr:?} is not an IPv4 CIDR (e.g. 10.0.0.5/32)"
-                ));
+        for (name, list) in [
+            ("vmm.docker.egress_allow", &self.vmm.docker.egress_allow),
+            ("network.egress_allow", &self.network.egress_allow),
+        ] {
+            for cidr in list {
+                if parse_ipv4_cidr(cidr).is_none() {
+                    return invalid(format!(
+                        "{name}: {cidr:?} is not an IPv4 CIDR (e.g. 10.0.0.5/32)"
+                    ));
+                }
             }
         }
         if self.server.max_connections == 0 {

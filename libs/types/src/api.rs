@@ -118,8 +118,8 @@ pub struct CreateVmRequest {
     /// `none` (no network device at all). Containers use the configured Docker network.
     #[serde(default)]
     pub network: Option<crate::VmNetwork>,
-    /// Containers on the isolated network: what it may reach besides the network's
-    /// defaults (changeable later with `PUT /vms/{id}/network-policy`).
+    /// What it may reach besides its isolated network's defaults (containers and
+    /// microVMs; changeable later with `PUT /vms/{id}/network-policy`).
     #[serde(default, deserialize_with = "object_only")]
     pub network_policy: Option<crate::NetworkPolicy>,
     /// Tools from the catalog to install (as root) before the VM is reported

@@ -81,9 +81,8 @@ pub struct KeyQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100000))]
     pub max_concurrent_executions: Option<u32>,
-    /// The network policy of every sandbox the key creates (containers: microVMs
-    /// cannot enforce one yet, so the key cannot create them). The key can neither
-    /// ask for another (403) nor change it on a running sandbox; an environment's
+    /// The network policy of every sandbox the key creates. The key can neither ask
+    /// for another (403) nor change it on a running sandbox; an environment's
     /// policy gives way to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<crate::NetworkPolicy>,

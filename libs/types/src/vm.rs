@@ -101,11 +101,11 @@ pub enum Egress {
     Deny,
 }
 
-/// A container's outbound traffic, on top of what the isolated network always
-/// refuses (other sandboxes, the host, private, link-local and multicast ranges,
-/// unless the operator's `vmm.docker.egress_allow` opens them): nothing here can
-/// open those. Entries are IPv4 addresses or CIDRs. DNS keeps working (the engine
-/// answers it).
+/// A sandbox's outbound traffic, on top of what its isolated network always refuses
+/// (other sandboxes, the host, private, link-local and multicast ranges, unless the
+/// operator's `vmm.docker.egress_allow` / `network.egress_allow` opens them):
+/// nothing here can open those. Entries are IPv4 addresses or CIDRs. Containers:
+/// DNS keeps working (the engine answers it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -185,8 +185,8 @@ pub struct Vm {
     /// whose disk is their image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<u64>,
-    /// What the container may reach (containers on the isolated network; `None`: the
-    /// network's defaults).
+    /// What the sandbox may reach (containers on the isolated network, microVMs on
+    /// an isolated bridge; `None`: the network's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicy>,
     /// Where it may run, as its create asked (a VM whose worker died before making

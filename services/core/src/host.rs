@@ -126,6 +126,8 @@ pub async fn host_backends(
                 gateway,
                 prefix_len,
                 nat: config.network.nat,
+                isolated: config.network.isolated,
+                egress_allow: config.network.egress_allow.clone(),
             },
             leases,
             format!("{}/{}", config.worker.id, config.network.bridge),

@@ -184,18 +184,12 @@ fn key_network_policy(by: Option<&Principal>) -> Option<&NetworkPolicy> {
 }
 
 /// A new sandbox's policy when its key fixes one (`fixed`, stored normalized): that
-/// one, on a container; a request asking for another is refused, not narrowed
-/// silently, so the caller learns what its sandbox really gets.
+/// one; a request asking for another is refused, not narrowed silently, so the
+/// caller learns what its sandbox really gets.
 fn fixed_policy_for(
-    orchestrator: Orchestrator,
     fixed: &NetworkPolicy,
     asked: Option<&NetworkPolicy>,
 ) -> CoreResult<NetworkPolicy> {
-    if orchestrator != Orchestrator::Docker {
-        return Err(CoreError::Forbidden(format!(
-            "this API key's quota fixes the network policy of its sandboxes, which {orchestrator} microVMs cannot enforce yet: create a container (orchestrator docker)"
-        )));
-    }
     if let Some(asked) = asked {
         let asked = asked.normalized().map_err(CoreError::InvalidInput)?;
         if &asked != fixed {
@@ -207,20 +201,13 @@ fn fixed_policy_for(
     Ok(fixed.clone())
 }
 
-/// A request's network policy, checked and in CIDR form (containers only: microVM
-/// TAP devices are not filtered per sandbox yet).
-fn network_policy_for(
-    orchestrator: Orchestrator,
-    policy: Option<&NetworkPolicy>,
-) -> CoreResult<Option<NetworkPolicy>> {
+/// A request's network policy, checked and in CIDR form (containers on the
+/// isolated network, microVMs on an isolated bridge; a worker without isolation
+/// refuses it).
+fn network_policy_for(policy: Option<&NetworkPolicy>) -> CoreResult<Option<NetworkPolicy>> {
     let Some(policy) = policy else {
         return Ok(None);
     };
-    if orchestrator != Orchestrator::Docker {
-        return Err(CoreError::InvalidInput(format!(
-            "network_policy applies to containers; {orchestrator} microVMs are not filtered per sandbox yet"
-        )));
-    }
     policy
         .normalized()
         .map(Some)
@@ -371,12 +358,8 @@ impl Platform {
             }
         };
         let network_policy = match key_network_policy(by) {
-            Some(fixed) => Some(fixed_policy_for(
-                orchestrator,
-                fixed,
-                req.network_policy.as_ref(),
-            )?),
-            None => network_policy_for(orchestrator, req.network_policy.as_ref())?,
+            Some(fixed) => Some(fixed_policy_for(fixed, req.network_policy.as_ref())?),
+            None => network_policy_for(req.network_policy.as_ref())?,
         };
         let id = new_id();
         let mut vm = Vm {
@@ -546,7 +529,7 @@ impl Platform {
             ));
         }
         let vm = self.get_vm(id).await?;
-        let policy = network_policy_for(vm.orchestrator, policy)?;
+        let policy = network_policy_for(policy)?;
         if !matches!(vm.status, VmStatus::Running | VmStatus::Paused) {
             return Err(CoreError::Conflict(format!(
                 "VM {id} is {}: only a RUNNING or PAUSED VM's network policy can change",

@@ -614,7 +614,7 @@ impl Worker {
             (Some(network), _) if wants => {
                 // The bridge is made when the first microVM needs it (idempotent).
                 let attached = match network.ensure().await {
-                    Ok(()) => network.attach(&vm.id).await,
+                    Ok(()) => network.attach(&vm.id, vm.network_policy.as_ref()).await,
                     Err(e) => Err(e),
                 };
                 attached
@@ -1086,9 +1086,28 @@ impl Worker {
                 vm.status
             )));
         }
-        self.backend
-            .set_network_policy(vm_id, payload.policy.as_ref())
-            .await?;
+        match (vm.orchestrator, &self.network) {
+            (Orchestrator::Docker, _) => {
+                self.backend
+                    .set_network_policy(vm_id, payload.policy.as_ref())
+                    .await?;
+            }
+            // A microVM's rules are on its TAP device's address, the guest network's.
+            (_, Some(network))
+                if vm.metadata.get("network").and_then(|v| v.as_str()) != Some("none") =>
+            {
+                network
+                    .set_policy(vm_id, payload.policy.as_ref())
+                    .await
+                    .map_err(|e| {
+                        TaskError::permanent(format!(
+                            "cannot change the network policy of {vm_id}: {e}"
+                        ))
+                    })?;
+            }
+            // No network: nothing to filter; the policy applies should it get one.
+            _ => {}
+        }
         store
             .set_vm_network_policy(vm_id, payload.policy.as_ref())
             .await?;

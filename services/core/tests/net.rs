@@ -10,10 +10,12 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use aetherium_core::net::guard;
 use aetherium_core::net::plan::{self, TAP_PREFIX};
 use aetherium_core::net::{HostNetwork, HostNetworkConfig, NetError, guest_mac, tap_name};
 use aetherium_core::store::{IpLeases, SqliteStore};
 use aetherium_core::vmm::GuestNetwork;
+use aetherium_types::{Egress, NetworkPolicy};
 use serde_json::Value;
 
 /// Runs a command, returning (success, stdout, stderr).
@@ -79,6 +81,7 @@ struct Cleanup {
     bridge: String,
     links: Mutex<Vec<String>>,
     netns: Mutex<Vec<String>>,
+    vms: Mutex<Vec<String>>,
 }
 
 impl Cleanup {
@@ -106,6 +109,26 @@ impl Drop for Cleanup {
             if link_exists(&link) {
                 let _ = sh("ip", &["link", "del", "dev", &link]);
             }
+        }
+        // Every filter rule naming this test's bridge (the fence and the guests'
+        // rules), then the guests' policy chains.
+        for chain in ["INPUT", "FORWARD", guard::MICROVM_FORWARD] {
+            if let Ok(out) = Command::new("iptables").args(["-w", "-S", chain]).output() {
+                let listing = String::from_utf8_lossy(&out.stdout);
+                let deletions = plan::rule_deletions(&listing, |words| {
+                    words
+                        .windows(2)
+                        .any(|w| w[0] == "-i" && w[1] == self.bridge)
+                });
+                for del in deletions {
+                    let _ = Command::new("iptables").arg("-w").args(&del).output();
+                }
+            }
+        }
+        for vm_id in self.vms.lock().unwrap().iter() {
+            let chain = guard::policy_chain(vm_id);
+            let _ = Command::new("iptables").args(["-w", "-F", &chain]).output();
+            let _ = Command::new("iptables").args(["-w", "-X", &chain]).output();
         }
         for (table, chain) in [("nat", "POSTROUTING"), ("filter", "FORWARD")] {
             if let Ok(out) = Command::new("iptables")
@@ -136,6 +159,15 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix_len: u8, nat: bool) -> Fixture {
+        Fixture::with(prefix_len, nat, false).await
+    }
+
+    /// A fenced network (`isolated`), with NAT.
+    async fn isolated() -> Fixture {
+        Fixture::with(24, true, true).await
+    }
+
+    async fn with(prefix_len: u8, nat: bool, isolated: bool) -> Fixture {
         assert!(
             is_root(),
             "tests/net.rs makes bridges, TAP devices and iptables rules: run it as root"
@@ -147,6 +179,8 @@ impl Fixture {
             gateway: Ipv4Addr::new(10, x, y, 1),
             prefix_len,
             nat,
+            isolated,
+            egress_allow: Vec::new(),
         };
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("state.db").display());
@@ -163,6 +197,7 @@ impl Fixture {
                 bridge,
                 links: Mutex::new(Vec::new()),
                 netns: Mutex::new(Vec::new()),
+                vms: Mutex::new(Vec::new()),
             },
             _dir: dir,
         }
@@ -188,9 +223,63 @@ impl Fixture {
             .collect()
     }
 
+    /// A network namespace and a veth pair, one end (the second name) in the
+    /// namespace, the other (the first) on the host; all removed with the fixture.
+    fn namespace_with_veth(&self, prefix: &str) -> (String, String, String) {
+        let suffix = random_hex(6);
+        let (ns, host_end, far_end) = (
+            format!("{prefix}n{suffix}"),
+            format!("{prefix}h{suffix}"),
+            format!("{prefix}f{suffix}"),
+        );
+        self.cleanup.netns(&ns);
+        self.cleanup.link(&host_end);
+        must("ip", &["netns", "add", &ns]);
+        must(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &far_end,
+            ],
+        );
+        must("ip", &["link", "set", "dev", &far_end, "netns", &ns]);
+        (ns, host_end, far_end)
+    }
+
+    /// A "guest": a TAP without a reader carries no traffic, so a veth pair, one end
+    /// on the bridge (an isolated port on a fenced network, as attach makes TAPs),
+    /// the other in a namespace of its own with a leased address and a default
+    /// route via the gateway. Its VM id and namespace.
+    async fn veth_guest(&self) -> (String, String, Ipv4Addr) {
+        let (ns, host_end, guest_end) = self.namespace_with_veth("aeg");
+        let guest = vm_id();
+        self.cleanup.vms.lock().unwrap().push(guest.clone());
+        let ip = self
+            .leases
+            .lease_ip(&self.key, &guest, self.net.guest_range())
+            .await
+            .unwrap();
+        // As attach joins TAPs: on a fenced network, an isolated port (set once it
+        // is a port).
+        let dev = ["link", "set", "dev", host_end.as_str()];
+        must("ip", &[&dev[..], &["master", self.bridge(), "up"]].concat());
+        if self.config.isolated {
+            must(
+                "ip",
+                &[&dev[..], &["type", "bridge_slave", "isolated", "on"]].concat(),
+            );
+        }
+        let cidr = format!("{ip}/{}", self.config.prefix_len);
+        let gateway = self.config.gateway.to_string();
+        in_netns(&ns, &["ip", "addr", "add", &cidr, "dev", &guest_end]);
+        in_netns(&ns, &["ip", "link", "set", "dev", &guest_end, "up"]);
+        in_netns(&ns, &["ip", "link", "set", "dev", "lo", "up"]);
+        in_netns(&ns, &["ip", "route", "add", "default", "via", &gateway]);
+        (guest, ns, ip)
+    }
+
     async fn attach(&self, vm_id: &str) -> GuestNetwork {
         self.cleanup.link(&tap_name(vm_id));
-        self.net.attach(vm_id).await.unwrap()
+        self.net.attach(vm_id, None).await.unwrap()
     }
 }
 
@@ -297,7 +386,7 @@ async fn attached_vms_get_distinct_addresses_and_taps_on_the_bridge() {
     assert_eq!(tap[0]["ifalias"], a.as_str());
 
     // Attaching again (e.g. after a worker restart) gives the same network.
-    assert_eq!(f.net.attach(&a).await.unwrap(), net_a);
+    assert_eq!(f.net.attach(&a, None).await.unwrap(), net_a);
     assert_eq!(f.leased().await.len(), 2);
 }
 
@@ -370,14 +459,14 @@ async fn a_restarted_worker_never_hands_out_a_leased_address() {
     let again = f.restarted().await;
     again.ensure().await.unwrap();
     f.cleanup.link(&tap_name(&c));
-    let net_c = again.attach(&c).await.unwrap();
+    let net_c = again.attach(&c, None).await.unwrap();
     assert!(
         ![net_a.ip, net_b.ip].contains(&net_c.ip),
         "{net_c:?} reuses a leased address"
     );
     // The VMs that were running keep theirs (and their TAP devices).
-    assert_eq!(again.attach(&a).await.unwrap(), net_a);
-    assert_eq!(again.attach(&b).await.unwrap(), net_b);
+    assert_eq!(again.attach(&a, None).await.unwrap(), net_a);
+    assert_eq!(again.attach(&b, None).await.unwrap(), net_b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +484,7 @@ async fn a_small_subnet_runs_out_with_a_clear_error_and_nothing_left_behind() {
 
     let extra = vm_id();
     f.cleanup.link(&tap_name(&extra));
-    match f.net.attach(&extra).await {
+    match f.net.attach(&extra, None).await {
         Err(NetError::Exhausted(m)) => assert!(m.contains(&f.key), "{m}"),
         other => panic!("expected exhaustion, got {other:?}"),
     }
@@ -403,7 +492,7 @@ async fn a_small_subnet_runs_out_with_a_clear_error_and_nothing_left_behind() {
     assert_eq!(f.leased().await.len(), 5);
 
     f.net.detach(&ids[2]).await.unwrap();
-    let net = f.net.attach(&extra).await.unwrap();
+    let net = f.net.attach(&extra, None).await.unwrap();
     assert_eq!(net.ip, Ipv4Addr::from(base + 3));
 }
 
@@ -413,7 +502,7 @@ async fn a_failed_attach_leaves_nothing_behind() {
     // No ensure(): the bridge is missing, so the TAP cannot join it.
     let a = vm_id();
     f.cleanup.link(&tap_name(&a));
-    match f.net.attach(&a).await {
+    match f.net.attach(&a, None).await {
         Err(NetError::Command(m)) => assert!(m.contains(f.bridge()), "{m}"),
         other => panic!("expected a command error, got {other:?}"),
     }
@@ -430,7 +519,10 @@ async fn a_failed_attach_leaves_nothing_behind() {
         "ip",
         &["link", "set", "dev", &tap_name(&a), "alias", "another-vm"],
     );
-    assert!(matches!(f.net.attach(&a).await, Err(NetError::InUse(_))));
+    assert!(matches!(
+        f.net.attach(&a, None).await,
+        Err(NetError::InUse(_))
+    ));
     assert!(link_exists(&tap_name(&a)));
     assert!(f.leased().await.is_empty());
     // …and detach does not remove it either.
@@ -455,62 +547,155 @@ fn ping_command() -> Vec<String> {
 async fn a_guest_on_the_bridge_reaches_the_gateway() {
     let f = Fixture::new(24, true).await;
     f.net.ensure().await.unwrap();
-    // A TAP without a reader carries no traffic, so the "guest" is a veth pair: one
-    // end on the bridge, the other in a namespace of its own with a leased address.
-    let suffix = random_hex(6);
-    let (ns, host_end, guest_end) = (
-        format!("aens{suffix}"),
-        format!("aevh{suffix}"),
-        format!("aevg{suffix}"),
-    );
-    let guest = vm_id();
-    let ip = f
-        .leases
-        .lease_ip(&f.key, &guest, f.net.guest_range())
-        .await
-        .unwrap();
-    f.cleanup.netns(&ns);
-    f.cleanup.link(&host_end);
-    must("ip", &["netns", "add", &ns]);
-    must(
-        "ip",
-        &[
-            "link", "add", &host_end, "type", "veth", "peer", "name", &guest_end,
-        ],
-    );
-    must("ip", &["link", "set", "dev", &guest_end, "netns", &ns]);
-    must(
-        "ip",
-        &["link", "set", "dev", &host_end, "master", f.bridge(), "up"],
-    );
-    let cidr = format!("{ip}/{}", f.config.prefix_len);
-    let in_ns = |args: &[&str]| {
-        let mut v = vec!["netns", "exec", &ns];
-        v.extend_from_slice(args);
-        must("ip", &v)
-    };
-    in_ns(&["ip", "addr", "add", &cidr, "dev", &guest_end]);
-    in_ns(&["ip", "link", "set", "dev", &guest_end, "up"]);
-    in_ns(&["ip", "link", "set", "dev", "lo", "up"]);
-
+    let (_, ns, ip) = f.veth_guest().await;
     let gateway = f.config.gateway.to_string();
-    let mut ping: Vec<&str> = vec!["netns", "exec", &ns];
+    assert!(
+        pings(&ns, &gateway).await,
+        "{ip} in {ns} cannot reach the gateway {gateway}"
+    );
+}
+
+/// Runs `ip netns exec <ns> <args>`, which must succeed; its stdout.
+fn in_netns(ns: &str, args: &[&str]) -> String {
+    let mut v = vec!["netns", "exec", ns];
+    v.extend_from_slice(args);
+    must("ip", &v)
+}
+
+/// Whether a ping from namespace `ns` to `target` is answered (a few tries: a new
+/// port may take a moment to forward).
+async fn pings(ns: &str, target: &str) -> bool {
+    let mut ping: Vec<&str> = vec!["netns", "exec", ns];
     let program = ping_command();
     ping.extend(program.iter().map(String::as_str));
-    ping.extend(["-c", "1", "-W", "2", &gateway]);
-    // The port may take a moment to forward (no STP, but carrier comes up async).
-    let mut last = String::new();
-    for _ in 0..5 {
-        let (ok, stdout, stderr) = sh("ip", &ping);
-        if ok {
-            assert!(
-                stdout.contains("1 packets received") || stdout.contains("1 received"),
-                "{stdout}"
-            );
-            return;
+    ping.extend(["-c", "1", "-W", "1", target]);
+    for _ in 0..3 {
+        let (ok, stdout, _) = sh("ip", &ping);
+        if ok && (stdout.contains("1 packets received") || stdout.contains("1 received")) {
+            return true;
         }
-        last = format!("{stdout}{stderr}");
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    panic!("{ip} in {ns} cannot reach the gateway {gateway}: {last}");
+    false
+}
+
+/// A namespace standing for hosts beyond the bridge, reached from the host by a
+/// veth pair: the host end is `<net>.<x>.1/29`, the namespace answers on `.2` and
+/// `.3`. Its namespace and its two addresses.
+fn outside_host(f: &Fixture, net: &str) -> (String, String, String) {
+    let (ns, host_end, far_end) = f.namespace_with_veth("aeo");
+    let x: u8 = rand::random();
+    must(
+        "ip",
+        &["addr", "add", &format!("{net}.{x}.1/29"), "dev", &host_end],
+    );
+    must("ip", &["link", "set", "dev", &host_end, "up"]);
+    let (first, second) = (format!("{net}.{x}.2"), format!("{net}.{x}.3"));
+    for ip in [&first, &second] {
+        in_netns(
+            &ns,
+            &["ip", "addr", "add", &format!("{ip}/29"), "dev", &far_end],
+        );
+    }
+    in_netns(&ns, &["ip", "link", "set", "dev", &far_end, "up"]);
+    in_netns(&ns, &["ip", "link", "set", "dev", "lo", "up"]);
+    in_netns(
+        &ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.{x}.1"),
+        ],
+    );
+    (ns, first, second)
+}
+
+/// The fenced microVM bridge with real traffic: guests reach the outside world
+/// (through NAT), never the host, each other or private ranges; a guest's policy
+/// changes what it reaches at once; detach and teardown take every rule with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_bridge_fences_its_guests_and_applies_their_policies() {
+    let f = Fixture::isolated().await;
+    f.net.ensure().await.unwrap();
+    let (a, a_ns, _) = f.veth_guest().await;
+    let (b, b_ns, b_ip) = f.veth_guest().await;
+    for guest in [&a, &b] {
+        f.net.set_policy(guest, None).await.unwrap();
+    }
+    // 198.18.0.0/15 is set aside for network tests and is not a private range.
+    let (_, outside, outside_too) = outside_host(&f, "198.18");
+    let (_, private, _) = outside_host(&f, "10.252");
+    assert!(pings(&a_ns, &outside).await, "a guest reaches the outside");
+    assert!(pings(&b_ns, &outside_too).await);
+    assert!(!pings(&a_ns, &private).await, "a private range is refused");
+    assert!(
+        !pings(&a_ns, &f.config.gateway.to_string()).await,
+        "the host's own address is refused"
+    );
+    assert!(!pings(&a_ns, &b_ip.to_string()).await, "guests never meet");
+
+    // A policy, then none again: at once, and only for that guest.
+    let policy = NetworkPolicy {
+        egress: Egress::Deny,
+        allow: vec![format!("{outside}/32")],
+        deny: vec![],
+    };
+    f.net.set_policy(&a, Some(&policy)).await.unwrap();
+    assert!(pings(&a_ns, &outside).await);
+    assert!(!pings(&a_ns, &outside_too).await, "egress deny");
+    assert!(
+        pings(&b_ns, &outside_too).await,
+        "the other guest is unaffected"
+    );
+    // A policy never opens what the fence refuses.
+    let open_private = NetworkPolicy {
+        egress: Egress::Allow,
+        allow: vec![format!("{private}/32")],
+        deny: vec![],
+    };
+    f.net.set_policy(&a, Some(&open_private)).await.unwrap();
+    assert!(!pings(&a_ns, &private).await);
+    assert!(pings(&a_ns, &outside_too).await);
+
+    // Rules leave with their guest; the fence with the bridge.
+    let rules_naming = |needle: &str| {
+        ["INPUT", "FORWARD", guard::MICROVM_FORWARD]
+            .iter()
+            .flat_map(|chain| {
+                must("iptables", &["-w", "-S", chain])
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(!rules_naming(&a).is_empty());
+    f.net.detach(&a).await.unwrap();
+    assert!(rules_naming(&a).is_empty(), "{:?}", rules_naming(&a));
+    let chains = must("iptables", &["-w", "-S"]);
+    assert!(!chains.contains(&guard::policy_chain(&a)), "{chains}");
+    assert!(!rules_naming(&format!("aetherium-guard:{}", f.bridge())).is_empty());
+    f.net.detach(&b).await.unwrap();
+    f.net.teardown().await.unwrap();
+    assert!(rules_naming(&format!("-i {} ", f.bridge())).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_need_an_isolated_network() {
+    let f = Fixture::new(24, true).await;
+    f.net.ensure().await.unwrap();
+    let a = vm_id();
+    f.cleanup.link(&tap_name(&a));
+    let policy = NetworkPolicy {
+        egress: Egress::Deny,
+        ..NetworkPolicy::default()
+    };
+    let err = f.net.attach(&a, Some(&policy)).await.unwrap_err();
+    assert!(err.to_string().contains("network.isolated"), "{err}");
+    assert!(!link_exists(&tap_name(&a)));
+    assert!(f.leased().await.is_empty());
 }

@@ -635,13 +635,16 @@ async fn a_networked_guest_reaches_its_bridge() {
         gateway: std::net::Ipv4Addr::new(10, x, y, 1),
         prefix_len: 24,
         nat: false,
+        // This test is about the device plumbing: the guest reaches the host.
+        isolated: false,
+        egress_allow: Vec::new(),
     };
     let state = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", state.path().join("state.db").display());
     let leases = std::sync::Arc::new(SqliteStore::connect(&db_url).await.unwrap());
     let net = HostNetwork::new(config.clone(), leases, format!("qemu-test/{bridge}")).unwrap();
     net.ensure().await.expect("make the bridge");
-    let network = net.attach(&vm_id).await.expect("make the TAP device");
+    let network = net.attach(&vm_id, None).await.expect("make the TAP device");
 
     let listener = tokio::net::TcpListener::bind((config.gateway, 0))
         .await

@@ -767,8 +767,8 @@ export interface paths {
         };
         get?: never;
         /**
-         * Change a container's network policy
-         * @description Puts the policy in place of the container's current one, for new and open connections (`{}`: the isolated network's defaults). Queued on its worker; with `?wait=` 200 once in place, and the VM shows it.
+         * Change a sandbox's network policy
+         * @description Puts the policy in place of the sandbox's current one (a container's, or a microVM's on its TAP device), for new and open connections (`{}`: the isolated network's defaults). Queued on its worker; with `?wait=` 200 once in place, and the VM shows it.
          */
         put: operations["set_network_policy"];
         post?: never;
@@ -1752,11 +1752,11 @@ export interface components {
          */
         McpServerType: "stdio" | "http";
         /**
-         * @description A container's outbound traffic, on top of what the isolated network always
-         *     refuses (other sandboxes, the host, private, link-local and multicast ranges,
-         *     unless the operator's `vmm.docker.egress_allow` opens them): nothing here can
-         *     open those. Entries are IPv4 addresses or CIDRs. DNS keeps working (the engine
-         *     answers it).
+         * @description A sandbox's outbound traffic, on top of what its isolated network always refuses
+         *     (other sandboxes, the host, private, link-local and multicast ranges, unless the
+         *     operator's `vmm.docker.egress_allow` / `network.egress_allow` opens them):
+         *     nothing here can open those. Entries are IPv4 addresses or CIDRs. Containers:
+         *     DNS keeps working (the engine answers it).
          */
         NetworkPolicy: {
             allow?: string[];
@@ -5715,7 +5715,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
-            /** @description The caller's API key fixes its sandboxes' network policy (its quota) and the request asks for another, or for a microVM, which cannot enforce one yet */
+            /** @description The caller's API key fixes its sandboxes' network policy (its quota) and the request asks for another */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6807,7 +6807,7 @@ export interface operations {
                     "application/json": components["schemas"]["VmActionResponse"];
                 };
             };
-            /** @description An entry is not an IPv4 address or CIDR, a list is too long, or the VM is a microVM */
+            /** @description An entry is not an IPv4 address or CIDR, or a list is too long */
             400: {
                 headers: {
                     [name: string]: unknown;

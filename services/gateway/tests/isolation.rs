@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, container_of, docker, random_hex, sh_in, unique};
+use common::{TestServer, container_of, docker, iptables_rules, random_hex, sh_in, unique};
 use serde_json::{Value, json};
 
 /// Runs `script` with `sh -c` in `vm` through the queued API, waiting for it.
@@ -983,10 +983,6 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
             json!({"network_policy": {"deny": ["10.0.0.0/33"]}}),
             "network_policy.deny",
         ),
-        (
-            json!({"orchestrator": "qemu", "network_policy": {"egress": "deny"}}),
-            "containers",
-        ),
     ] {
         let (status, refused) = server.post("/vms", body).await;
         assert_eq!(status, 400, "{refused}");
@@ -1071,20 +1067,9 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
     for vm in [&only_first, &not_second] {
         let (status, _) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
         assert_eq!(status, 200);
-        let rules = String::from_utf8_lossy(
-            &std::process::Command::new("iptables")
-                .args(["-w", "-S"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned();
+        let rules = iptables_rules();
         assert!(!rules.contains(vm.as_str()), "rules of {vm} left:\n{rules}");
-        let chain: String = vm
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(16)
-            .collect();
+        let chain = aetherium_core::net::guard::policy_chain(vm);
         assert!(!rules.contains(&chain), "chain of {vm} left:\n{rules}");
     }
 }
@@ -1146,13 +1131,12 @@ async fn a_keys_network_policy_is_the_one_its_sandboxes_get() {
     assert_reaches(&server, &vm, &first, true).await;
     assert_reaches(&server, &vm, &second, false).await;
 
-    // Another policy, a microVM (which cannot enforce one), or a change: refused,
-    // and nothing is left of the refused creates.
+    // Another policy, or a change: refused, and nothing is left of the refused
+    // creates.
     let (_, before) = server.get("/vms").await;
     for body in [
         json!({"name": unique("keyvm"), "network_policy": {}}),
         json!({"name": unique("keyvm"), "network_policy": {"egress": "allow"}}),
-        json!({"name": unique("keyvm"), "orchestrator": "qemu"}),
     ] {
         let (status, refused) = create_as_key(body.clone()).await;
         assert_eq!(status, 403, "{body}: {refused}");

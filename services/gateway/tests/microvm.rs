@@ -15,13 +15,11 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aetherium_core::image::{BuildRequest, BuildSource, ImageStore};
 use aetherium_testkit::{kernel_dir, static_agent_bin, test_images_dir as images_dir};
 use common::{TestServer, random_hex, test_image};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt as _;
 
 async fn build_base_image() {
     let request = BuildRequest::new(
@@ -61,16 +59,25 @@ impl Drop for BridgeGuard {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        // Every NAT rule naming this bridge (the network module tags them with it).
-        if let Ok(out) = std::process::Command::new("iptables")
-            .args(["-t", "nat", "-S", "POSTROUTING"])
-            .output()
-        {
+        // Every rule naming this bridge: NAT and the fence (the network module tags
+        // them with it; a guest's rules match on it).
+        for (table, chain) in [
+            ("nat", "POSTROUTING"),
+            ("filter", "FORWARD"),
+            ("filter", "INPUT"),
+            ("filter", aetherium_core::net::guard::MICROVM_FORWARD),
+        ] {
+            let Ok(out) = std::process::Command::new("iptables")
+                .args(["-w", "-t", table, "-S", chain])
+                .output()
+            else {
+                continue;
+            };
             for rule in String::from_utf8_lossy(&out.stdout).lines() {
                 if rule.contains(&self.bridge) && rule.starts_with("-A ") {
                     let args: Vec<&str> = rule[3..].split_whitespace().collect();
                     let mut cmd = std::process::Command::new("iptables");
-                    cmd.args(["-t", "nat", "-D"])
+                    cmd.args(["-w", "-t", table, "-D"])
                         .args(args.iter().map(|a| a.trim_matches('"')).collect::<Vec<_>>());
                     let _ = cmd.output();
                 }
@@ -172,7 +179,7 @@ async fn leases_left(server: &TestServer, bridge: &str) -> Vec<aetherium_core::s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qemu_microvm_boots_runs_commands_reaches_its_bridge_and_leaves_nothing() {
+async fn a_qemu_microvm_boots_runs_commands_is_fenced_and_leaves_nothing() {
     let (server, guard, gateway) = microvm_server().await;
     let bridge = guard.bridge.clone();
 
@@ -267,40 +274,58 @@ async fn a_qemu_microvm_boots_runs_commands_reaches_its_bridge_and_leaves_nothin
         .unwrap();
     assert_eq!(back.as_ref(), payload.as_slice());
 
-    // Its network: a TAP on our bridge, an address leased from our subnet, and the
-    // guest reaches the bridge address (a TCP connection to a listener there).
+    // Its network: a TAP on our bridge, an isolated port, an address leased from
+    // our subnet; the network is fenced (isolated by default): the guest does not
+    // reach the host's own services (a listener on the bridge address).
     let taps = links_on(&bridge);
     assert_eq!(taps.len(), 1, "one TAP on {bridge}: {taps:?}");
+    let port_flags = String::from_utf8_lossy(
+        &std::process::Command::new("bridge")
+            .args(["-d", "link", "show", "dev", &taps[0]])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(port_flags.contains("isolated on"), "{port_flags}");
     let listener = tokio::net::TcpListener::bind((gateway, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accept = tokio::spawn(async move {
-        let (mut socket, peer) = listener.accept().await.unwrap();
-        let mut got = String::new();
-        socket.read_to_string(&mut got).await.unwrap();
-        (peer, got)
-    });
+    let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
     let sent = exec(
         &server,
         &id,
         "bash",
         &[
             "-c",
-            &format!("echo hello-from-guest >/dev/tcp/{gateway}/{port}"),
+            &format!("timeout 10 bash -c 'echo hello-from-guest >/dev/tcp/{gateway}/{port}'"),
         ],
     )
     .await;
-    assert_eq!(sent["exit_code"], 0, "{sent}");
-    let (peer, got) = tokio::time::timeout(Duration::from_secs(20), accept)
-        .await
-        .expect("the guest connected")
-        .unwrap();
-    assert_eq!(got, "hello-from-guest\n");
-    let peer_ip = match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip,
-        other => panic!("{other}"),
-    };
-    assert_eq!(peer_ip.octets()[..3], gateway.octets()[..3], "{peer_ip}");
-    assert_ne!(peer_ip, gateway);
+    assert_ne!(sent["exit_code"], 0, "the guest reached the host: {sent}");
+    assert!(
+        !accepted.is_finished(),
+        "the host's listener got a connection"
+    );
+    accepted.abort();
+    // Its network policy is the guest's TAP rules, changed while it runs.
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{id}/network-policy?wait=60s"),
+            Some(json!({"egress": "deny", "allow": ["198.18.0.0/15"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        changed["vm"]["network_policy"],
+        json!({"egress": "deny", "allow": ["198.18.0.0/15"]})
+    );
+    let rules = common::iptables_rules();
+    let chain = aetherium_core::net::guard::policy_chain(&id);
+    assert!(
+        rules.contains(&format!("-A {chain} -d 198.18.0.0/15 -j RETURN")),
+        "{rules}"
+    );
 
     // Pause freezes the vCPUs; resume thaws them. Snapshots are Firecracker's (409 elsewhere).
     let (status, paused) = server

@@ -44,6 +44,23 @@ pub(crate) async fn ensure_rule(rule: &Rule) -> Result<(), NetError> {
     }
 }
 
+/// Makes a chain of ours in the `filter` table unless it exists (left as it is if
+/// it does: its rules are someone's).
+pub(crate) async fn ensure_chain(chain: &str) -> Result<(), NetError> {
+    let list = ["-w", "-t", "filter", "-S", chain];
+    if cmd::output("iptables", &list).await?.success {
+        return Ok(());
+    }
+    let make = ["-w", "-t", "filter", "-N", chain];
+    let out = cmd::output("iptables", &make).await?;
+    // Made by another process meanwhile is fine.
+    if out.success || cmd::output("iptables", &list).await?.success {
+        Ok(())
+    } else {
+        Err(failed("iptables", &make, &out))
+    }
+}
+
 /// Whether the rule is in its chain.
 pub(crate) async fn has_rule(rule: &Rule) -> Result<bool, NetError> {
     let check = args(rule, "-C");

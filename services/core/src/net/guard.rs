@@ -1,13 +1,17 @@
-//! The firewall of the isolated container network (`vmm.docker.network_mode:
-//! isolated`): sandboxes reach the outside world, and nothing of ours.
+//! The firewall of a sandbox bridge: Docker's isolated container network
+//! (`vmm.docker.network_mode: isolated`) and the microVM bridge (`network.isolated`).
+//! Sandboxes reach the outside world, and nothing of ours.
 //!
-//! Docker keeps sandboxes on that bridge apart itself (`enable_icc=false`). These
-//! rules add, for every packet that comes in from the bridge:
+//! On Docker's bridge Docker keeps sandboxes apart itself (`enable_icc=false`); on
+//! the microVM bridge every TAP device is an isolated bridge port, which reaches the
+//! host but no other port. These rules add, for every packet that comes in from
+//! the bridge (a [`Fence`]):
 //! - `INPUT`: the host's own services (any of its addresses) are refused, replies to
 //!   connections the host opened excepted;
-//! - `DOCKER-USER` (Docker's hook in `FORWARD`, before its own rules): private,
-//!   shared, link-local (cloud metadata) and multicast destinations are refused —
-//!   other hosts of the LAN, other Docker networks, the microVM bridge.
+//! - the fence's forward chain (Docker's `DOCKER-USER`, its hook in `FORWARD`, or
+//!   ours, `AETHERIUM-FWD`, jumped to first from `FORWARD` for the microVM bridge):
+//!   private, shared, link-local (cloud metadata) and multicast destinations are
+//!   refused — other hosts of the LAN, other Docker networks, the other bridge.
 //!
 //! Per sandbox, an operator's `egress_allow` CIDRs are opened above those refusals
 //! for its address only, tagged with its VM id so that they leave with it. Above
@@ -38,6 +42,44 @@ pub const DENIED_RANGES: [&str; 7] = [
 /// Docker's chain for rules of its users, evaluated first in `FORWARD`.
 const DOCKER_USER: &str = "DOCKER-USER";
 
+/// Our chain for the microVM bridge's forwarded packets, jumped to first from
+/// `FORWARD`; it ends by returning there (to the NAT rules' ACCEPT).
+pub const MICROVM_FORWARD: &str = "AETHERIUM-FWD";
+
+/// A sandbox bridge and the chain its forwarded packets pass first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    pub bridge: &'a str,
+    pub forward: &'static str,
+}
+
+impl<'a> Fence<'a> {
+    /// Docker's isolated network: its bridge and `DOCKER-USER`.
+    pub fn docker(bridge: &'a str) -> Fence<'a> {
+        Fence {
+            bridge,
+            forward: DOCKER_USER,
+        }
+    }
+
+    /// The microVM bridge: `AETHERIUM-FWD`.
+    pub fn microvm(bridge: &'a str) -> Fence<'a> {
+        Fence {
+            bridge,
+            forward: MICROVM_FORWARD,
+        }
+    }
+
+    /// The chains its rules live in.
+    fn chains(&self) -> Vec<&'static str> {
+        if self.forward == DOCKER_USER {
+            vec!["INPUT", DOCKER_USER]
+        } else {
+            vec!["INPUT", self.forward, "FORWARD"]
+        }
+    }
+}
+
 fn tag_of_bridge(bridge: &str) -> String {
     format!("aetherium-guard:{bridge}")
 }
@@ -60,10 +102,15 @@ fn rule(chain: &'static str, parts: &[&str], tag: &str, target: &[&str]) -> Rule
 }
 
 /// The bridge's rules, in the order the kernel must see them.
-pub fn bridge_rules(bridge: &str) -> Vec<Rule> {
+pub fn bridge_rules(fence: Fence<'_>) -> Vec<Rule> {
+    let Fence { bridge, forward } = fence;
     let tag = tag_of_bridge(bridge);
     let established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"];
-    let mut rules = vec![
+    let mut rules = Vec::new();
+    if forward != DOCKER_USER {
+        rules.push(rule("FORWARD", &["-i", bridge], &tag, &["-j", forward]));
+    }
+    rules.extend([
         rule(
             "INPUT",
             &[&["-i", bridge][..], &established].concat(),
@@ -77,15 +124,15 @@ pub fn bridge_rules(bridge: &str) -> Vec<Rule> {
             &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"],
         ),
         rule(
-            DOCKER_USER,
+            forward,
             &[&["-i", bridge][..], &established].concat(),
             &tag,
             &["-j", "RETURN"],
         ),
-    ];
+    ]);
     for range in DENIED_RANGES {
         rules.push(rule(
-            DOCKER_USER,
+            forward,
             &["-i", bridge, "-d", range],
             &tag,
             &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"],
@@ -109,7 +156,7 @@ pub fn policy_chain(vm_id: &str) -> String {
 /// CIDR the operator allows, from its address, to the host and through the
 /// forward chain.
 pub fn sandbox_rules(
-    bridge: &str,
+    fence: Fence<'_>,
     vm_id: &str,
     ip: Ipv4Addr,
     allow: &[String],
@@ -117,17 +164,17 @@ pub fn sandbox_rules(
 ) -> Vec<Rule> {
     let tag = tag_of_sandbox(vm_id);
     let source = format!("{ip}/32");
-    let from_sandbox = ["-i", bridge, "-s", source.as_str()];
+    let from_sandbox = ["-i", fence.bridge, "-s", source.as_str()];
     let mut rules = Vec::new();
     if policy.is_some() {
         let chain = policy_chain(vm_id);
-        rules.push(rule(DOCKER_USER, &from_sandbox, &tag, &["-j", &chain]));
+        rules.push(rule(fence.forward, &from_sandbox, &tag, &["-j", &chain]));
     }
     rules.extend(allow.iter().flat_map(|cidr| {
         let parts = [&from_sandbox[..], &["-d", cidr.as_str()]].concat();
         [
             rule("INPUT", &parts, &tag, &["-j", "ACCEPT"]),
-            rule(DOCKER_USER, &parts, &tag, &["-j", "RETURN"]),
+            rule(fence.forward, &parts, &tag, &["-j", "RETURN"]),
         ]
     }));
     rules
@@ -154,11 +201,18 @@ pub fn policy_rules(chain: &str, policy: &NetworkPolicy) -> Vec<String> {
 }
 
 /// Makes sure the bridge's refusals are in place (idempotent; another installation
-/// sharing the bridge ensures the same rules).
-pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
-    let rules = bridge_rules(bridge);
-    let mut complete = true;
+/// sharing the bridge ensures the same rules). `relay` lays them anew even when all
+/// are there: after rules were inserted above them (NAT's ACCEPT).
+pub async fn guard_bridge(fence: Fence<'_>, relay: bool) -> Result<(), NetError> {
+    if fence.forward != DOCKER_USER {
+        firewall::ensure_chain(fence.forward).await?;
+    }
+    let rules = bridge_rules(fence);
+    let mut complete = !relay;
     for rule in &rules {
+        if !complete {
+            break;
+        }
         complete &= firewall::has_rule(rule).await?;
     }
     if complete {
@@ -167,17 +221,26 @@ pub async fn guard_bridge(bridge: &str) -> Result<(), NetError> {
     // Some are missing: lay them all anew, in order, in one transaction, so that
     // no packet ever passes a chain without them (other processes may be
     // starting sandboxes on this bridge right now).
-    firewall::relay_tagged(&["INPUT", DOCKER_USER], &tag_of_bridge(bridge), &rules).await
+    firewall::relay_tagged(&fence.chains(), &tag_of_bridge(fence.bridge), &rules).await
+}
+
+/// Removes the bridge's refusals (with its sandboxes' rules gone first).
+pub async fn unguard_bridge(fence: Fence<'_>) -> Result<(), NetError> {
+    let tag = tag_of_bridge(fence.bridge);
+    for chain in fence.chains() {
+        firewall::remove_tagged("filter", chain, &tag).await?;
+    }
+    Ok(())
 }
 
 /// Gives a sandbox its address's rules: its policy (none is fine) and the
 /// operator's allowed CIDRs (none is fine), in place of whatever rules that address
-/// still had -- this sandbox's older policy, or a dead sandbox's rules (one removed
-/// outside the platform, or whose worker died: Docker hands an address to one live
-/// container at a time), which must not pass to this one. One transaction: nothing
-/// sees the address half-configured.
+/// still had on this bridge -- this sandbox's older policy, or a dead sandbox's
+/// rules (one removed outside the platform, or whose worker died: an address goes
+/// to one live sandbox at a time), which must not pass to this one. One
+/// transaction: nothing sees the address half-configured.
 pub async fn open_for_sandbox(
-    bridge: &str,
+    fence: Fence<'_>,
     vm_id: &str,
     ip: Ipv4Addr,
     allow: &[String],
@@ -188,7 +251,10 @@ pub async fn open_for_sandbox(
         let of_a_sandbox = words
             .windows(2)
             .any(|w| w[0] == "--comment" && w[1].starts_with(SANDBOX_TAG_PREFIX));
-        of_a_sandbox && words.windows(2).any(|w| w[0] == "-s" && w[1] == source)
+        let on_this_bridge = words
+            .windows(2)
+            .any(|w| w[0] == "-i" && w[1] == fence.bridge);
+        of_a_sandbox && on_this_bridge && words.windows(2).any(|w| w[0] == "-s" && w[1] == source)
     };
     // Declaring the chain makes it, or empties it for its new rules.
     let chain = policy.map(|policy| {
@@ -197,9 +263,9 @@ pub async fn open_for_sandbox(
         (name, rules)
     });
     firewall::relay_with_chain(
-        &["INPUT", DOCKER_USER],
+        &["INPUT", fence.forward],
         stale,
-        &sandbox_rules(bridge, vm_id, ip, allow, policy),
+        &sandbox_rules(fence, vm_id, ip, allow, policy),
         chain
             .as_ref()
             .map(|(name, rules)| (name.as_str(), rules.as_slice())),
@@ -208,10 +274,10 @@ pub async fn open_for_sandbox(
 }
 
 /// Removes whatever was opened for the sandbox and its policy chain (none is fine).
-pub async fn close_for_sandbox(vm_id: &str) -> Result<(), NetError> {
+pub async fn close_for_sandbox(fence: Fence<'_>, vm_id: &str) -> Result<(), NetError> {
     let tag = tag_of_sandbox(vm_id);
     firewall::remove_tagged("filter", "INPUT", &tag).await?;
-    firewall::remove_tagged("filter", DOCKER_USER, &tag).await?;
+    firewall::remove_tagged("filter", fence.forward, &tag).await?;
     firewall::remove_chain(&policy_chain(vm_id)).await
 }
 
@@ -221,7 +287,7 @@ mod tests {
 
     #[test]
     fn replies_pass_before_refusals_and_openings_name_their_sandbox() {
-        let rules = bridge_rules("aeth-isolated");
+        let rules = bridge_rules(Fence::docker("aeth-isolated"));
         assert_eq!(rules[0].chain, "INPUT");
         assert!(rules[0].spec.join(" ").contains(
             "ESTABLISHED,RELATED -m comment --comment aetherium-guard:aeth-isolated -j ACCEPT"
@@ -236,7 +302,7 @@ mod tests {
         let refused: Vec<String> = rules[3..].iter().map(|r| r.spec[3].clone()).collect();
         assert_eq!(refused, DENIED_RANGES.map(String::from).to_vec());
         let open = sandbox_rules(
-            "aeth-isolated",
+            Fence::docker("aeth-isolated"),
             "vm-1",
             Ipv4Addr::new(172, 30, 0, 5),
             &["172.17.0.1/32".into()],
@@ -246,6 +312,40 @@ mod tests {
         assert_eq!(
             open[1].spec.join(" "),
             "-i aeth-isolated -s 172.30.0.5/32 -d 172.17.0.1/32 -m comment --comment aetherium-vm:vm-1 -j RETURN"
+        );
+    }
+
+    #[test]
+    fn the_microvm_bridge_jumps_to_a_chain_of_ours_first() {
+        let fence = Fence::microvm("aetherium0");
+        let rules = bridge_rules(fence);
+        assert_eq!(rules[0].chain, "FORWARD");
+        assert_eq!(
+            rules[0].spec.join(" "),
+            "-i aetherium0 -m comment --comment aetherium-guard:aetherium0 -j AETHERIUM-FWD"
+        );
+        assert!(rules[1..].iter().all(|r| r.chain != "FORWARD"));
+        assert!(
+            rules
+                .iter()
+                .filter(|r| r.spec.iter().any(|w| w == "REJECT"))
+                .all(|r| r.chain == "INPUT" || r.chain == MICROVM_FORWARD)
+        );
+        assert_eq!(fence.chains(), ["INPUT", MICROVM_FORWARD, "FORWARD"]);
+        let open = sandbox_rules(
+            fence,
+            "vm-2",
+            Ipv4Addr::new(172, 16, 0, 9),
+            &[],
+            Some(&NetworkPolicy::default()),
+        );
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].chain, MICROVM_FORWARD);
+        assert!(
+            open[0]
+                .spec
+                .join(" ")
+                .starts_with("-i aetherium0 -s 172.16.0.9/32 ")
         );
     }
 
@@ -261,7 +361,7 @@ mod tests {
         assert_eq!(chain, "aeth-vm-0b3c9a527d1e4f60");
         assert!(chain.len() <= 28);
         let rules = sandbox_rules(
-            "aeth-isolated",
+            Fence::docker("aeth-isolated"),
             vm_id,
             Ipv4Addr::new(172, 30, 0, 5),
             &["172.17.0.1/32".into()],

@@ -117,15 +117,35 @@ pub(crate) async fn add_tap(name: &str) -> Result<(), NetError> {
 }
 
 /// Puts a device on `bridge`, marks it with `alias` and brings it up.
-pub(crate) async fn join_bridge(name: &str, bridge: &str, alias: &str) -> Result<(), NetError> {
+pub(crate) async fn join_bridge(
+    name: &str,
+    bridge: &str,
+    alias: &str,
+    isolated: bool,
+) -> Result<(), NetError> {
     run(
         "ip",
         &[
             "link", "set", "dev", name, "master", bridge, "alias", alias, "up",
         ],
     )
-    .await
-    .map(drop)
+    .await?;
+    if isolated {
+        // An isolated port forwards to the bridge (the host) only, never to another
+        // isolated port: guests do not reach each other, not even by ARP.
+        let isolate = [
+            "link",
+            "set",
+            "dev",
+            name,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "on",
+        ];
+        run("ip", &isolate).await?;
+    }
+    Ok(())
 }
 
 /// Deletes a device; one that is not there is fine.

@@ -18,6 +18,8 @@ use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
+use aetherium_types::NetworkPolicy;
+
 use crate::error::CoreError;
 use crate::store::IpLeases;
 use crate::vmm::GuestNetwork;
@@ -34,16 +36,23 @@ pub struct HostNetworkConfig {
     pub prefix_len: u8,
     /// Masquerade the guests' traffic to the outside.
     pub nat: bool,
+    /// Fence the guests in ([`guard`]): no other guest, none of the host's services,
+    /// no private, link-local or multicast range; a network policy per guest.
+    pub isolated: bool,
+    /// CIDRs isolated guests may reach although private or the host's (checked).
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for HostNetworkConfig {
-    /// `aetherium0` at 172.16.0.1/24 with NAT.
+    /// `aetherium0` at 172.16.0.1/24 with NAT, isolated.
     fn default() -> Self {
         HostNetworkConfig {
             bridge: "aetherium0".into(),
             gateway: Ipv4Addr::new(172, 16, 0, 1),
             prefix_len: 24,
             nat: true,
+            isolated: true,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -109,33 +118,68 @@ impl HostNetwork {
         self.range.clone()
     }
 
-    /// Creates the bridge, its address and the NAT rules if missing (idempotent).
+    fn fence(&self) -> guard::Fence<'_> {
+        guard::Fence::microvm(&self.config.bridge)
+    }
+
+    /// Creates the bridge, its address, the NAT rules and the fence if missing
+    /// (idempotent).
     pub async fn ensure(&self) -> Result<(), NetError> {
         let c = &self.config;
         links::ensure_bridge(&c.bridge).await?;
         links::ensure_address(&c.bridge, c.gateway, c.prefix_len).await?;
         links::set_up(&c.bridge).await?;
+        let mut inserted = false;
         if c.nat {
             firewall::enable_forwarding().await?;
             for rule in plan::nat_rules(c) {
-                firewall::ensure_rule(&rule).await?;
+                if !firewall::has_rule(&rule).await? {
+                    firewall::ensure_rule(&rule).await?;
+                    inserted = true;
+                }
             }
+        }
+        if c.isolated {
+            // A NAT rule inserted now went above the fence's jump: lay it again.
+            guard::guard_bridge(self.fence(), inserted).await?;
         }
         Ok(())
     }
 
-    /// Leases an address and makes the VM's TAP device. Leaves nothing on error.
+    /// Leases an address, makes the VM's TAP device and, on an isolated network,
+    /// its firewall rules (`policy`: its network policy). Leaves nothing on error.
     /// Attaching a VM again gives the same address and TAP device.
-    pub async fn attach(&self, vm_id: &str) -> Result<GuestNetwork, NetError> {
+    pub async fn attach(
+        &self,
+        vm_id: &str,
+        policy: Option<&NetworkPolicy>,
+    ) -> Result<GuestNetwork, NetError> {
         if vm_id.is_empty() || vm_id.len() > 256 || vm_id.chars().any(char::is_control) {
             return Err(NetError::Config(format!("VM id {vm_id:?} is not usable")));
         }
+        if policy.is_some() && !self.config.isolated {
+            return Err(self.no_policies());
+        }
         let ip = self.lease(vm_id).await?;
         let tap = tap_name(vm_id);
+        // make_tap leaves nothing of its own on error (and never touches a device
+        // of another VM); the rules come once the device is ours.
         if let Err(e) = self.make_tap(&tap, vm_id).await {
-            if let Err(release) = self.leases.release_ip(&self.network_key, vm_id).await {
-                tracing::warn!(vm_id, error = %release, "cannot release the address of a failed attach");
+            self.release(vm_id).await;
+            return Err(e);
+        }
+        if self.config.isolated
+            && let Err(e) =
+                guard::open_for_sandbox(self.fence(), vm_id, ip, &self.config.egress_allow, policy)
+                    .await
+        {
+            if let Err(e) = guard::close_for_sandbox(self.fence(), vm_id).await {
+                tracing::warn!(vm_id, error = %e, "cannot remove the rules of a failed attach");
             }
+            if let Err(e) = links::delete(&tap).await {
+                tracing::warn!(tap, error = %e, "cannot remove the TAP device of a failed attach");
+            }
+            self.release(vm_id).await;
             return Err(e);
         }
         Ok(GuestNetwork {
@@ -147,8 +191,49 @@ impl HostNetwork {
         })
     }
 
-    /// Removes the VM's TAP device and releases its lease. Absent is fine.
+    /// Releases a failed attach's lease.
+    async fn release(&self, vm_id: &str) {
+        if let Err(e) = self.leases.release_ip(&self.network_key, vm_id).await {
+            tracing::warn!(vm_id, error = %e, "cannot release the address of a failed attach");
+        }
+    }
+
+    fn no_policies(&self) -> NetError {
+        NetError::Config(format!(
+            "network policies need an isolated microVM network (network.isolated); bridge {}'s is not",
+            self.config.bridge
+        ))
+    }
+
+    /// Puts `policy` (`None`: the network's defaults) in place of an attached VM's
+    /// current one, at once, for new and open connections.
+    pub async fn set_policy(
+        &self,
+        vm_id: &str,
+        policy: Option<&NetworkPolicy>,
+    ) -> Result<(), NetError> {
+        if !self.config.isolated {
+            return Err(self.no_policies());
+        }
+        let ip = self
+            .leases
+            .list_leases(&self.network_key)
+            .await?
+            .into_iter()
+            .find(|lease| lease.vm_id == vm_id)
+            .map(|lease| lease.ip)
+            .ok_or_else(|| {
+                NetError::Config(format!("VM {vm_id} has no address on this network"))
+            })?;
+        guard::open_for_sandbox(self.fence(), vm_id, ip, &self.config.egress_allow, policy).await
+    }
+
+    /// Removes the VM's rules, its TAP device and releases its lease. Absent is
+    /// fine.
     pub async fn detach(&self, vm_id: &str) -> Result<(), NetError> {
+        if self.config.isolated {
+            guard::close_for_sandbox(self.fence(), vm_id).await?;
+        }
         let tap = tap_name(vm_id);
         if let Some(link) = links::show(&tap).await?
             && link.ifalias.as_deref().is_some_and(|a| a != vm_id)
@@ -182,6 +267,9 @@ impl HostNetwork {
         for lease in self.leases.list_leases(&self.network_key).await? {
             if !live.contains(&lease.vm_id) {
                 tracing::info!(vm_id = lease.vm_id, ip = %lease.ip, "releasing the address of a VM that is gone");
+                if self.config.isolated {
+                    guard::close_for_sandbox(self.fence(), &lease.vm_id).await?;
+                }
                 self.leases
                     .release_ip(&self.network_key, &lease.vm_id)
                     .await?;
@@ -198,6 +286,7 @@ impl HostNetwork {
         let tag = plan::rule_tag(bridge);
         firewall::remove_tagged("nat", "POSTROUTING", &tag).await?;
         firewall::remove_tagged("filter", "FORWARD", &tag).await?;
+        guard::unguard_bridge(self.fence()).await?;
         for port in links::ports(bridge).await? {
             if port.ifname.starts_with(TAP_PREFIX) {
                 links::delete(&port.ifname).await?;
@@ -235,10 +324,10 @@ impl HostNetwork {
                 )));
             }
             // A leftover of this VM (e.g. before a worker restart): take it back.
-            return links::join_bridge(tap, bridge, vm_id).await;
+            return links::join_bridge(tap, bridge, vm_id, self.config.isolated).await;
         }
         links::add_tap(tap).await?;
-        if let Err(e) = links::join_bridge(tap, bridge, vm_id).await {
+        if let Err(e) = links::join_bridge(tap, bridge, vm_id, self.config.isolated).await {
             if let Err(undo) = links::delete(tap).await {
                 tracing::warn!(tap, error = %undo, "cannot remove the TAP device of a failed attach");
             }

@@ -261,6 +261,8 @@ mod tests {
             gateway: Ipv4Addr::from(gateway),
             prefix_len,
             nat: true,
+            isolated: true,
+            egress_allow: Vec::new(),
         }
     }
 

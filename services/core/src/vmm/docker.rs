@@ -34,6 +34,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{Backend, BackendError, Limit, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
+use crate::net::guard::Fence;
 
 pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
 pub const RUN_DIR_IN_CONTAINER: &str = "/.aetherium/run";
@@ -323,7 +324,7 @@ impl DockerBackend {
                     }
                     Err(e) => return Err(map_err(e)),
                 }
-                crate::net::guard::guard_bridge(ISOLATED_BRIDGE)
+                crate::net::guard::guard_bridge(Fence::docker(ISOLATED_BRIDGE), false)
                     .await
                     .map_err(|e| {
                         BackendError::Unavailable(format!(
@@ -361,7 +362,7 @@ impl DockerBackend {
                 ))
             })?;
         crate::net::guard::open_for_sandbox(
-            ISOLATED_BRIDGE,
+            Fence::docker(ISOLATED_BRIDGE),
             vm_id,
             ip,
             &self.config.egress_allow,
@@ -710,7 +711,8 @@ impl Backend for DockerBackend {
             Err(e) => return Err(map_err(e)),
         }
         if self.isolated()
-            && let Err(e) = crate::net::guard::close_for_sandbox(vm_id).await
+            && let Err(e) =
+                crate::net::guard::close_for_sandbox(Fence::docker(ISOLATED_BRIDGE), vm_id).await
         {
             return Err(BackendError::Other(format!(
                 "cannot remove the network rules of {vm_id}: {e}"

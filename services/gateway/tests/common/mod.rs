@@ -273,6 +273,15 @@ impl TestServer {
     }
 }
 
+/// Every rule of the filter table, as `iptables -S` lists them.
+pub fn iptables_rules() -> String {
+    let out = std::process::Command::new("iptables")
+        .args(["-w", "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn docker(args: &[&str]) -> std::process::Output {
     std::process::Command::new("docker")
         .args(args)
