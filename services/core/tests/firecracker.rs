@@ -26,7 +26,7 @@ use aetherium_core::vmm::firecracker::api::{
     ActionType, ApiError, FirecrackerApi, InstanceState, LogLevel,
 };
 use aetherium_core::vmm::firecracker::layout::{self, VmDir};
-use aetherium_core::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig, probe};
+use aetherium_core::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig, cgroup, probe};
 use aetherium_core::vmm::{Backend, BackendError, GuestNetwork, SandboxSpec, SandboxState};
 use aetherium_types::Orchestrator;
 use aetherium_types::agent::{ProcessConfig, StartRequest};
@@ -907,8 +907,55 @@ fn jailer_bin() -> PathBuf {
     path
 }
 
+/// Asserts the cgroup limits of a jailed Firecracker (`pid`): `vcpus` of CPU time
+/// and `memory_mb` plus the overhead, read where /proc/<pid>/cgroup says it is.
+fn assert_cgroup_limits(pid: u32, vcpus: u64, memory_mb: u64) {
+    let memberships = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path_of = |controller: &str| -> Option<String> {
+        memberships.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+    };
+    let read = |dir: std::path::PathBuf, file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+            .trim()
+            .to_string()
+    };
+    let memory = (memory_mb + cgroup::MEMORY_OVERHEAD_MB) << 20;
+    match cgroup::Version::of_host() {
+        cgroup::Version::V1 => {
+            let cpu = path_of("cpu").expect("in a cpu cgroup");
+            assert!(cpu.starts_with("/aetherium/"), "{memberships}");
+            let cpu_dir = Path::new("/sys/fs/cgroup/cpu").join(cpu.trim_start_matches('/'));
+            assert_eq!(
+                read(cpu_dir.clone(), "cpu.cfs_quota_us"),
+                (vcpus * 100_000).to_string()
+            );
+            assert_eq!(read(cpu_dir, "cpu.cfs_period_us"), "100000");
+            let mem = path_of("memory").expect("in a memory cgroup");
+            let mem_dir = Path::new("/sys/fs/cgroup/memory").join(mem.trim_start_matches('/'));
+            assert_eq!(read(mem_dir, "memory.limit_in_bytes"), memory.to_string());
+        }
+        cgroup::Version::V2 => {
+            let unified = path_of("").expect("in the unified hierarchy");
+            let dir = Path::new("/sys/fs/cgroup").join(unified.trim_start_matches('/'));
+            assert_eq!(
+                read(dir.clone(), "cpu.max"),
+                format!("{} 100000", vcpus * 100_000)
+            );
+            assert_eq!(read(dir, "memory.max"), memory.to_string());
+        }
+    }
+}
+
 /// The same lifecycle under the jailer: chroot-relative paths, an unprivileged
-/// user, snapshot files moved out of and back into the chroot.
+/// user, snapshot files moved out of and back into the chroot, cgroup limits.
 #[tokio::test]
 async fn the_jailer_runs_the_same_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
@@ -955,6 +1002,9 @@ async fn the_jailer_runs_the_same_lifecycle() {
         uid_line.split_whitespace().nth(1) == Some(uid.to_string().as_str()),
         "not running as {uid}: {uid_line}"
     );
+    // Bounded by its size: one vCPU of CPU time, its memory and the overhead.
+    assert_cgroup_limits(pid_of(&vm_dir), 1, 32);
+    let cgroups = cgroup::dirs(cgroup::Version::of_host(), &vm_id);
     wait_for("the guest's serial output", Duration::from_secs(5), || {
         std::fs::read_to_string(vm_dir.console()).is_ok_and(|c| c.contains(GUEST_MARKER))
     })
@@ -983,12 +1033,17 @@ async fn the_jailer_runs_the_same_lifecycle() {
     setup.backend.resume(&vm_id).await.expect("resume");
     setup.backend.delete(&vm_id).await.expect("delete");
     assert_gone(&setup, &vm_id);
+    for dir in &cgroups {
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
 
     setup
         .backend
         .restore(&vm_id, &snapshot, false)
         .await
         .expect("restore under the jailer");
+    // The snapshot brought its size along.
+    assert_cgroup_limits(pid_of(&vm_dir), 1, 32);
     assert_eq!(
         setup.backend.status(&vm_id).await.unwrap(),
         SandboxState::Paused
@@ -1002,4 +1057,7 @@ async fn the_jailer_runs_the_same_lifecycle() {
     setup.backend.delete(&vm_id).await.expect("delete");
     assert_gone(&setup, &vm_id);
     assert!(!tap.attached());
+    for dir in &cgroups {
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
 }

@@ -19,6 +19,7 @@ use super::api::{
     MachineConfiguration, MemoryBackend, MemoryBackendType, Metrics, NetworkInterface,
     SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState, Vsock,
 };
+use super::cgroup;
 use super::layout::{self, VmDir};
 use crate::agent_client::AgentClient;
 use crate::image::{self, ImageStore, VmImage};
@@ -70,6 +71,8 @@ impl FirecrackerConfig {
 
 pub struct FirecrackerBackend {
     config: FirecrackerConfig,
+    /// The host's cgroup hierarchy, for a jailed VM's limits.
+    cgroups: cgroup::Version,
     /// Processes this process started (they know their exit code once reaped);
     /// others are found by their pid file.
     started: Arc<Mutex<HashMap<String, VmmProcess>>>,
@@ -99,6 +102,7 @@ impl FirecrackerBackend {
     pub fn new(config: FirecrackerConfig) -> Self {
         FirecrackerBackend {
             config,
+            cgroups: cgroup::Version::of_host(),
             started: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -180,7 +184,13 @@ impl FirecrackerBackend {
                 .map_err(image_error)?;
             let kernel = stage(&dir, &image.vmlinux, "vmlinux")?;
             let initrd = stage(&dir, &image.initramfs, "initramfs")?;
-            let api = self.start_process(&spec.vm_id, &dir).await?;
+            let limits = cgroup::Limits {
+                vcpus: spec.vcpus,
+                memory_mb: spec.memory_mb,
+            };
+            std::fs::write(dir.limits(), limits.to_file_text())
+                .map_err(|e| other(format!("cannot write {}: {e}", dir.limits().display())))?;
+            let api = self.start_process(&spec.vm_id, &dir, Some(limits)).await?;
             self.configure(&api, &dir, spec, kernel, initrd).await?;
             api.action(ActionType::InstanceStart)
                 .await
@@ -216,7 +226,15 @@ impl FirecrackerBackend {
                 .map_err(image_error)?;
             let vmstate = stage(&dir, &files.vmstate(), "snapshot.vmstate")?;
             let memory = stage(&dir, &files.memory(), "snapshot.memory")?;
-            let api = self.start_process(vm_id, &dir).await?;
+            // The size it had when taken bounds it again (older snapshots lack it).
+            let limits = std::fs::read_to_string(files.limits())
+                .ok()
+                .and_then(|text| cgroup::Limits::from_file_text(&text));
+            if let Some(limits) = limits {
+                std::fs::write(dir.limits(), limits.to_file_text())
+                    .map_err(|e| other(format!("cannot write {}: {e}", dir.limits().display())))?;
+            }
+            let api = self.start_process(vm_id, &dir, limits).await?;
             self.configure_observability(&api, &dir).await?;
             api.load_snapshot(&SnapshotLoadParams {
                 snapshot_path: vmstate,
@@ -287,11 +305,13 @@ impl FirecrackerBackend {
         })
     }
 
-    /// Spawns `firecracker` and waits until its API answers.
+    /// Spawns `firecracker` and waits until its API answers. Jailed, it runs in
+    /// cgroups bounded by `limits`.
     async fn start_process(
         &self,
         vm_id: &str,
         dir: &VmDir,
+        limits: Option<cgroup::Limits>,
     ) -> Result<FirecrackerApi, BackendError> {
         let bin = &self.config.firecracker_bin;
         if !bin.is_file() {
@@ -329,7 +349,7 @@ impl FirecrackerBackend {
                         other(format!("cannot hand {} to uid {uid}: {e}", file.display()))
                     })?;
                 }
-                let args: Vec<std::ffi::OsString> = vec![
+                let mut args: Vec<std::ffi::OsString> = vec![
                     "--id".into(),
                     layout::JAIL_ID.into(),
                     "--exec-file".into(),
@@ -340,10 +360,19 @@ impl FirecrackerBackend {
                     gid.to_string().into(),
                     "--chroot-base-dir".into(),
                     dir.jail_base().into(),
+                ];
+                if let Some(limits) = limits {
+                    args.extend(
+                        cgroup::jailer_args(self.cgroups, vm_id, limits)
+                            .into_iter()
+                            .map(Into::into),
+                    );
+                }
+                args.extend([
                     "--".into(),
                     "--api-sock".into(),
                     dir.vmm_path(&dir.api_socket()).into(),
-                ];
+                ]);
                 (jailer.clone(), args)
             }
         };
@@ -466,6 +495,9 @@ impl FirecrackerBackend {
         }
         if let Ok(mut started) = self.started.lock() {
             started.remove(vm_id);
+        }
+        if self.config.jailer_bin.is_some() {
+            cgroup::remove(self.cgroups, vm_id);
         }
         let _ = std::fs::remove_dir_all(dir.path());
     }
@@ -716,6 +748,13 @@ impl Backend for FirecrackerBackend {
             if dir.jail_root().is_some() {
                 move_file(&vmstate, &files.vmstate()).await?;
                 move_file(&memory, &files.memory()).await?;
+            }
+            // Its size, so that a restore bounds it the same (absent: not jailed
+            // before this was recorded; the restore then runs without limits).
+            if dir.limits().exists() {
+                std::fs::copy(dir.limits(), files.limits()).map_err(|e| {
+                    other(format!("cannot write {}: {e}", files.limits().display()))
+                })?;
             }
             // The disk as it is now belongs to the memory image: keep a copy.
             image::clone_rootfs(&dir.rootfs(), &files.rootfs())

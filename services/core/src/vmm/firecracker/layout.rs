@@ -119,7 +119,13 @@ impl VmDir {
     pub fn pid_file(&self) -> PathBuf {
         self.path.join(PID_FILE)
     }
+    /// The VM's size, which its cgroup limits follow (`cgroup::Limits`).
+    pub fn limits(&self) -> PathBuf {
+        self.path.join(LIMITS)
+    }
 }
+
+const LIMITS: &str = "limits";
 
 /// The files of one snapshot: Firecracker's VM state and memory, a copy of the disk
 /// as it was, and the id of the VM it was taken from.
@@ -144,6 +150,10 @@ impl SnapshotFiles {
     }
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join(ROOTFS)
+    }
+    /// The VM's size when it was taken (absent in snapshots of older versions).
+    pub fn limits(&self) -> PathBuf {
+        self.dir.join(LIMITS)
     }
 
     /// Makes the directory (refusing one that holds a snapshot) and records the VM.
@@ -173,6 +183,7 @@ impl SnapshotFiles {
             self.vmstate(),
             self.memory(),
             self.rootfs(),
+            self.limits(),
             self.dir.join(SNAPSHOT_VM_ID),
         ] {
             let _ = std::fs::remove_file(file);

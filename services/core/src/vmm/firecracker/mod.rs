@@ -4,6 +4,7 @@
 
 pub mod api;
 mod backend;
+pub mod cgroup;
 pub mod layout;
 pub mod probe;
 
