@@ -93,8 +93,11 @@ describe("audit page", () => {
     await waitFor(() => expect(calls()).toContain("/api/v1/audit?resource_id=vm-1&limit=100"));
     expect(router.replace).toHaveBeenLastCalledWith("/audit/?resource_id=vm-1", { scroll: false });
 
+    // The filtered request may still be loading (the button is then "loading
+    // Refresh" and disabled): wait until it is done.
+    const refresh = await screen.findByRole("button", { name: "Refresh" });
     const before = calls().length;
-    fireEvent.click(screen.getByRole("button", { name: "Refresh" }));
+    fireEvent.click(refresh);
     await waitFor(() => expect(calls().length).toBe(before + 1));
     expect(calls().at(-1)).toBe("/api/v1/audit?resource_id=vm-1&limit=100");
   });
