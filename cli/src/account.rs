@@ -426,10 +426,13 @@ pub enum UserCommand {
         role: String,
         #[arg(long)]
         password_stdin: bool,
+        /// What the sandboxes of the user's sessions may take (none: not limited).
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// List users.
     Ls,
-    /// Change a user's role, password or state.
+    /// Change a user's role, password, state or quota.
     Update {
         /// User id or username.
         user: String,
@@ -444,6 +447,12 @@ pub enum UserCommand {
         disable: bool,
         #[arg(long)]
         enable: bool,
+        /// A new quota for the user's sessions, in place of the old one.
+        #[command(flatten)]
+        quota: QuotaArgs,
+        /// Remove the user's quota.
+        #[arg(long)]
+        no_quota: bool,
     },
     /// Delete a user and end their sessions.
     Rm {
@@ -509,13 +518,17 @@ pub async fn user(args: UserArgs) -> anyhow::Result<u8> {
             username,
             role,
             password_stdin,
+            quota,
         } => {
             let password = new_password(password_stdin)?;
             let user: User = client
                 .send(
                     reqwest::Method::POST,
                     "/users",
-                    Some(json!({"username": username, "password": password, "role": role})),
+                    Some(
+                        json!({"username": username, "password": password, "role": role,
+                                "quota": quota.to_quota()?}),
+                    ),
                 )
                 .await?;
             show(&user, "Created")?;
@@ -538,9 +551,21 @@ pub async fn user(args: UserArgs) -> anyhow::Result<u8> {
             password_stdin,
             disable,
             enable,
+            quota,
+            no_quota,
         } => {
             let id = user_id(&client, &user).await?;
             let mut body = serde_json::Map::new();
+            match (quota.to_quota()?, no_quota) {
+                (Some(_), true) => bail!("--no-quota takes no limits"),
+                (Some(quota), false) => {
+                    body.insert("quota".into(), json!(quota));
+                }
+                (None, true) => {
+                    body.insert("quota".into(), json!({}));
+                }
+                (None, false) => {}
+            }
             if let Some(role) = role {
                 body.insert("role".into(), json!(role));
             }

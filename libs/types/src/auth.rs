@@ -60,9 +60,9 @@ pub struct Principal {
     pub quota: Option<KeyQuota>,
 }
 
-/// What the live sandboxes (not STOPPED or FAILED) an API key created may take at
-/// once, and what they may reach; each limit left out is not limited. A create over
-/// one is a 429 naming it.
+/// What the live sandboxes (not STOPPED or FAILED) an API key, or a user's
+/// sessions, created may take at once, and what they may reach; each limit left
+/// out is not limited. A create over one is a 429 naming it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -272,6 +272,10 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// What the sandboxes and commands of the user's sessions may take (as an API
+    /// key's quota); `None`: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<KeyQuota>,
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -316,12 +320,20 @@ pub struct CreateUserRequest {
     #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
     pub password: String,
     pub role: Role,
+    /// What the sandboxes and commands of the user's sessions may take; none: not
+    /// limited.
+    #[serde(default, deserialize_with = "crate::api::object_only")]
+    pub quota: Option<KeyQuota>,
 }
 
 impl CreateUserRequest {
     pub fn validate(&self) -> Result<(), String> {
         validate_label("username", &self.username)?;
-        validate_password(&self.password)
+        validate_password(&self.password)?;
+        match &self.quota {
+            Some(quota) => quota.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -337,6 +349,10 @@ pub struct UpdateUserRequest {
     pub password: Option<String>,
     #[serde(default)]
     pub disabled: Option<bool>,
+    /// A new quota for the user's sessions, in place of the old one; `{}`: not
+    /// limited.
+    #[serde(default, deserialize_with = "crate::api::object_only")]
+    pub quota: Option<KeyQuota>,
 }
 
 impl UpdateUserRequest {
@@ -344,8 +360,15 @@ impl UpdateUserRequest {
         if let Some(p) = &self.password {
             validate_password(p)?;
         }
-        if self.role.is_none() && self.password.is_none() && self.disabled.is_none() {
-            return Err("nothing to change: give role, password or disabled".into());
+        if let Some(quota) = &self.quota {
+            quota.validate()?;
+        }
+        if self.role.is_none()
+            && self.password.is_none()
+            && self.disabled.is_none()
+            && self.quota.is_none()
+        {
+            return Err("nothing to change: give role, password, disabled or quota".into());
         }
         Ok(())
     }

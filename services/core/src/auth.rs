@@ -213,7 +213,7 @@ impl Auth {
                     name: user.username,
                     kind: PrincipalKind::Session,
                     role: user.role,
-                    quota: None,
+                    quota: user.quota,
                 },
                 credential_id: session.id,
                 expires_at: Some(session.expires_at),
@@ -310,10 +310,7 @@ impl Auth {
         let expires_at = req
             .expires_in_seconds
             .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
-        let quota = match &req.quota {
-            Some(quota) => Some(quota.normalized().map_err(CoreError::InvalidInput)?),
-            None => None,
-        };
+        let quota = stored_quota(req.quota.as_ref())?;
         let key = ApiKey {
             quota,
             ..new_key_record(
@@ -337,10 +334,7 @@ impl Auth {
         id: &str,
         quota: Option<&KeyQuota>,
     ) -> CoreResult<ApiKey> {
-        let quota = match quota {
-            Some(quota) => Some(quota.normalized().map_err(CoreError::InvalidInput)?),
-            None => None,
-        };
+        let quota = stored_quota(quota)?;
         if !self.store.set_api_key_quota(id, quota.as_ref()).await? {
             return Err(CoreError::NotFound(format!("API key {id} not found")));
         }
@@ -378,6 +372,7 @@ impl Auth {
             created_at: now,
             updated_at: now,
             last_login_at: None,
+            quota: stored_quota(req.quota.as_ref())?,
         };
         let hash = self.password_work.hash(req.password.clone()).await?;
         self.store.insert_user(&user, &hash).await?;
@@ -395,7 +390,7 @@ impl Auth {
             .ok_or_else(|| CoreError::NotFound(format!("user {id} not found")))
     }
 
-    /// Changes role, password or disabled. A new password or disabling ends the
+    /// Changes role, password, disabled or quota (from the user's next request). A new password or disabling ends the
     /// user's sessions.
     pub async fn update_user(&self, id: &str, req: &UpdateUserRequest) -> CoreResult<User> {
         req.validate().map_err(CoreError::InvalidInput)?;
@@ -405,6 +400,9 @@ impl Auth {
         }
         if let Some(disabled) = req.disabled {
             user.disabled = disabled;
+        }
+        if let Some(quota) = &req.quota {
+            user.quota = stored_quota(Some(quota))?;
         }
         user.updated_at = Utc::now();
         let hash = match &req.password {
@@ -522,6 +520,18 @@ fn new_key_record(
         last_used_at: None,
         rate_limit_per_second,
         quota: None,
+    }
+}
+
+/// A quota as stored: checked, its network policy in CIDR form, and `None` for one
+/// that limits nothing (`{}`).
+fn stored_quota(quota: Option<&KeyQuota>) -> CoreResult<Option<KeyQuota>> {
+    match quota {
+        Some(quota) => {
+            let quota = quota.normalized().map_err(CoreError::InvalidInput)?;
+            Ok((quota != KeyQuota::default()).then_some(quota))
+        }
+        None => Ok(None),
     }
 }
 

@@ -1224,6 +1224,7 @@ fn user(id: &str, name: &str, created: DateTime<Utc>) -> User {
         created_at: created,
         updated_at: created,
         last_login_at: None,
+        quota: None,
     }
 }
 

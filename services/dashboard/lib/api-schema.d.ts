@@ -591,7 +591,10 @@ export interface paths {
         delete: operations["delete_user"];
         options?: never;
         head?: never;
-        /** Change a user's role, password or disabled flag */
+        /**
+         * Change a user's role, password, disabled flag or quota
+         * @description A new password or disabling ends the user's sessions. A quota (`{}`: none) applies to what the user's sessions create from their next request on.
+         */
         patch: operations["update_user"];
         trace?: never;
     };
@@ -1364,6 +1367,7 @@ export interface components {
         };
         CreateUserRequest: {
             password: string;
+            quota?: components["schemas"]["KeyQuota"] | null;
             role: components["schemas"]["Role"];
             username: string;
         };
@@ -1618,9 +1622,9 @@ export interface components {
             version: string;
         };
         /**
-         * @description What the live sandboxes (not STOPPED or FAILED) an API key created may take at
-         *     once, and what they may reach; each limit left out is not limited. A create over
-         *     one is a 429 naming it.
+         * @description What the live sandboxes (not STOPPED or FAILED) an API key, or a user's
+         *     sessions, created may take at once, and what they may reach; each limit left
+         *     out is not limited. A create over one is a 429 naming it.
          */
         KeyQuota: {
             /**
@@ -2188,6 +2192,7 @@ export interface components {
         UpdateUserRequest: {
             disabled?: boolean | null;
             password?: string | null;
+            quota?: components["schemas"]["KeyQuota"] | null;
             role?: components["schemas"]["Role"] | null;
         };
         /** @description What an upload answers. */
@@ -2207,6 +2212,7 @@ export interface components {
             id: string;
             /** Format: date-time */
             last_login_at?: string | null;
+            quota?: components["schemas"]["KeyQuota"] | null;
             role: components["schemas"]["Role"];
             /** Format: date-time */
             updated_at: string;

@@ -1186,3 +1186,81 @@ async fn a_keys_network_policy_is_the_one_its_sandboxes_get() {
         assert_eq!(status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_quota_bounds_what_their_sessions_create() {
+    let server = TestServer::start().await;
+    let name = unique("quser");
+    let (status, user) = server
+        .post(
+            "/users",
+            json!({"username": name, "password": "correct horse battery", "role": "operator",
+                   "quota": {"max_vms": 1}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["quota"], json!({"max_vms": 1}), "{user}");
+    let user_id = user["id"].as_str().unwrap().to_string();
+    let login = server
+        .http
+        .post(format!("{}/api/v1/auth/login", server.url))
+        .json(&json!({"username": name, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+    let session: Value = login.json().await.unwrap();
+    let token = session["token"].as_str().unwrap().to_string();
+    let create = |label: &str| {
+        let body = json!({"name": unique(label)});
+        let (server, token) = (&server, token.clone());
+        async move {
+            server
+                .call_as(
+                    &token,
+                    reqwest::Method::POST,
+                    "/api/v1/vms?wait=90s",
+                    Some(body),
+                )
+                .await
+        }
+    };
+
+    let (status, first) = create("uvm").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["vm"]["created_by"], user_id.as_str(), "{first}");
+    let (status, refused) = create("uvm").await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("max_vms"),
+        "{refused}"
+    );
+    // Lifted by an admin, it applies from the session's next request.
+    let (status, lifted) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{user_id}"),
+            Some(json!({"quota": {}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{lifted}");
+    assert!(lifted.get("quota").is_none(), "{lifted}");
+    let (status, second) = create("uvm").await;
+    assert_eq!(status, 200, "{second}");
+    // A quota with a bad limit changes nothing.
+    let (status, _) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{user_id}"),
+            Some(json!({"quota": {"max_vms": 1, "max_cpus": 1}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (_, unchanged) = server.get(&format!("/users/{user_id}")).await;
+    assert!(unchanged.get("quota").is_none(), "{unchanged}");
+    for vm in [&first, &second] {
+        let id = vm["vm"]["id"].as_str().unwrap();
+        let (status, _) = server.delete(&format!("/vms/{id}?wait=60s")).await;
+        assert_eq!(status, 200);
+    }
+}

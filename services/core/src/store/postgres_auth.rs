@@ -40,6 +40,9 @@ fn user_from_row(row: &PgRow) -> CoreResult<User> {
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
         last_login_at: row.try_get::<Option<i64>, _>("last_login_at")?.map(from_ms),
+        quota: row
+            .try_get::<Option<sqlx::types::Json<KeyQuota>>, _>("quota")?
+            .map(|q| q.0),
     })
 }
 
@@ -160,8 +163,8 @@ impl AuthStore for PgStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, role, disabled, created_at,
-                updated_at, last_login_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                updated_at, last_login_at, quota)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -171,6 +174,7 @@ impl AuthStore for PgStore {
         .bind(to_ms(user.created_at))
         .bind(to_ms(user.updated_at))
         .bind(user.last_login_at.map(to_ms))
+        .bind(user.quota.as_ref().map(sqlx::types::Json))
         .execute(self.pool())
         .await
         .map_err(|e| {
@@ -212,14 +216,15 @@ impl AuthStore for PgStore {
     async fn update_user(&self, user: &User, password_hash: Option<&str>) -> CoreResult<()> {
         sqlx::query(
             "UPDATE users SET role = $1, disabled = $2, updated_at = $3, last_login_at = $4,
-                password_hash = COALESCE($5, password_hash)
-             WHERE id = $6",
+                password_hash = COALESCE($5, password_hash), quota = $6
+             WHERE id = $7",
         )
         .bind(user.role.as_str())
         .bind(user.disabled)
         .bind(to_ms(user.updated_at))
         .bind(user.last_login_at.map(to_ms))
         .bind(password_hash)
+        .bind(user.quota.as_ref().map(sqlx::types::Json))
         .bind(&user.id)
         .execute(self.pool())
         .await?;

@@ -40,6 +40,9 @@ fn user_from_row(row: &SqliteRow) -> CoreResult<User> {
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
         last_login_at: row.try_get::<Option<i64>, _>("last_login_at")?.map(from_ms),
+        quota: row
+            .try_get::<Option<sqlx::types::Json<KeyQuota>>, _>("quota")?
+            .map(|q| q.0),
     })
 }
 
@@ -160,8 +163,8 @@ impl AuthStore for SqliteStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, role, disabled, created_at,
-                updated_at, last_login_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                updated_at, last_login_at, quota)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -171,6 +174,7 @@ impl AuthStore for SqliteStore {
         .bind(to_ms(user.created_at))
         .bind(to_ms(user.updated_at))
         .bind(user.last_login_at.map(to_ms))
+        .bind(user.quota.as_ref().map(sqlx::types::Json))
         .execute(self.pool())
         .await
         .map_err(|e| {
@@ -212,7 +216,7 @@ impl AuthStore for SqliteStore {
     async fn update_user(&self, user: &User, password_hash: Option<&str>) -> CoreResult<()> {
         sqlx::query(
             "UPDATE users SET role = ?, disabled = ?, updated_at = ?, last_login_at = ?,
-                password_hash = COALESCE(?, password_hash)
+                password_hash = COALESCE(?, password_hash), quota = ?
              WHERE id = ?",
         )
         .bind(user.role.as_str())
@@ -220,6 +224,7 @@ impl AuthStore for SqliteStore {
         .bind(to_ms(user.updated_at))
         .bind(user.last_login_at.map(to_ms))
         .bind(password_hash)
+        .bind(user.quota.as_ref().map(sqlx::types::Json))
         .bind(&user.id)
         .execute(self.pool())
         .await?;

@@ -344,7 +344,8 @@ pub async fn get_user(
     patch,
     path = "/api/v1/users/{id}",
     tag = "auth",
-    summary = "Change a user's role, password or disabled flag",
+    summary = "Change a user's role, password, disabled flag or quota",
+    description = "A new password or disabling ends the user's sessions. A quota (`{}`: none) applies to what the user's sessions create from their next request on.",
     params(("id" = String, Path, description = "The user's id")),
     request_body = aetherium_types::UpdateUserRequest,
     responses(
