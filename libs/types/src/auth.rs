@@ -90,6 +90,12 @@ pub struct KeyQuota {
 
 impl KeyQuota {
     pub fn validate(&self) -> Result<(), String> {
+        self.normalized().map(drop)
+    }
+
+    /// The quota as stored: every limit in range, its network policy checked and in
+    /// CIDR form.
+    pub fn normalized(&self) -> Result<KeyQuota, String> {
         let checks: [(&str, Option<u64>, u64); 4] = [
             ("max_vms", self.max_vms.map(u64::from), 100_000),
             (
@@ -105,20 +111,14 @@ impl KeyQuota {
                 return Err(format!("quota.{name} must be at most {max}"));
             }
         }
-        if let Some(policy) = &self.network_policy {
-            policy.normalized().map_err(|e| format!("quota.{e}"))?;
-        }
-        Ok(())
-    }
-
-    /// The quota as stored: validated, its network policy in CIDR form.
-    pub fn normalized(&self) -> Result<KeyQuota, String> {
-        self.validate()?;
-        let mut quota = self.clone();
-        if let Some(policy) = &self.network_policy {
-            quota.network_policy = Some(policy.normalized()?);
-        }
-        Ok(quota)
+        let network_policy = match &self.network_policy {
+            Some(policy) => Some(policy.normalized().map_err(|e| format!("quota.{e}"))?),
+            None => None,
+        };
+        Ok(KeyQuota {
+            network_policy,
+            ..self.clone()
+        })
     }
 
     /// The first limit that live usage `(vms, vcpus, memory_mb)` passes, as a

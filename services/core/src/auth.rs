@@ -390,8 +390,8 @@ impl Auth {
             .ok_or_else(|| CoreError::NotFound(format!("user {id} not found")))
     }
 
-    /// Changes role, password, disabled or quota (from the user's next request). A new password or disabling ends the
-    /// user's sessions.
+    /// Changes role, password, disabled or quota (the quota from the user's next
+    /// request). A new password or disabling ends the user's sessions.
     pub async fn update_user(&self, id: &str, req: &UpdateUserRequest) -> CoreResult<User> {
         req.validate().map_err(CoreError::InvalidInput)?;
         let mut user = self.get_user(id).await?;

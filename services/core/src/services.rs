@@ -178,8 +178,8 @@ fn vm_metadata(req: &CreateVmRequest) -> serde_json::Map<String, serde_json::Val
     metadata
 }
 
-/// The network policy an API key's quota fixes for the sandboxes it creates.
-fn key_network_policy(by: Option<&Principal>) -> Option<&NetworkPolicy> {
+/// The network policy a credential's quota fixes for the sandboxes it creates.
+pub(crate) fn key_network_policy(by: Option<&Principal>) -> Option<&NetworkPolicy> {
     by?.quota.as_ref()?.network_policy.as_ref()
 }
 

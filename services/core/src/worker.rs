@@ -605,10 +605,7 @@ impl Worker {
 
     /// A microVM's network, unless the VM asked for none (`metadata.network: none`).
     async fn attach_network(&self, vm: &Vm) -> Result<Option<GuestNetwork>, TaskError> {
-        let wants = !matches!(
-            vm.metadata.get("network").and_then(|v| v.as_str()),
-            Some("none")
-        );
+        let wants = wants_network(vm);
         match (&self.network, vm.orchestrator) {
             (_, Orchestrator::Docker) => Ok(None),
             (Some(network), _) if wants => {
@@ -1093,9 +1090,7 @@ impl Worker {
                     .await?;
             }
             // A microVM's rules are on its TAP device's address, the guest network's.
-            (_, Some(network))
-                if vm.metadata.get("network").and_then(|v| v.as_str()) != Some("none") =>
-            {
+            (_, Some(network)) if wants_network(&vm) => {
                 network
                     .set_policy(vm_id, payload.policy.as_ref())
                     .await
@@ -1411,9 +1406,14 @@ impl Worker {
     }
 }
 
-/// What a VM whose sandbox was removed by someone else says.
+/// Whether a microVM has a network device (`metadata.network: none` gives it none).
+fn wants_network(vm: &Vm) -> bool {
+    vm.metadata.get("network").and_then(|v| v.as_str()) != Some("none")
+}
+
 /// Why a sandbox that wrote more than its `disk_mb` is FAILED.
 pub const OVER_DISK_QUOTA: &str = "the sandbox was stopped for writing more than its disk quota (disk_mb); its files are kept until it is deleted";
+/// What a VM whose sandbox was removed by someone else says.
 pub const REMOVED_OUTSIDE: &str = "the sandbox was removed outside Aetherium (by someone else, e.g. `docker rm`): its processes and files are gone";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

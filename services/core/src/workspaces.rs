@@ -25,7 +25,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, CoreResult};
-use crate::services::{Platform, new_task};
+use crate::services::{Platform, key_network_policy, new_task};
 use crate::store::Page;
 
 /// Payload of `workspace:create`: what the worker needs beyond the workspace row
@@ -249,7 +249,7 @@ impl Platform {
             // A key whose quota fixes the policy gets its own (create_vm applies it).
             "network_policy": environment
                 .and_then(|e| e.network_policy.clone())
-                .filter(|_| by.and_then(|p| p.quota.as_ref()).is_none_or(|q| q.network_policy.is_none())),
+                .filter(|_| key_network_policy(by).is_none()),
             "metadata": {"workspace_id": workspace.id, "workspace": workspace.name},
         }))
         .map_err(|e| CoreError::Internal(e.into()))?;

@@ -61,6 +61,16 @@ pub(crate) async fn ensure_chain(chain: &str) -> Result<(), NetError> {
     }
 }
 
+/// Whether every rule is in its chain.
+pub(crate) async fn has_rules(rules: &[Rule]) -> Result<bool, NetError> {
+    for rule in rules {
+        if !has_rule(rule).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether the rule is in its chain.
 pub(crate) async fn has_rule(rule: &Rule) -> Result<bool, NetError> {
     let check = args(rule, "-C");

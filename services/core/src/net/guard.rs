@@ -208,14 +208,7 @@ pub async fn guard_bridge(fence: Fence<'_>, relay: bool) -> Result<(), NetError>
         firewall::ensure_chain(fence.forward).await?;
     }
     let rules = bridge_rules(fence);
-    let mut complete = !relay;
-    for rule in &rules {
-        if !complete {
-            break;
-        }
-        complete &= firewall::has_rule(rule).await?;
-    }
-    if complete {
+    if !relay && firewall::has_rules(&rules).await? {
         return Ok(());
     }
     // Some are missing: lay them all anew, in order, in one transaction, so that
