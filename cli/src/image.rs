@@ -134,6 +134,7 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
                     pids_limit: config.vmm.docker.pids_limit,
                     network_mode: config.vmm.docker.network_mode.clone(),
                     egress_allow: config.vmm.docker.egress_allow.clone(),
+                    dns_upstream: aetherium_core::host::dns_upstream(&config)?,
                 },
             )?;
             let report = |event: aetherium_core::tools::ToolProgress| {

@@ -113,11 +113,12 @@ pub struct NetworkPolicyArgs {
     /// allow (default): the outside world but --deny; deny: only --allow.
     #[arg(long, value_parser = ["allow", "deny"])]
     pub egress: Option<String>,
-    /// An IPv4 address or CIDR it may reach (repeatable).
-    #[arg(long = "allow", value_name = "CIDR")]
+    /// An IPv4 address, CIDR or domain name (`example.com`, `*.example.com`) it may
+    /// reach (repeatable).
+    #[arg(long = "allow", value_name = "CIDR|NAME")]
     pub allow: Vec<String>,
-    /// An IPv4 address or CIDR it may not reach (repeatable).
-    #[arg(long = "deny", value_name = "CIDR")]
+    /// An IPv4 address, CIDR or domain name it may not reach (repeatable).
+    #[arg(long = "deny", value_name = "CIDR|NAME")]
     pub deny: Vec<String>,
 }
 

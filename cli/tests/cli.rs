@@ -298,10 +298,10 @@ fn a_containers_network_policy_is_set_shown_and_cleared() {
             "{}",
             text(&out.stdout)
         );
-        let out = up.cli(&["vm", "network", name, "--allow", "not-an-address"]);
+        let out = up.cli(&["vm", "network", name, "--allow", "not_an_address"]);
         assert!(!out.status.success());
         assert!(
-            text(&out.stderr).contains("not an IPv4 address"),
+            text(&out.stderr).contains("neither an IPv4 address or CIDR nor a domain name"),
             "{}",
             text(&out.stderr)
         );

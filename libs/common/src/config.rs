@@ -194,6 +194,15 @@ pub struct ServerConfig {
     pub max_connections: usize,
 }
 
+/// `ip`, `ip:port` or `[ipv6]:port` (port 53 unless given).
+pub fn parse_dns_server(text: &str) -> Option<std::net::SocketAddr> {
+    text.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
+}
+
 /// `a.b.c.d/n` (n 0..=32) as address and prefix length.
 pub fn parse_ipv4_cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
     let (ip, len) = text.split_once('/')?;
@@ -338,6 +347,10 @@ pub struct NetworkConfig {
     /// CIDRs (`10.0.0.5/32`, `192.168.0.0/16`) isolated microVMs may reach although
     /// they are private or the host's: a package mirror, a git server.
     pub egress_allow: Vec<String>,
+    /// The DNS servers (`ip` or `ip:port`) every sandbox's queries go to, containers'
+    /// and microVMs', through the resolver that applies their network policies.
+    /// Empty (the default): the host's, from `/etc/resolv.conf`.
+    pub dns_upstream: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -349,11 +362,26 @@ impl Default for NetworkConfig {
             nat: true,
             isolated: true,
             egress_allow: Vec::new(),
+            dns_upstream: Vec::new(),
         }
     }
 }
 
 impl NetworkConfig {
+    /// `dns_upstream` read as socket addresses (port 53 unless given).
+    pub fn dns_servers(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        self.dns_upstream
+            .iter()
+            .map(|server| {
+                parse_dns_server(server).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "network.dns_upstream: {server:?} is not an IP address or IP:port (e.g. 9.9.9.9 or 127.0.0.1:5353)"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// The gateway address and prefix length of `gateway_cidr`.
     pub fn gateway(&self) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
         let bad = |why: &str| {
@@ -1238,6 +1266,7 @@ impl Config {
                 }
             }
         }
+        self.network.dns_servers()?;
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be at least 1".into());
         }
@@ -1398,6 +1427,20 @@ mod tests {
         .expect("load");
         assert_eq!(c.server.port, 7001);
         assert_eq!(c.worker.id, "w-9");
+    }
+
+    #[test]
+    fn dns_servers_take_an_address_and_an_optional_port() {
+        let mut c = Config::default();
+        c.network.dns_upstream = vec!["9.9.9.9".into(), "127.0.0.1:5353".into(), "[::1]:53".into()];
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.network.dns_servers().unwrap(),
+            ["9.9.9.9:53", "127.0.0.1:5353", "[::1]:53"].map(|a| a.parse().unwrap())
+        );
+        c.network.dns_upstream = vec!["dns.example".into()];
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("network.dns_upstream"), "{err}");
     }
 
     #[test]

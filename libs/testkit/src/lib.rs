@@ -2,7 +2,8 @@
 //! its own, on a free loopback port in a temp dir, stopped (by pid) when dropped.
 //! Also [`standin::standin_agent_image`]: a Docker image with a stand-in coding-agent
 //! CLI for workspace tests, and [`tls::TestPki`]: certificates for servers that
-//! speak TLS, and [`tools`]: tool tarballs and recipes for installer tests.
+//! speak TLS, [`tools`]: tool tarballs and recipes for installer tests, and
+//! [`dns::StandInDns`]: an upstream DNS server answering the names it is given.
 //! Dev-dependency only.
 //!
 //! Requirements on the host:
@@ -12,6 +13,7 @@
 //!   `/usr/lib/postgresql/*/bin`. As root (CI), the server runs as the `postgres`
 //!   system user (else `nobody`), since PostgreSQL refuses to run as root.
 
+pub mod dns;
 pub mod fileserver;
 pub mod paths;
 pub mod postgres;

@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(stored.max_vms, Some(2));
         let bad = KeyQuota {
             network_policy: Some(crate::NetworkPolicy {
-                deny: vec!["example.com".into()],
+                deny: vec!["example..com".into()],
                 ..Default::default()
             }),
             ..Default::default()

@@ -49,7 +49,7 @@ pub use environment::{
 pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
 pub use task::{Task, TaskStatus, TaskType};
-pub use vm::{Egress, NetworkPolicy, Orchestrator, Vm, VmNetwork, VmStatus};
+pub use vm::{Egress, NameVerdict, NetworkPolicy, Orchestrator, Vm, VmNetwork, VmStatus};
 pub use worker::{
     ClusterDistribution, ClusterStats, Placement, Worker, WorkerCounts, WorkerDistribution,
     WorkerList, WorkerStatus, WorkerUsage, WorkerView, ZoneDistribution,

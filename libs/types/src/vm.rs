@@ -104,8 +104,11 @@ pub enum Egress {
 /// A sandbox's outbound traffic, on top of what its isolated network always refuses
 /// (other sandboxes, the host, private, link-local and multicast ranges, unless the
 /// operator's `vmm.docker.egress_allow` / `network.egress_allow` opens them):
-/// nothing here can open those. Entries are IPv4 addresses or CIDRs. Containers:
-/// DNS keeps working (the engine answers it).
+/// nothing here can open those. Entries are IPv4 addresses, CIDRs or domain names
+/// (`example.com`: that name; `*.example.com`: every name under it). Names are
+/// enforced by the sandbox's resolver, which every DNS query of the sandbox goes
+/// to: a denied name, and under `egress: deny` a name not allowed, does not
+/// resolve; an allowed name's addresses are opened as it resolves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -121,15 +124,32 @@ pub struct NetworkPolicy {
 }
 
 /// What an entry of a [`NetworkPolicy`] list looks like: an IPv4 address in
-/// dotted-quad form (no leading zeros), with an optional prefix length 0 to 32.
-pub const CIDR_PATTERN: &str = r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?$";
+/// dotted-quad form (no leading zeros) with an optional prefix length 0 to 32, or a
+/// domain name, optionally `*.`-prefixed (labels of letters, digits and inner
+/// hyphens, at most 63 characters; the last label starts with a letter; at most
+/// [`MAX_NAME_LEN`] characters in all).
+pub const ENTRY_PATTERN: &str = r"^(?:(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?|(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)$";
+
+/// Most characters a name entry may have (a DNS name's limit).
+pub const MAX_NAME_LEN: usize = 253;
 
 /// Most entries one list of a [`NetworkPolicy`] may have.
 pub const MAX_POLICY_ENTRIES: usize = 64;
 
+/// What a sandbox's resolver does with a name under a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameVerdict {
+    /// Answered "no such name".
+    Refused,
+    /// Resolved; `open`: the addresses it resolves to are opened for the sandbox
+    /// (an `allow` entry names it).
+    Resolved { open: bool },
+}
+
 impl NetworkPolicy {
-    /// Checks every entry and writes each as a CIDR (`1.2.3.4` → `1.2.3.4/32`,
-    /// host bits cleared), the form the firewall gets.
+    /// Checks every entry and writes each in the form the firewall and the resolver
+    /// get: addresses as CIDRs (`1.2.3.4` → `1.2.3.4/32`, host bits cleared), names
+    /// in lower case.
     pub fn normalized(&self) -> Result<NetworkPolicy, String> {
         let list = |name: &str, entries: &[String]| -> Result<Vec<String>, String> {
             if entries.len() > MAX_POLICY_ENTRIES {
@@ -141,11 +161,13 @@ impl NetworkPolicy {
             entries
                 .iter()
                 .map(|entry| {
-                    normalize_cidr(entry).ok_or_else(|| {
-                        format!(
-                            "network_policy.{name}: {entry:?} is not an IPv4 address or CIDR (e.g. 203.0.113.7 or 203.0.113.0/24); domain names are not supported yet"
-                        )
-                    })
+                    normalize_cidr(entry)
+                        .or_else(|| normalize_name(entry))
+                        .ok_or_else(|| {
+                            format!(
+                                "network_policy.{name}: {entry:?} is neither an IPv4 address or CIDR nor a domain name (e.g. 203.0.113.7, 203.0.113.0/24, example.com or *.example.com)"
+                            )
+                        })
                 })
                 .collect()
         };
@@ -155,6 +177,85 @@ impl NetworkPolicy {
             deny: list("deny", &self.deny)?,
         })
     }
+
+    /// Whether any entry is a domain name.
+    pub fn has_names(&self) -> bool {
+        self.allow.iter().chain(&self.deny).any(|e| is_name(e))
+    }
+
+    /// The policy's addresses alone (of a normalized policy), with `opened` (the
+    /// addresses its allowed names resolved to) allowed too: what the firewall gets.
+    pub fn addresses_with(
+        &self,
+        opened: impl IntoIterator<Item = std::net::Ipv4Addr>,
+    ) -> NetworkPolicy {
+        let cidrs = |list: &[String]| -> Vec<String> {
+            list.iter().filter(|e| !is_name(e)).cloned().collect()
+        };
+        let mut allow = cidrs(&self.allow);
+        allow.extend(opened.into_iter().map(|ip| format!("{ip}/32")));
+        NetworkPolicy {
+            egress: self.egress,
+            allow,
+            deny: cidrs(&self.deny),
+        }
+    }
+
+    /// What the resolver does with `name` (any case, with or without the final
+    /// dot): a denied name is refused, an allowed one resolved and opened, any other
+    /// resolved only under `egress: allow`.
+    pub fn name_verdict(&self, name: &str) -> NameVerdict {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let listed = |list: &[String]| list.iter().any(|entry| name_matches(entry, &name));
+        if listed(&self.deny) {
+            NameVerdict::Refused
+        } else if listed(&self.allow) {
+            NameVerdict::Resolved { open: true }
+        } else if self.egress == Egress::Allow {
+            NameVerdict::Resolved { open: false }
+        } else {
+            NameVerdict::Refused
+        }
+    }
+}
+
+/// Whether a (normalized) entry is a name rather than an address.
+fn is_name(entry: &str) -> bool {
+    entry.bytes().any(|b| b.is_ascii_alphabetic() || b == b'*')
+}
+
+/// `example.com` matches that name; `*.example.com` every name below it.
+fn name_matches(entry: &str, name: &str) -> bool {
+    match entry.strip_prefix("*.") {
+        Some(parent) => name
+            .strip_suffix(parent)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => is_name(entry) && entry == name,
+    }
+}
+
+/// A name entry in lower case, if `entry` is one (see [`ENTRY_PATTERN`]).
+fn normalize_name(entry: &str) -> Option<String> {
+    if entry.len() > MAX_NAME_LEN {
+        return None;
+    }
+    let labels: Vec<&str> = entry
+        .strip_prefix("*.")
+        .unwrap_or(entry)
+        .split('.')
+        .collect();
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    let last = labels.last()?;
+    (labels.iter().all(|l| label_ok(l)) && last.as_bytes()[0].is_ascii_alphabetic())
+        .then(|| entry.to_ascii_lowercase())
 }
 
 fn normalize_cidr(entry: &str) -> Option<String> {
@@ -237,8 +338,13 @@ mod tests {
             }
         );
         for bad in [
-            "example.com",
             "1.2.3.4/33",
+            "exa_mple.com",
+            "-example.com",
+            "example.com.",
+            "*example.com",
+            "a.*.example.com",
+            "example.123",
             "01.2.3.4",
             "1.2.3",
             "::1",
@@ -257,9 +363,63 @@ mod tests {
             ..Default::default()
         };
         assert!(long.normalized().unwrap_err().contains("at most 64"));
+        let too_long = format!("{}.com", "a.".repeat(125));
+        assert!(too_long.len() > MAX_NAME_LEN);
+        let policy = NetworkPolicy {
+            allow: vec![too_long],
+            ..Default::default()
+        };
+        assert!(policy.normalized().is_err());
         let parsed: NetworkPolicy = serde_json::from_str(r#"{"egress":"deny"}"#).unwrap();
         assert_eq!(parsed.egress, Egress::Deny);
         assert!(serde_json::from_str::<NetworkPolicy>(r#"{"egress":"block"}"#).is_err());
         assert!(serde_json::from_str::<NetworkPolicy>(r#"{"allowed":[]}"#).is_err());
+    }
+
+    #[test]
+    fn names_are_kept_in_lower_case_and_judged_by_the_resolver() {
+        let policy = NetworkPolicy {
+            egress: Egress::Deny,
+            allow: vec![
+                "Example.COM".into(),
+                "*.pkg.dev".into(),
+                "203.0.113.7".into(),
+            ],
+            deny: vec!["*.bad.pkg.dev".into(), "localhost".into()],
+        }
+        .normalized()
+        .unwrap();
+        assert_eq!(policy.allow, ["example.com", "*.pkg.dev", "203.0.113.7/32"]);
+        assert!(policy.has_names());
+        let open = NameVerdict::Resolved { open: true };
+        assert_eq!(policy.name_verdict("example.com."), open);
+        assert_eq!(policy.name_verdict("EXAMPLE.com"), open);
+        // An exact name covers no name below it; a wildcard no name above it.
+        assert_eq!(policy.name_verdict("www.example.com"), NameVerdict::Refused);
+        assert_eq!(policy.name_verdict("a.b.pkg.dev"), open);
+        assert_eq!(policy.name_verdict("pkg.dev"), NameVerdict::Refused);
+        assert_eq!(policy.name_verdict("xpkg.dev"), NameVerdict::Refused);
+        // deny wins over allow.
+        assert_eq!(policy.name_verdict("x.bad.pkg.dev"), NameVerdict::Refused);
+        assert_eq!(policy.name_verdict("localhost"), NameVerdict::Refused);
+        let open_world = NetworkPolicy {
+            deny: vec!["*.bad.test".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            open_world.name_verdict("good.test"),
+            NameVerdict::Resolved { open: false }
+        );
+        assert_eq!(open_world.name_verdict("a.bad.test"), NameVerdict::Refused);
+        // The firewall gets the addresses, and what the names opened.
+        assert_eq!(
+            policy.addresses_with(["198.18.0.9".parse().unwrap()]),
+            NetworkPolicy {
+                egress: Egress::Deny,
+                allow: vec!["203.0.113.7/32".into(), "198.18.0.9/32".into()],
+                deny: vec![],
+            }
+        );
+        assert!(!NetworkPolicy::default().has_names());
     }
 }

@@ -181,6 +181,7 @@ async fn main() {
         pids_limit: 1024,
         network_mode: "none".into(),
         egress_allow: Vec::new(),
+        dns_upstream: aetherium_core::net::dns::host_resolvers(),
     })
     .expect("backend");
     let vm_id = format!("bench-{}", std::process::id());

@@ -223,6 +223,7 @@ async fn main() {
         pids_limit: 1024,
         network_mode: "none".into(),
         egress_allow: Vec::new(),
+        dns_upstream: aetherium_core::net::dns::host_resolvers(),
     })
     .expect("docker backend");
     std::fs::create_dir_all(run_root.path().join("docker")).expect("socket dir");

@@ -128,6 +128,7 @@ pub async fn host_backends(
                 nat: config.network.nat,
                 isolated: config.network.isolated,
                 egress_allow: config.network.egress_allow.clone(),
+                dns_upstream: dns_upstream(config)?,
             },
             leases,
             format!("{}/{}", config.worker.id, config.network.bridge),
@@ -191,7 +192,22 @@ pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
         pids_limit: config.vmm.docker.pids_limit,
         network_mode: config.vmm.docker.network_mode.clone(),
         egress_allow: config.vmm.docker.egress_allow.clone(),
+        dns_upstream: dns_upstream(config)?,
     })
     .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
     Ok(Arc::new(backend))
+}
+
+/// The DNS servers sandboxes' queries go to: `network.dns_upstream`, else the
+/// host's.
+pub fn dns_upstream(config: &Config) -> CoreResult<Vec<std::net::SocketAddr>> {
+    let configured = config
+        .network
+        .dns_servers()
+        .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+    Ok(if configured.is_empty() {
+        crate::net::dns::host_resolvers()
+    } else {
+        configured
+    })
 }

@@ -145,6 +145,7 @@ impl Worker {
     /// one, restarted) takes them without waiting for their lease to expire.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         self.reconcile_network().await;
+        self.reopen_networks().await;
         self.heartbeat().await;
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
         let exits = tokio::spawn(self.clone().exit_watch_loop(shutdown.clone()));
@@ -588,6 +589,44 @@ impl Worker {
         };
         if let Err(e) = result.await {
             tracing::warn!(error = %e, "cannot reconcile the guest network");
+        }
+    }
+
+    /// At start: the rules of this worker's live sandboxes still send their DNS to
+    /// the resolver of the process before, which is gone; each gets its rules again
+    /// (and the new resolver its policy).
+    async fn reopen_networks(&self) {
+        let Ok(vms) = self.owned_vms().await else {
+            return;
+        };
+        let live = vms
+            .iter()
+            .filter(|vm| matches!(vm.status, VmStatus::Running | VmStatus::Paused));
+        for vm in live {
+            let policy = vm.network_policy.as_ref();
+            let result = match (vm.orchestrator, &self.network) {
+                (Orchestrator::Docker, _) => {
+                    match self.backend.set_network_policy(&vm.id, policy).await {
+                        // Not on the isolated network: no rules to lay.
+                        Err(
+                            crate::vmm::BackendError::Rejected(_)
+                            | crate::vmm::BackendError::Unsupported(_),
+                        ) => Ok(()),
+                        other => other.map_err(|e| e.to_string()),
+                    }
+                }
+                (_, Some(network)) if network.config().isolated && wants_network(vm) => {
+                    let reopened = match network.ensure().await {
+                        Ok(()) => network.set_policy(&vm.id, policy).await,
+                        Err(e) => Err(e),
+                    };
+                    reopened.map_err(|e| e.to_string())
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(vm_id = %vm.id, error = %e, "cannot lay a sandbox's network rules again");
+            }
         }
     }
 

@@ -349,6 +349,7 @@ async fn lifecycle_drives_every_api_call() {
         ip: Ipv4Addr::new(10, 99, 0, 2),
         gateway: Ipv4Addr::new(10, 99, 0, 1),
         prefix_len: 24,
+        dns: None,
     };
     assert!(!tap.attached());
     let vm_id = unique("vm-");
@@ -972,6 +973,7 @@ async fn the_jailer_runs_the_same_lifecycle() {
         ip: Ipv4Addr::new(10, 99, 1, 2),
         gateway: Ipv4Addr::new(10, 99, 1, 1),
         prefix_len: 24,
+        dns: None,
     };
     let vm_id = unique("jail-");
     setup

@@ -97,6 +97,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for ns in self.netns.lock().unwrap().iter() {
             let _ = sh("ip", &["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
         let mut links = self.links.lock().unwrap().clone();
         links.extend(
@@ -112,8 +113,16 @@ impl Drop for Cleanup {
         }
         // Every filter rule naming this test's bridge (the fence and the guests'
         // rules), then the guests' policy chains.
-        for chain in ["INPUT", "FORWARD", guard::MICROVM_FORWARD] {
-            if let Ok(out) = Command::new("iptables").args(["-w", "-S", chain]).output() {
+        for (table, chain) in [
+            ("filter", "INPUT"),
+            ("filter", "FORWARD"),
+            ("filter", guard::MICROVM_FORWARD),
+            ("nat", "PREROUTING"),
+        ] {
+            let listed = Command::new("iptables")
+                .args(["-w", "-t", table, "-S", chain])
+                .output();
+            if let Ok(out) = listed {
                 let listing = String::from_utf8_lossy(&out.stdout);
                 let deletions = plan::rule_deletions(&listing, |words| {
                     words
@@ -121,7 +130,10 @@ impl Drop for Cleanup {
                         .any(|w| w[0] == "-i" && w[1] == self.bridge)
                 });
                 for del in deletions {
-                    let _ = Command::new("iptables").arg("-w").args(&del).output();
+                    let _ = Command::new("iptables")
+                        .args(["-w", "-t", table])
+                        .args(&del)
+                        .output();
                 }
             }
         }
@@ -167,6 +179,14 @@ impl Fixture {
         Fixture::with(24, true, true).await
     }
 
+    /// A fenced network whose guests' DNS goes to `upstream` (through its resolver).
+    async fn isolated_with_dns(upstream: std::net::SocketAddr) -> Fixture {
+        let mut f = Fixture::with(24, true, true).await;
+        f.config.dns_upstream = vec![upstream];
+        f.net = HostNetwork::new(f.config.clone(), f.leases.clone(), f.key.clone()).unwrap();
+        f
+    }
+
     async fn with(prefix_len: u8, nat: bool, isolated: bool) -> Fixture {
         assert!(
             is_root(),
@@ -181,6 +201,7 @@ impl Fixture {
             nat,
             isolated,
             egress_allow: Vec::new(),
+            dns_upstream: Vec::new(),
         };
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("state.db").display());
@@ -583,15 +604,35 @@ async fn pings(ns: &str, target: &str) -> bool {
 /// veth pair: the host end is `<net>.<x>.1/29`, the namespace answers on `.2` and
 /// `.3`. Its namespace and its two addresses.
 fn outside_host(f: &Fixture, net: &str) -> (String, String, String) {
-    let (ns, host_end, far_end) = f.namespace_with_veth("aeo");
     let x: u8 = rand::random();
+    let host_end: Ipv4Addr = format!("{net}.{x}.1").parse().unwrap();
+    let (ns, first, second) = outside_namespace(f, host_end);
+    (ns, first.to_string(), second.to_string())
+}
+
+/// [`outside_host`] with the host end at `host_end` (a /29's first address): the
+/// namespace's two addresses.
+fn outside_host_at(f: &Fixture, host_end: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
+    let (_, first, second) = outside_namespace(f, host_end);
+    (first, second)
+}
+
+fn outside_namespace(f: &Fixture, host_end_ip: Ipv4Addr) -> (String, Ipv4Addr, Ipv4Addr) {
+    let (ns, host_end, far_end) = f.namespace_with_veth("aeo");
     must(
         "ip",
-        &["addr", "add", &format!("{net}.{x}.1/29"), "dev", &host_end],
+        &[
+            "addr",
+            "add",
+            &format!("{host_end_ip}/29"),
+            "dev",
+            &host_end,
+        ],
     );
     must("ip", &["link", "set", "dev", &host_end, "up"]);
-    let (first, second) = (format!("{net}.{x}.2"), format!("{net}.{x}.3"));
-    for ip in [&first, &second] {
+    let base = u32::from(host_end_ip);
+    let (first, second) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+    for ip in [first, second] {
         in_netns(
             &ns,
             &["ip", "addr", "add", &format!("{ip}/29"), "dev", &far_end],
@@ -607,7 +648,7 @@ fn outside_host(f: &Fixture, net: &str) -> (String, String, String) {
             "add",
             "default",
             "via",
-            &format!("{net}.{x}.1"),
+            &host_end_ip.to_string(),
         ],
     );
     (ns, first, second)
@@ -682,6 +723,73 @@ async fn an_isolated_bridge_fences_its_guests_and_applies_their_policies() {
     f.net.detach(&b).await.unwrap();
     f.net.teardown().await.unwrap();
     assert!(rules_naming(&format!("-i {} ", f.bridge())).is_empty());
+}
+
+/// What `getent hosts <name>` finds in namespace `ns` (whose resolv.conf names
+/// `server`, as a guest's init writes it): the address, or empty.
+fn resolve_in_netns(ns: &str, server: Ipv4Addr, name: &str) -> String {
+    let dir = format!("/etc/netns/{ns}");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        format!("{dir}/resolv.conf"),
+        format!("nameserver {server}\n"),
+    )
+    .unwrap();
+    let (_, out, _) = sh("ip", &["netns", "exec", ns, "getent", "hosts", name]);
+    out.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// MicroVM guests get DNS from the bridge's resolver, under their policies: an
+/// allowed name resolves and opens its address, another never leaves the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_resolve_through_the_bridges_resolver_under_their_policies() {
+    // The upstream answers addresses in a block of 198.19.0.0/16 (set aside for
+    // network tests) the outside host then takes.
+    let x: u8 = rand::random();
+    let (allowed_ip, other_ip) = (Ipv4Addr::new(198, 19, x, 2), Ipv4Addr::new(198, 19, x, 3));
+    let upstream = aetherium_testkit::dns::StandInDns::start(&[
+        ("allowed.test", &[allowed_ip]),
+        ("other.test", &[other_ip]),
+    ]);
+    let f = Fixture::isolated_with_dns(upstream.addr()).await;
+    f.net.ensure().await.unwrap();
+    let (a, a_ns, _) = f.veth_guest().await;
+    let (outside, outside_too) = outside_host_at(&f, Ipv4Addr::new(198, 19, x, 1));
+    assert_eq!((outside, outside_too), (allowed_ip, other_ip));
+    let policy = NetworkPolicy {
+        egress: Egress::Deny,
+        allow: vec!["allowed.test".into()],
+        deny: vec![],
+    };
+    f.net.set_policy(&a, Some(&policy)).await.unwrap();
+    let gateway = f.config.gateway;
+    assert!(!pings(&a_ns, &allowed_ip.to_string()).await, "egress deny");
+    assert_eq!(
+        resolve_in_netns(&a_ns, gateway, "allowed.test"),
+        allowed_ip.to_string()
+    );
+    assert!(
+        pings(&a_ns, &allowed_ip.to_string()).await,
+        "opened by its name"
+    );
+    assert_eq!(resolve_in_netns(&a_ns, gateway, "other.test"), "");
+    assert!(!pings(&a_ns, &other_ip.to_string()).await);
+    assert!(
+        !upstream.asked().iter().any(|n| n == "other.test"),
+        "{:?}",
+        upstream.asked()
+    );
+    // Without a policy every name resolves, through the same resolver.
+    f.net.set_policy(&a, None).await.unwrap();
+    assert_eq!(
+        resolve_in_netns(&a_ns, gateway, "other.test"),
+        other_ip.to_string()
+    );
+
+    f.net.detach(&a).await.unwrap();
+    let nat = must("iptables", &["-w", "-t", "nat", "-S", "PREROUTING"]);
+    assert!(!nat.contains(&a), "{nat}");
+    f.net.teardown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -638,6 +638,7 @@ async fn a_networked_guest_reaches_its_bridge() {
         // This test is about the device plumbing: the guest reaches the host.
         isolated: false,
         egress_allow: Vec::new(),
+        dns_upstream: Vec::new(),
     };
     let state = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", state.path().join("state.db").display());

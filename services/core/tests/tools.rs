@@ -89,6 +89,7 @@ impl Sandbox {
             // The container shares the host's loopback, where the fixture server is.
             network_mode: "host".into(),
             egress_allow: Vec::new(),
+            dns_upstream: aetherium_core::net::dns::host_resolvers(),
         })
         .unwrap();
         let spec = SandboxSpec {
@@ -618,6 +619,7 @@ async fn bake_installs_tools_once_into_an_image() {
         pids_limit: 512,
         network_mode: "host".into(),
         egress_allow: Vec::new(),
+        dns_upstream: aetherium_core::net::dns::host_resolvers(),
     })
     .unwrap();
     let tag = format!(

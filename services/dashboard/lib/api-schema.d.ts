@@ -1759,8 +1759,11 @@ export interface components {
          * @description A sandbox's outbound traffic, on top of what its isolated network always refuses
          *     (other sandboxes, the host, private, link-local and multicast ranges, unless the
          *     operator's `vmm.docker.egress_allow` / `network.egress_allow` opens them):
-         *     nothing here can open those. Entries are IPv4 addresses or CIDRs. Containers:
-         *     DNS keeps working (the engine answers it).
+         *     nothing here can open those. Entries are IPv4 addresses, CIDRs or domain names
+         *     (`example.com`: that name; `*.example.com`: every name under it). Names are
+         *     enforced by the sandbox's resolver, which every DNS query of the sandbox goes
+         *     to: a denied name, and under `egress: deny` a name not allowed, does not
+         *     resolve; an allowed name's addresses are opened as it resolves them.
          */
         NetworkPolicy: {
             allow?: string[];

@@ -481,14 +481,15 @@ fn restrict_request_strings(doc: &mut utoipa::openapi::OpenApi) {
             item.pattern = Some(r"^[^\x00]*$".into());
         }
     }
-    // Network policy entries: IPv4 addresses or CIDRs, as the validator reads them.
+    // Network policy entries: IPv4 addresses, CIDRs or domain names, as the validator reads them.
     if let Some(RefOr::T(Schema::Object(policy))) = components.schemas.get_mut("NetworkPolicy") {
         for list in ["allow", "deny"] {
             if let Some(RefOr::T(Schema::Array(entries))) = policy.properties.get_mut(list)
                 && let ArrayItems::RefOrSchema(item) = &mut entries.items
                 && let RefOr::T(Schema::Object(item)) = item.as_mut()
             {
-                item.pattern = Some(aetherium_types::vm::CIDR_PATTERN.into());
+                item.pattern = Some(aetherium_types::vm::ENTRY_PATTERN.into());
+                item.max_length = Some(aetherium_types::vm::MAX_NAME_LEN);
             }
         }
     }

@@ -976,8 +976,8 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
 
     for (body, needle) in [
         (
-            json!({"network_policy": {"allow": ["example.com"]}}),
-            "domain names",
+            json!({"network_policy": {"allow": ["exa_mple.com"]}}),
+            "nor a domain name",
         ),
         (
             json!({"network_policy": {"deny": ["10.0.0.0/33"]}}),
@@ -1057,7 +1057,7 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
         .call(
             reqwest::Method::PUT,
             &format!("/vms/{not_second}/network-policy"),
-            Some(json!({"allow": ["not-an-address"]})),
+            Some(json!({"allow": ["not_an_address"]})),
         )
         .await;
     assert_eq!(status, 400);
@@ -1074,6 +1074,130 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
     }
 }
 
+/// What `getent hosts <name>` prints in `vm` (empty: the name did not resolve).
+async fn resolve_in(server: &TestServer, vm: &str, name: &str) -> String {
+    let ran = sh(server, vm, &format!("getent hosts {name} | cut -d' ' -f1")).await;
+    ran["stdout"].as_str().unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_policy_by_name_resolves_only_allowed_names_and_opens_their_addresses() {
+    let (remote, first, second) = public_host().await;
+    let (ip, other_ip): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (remote.ip.parse().unwrap(), remote.other_ip.parse().unwrap());
+    // The upstream every sandbox's queries end at: a name it answers, or not,
+    // shows whether the query got past the sandbox's resolver.
+    let upstream = aetherium_testkit::dns::StandInDns::start(&[
+        ("allowed.test", &[ip]),
+        ("other.test", &[other_ip]),
+        ("x.wild.test", &[other_ip]),
+        ("y.blocked.wild.test", &[ip]),
+    ]);
+    let dns = upstream.addr().to_string();
+    let mut restartable = TestServer::start_with(move |config| {
+        config.network.dns_upstream = vec![dns.clone()];
+    })
+    .await;
+    let server = &restartable;
+    let port = remote.port;
+    let url = |host: &str| format!("http://{host}:{port}/");
+
+    let (status, created) = server
+        .post(
+            "/vms?wait=90s",
+            json!({"name": unique("byname"), "network_policy": {
+                "egress": "deny",
+                "allow": ["Allowed.TEST", "*.wild.test"],
+                "deny": ["*.blocked.wild.test"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(
+        created["vm"]["network_policy"],
+        json!({"egress": "deny", "allow": ["allowed.test", "*.wild.test"],
+               "deny": ["*.blocked.wild.test"]})
+    );
+    let vm = created["vm"]["id"].as_str().unwrap().to_string();
+
+    // Nothing is open before a name opens it.
+    assert_reaches(server, &vm, &first, false).await;
+    assert_eq!(resolve_in(server, &vm, "allowed.test").await, remote.ip);
+    assert_reaches(server, &vm, &url("allowed.test"), true).await;
+    assert_reaches(server, &vm, &first, true).await;
+    // A name not allowed neither resolves nor leaves the host, nor does its
+    // address open; a wildcard opens the names below it, a denied one excepted.
+    assert_eq!(resolve_in(server, &vm, "other.test").await, "");
+    assert_reaches(server, &vm, &second, false).await;
+    assert_eq!(resolve_in(server, &vm, "y.blocked.wild.test").await, "");
+    assert_eq!(
+        resolve_in(server, &vm, "x.wild.test").await,
+        remote.other_ip
+    );
+    assert_reaches(server, &vm, &second, true).await;
+    // Asking another server (root inside may change its resolv.conf) reaches the
+    // same resolver: every query on port 53 goes there.
+    let swapped = sh(
+        server,
+        &vm,
+        "echo nameserver 203.0.113.53 > /etc/resolv.conf && getent hosts other.test; \
+         getent hosts allowed.test | cut -d' ' -f1",
+    )
+    .await;
+    assert_eq!(
+        swapped["stdout"].as_str().unwrap().trim(),
+        remote.ip,
+        "{swapped}"
+    );
+    let asked = upstream.asked();
+    for refused in ["other.test", "y.blocked.wild.test"] {
+        assert!(
+            !asked.iter().any(|n| n == refused),
+            "{refused} left the host: {asked:?}"
+        );
+    }
+
+    // A restarted server's resolver takes over its sandboxes (their rules named
+    // the one before), policies and all.
+    restartable.restart().await;
+    let server = &restartable;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while resolve_in(server, &vm, "allowed.test").await != remote.ip {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DNS after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(resolve_in(server, &vm, "other.test").await, "");
+    assert_reaches(server, &vm, &first, true).await;
+
+    // A sandbox without a policy resolves every name.
+    let open = server.running_vm(&unique("anyname")).await;
+    assert_eq!(
+        resolve_in(server, &open, "other.test").await,
+        remote.other_ip
+    );
+
+    // Changed while it runs: a denied name stops resolving at once.
+    let (status, changed) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/vms/{vm}/network-policy?wait=30s"),
+            Some(json!({"deny": ["other.test"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(resolve_in(server, &vm, "other.test").await, "");
+    assert_eq!(resolve_in(server, &vm, "allowed.test").await, remote.ip);
+    assert_eq!(resolve_in(server, &vm, "unknown.test").await, "");
+
+    // Deleted: its redirection goes with its other rules.
+    let (status, _) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
+    assert_eq!(status, 200);
+    let rules = iptables_rules();
+    assert!(!rules.contains(vm.as_str()), "rules of {vm} left:\n{rules}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_network_policy_is_the_one_its_sandboxes_get() {
     let server = TestServer::start().await;
@@ -1083,7 +1207,7 @@ async fn a_keys_network_policy_is_the_one_its_sandboxes_get() {
         .post(
             "/api-keys",
             json!({"name": unique("netkey"), "role": "operator",
-                   "quota": {"network_policy": {"allow": ["not-an-address"]}}}),
+                   "quota": {"network_policy": {"allow": ["not_an_address"]}}}),
         )
         .await;
     assert_eq!(status, 400, "{refused}");

@@ -38,6 +38,8 @@ async fn build_base_image() {
 struct BridgeGuard {
     bridge: String,
     run_dir: PathBuf,
+    /// The guests' upstream DNS server: `allowed.test` and `other.test` resolve.
+    dns: aetherium_testkit::dns::StandInDns,
 }
 
 impl Drop for BridgeGuard {
@@ -150,11 +152,18 @@ async fn microvm_server() -> (TestServer, BridgeGuard, Ipv4Addr) {
         .tempdir()
         .unwrap()
         .keep();
+    let dns = aetherium_testkit::dns::StandInDns::start(&[
+        ("allowed.test", &[Ipv4Addr::new(198, 18, 7, 7)]),
+        ("other.test", &[Ipv4Addr::new(198, 18, 7, 8)]),
+    ]);
+    let upstream = dns.addr().to_string();
     let guard = BridgeGuard {
         bridge: bridge.clone(),
         run_dir: run_dir.join("qemu"),
+        dns,
     };
     let server = TestServer::start_with(move |config| {
+        config.network.dns_upstream = vec![upstream.clone()];
         config.vmm.run_dir = Some(run_dir.clone());
         config.vmm.backends = vec!["docker".into(), "qemu".into()];
         config.vmm.images_dir = Some(images_dir());
@@ -307,18 +316,55 @@ async fn a_qemu_microvm_boots_runs_commands_is_fenced_and_leaves_nothing() {
         "the host's listener got a connection"
     );
     accepted.abort();
+    // Its DNS: the gateway, where the bridge's resolver answers.
+    let resolv = exec(&server, &id, "cat", &["/etc/resolv.conf"]).await;
+    assert_eq!(
+        resolv["stdout"].as_str().unwrap().trim(),
+        format!("nameserver {gateway}"),
+        "{resolv}"
+    );
+    let resolve = |name: &'static str| {
+        let (server, id) = (&server, id.clone());
+        async move {
+            let out = exec(
+                server,
+                &id,
+                "sh",
+                &["-c", &format!("getent hosts {name} | cut -d' ' -f1")],
+            )
+            .await;
+            out["stdout"].as_str().unwrap().trim().to_string()
+        }
+    };
+    assert_eq!(resolve("other.test").await, "198.18.7.8");
+    let asked_for_other = || {
+        let asked = guard.dns.asked();
+        asked.iter().filter(|n| *n == "other.test").count()
+    };
+    let asked_before = asked_for_other();
     // Its network policy is the guest's TAP rules, changed while it runs.
     let (status, changed) = server
         .call(
             reqwest::Method::PUT,
             &format!("/vms/{id}/network-policy?wait=60s"),
-            Some(json!({"egress": "deny", "allow": ["198.18.0.0/15"]})),
+            Some(json!({"egress": "deny", "allow": ["198.18.0.0/15", "allowed.test"]})),
         )
         .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(
         changed["vm"]["network_policy"],
-        json!({"egress": "deny", "allow": ["198.18.0.0/15"]})
+        json!({"egress": "deny", "allow": ["198.18.0.0/15", "allowed.test"]})
+    );
+    assert_eq!(resolve("allowed.test").await, "198.18.7.7");
+    assert_eq!(
+        resolve("other.test").await,
+        "",
+        "a name not allowed resolved"
+    );
+    assert_eq!(
+        asked_for_other(),
+        asked_before,
+        "a refused name left the host"
     );
     let rules = common::iptables_rules();
     let chain = aetherium_core::net::guard::policy_chain(&id);

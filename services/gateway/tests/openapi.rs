@@ -542,6 +542,17 @@ fn the_spec_and_the_server_agree_on_network_policy_entries_and_objects() {
         "1.2.3",
         "1.2.3.4/",
         "example.com",
+        "*.Example.COM",
+        "localhost",
+        "exa_mple.com",
+        "example.com.",
+        "a.*.example.com",
+        "*example.com",
+        "example.123",
+        "-a.example.com",
+        "a-.example.com",
+        &*format!("{}.com", "a".repeat(64)),
+        &*format!("{}com", "a.".repeat(125)),
         " 1.2.3.4",
     ] {
         let policy = aetherium_types::NetworkPolicy {

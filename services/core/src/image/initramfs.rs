@@ -1,6 +1,7 @@
 //! The initramfs: busybox, the guest's kernel modules and an `/init` script that
 //! loads them, mounts the root filesystem (`/dev/vda`, ext4), configures `eth0` from
-//! the kernel's `ip=` parameter and hands over to the agent as PID 1.
+//! the kernel's `ip=` parameter (and the guest's resolver from its `dns0` field)
+//! and hands over to the agent as PID 1.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -26,6 +27,7 @@ const APPLETS: &[&str] = &[
     "poweroff",
     "sync",
     "ls",
+    "rm",
     "dmesg",
     "env",
 ];
@@ -85,11 +87,11 @@ mount -t ext4 -o rw /dev/vda /newroot || fail "cannot mount /dev/vda (ext4) on /
 
 ip link set lo up || echo "aetherium-init: cannot bring lo up"
 if [ -n "$ip_arg" ]; then
-    # client::gateway:netmask::device:autoconf
+    # client::gateway:netmask::device:autoconf[:dns0]
     old_ifs="$IFS"; IFS=:
     set -- $ip_arg
     IFS="$old_ifs"
-    address="$1"; gateway="$3"; netmask="$4"; device="${6:-eth0}"
+    address="$1"; gateway="$3"; netmask="$4"; device="${6:-eth0}"; dns0="$8"
     prefix=0
     old_ifs="$IFS"; IFS=.
     for octet in $netmask; do
@@ -111,6 +113,12 @@ if [ -n "$ip_arg" ]; then
     ip addr add "$address/$prefix" dev "$device" || fail "cannot set $address/$prefix on $device"
     if [ -n "$gateway" ]; then
         ip route add default via "$gateway" dev "$device" || fail "cannot route via $gateway"
+    fi
+    if [ -n "$dns0" ]; then
+        # In place of what the image had (often a link to a resolver it lacks).
+        mkdir -p /newroot/etc
+        rm -f /newroot/etc/resolv.conf
+        echo "nameserver $dns0" > /newroot/etc/resolv.conf || fail "cannot write /etc/resolv.conf"
     fi
 fi
 

@@ -29,7 +29,7 @@ use crate::vmm::GuestNetwork;
 
 /// Changes whenever the builder lays out images differently, so that older cached
 /// images are rebuilt rather than booted with a mismatched init.
-pub const BUILDER_VERSION: &str = "aetherium-image-builder/1";
+pub const BUILDER_VERSION: &str = "aetherium-image-builder/2";
 
 /// Where the agent lives in every guest (as in the Docker backend's containers).
 pub const AGENT_IN_GUEST: &str = "/.aetherium/bin/aetherium-agent";
@@ -791,10 +791,11 @@ mod tests {
             ip: "10.200.0.2".parse().expect("ip"),
             gateway: "10.200.0.1".parse().expect("ip"),
             prefix_len: 24,
+            dns: Some("10.200.0.1".parse().expect("ip")),
         };
         assert_eq!(
             kernel_cmdline(Some(&network)),
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=10.200.0.2::10.200.0.1:255.255.255.0::eth0:off"
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=10.200.0.2::10.200.0.1:255.255.255.0::eth0:off:10.200.0.1"
         );
     }
 

@@ -90,59 +90,67 @@ pub(crate) async fn relay_tagged(
     tag: &str,
     rules: &[Rule],
 ) -> Result<(), NetError> {
-    relay(
-        chains,
+    let chains: Vec<(&str, &str)> = chains.iter().map(|chain| ("filter", *chain)).collect();
+    relay_with_chain(
+        &chains,
         |words| words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag),
         rules,
+        None,
     )
     .await
 }
 
-/// [`relay_tagged`] for the rules `select` picks (given each rule's words).
-pub(crate) async fn relay(
-    chains: &[&str],
-    select: impl Fn(&[String]) -> bool,
-    rules: &[Rule],
-) -> Result<(), NetError> {
-    relay_with_chain(chains, select, rules, None).await
-}
-
-/// [`relay`], also making (or emptying) a chain of our own and appending its rules
-/// (`-A <chain> …` lines), in the same transaction.
+/// In one `iptables-restore`: deletes the rules of `chains` (table, chain) that
+/// `select` picks (given each rule's words), inserts `rules` at the top of their
+/// chains in the given order, and makes (or empties) a `filter` chain of our own
+/// with its rules (`-A <chain> …` lines).
 pub(crate) async fn relay_with_chain(
-    chains: &[&str],
+    chains: &[(&str, &str)],
     select: impl Fn(&[String]) -> bool,
     rules: &[Rule],
     own_chain: Option<(&str, &[String])>,
 ) -> Result<(), NetError> {
     let _one_at_a_time = CHANGES.lock().await;
-    let mut batch = String::from("*filter\n");
-    if let Some((name, own_rules)) = own_chain {
-        batch.push_str(&format!(":{name} - [0:0]\n"));
-        for line in own_rules {
-            batch.push_str(line);
-            batch.push('\n');
+    let mut tables = vec!["filter"];
+    for table in chains
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(rules.iter().map(|r| r.table))
+    {
+        if !tables.contains(&table) {
+            tables.push(table);
         }
     }
-    for chain in chains {
-        let listing = run("iptables", &["-w", "-t", "filter", "-S", chain]).await?;
-        for deletion in rule_deletions(&listing, &select) {
-            batch.push_str(&deletion.join(" "));
-            batch.push('\n');
+    let mut batch = String::new();
+    for table in tables {
+        batch.push_str(&format!("*{table}\n"));
+        if let Some((name, own_rules)) = own_chain.filter(|_| table == "filter") {
+            batch.push_str(&format!(":{name} - [0:0]\n"));
+            for line in own_rules {
+                batch.push_str(line);
+                batch.push('\n');
+            }
         }
+        for (_, chain) in chains.iter().filter(|(t, _)| *t == table) {
+            let listing = run("iptables", &["-w", "-t", table, "-S", chain]).await?;
+            for deletion in rule_deletions(&listing, &select) {
+                batch.push_str(&deletion.join(" "));
+                batch.push('\n');
+            }
+        }
+        let mut position: std::collections::HashMap<&str, usize> = Default::default();
+        for rule in rules.iter().filter(|r| r.table == table) {
+            let n = position.entry(rule.chain).or_insert(0);
+            *n += 1;
+            batch.push_str(&format!(
+                "-I {} {} {}\n",
+                rule.chain,
+                n,
+                rule.spec.join(" ")
+            ));
+        }
+        batch.push_str("COMMIT\n");
     }
-    let mut position: std::collections::HashMap<&str, usize> = Default::default();
-    for rule in rules {
-        let n = position.entry(rule.chain).or_insert(0);
-        *n += 1;
-        batch.push_str(&format!(
-            "-I {} {} {}\n",
-            rule.chain,
-            n,
-            rule.spec.join(" ")
-        ));
-    }
-    batch.push_str("COMMIT\n");
     restore(&batch).await
 }
 

@@ -18,9 +18,11 @@
 //! them, a sandbox with a network policy jumps to a chain of its own
 //! (`aeth-vm-…`): its `deny` entries are refused, its `allow` entries return to the
 //! rules below (so they never open what the network refuses), and with `egress:
-//! deny` everything else is refused.
+//! deny` everything else is refused. Every DNS query a sandbox sends (port 53, to
+//! any server) is redirected to its bridge's resolver ([`super::dns`]), which the
+//! sandbox may reach on the host.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aetherium_types::{Egress, NetworkPolicy};
 
@@ -152,20 +154,48 @@ pub fn policy_chain(vm_id: &str) -> String {
     format!("aeth-vm-{digits}")
 }
 
-/// One sandbox's rules: the jump to its policy chain (with a policy), then each
-/// CIDR the operator allows, from its address, to the host and through the
-/// forward chain.
+/// One sandbox's rules: its DNS redirected to `dns` (the bridge's resolver) and
+/// let in there, the jump to its policy chain (with a policy), then each CIDR the
+/// operator allows, from its address, to the host and through the forward chain.
 pub fn sandbox_rules(
     fence: Fence<'_>,
     vm_id: &str,
     ip: Ipv4Addr,
     allow: &[String],
     policy: Option<&NetworkPolicy>,
+    dns: Option<SocketAddrV4>,
 ) -> Vec<Rule> {
     let tag = tag_of_sandbox(vm_id);
     let source = format!("{ip}/32");
     let from_sandbox = ["-i", fence.bridge, "-s", source.as_str()];
     let mut rules = Vec::new();
+    if let Some(dns) = dns {
+        let (resolver, port, to) = (
+            format!("{}/32", dns.ip()),
+            dns.port().to_string(),
+            dns.to_string(),
+        );
+        for protocol in ["udp", "tcp"] {
+            let mut redirect = rule(
+                "PREROUTING",
+                &[&from_sandbox[..], &["-p", protocol, "--dport", "53"]].concat(),
+                &tag,
+                &["-j", "DNAT", "--to-destination", &to],
+            );
+            redirect.table = "nat";
+            rules.push(redirect);
+            rules.push(rule(
+                "INPUT",
+                &[
+                    &from_sandbox[..],
+                    &["-d", &resolver, "-p", protocol, "--dport", &port],
+                ]
+                .concat(),
+                &tag,
+                &["-j", "ACCEPT"],
+            ));
+        }
+    }
     if policy.is_some() {
         let chain = policy_chain(vm_id);
         rules.push(rule(fence.forward, &from_sandbox, &tag, &["-j", &chain]));
@@ -226,8 +256,9 @@ pub async fn unguard_bridge(fence: Fence<'_>) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Gives a sandbox its address's rules: its policy (none is fine) and the
-/// operator's allowed CIDRs (none is fine), in place of whatever rules that address
+/// Gives a sandbox its address's rules: its policy (none is fine; addresses only),
+/// the operator's allowed CIDRs (none is fine) and its DNS redirected to `dns`, in
+/// place of whatever rules that address
 /// still had on this bridge -- this sandbox's older policy, or a dead sandbox's
 /// rules (one removed outside the platform, or whose worker died: an address goes
 /// to one live sandbox at a time), which must not pass to this one. One
@@ -238,6 +269,7 @@ pub async fn open_for_sandbox(
     ip: Ipv4Addr,
     allow: &[String],
     policy: Option<&NetworkPolicy>,
+    dns: Option<SocketAddrV4>,
 ) -> Result<(), NetError> {
     let source = format!("{ip}/32");
     let stale = |words: &[String]| {
@@ -256,9 +288,13 @@ pub async fn open_for_sandbox(
         (name, rules)
     });
     firewall::relay_with_chain(
-        &["INPUT", fence.forward],
+        &[
+            ("filter", "INPUT"),
+            ("filter", fence.forward),
+            ("nat", "PREROUTING"),
+        ],
         stale,
-        &sandbox_rules(fence, vm_id, ip, allow, policy),
+        &sandbox_rules(fence, vm_id, ip, allow, policy, dns),
         chain
             .as_ref()
             .map(|(name, rules)| (name.as_str(), rules.as_slice())),
@@ -271,6 +307,7 @@ pub async fn close_for_sandbox(fence: Fence<'_>, vm_id: &str) -> Result<(), NetE
     let tag = tag_of_sandbox(vm_id);
     firewall::remove_tagged("filter", "INPUT", &tag).await?;
     firewall::remove_tagged("filter", fence.forward, &tag).await?;
+    firewall::remove_tagged("nat", "PREROUTING", &tag).await?;
     firewall::remove_chain(&policy_chain(vm_id)).await
 }
 
@@ -299,6 +336,7 @@ mod tests {
             "vm-1",
             Ipv4Addr::new(172, 30, 0, 5),
             &["172.17.0.1/32".into()],
+            None,
             None,
         );
         assert_eq!(open.len(), 2);
@@ -331,6 +369,7 @@ mod tests {
             Ipv4Addr::new(172, 16, 0, 9),
             &[],
             Some(&NetworkPolicy::default()),
+            None,
         );
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].chain, MICROVM_FORWARD);
@@ -359,6 +398,7 @@ mod tests {
             Ipv4Addr::new(172, 30, 0, 5),
             &["172.17.0.1/32".into()],
             Some(&policy),
+            None,
         );
         // The jump comes first, so a policy's refusals hold for the operator's
         // openings too.
@@ -382,5 +422,36 @@ mod tests {
         );
         let open = NetworkPolicy::default();
         assert!(policy_rules(&chain, &open).is_empty());
+    }
+
+    #[test]
+    fn a_sandboxs_dns_goes_to_its_bridges_resolver_whatever_server_it_asks() {
+        let resolver: SocketAddrV4 = "172.30.0.1:40053".parse().unwrap();
+        let rules = sandbox_rules(
+            Fence::docker("aeth-isolated"),
+            "vm-3",
+            Ipv4Addr::new(172, 30, 0, 7),
+            &[],
+            Some(&NetworkPolicy {
+                egress: Egress::Deny,
+                ..Default::default()
+            }),
+            Some(resolver),
+        );
+        let lines: Vec<String> = rules
+            .iter()
+            .map(|r| format!("{} {} {}", r.table, r.chain, r.spec.join(" ")))
+            .collect();
+        let tag = "-m comment --comment aetherium-vm:vm-3";
+        for protocol in ["udp", "tcp"] {
+            assert!(lines.contains(&format!(
+                "nat PREROUTING -i aeth-isolated -s 172.30.0.7/32 -p {protocol} --dport 53 {tag} -j DNAT --to-destination 172.30.0.1:40053"
+            )), "{lines:#?}");
+            // Let in to the resolver alone (INPUT refuses the rest of the host).
+            assert!(lines.contains(&format!(
+                "filter INPUT -i aeth-isolated -s 172.30.0.7/32 -d 172.30.0.1/32 -p {protocol} --dport 40053 {tag} -j ACCEPT"
+            )), "{lines:#?}");
+        }
+        assert_eq!(rules.len(), 5);
     }
 }

@@ -8,13 +8,14 @@
 //! left behind is found again ([`HostNetwork::reconcile`], [`HostNetwork::teardown`]).
 
 mod cmd;
+pub mod dns;
 mod firewall;
 pub mod guard;
 mod links;
 pub mod plan;
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -41,6 +42,9 @@ pub struct HostNetworkConfig {
     pub isolated: bool,
     /// CIDRs isolated guests may reach although private or the host's (checked).
     pub egress_allow: Vec<String>,
+    /// The DNS servers guests' queries go to (isolated: through the bridge's
+    /// resolver, which applies their policies; else guests ask the first IPv4 one).
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 impl Default for HostNetworkConfig {
@@ -53,6 +57,7 @@ impl Default for HostNetworkConfig {
             nat: true,
             isolated: true,
             egress_allow: Vec::new(),
+            dns_upstream: Vec::new(),
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct HostNetwork {
     leases: Arc<dyn IpLeases>,
     network_key: String,
     range: RangeInclusive<Ipv4Addr>,
+    /// The isolated bridge's resolver, started by [`HostNetwork::ensure`].
+    resolver: tokio::sync::OnceCell<dns::SandboxResolver>,
 }
 
 impl HostNetwork {
@@ -101,6 +108,7 @@ impl HostNetwork {
             leases,
             network_key,
             range,
+            resolver: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -122,8 +130,8 @@ impl HostNetwork {
         guard::Fence::microvm(&self.config.bridge)
     }
 
-    /// Creates the bridge, its address, the NAT rules and the fence if missing
-    /// (idempotent).
+    /// Creates the bridge, its address, the NAT rules, the fence and its resolver if
+    /// missing (idempotent).
     pub async fn ensure(&self) -> Result<(), NetError> {
         let c = &self.config;
         links::ensure_bridge(&c.bridge).await?;
@@ -142,8 +150,51 @@ impl HostNetwork {
         if c.isolated {
             // A NAT rule inserted now went above the fence's jump: lay it again.
             guard::guard_bridge(self.fence(), inserted).await?;
+            self.resolver
+                .get_or_try_init(|| {
+                    dns::SandboxResolver::start(
+                        self.fence(),
+                        c.gateway,
+                        c.egress_allow.clone(),
+                        c.dns_upstream.clone(),
+                    )
+                })
+                .await?;
         }
         Ok(())
+    }
+
+    fn resolver(&self) -> Result<&dns::SandboxResolver, NetError> {
+        self.resolver.get().ok_or_else(|| {
+            NetError::Config(format!(
+                "bridge {} is not set up yet (HostNetwork::ensure)",
+                self.config.bridge
+            ))
+        })
+    }
+
+    /// The DNS server guests are given: the gateway on an isolated bridge (its
+    /// resolver answers there), else the first IPv4 upstream server that is not
+    /// the host's loopback.
+    fn guest_dns(&self) -> Option<Ipv4Addr> {
+        if self.config.isolated {
+            return Some(self.config.gateway);
+        }
+        self.config
+            .dns_upstream
+            .iter()
+            .find_map(|server| match server.ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_loopback() && server.port() == 53 => Some(ip),
+                _ => None,
+            })
+    }
+
+    /// Removes a sandbox's rules and forgets it.
+    async fn close(&self, vm_id: &str) -> Result<(), NetError> {
+        match self.resolver.get() {
+            Some(resolver) => resolver.close(vm_id).await,
+            None => guard::close_for_sandbox(self.fence(), vm_id).await,
+        }
     }
 
     /// Leases an address, makes the VM's TAP device and, on an isolated network,
@@ -169,11 +220,12 @@ impl HostNetwork {
             return Err(e);
         }
         if self.config.isolated
-            && let Err(e) =
-                guard::open_for_sandbox(self.fence(), vm_id, ip, &self.config.egress_allow, policy)
-                    .await
+            && let Err(e) = match self.resolver() {
+                Ok(resolver) => resolver.open(vm_id, ip, policy).await,
+                Err(e) => Err(e),
+            }
         {
-            if let Err(e) = guard::close_for_sandbox(self.fence(), vm_id).await {
+            if let Err(e) = self.close(vm_id).await {
                 tracing::warn!(vm_id, error = %e, "cannot remove the rules of a failed attach");
             }
             if let Err(e) = links::delete(&tap).await {
@@ -188,6 +240,7 @@ impl HostNetwork {
             ip,
             gateway: self.config.gateway,
             prefix_len: self.config.prefix_len,
+            dns: self.guest_dns(),
         })
     }
 
@@ -225,14 +278,14 @@ impl HostNetwork {
             .ok_or_else(|| {
                 NetError::Config(format!("VM {vm_id} has no address on this network"))
             })?;
-        guard::open_for_sandbox(self.fence(), vm_id, ip, &self.config.egress_allow, policy).await
+        self.resolver()?.open(vm_id, ip, policy).await
     }
 
     /// Removes the VM's rules, its TAP device and releases its lease. Absent is
     /// fine.
     pub async fn detach(&self, vm_id: &str) -> Result<(), NetError> {
         if self.config.isolated {
-            guard::close_for_sandbox(self.fence(), vm_id).await?;
+            self.close(vm_id).await?;
         }
         let tap = tap_name(vm_id);
         if let Some(link) = links::show(&tap).await?
@@ -268,7 +321,7 @@ impl HostNetwork {
             if !live.contains(&lease.vm_id) {
                 tracing::info!(vm_id = lease.vm_id, ip = %lease.ip, "releasing the address of a VM that is gone");
                 if self.config.isolated {
-                    guard::close_for_sandbox(self.fence(), &lease.vm_id).await?;
+                    self.close(&lease.vm_id).await?;
                 }
                 self.leases
                     .release_ip(&self.network_key, &lease.vm_id)

@@ -263,6 +263,7 @@ mod tests {
             nat: true,
             isolated: true,
             egress_allow: Vec::new(),
+            dns_upstream: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{Backend, BackendError, Limit, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
+use crate::net::dns::SandboxResolver;
 use crate::net::guard::Fence;
 
 pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
@@ -94,6 +95,9 @@ pub struct DockerBackendConfig {
     pub network_mode: String,
     /// CIDRs isolated sandboxes may reach although the guard refuses them.
     pub egress_allow: Vec<String>,
+    /// The DNS servers isolated sandboxes' queries go to, through the isolated
+    /// network's resolver ([`crate::net::dns`]), which applies their policies.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// `network_mode` of sandboxes on [`ISOLATED_NETWORK`], behind [`crate::net::guard`].
@@ -114,8 +118,9 @@ pub struct DockerBackend {
     docker: std::sync::Mutex<Option<Docker>>,
     socket_path: String,
     config: DockerBackendConfig,
-    /// Set once the isolated network and its guard are in place (this process).
-    isolated_ready: tokio::sync::OnceCell<()>,
+    /// Set once the isolated network, its guard and its resolver are in place
+    /// (this process).
+    isolated_ready: tokio::sync::OnceCell<SandboxResolver>,
     /// How disk quotas are enforced, found out at the first create that has one.
     disk_quota: Mutex<Option<DiskQuota>>,
     /// Sandboxes the disk watch stopped (their exit is reported as over the limit).
@@ -283,10 +288,10 @@ impl DockerBackend {
         self.config.network_mode == ISOLATED
     }
 
-    /// Makes the isolated network (ICC off) if it is missing and puts the guard's
-    /// rules on its bridge. Without them no isolated sandbox starts: it would be
-    /// less isolated than promised.
-    async fn ensure_isolated_network(&self) -> Result<(), BackendError> {
+    /// Makes the isolated network (ICC off) if it is missing, puts the guard's
+    /// rules on its bridge and starts its resolver. Without them no isolated
+    /// sandbox starts: it would be less isolated than promised.
+    async fn ensure_isolated_network(&self) -> Result<&SandboxResolver, BackendError> {
         self.isolated_ready
             .get_or_try_init(|| async {
                 let docker = self.client()?;
@@ -296,8 +301,8 @@ impl DockerBackend {
                         None::<bollard::query_parameters::InspectNetworkOptions>,
                     )
                     .await;
-                match inspect {
-                    Ok(_) => {}
+                let network = match inspect {
+                    Ok(network) => network,
                     Err(e) if is_not_found(&e) => {
                         let request = bollard::models::NetworkCreateRequest {
                             name: ISOLATED_NETWORK.to_string(),
@@ -321,30 +326,59 @@ impl DockerBackend {
                             }) => {}
                             Err(e) => return Err(map_err(e)),
                         }
+                        docker
+                            .inspect_network(
+                                ISOLATED_NETWORK,
+                                None::<bollard::query_parameters::InspectNetworkOptions>,
+                            )
+                            .await
+                            .map_err(map_err)?
                     }
                     Err(e) => return Err(map_err(e)),
-                }
-                crate::net::guard::guard_bridge(Fence::docker(ISOLATED_BRIDGE), false)
-                    .await
-                    .map_err(|e| {
+                };
+                let gateway = network
+                    .ipam
+                    .and_then(|ipam| ipam.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|config| config.gateway?.parse::<std::net::Ipv4Addr>().ok())
+                    .ok_or_else(|| {
                         BackendError::Unavailable(format!(
-                            "cannot put the firewall rules of the isolated network in place ({e}); \
-                             run as root with iptables, or set vmm.docker.network_mode to bridge to run without isolation"
+                            "network {ISOLATED_NETWORK} has no IPv4 gateway address; remove it (docker network rm {ISOLATED_NETWORK}) to have it made again"
                         ))
-                    })
+                    })?;
+                let fence = Fence::docker(ISOLATED_BRIDGE);
+                let guarded = match crate::net::guard::guard_bridge(fence, false).await {
+                    Ok(()) => {
+                        SandboxResolver::start(
+                            fence,
+                            gateway,
+                            self.config.egress_allow.clone(),
+                            self.config.dns_upstream.clone(),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                guarded.map_err(|e| {
+                    BackendError::Unavailable(format!(
+                        "cannot put the firewall rules and resolver of the isolated network in place ({e}); \
+                         run as root with iptables, or set vmm.docker.network_mode to bridge to run without isolation"
+                    ))
+                })
             })
             .await
-            .map(|_| ())
     }
 
-    /// Puts an isolated sandbox's rules in place, by its address: its network policy
-    /// and the operator's `egress_allow` (and clears what an older policy, or a dead
-    /// sandbox, left on that address).
+    /// Puts an isolated sandbox's rules in place, by its address: its network policy,
+    /// the operator's `egress_allow` and its DNS through the resolver (and clears
+    /// what an older policy, or a dead sandbox, left on that address).
     async fn open_egress(
         &self,
         vm_id: &str,
         policy: Option<&aetherium_types::NetworkPolicy>,
     ) -> Result<(), BackendError> {
+        let resolver = self.ensure_isolated_network().await?;
         let info = self
             .client()?
             .inspect_container(&container_name(vm_id), None::<InspectContainerOptions>)
@@ -361,15 +395,10 @@ impl DockerBackend {
                     "sandbox {vm_id} has no address on {ISOLATED_NETWORK}"
                 ))
             })?;
-        crate::net::guard::open_for_sandbox(
-            Fence::docker(ISOLATED_BRIDGE),
-            vm_id,
-            ip,
-            &self.config.egress_allow,
-            policy,
-        )
-        .await
-        .map_err(|e| BackendError::Other(format!("cannot set the network rules of {vm_id}: {e}")))
+        resolver.open(vm_id, ip, policy).await.map_err(|e| match e {
+            crate::net::NetError::Config(message) => BackendError::Rejected(message),
+            e => BackendError::Other(format!("cannot set the network rules of {vm_id}: {e}")),
+        })
     }
 
     fn no_policies(&self) -> BackendError {
@@ -468,6 +497,12 @@ impl DockerBackend {
             }),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             cap_drop: Some(DROPPED_CAPABILITIES.map(String::from).to_vec()),
+            // The engine's resolver forwards to the gateway from the sandbox's own
+            // address, so that the isolated network's resolver knows whose it is.
+            dns: self
+                .isolated_ready
+                .get()
+                .map(|resolver| vec![resolver.listen_addr().ip().to_string()]),
             storage_opt,
             ..Default::default()
         };
@@ -710,13 +745,18 @@ impl Backend for DockerBackend {
             }) => {}
             Err(e) => return Err(map_err(e)),
         }
-        if self.isolated()
-            && let Err(e) =
-                crate::net::guard::close_for_sandbox(Fence::docker(ISOLATED_BRIDGE), vm_id).await
-        {
-            return Err(BackendError::Other(format!(
-                "cannot remove the network rules of {vm_id}: {e}"
-            )));
+        if self.isolated() {
+            let closed = match self.isolated_ready.get() {
+                Some(resolver) => resolver.close(vm_id).await,
+                // Before any create of this process (a removal at start).
+                None => {
+                    crate::net::guard::close_for_sandbox(Fence::docker(ISOLATED_BRIDGE), vm_id)
+                        .await
+                }
+            };
+            closed.map_err(|e| {
+                BackendError::Other(format!("cannot remove the network rules of {vm_id}: {e}"))
+            })?;
         }
         self.over_disk
             .lock()

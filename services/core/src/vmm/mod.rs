@@ -52,17 +52,21 @@ pub struct GuestNetwork {
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
+    /// The DNS server the guest asks (its `/etc/resolv.conf`).
+    pub dns: Option<Ipv4Addr>,
 }
 
 impl GuestNetwork {
     /// The kernel command-line parameter the guest's init reads to configure `eth0`
-    /// (the classic `ip=` syntax: client::gateway:netmask::device:autoconf).
+    /// and its resolver (the classic `ip=` syntax:
+    /// client::gateway:netmask::device:autoconf[:dns0]).
     pub fn kernel_ip_arg(&self) -> String {
         let mask = u32::MAX
             .checked_shl(32 - u32::from(self.prefix_len))
             .unwrap_or(0);
+        let dns = self.dns.map(|ip| format!(":{ip}")).unwrap_or_default();
         format!(
-            "ip={}::{}:{}::eth0:off",
+            "ip={}::{}:{}::eth0:off{dns}",
             self.ip,
             self.gateway,
             Ipv4Addr::from(mask)

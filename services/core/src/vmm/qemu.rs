@@ -1073,6 +1073,7 @@ mod tests {
             ip: "10.0.0.2".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             prefix_len: 24,
+            dns: None,
         };
         assert!(check_network(&network).is_ok());
         network.mac = "52:54:00:12:34".into();
@@ -1091,6 +1092,7 @@ mod tests {
             ip: "10.0.0.2".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
             prefix_len: 24,
+            dns: None,
         };
         let mut a = QemuArgs {
             vm_id: "vm1",

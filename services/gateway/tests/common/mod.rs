@@ -274,12 +274,18 @@ impl TestServer {
 }
 
 /// Every rule of the filter table, as `iptables -S` lists them.
+/// The `filter` and `nat` tables' rules, as `iptables -S` lists them.
 pub fn iptables_rules() -> String {
-    let out = std::process::Command::new("iptables")
-        .args(["-w", "-S"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ["filter", "nat"]
+        .iter()
+        .map(|table| {
+            let out = std::process::Command::new("iptables")
+                .args(["-w", "-t", table, "-S"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
 }
 
 pub fn docker(args: &[&str]) -> std::process::Output {
