@@ -75,6 +75,21 @@ pub fn remove_sandbox_rules(container_ids: &[String]) {
             .output()
             .ok()
     };
+    // Their DNS redirections (nat) first, then their filter rules and chains.
+    if let Some(nat) = iptables(&["-t", "nat", "-S", "PREROUTING"]) {
+        let nat = String::from_utf8_lossy(&nat.stdout).into_owned();
+        for vm_id in &vm_ids {
+            let tag = format!("aetherium-vm:{vm_id}");
+            for rule in nat
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains(&tag))
+            {
+                let mut args = vec!["-t", "nat", "-D"];
+                args.extend(rule[3..].split_whitespace().map(|w| w.trim_matches('"')));
+                iptables(&args);
+            }
+        }
+    }
     let Some(listing) = iptables(&["-S"]) else {
         return;
     };

@@ -42,7 +42,10 @@ options:
   --default-user NAME    user for processes and files when a request names
                          none (default: the user the agent runs as)
   --default-workdir DIR  working directory of processes that name none
-                         (default: the user's home directory)";
+                         (default: the user's home directory)
+  --syscall-filter       start every process under a seccomp filter refusing
+                         io_uring, userfaultfd, bpf, perf events and the kernel
+                         keyring (EPERM), on top of the engine's profile";
 
 /// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub default_user: Option<String>,
     pub default_workdir: Option<PathBuf>,
+    /// Processes start under [`crate::syscall_filter`].
+    pub syscall_filter: bool,
 }
 
 impl Config {
@@ -114,6 +119,7 @@ impl Config {
             idle_timeout: None,
             default_user: None,
             default_workdir: None,
+            syscall_filter: false,
         }
     }
 }
@@ -129,6 +135,7 @@ impl fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("default_user", &self.default_user)
             .field("default_workdir", &self.default_workdir)
+            .field("syscall_filter", &self.syscall_filter)
             .finish()
     }
 }
@@ -170,6 +177,7 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
     let mut idle_timeout = None;
     let mut default_user = None;
     let mut default_workdir = None;
+    let mut syscall_filter = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value)),
@@ -232,6 +240,7 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
                 }
                 default_workdir = Some(dir);
             }
+            "--syscall-filter" if inline.is_none() => syscall_filter = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -244,6 +253,7 @@ fn parse_with_env<I: IntoIterator<Item = String>>(
         idle_timeout,
         default_user,
         default_workdir,
+        syscall_filter,
     }))
 }
 

@@ -32,6 +32,7 @@ mod multipart;
 mod process;
 mod pty;
 mod server;
+mod syscall_filter;
 mod system;
 mod users;
 mod watch;
@@ -61,6 +62,16 @@ fn main() -> ExitCode {
         cli::Command::Init(agent_args) => return init::run(agent_args),
         cli::Command::Run(config) => config,
     };
+    if config.syscall_filter {
+        if let Err(e) = syscall_filter::enable() {
+            log!("{e}");
+            return ExitCode::FAILURE;
+        }
+        log!(
+            "processes start under a seccomp filter refusing {}",
+            syscall_filter::refused_names().join(", ")
+        );
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -263,6 +263,7 @@ pub fn start(
     if launch.user.uid != rustix::process::geteuid().as_raw() {
         command.uid(launch.user.uid).gid(launch.user.gid);
     }
+    crate::syscall_filter::apply_in_child(&mut command);
 
     let (child, outputs, stdin, master) = match &request.pty {
         Some(Pty { size }) => {

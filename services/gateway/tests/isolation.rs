@@ -1074,6 +1074,36 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_commands_run_under_a_seccomp_filter_beyond_the_engines() {
+    let server = TestServer::start().await;
+    let vm = server.running_vm(&unique("seccomp")).await;
+    // io_uring_setup(1, NULL): the kernel would answer EFAULT (14) under Docker's
+    // default profile alone; our filter refuses the call before it gets there.
+    let probe = sh(
+        &server,
+        &vm,
+        r#"perl -e 'syscall(425, 1, 0); print $!+0, "\n"'; grep '^Seccomp_filters' /proc/self/status"#,
+    )
+    .await;
+    assert_eq!(probe["exit_code"], 0, "{probe}");
+    let out = probe["stdout"].as_str().unwrap();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("1"),
+        "io_uring_setup was not refused with EPERM: {probe}"
+    );
+    // The engine's filter and ours, stacked.
+    assert_eq!(
+        lines
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["Seccomp_filters:", "2"]),
+        "{probe}"
+    );
+}
+
 /// What `getent hosts <name>` prints in `vm` (empty: the name did not resolve).
 async fn resolve_in(server: &TestServer, vm: &str, name: &str) -> String {
     let ran = sh(server, vm, &format!("getent hosts {name} | cut -d' ' -f1")).await;

@@ -466,6 +466,9 @@ impl DockerBackend {
             AGENT_IN_CONTAINER.to_string(),
             "--listen".to_string(),
             format!("unix:{RUN_DIR_IN_CONTAINER}/{AGENT_SOCKET_NAME}"),
+            // A container shares the host's kernel: its commands get a seccomp
+            // filter beyond the engine's profile (io_uring, userfaultfd, …).
+            "--syscall-filter".to_string(),
         ];
         if let Some(token) = &spec.access_token {
             // A retried create finds the file the attempt before left.
