@@ -13,6 +13,7 @@
 //!   `/usr/lib/postgresql/*/bin`. As root (CI), the server runs as the `postgres`
 //!   system user (else `nobody`), since PostgreSQL refuses to run as root.
 
+pub mod cgroup;
 pub mod dns;
 pub mod fileserver;
 pub mod paths;

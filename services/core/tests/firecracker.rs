@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use aetherium_core::image::{
     BuildProgress, BuildRequest, BuildSource, ImageStore, VmImage, kernel_cmdline,
 };
+use aetherium_core::vmm::cgroup;
 use aetherium_core::vmm::firecracker::api::{
     ActionType, ApiError, FirecrackerApi, InstanceState, LogLevel,
 };
 use aetherium_core::vmm::firecracker::layout::{self, VmDir};
-use aetherium_core::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig, cgroup, probe};
+use aetherium_core::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig, probe};
 use aetherium_core::vmm::{Backend, BackendError, GuestNetwork, SandboxSpec, SandboxState};
 use aetherium_types::Orchestrator;
 use aetherium_types::agent::{ProcessConfig, StartRequest};
@@ -361,6 +362,9 @@ async fn lifecycle_drives_every_api_call() {
         .expect("create");
     let dir = setup.vm_dir(&vm_id);
     let api = FirecrackerApi::new(dir.api_socket());
+    // Without the jailer, in cgroups of ours, joined before it ran.
+    assert_cgroup_limits(pid_of(&dir), 1, 32);
+    let cgroups = cgroup::dirs(cgroup::Version::of_host(), &vm_id);
 
     // What Firecracker took is what we sent.
     let info = api.instance_info().await.unwrap();
@@ -483,6 +487,9 @@ async fn lifecycle_drives_every_api_call() {
     );
     assert_gone(&setup, &vm_id);
     assert!(!tap.attached(), "TAP still held after delete");
+    for dir in &cgroups {
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
     assert_eq!(
         setup.backend.status(&vm_id).await.unwrap(),
         SandboxState::Missing
@@ -908,51 +915,14 @@ fn jailer_bin() -> PathBuf {
     path
 }
 
-/// Asserts the cgroup limits of a jailed Firecracker (`pid`): `vcpus` of CPU time
-/// and `memory_mb` plus the overhead, read where /proc/<pid>/cgroup says it is.
+/// Asserts the cgroup limits of a Firecracker (`pid`): `vcpus` of CPU time and
+/// `memory_mb` plus the overhead.
 fn assert_cgroup_limits(pid: u32, vcpus: u64, memory_mb: u64) {
-    let memberships = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path_of = |controller: &str| -> Option<String> {
-        memberships.lines().find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-    };
-    let read = |dir: std::path::PathBuf, file: &str| {
-        std::fs::read_to_string(dir.join(file))
-            .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
-            .trim()
-            .to_string()
-    };
-    let memory = (memory_mb + cgroup::MEMORY_OVERHEAD_MB) << 20;
-    match cgroup::Version::of_host() {
-        cgroup::Version::V1 => {
-            let cpu = path_of("cpu").expect("in a cpu cgroup");
-            assert!(cpu.starts_with("/aetherium/"), "{memberships}");
-            let cpu_dir = Path::new("/sys/fs/cgroup/cpu").join(cpu.trim_start_matches('/'));
-            assert_eq!(
-                read(cpu_dir.clone(), "cpu.cfs_quota_us"),
-                (vcpus * 100_000).to_string()
-            );
-            assert_eq!(read(cpu_dir, "cpu.cfs_period_us"), "100000");
-            let mem = path_of("memory").expect("in a memory cgroup");
-            let mem_dir = Path::new("/sys/fs/cgroup/memory").join(mem.trim_start_matches('/'));
-            assert_eq!(read(mem_dir, "memory.limit_in_bytes"), memory.to_string());
-        }
-        cgroup::Version::V2 => {
-            let unified = path_of("").expect("in the unified hierarchy");
-            let dir = Path::new("/sys/fs/cgroup").join(unified.trim_start_matches('/'));
-            assert_eq!(
-                read(dir.clone(), "cpu.max"),
-                format!("{} 100000", vcpus * 100_000)
-            );
-            assert_eq!(read(dir, "memory.max"), memory.to_string());
-        }
-    }
+    aetherium_testkit::cgroup::assert_limits(
+        pid,
+        vcpus,
+        (memory_mb + cgroup::MEMORY_OVERHEAD_MB) << 20,
+    );
 }
 
 /// The same lifecycle under the jailer: chroot-relative paths, an unprivileged

@@ -200,6 +200,7 @@ async fn qmp_drives_a_real_qemu() {
         args,
         log: dir.path().join("qemu.log"),
         pid_file: dir.path().join("qemu.pid"),
+        cgroup_procs: Vec::new(),
     })
     .expect("start qemu-system-x86_64");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -313,6 +314,12 @@ async fn a_guest_boots_under_tcg_and_serves_the_agent() {
     eprintln!("create returned after {:?}", started.elapsed());
     let qemu_pid = backend.qemu_process(&vm_id).expect("qemu runs").pid();
     let vhost_pid = backend.vhost_process(&vm_id).expect("vhost runs").pid();
+    // Both run in the VM's cgroups from their first instruction on: one vCPU of
+    // CPU time, its memory and the overhead.
+    let memory = (512 + aetherium_core::vmm::cgroup::MEMORY_OVERHEAD_MB) << 20;
+    for pid in [qemu_pid, vhost_pid] {
+        aetherium_testkit::cgroup::assert_limits(pid, 1, memory);
+    }
     let agent = backend.agent(&vm_id);
     if let Err(e) = agent.wait_ready(BOOT_TIMEOUT).await {
         let log = console(&backend, &vm_id);
@@ -397,6 +404,12 @@ async fn a_guest_boots_under_tcg_and_serves_the_agent() {
         "vhost-device-vsock {vhost_pid} still runs"
     );
     assert_eq!(backend.status(&vm_id).await.unwrap(), SandboxState::Missing);
+    let cgroups =
+        aetherium_core::vmm::cgroup::dirs(aetherium_core::vmm::cgroup::Version::of_host(), &vm_id);
+    assert!(
+        cgroups.iter().all(|dir| !dir.exists()),
+        "cgroups left: {cgroups:?}"
+    );
     // Deleting again is fine.
     backend.delete(&vm_id).await.expect("second delete");
 }
@@ -583,6 +596,13 @@ async fn a_new_backend_adopts_and_deletes_a_running_vm() {
     second.delete(&vm_id).await.unwrap();
     assert!(wait_pid_gone(qemu_pid).await);
     assert_eq!(first.status(&vm_id).await.unwrap(), SandboxState::Missing);
+    // Its cgroups too, although its processes were the first backend's children.
+    let cgroups =
+        aetherium_core::vmm::cgroup::dirs(aetherium_core::vmm::cgroup::Version::of_host(), &vm_id);
+    assert!(
+        cgroups.iter().all(|dir| !dir.exists()),
+        "cgroups left: {cgroups:?}"
+    );
 }
 
 /// Removes a test's bridge and TAP device by name when dropped.
@@ -695,8 +715,10 @@ async fn an_abandoned_create_leaves_nothing() {
     base_image().await;
     let run_root = RunRoot::new();
     let backend = QemuBackend::new(qemu_config(run_root.path(), image_store()));
+    let mut vm_ids = Vec::new();
     for cut_ms in [5, 60, 250, 450] {
         let vm_id = unique_id("cut");
+        vm_ids.push(vm_id.clone());
         let cut =
             tokio::time::timeout(Duration::from_millis(cut_ms), backend.create(&spec(&vm_id)))
                 .await;
@@ -721,6 +743,16 @@ async fn an_abandoned_create_leaves_nothing() {
     // Every process the creates started is gone: the run root is empty, and
     // RunRoot would have nothing to kill.
     assert_eq!(std::fs::read_dir(run_root.path()).unwrap().count(), 0);
+    // Their cgroups go once the killed processes are reaped.
+    let version = aetherium_core::vmm::cgroup::Version::of_host();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for vm_id in &vm_ids {
+        let cgroups = aetherium_core::vmm::cgroup::dirs(version, vm_id);
+        while cgroups.iter().any(|dir| dir.exists()) {
+            assert!(Instant::now() < deadline, "cgroups left: {cgroups:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! worker how to reach the agent inside: Docker containers, and microVMs under
 //! Firecracker or QEMU (which share [`vmproc`] for their VMM processes).
 
+pub mod cgroup;
 pub mod docker;
 pub mod firecracker;
 pub mod multi;

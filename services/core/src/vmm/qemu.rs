@@ -28,6 +28,7 @@ mod probe;
 
 pub use probe::{ProbeOptions, QemuProbe, probe, probe_with};
 
+use super::cgroup;
 use super::qmp::{Qmp, QmpError};
 use super::vmproc::{Spawn, VmmProcess};
 use super::{
@@ -139,6 +140,8 @@ pub struct QemuBackend {
 
 struct Inner {
     config: QemuConfig,
+    /// The host's cgroup hierarchy, for each VM's limits.
+    cgroups: cgroup::Version,
     /// The QEMU processes this process started, which know their exit code.
     spawned: Mutex<HashMap<String, VmmProcess>>,
     /// QEMU serves one QMP client at a time: one exchange per VM at once.
@@ -160,6 +163,7 @@ impl QemuBackend {
         QemuBackend {
             inner: Arc::new(Inner {
                 config,
+                cgroups: cgroup::Version::of_host(),
                 spawned: Mutex::new(HashMap::new()),
                 qmp_locks: Mutex::new(HashMap::new()),
                 creating: Mutex::new(HashSet::new()),
@@ -194,11 +198,20 @@ impl QemuBackend {
             .await
             .map_err(image_error)?;
 
+        // Both processes run in the VM's cgroups: its vCPUs' worth of CPU time,
+        // its memory and some overhead.
+        let limits = cgroup::Limits {
+            vcpus: spec.vcpus,
+            memory_mb: spec.memory_mb,
+        };
+        let cgroup_procs = cgroup::make_or_warn(self.inner.cgroups, &spec.vm_id, limits)
+            .map_err(|e| BackendError::Other(format!("cannot make the VM's cgroups: {e}")))?;
         let vhost = VmmProcess::spawn(&Spawn {
             program: config.vhost_vsock_bin.clone(),
             args: vhost_args(dir),
             log: dir.join(VHOST_LOG),
             pid_file: dir.join(VHOST_PID),
+            cgroup_procs: cgroup_procs.clone(),
         })
         .map_err(|e| BackendError::Other(format!("vhost-device-vsock: {e}")))?;
         wait_for_socket(&vhost, &dir.join(VHOST_SOCKET), &dir.join(VHOST_LOG)).await?;
@@ -220,6 +233,7 @@ impl QemuBackend {
             args,
             log: dir.join(QEMU_LOG),
             pid_file: dir.join(QEMU_PID),
+            cgroup_procs,
         })
         .map_err(|e| BackendError::Other(format!("qemu: {e}")))?;
         self.inner
@@ -304,6 +318,7 @@ impl QemuBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(vm_id);
+        cgroup::remove_when_empty(self.inner.cgroups, vm_id).await;
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -402,6 +417,14 @@ impl Drop for CreateGuard {
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
+            // The killed processes leave their cgroups once reaped.
+            let (version, vm_id) = (self.inner.cgroups, self.vm_id.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { cgroup::remove_when_empty(version, &vm_id).await });
+                }
+                Err(_) => cgroup::remove(version, &vm_id),
+            }
             self.inner
                 .spawned
                 .lock()

@@ -19,6 +19,9 @@ pub struct Spawn {
     /// Receives the process's stdout and stderr (appended).
     pub log: PathBuf,
     pub pid_file: PathBuf,
+    /// `cgroup.procs` files the process joins before it execs, so that it never
+    /// runs outside its VM's limits ([`crate::vmm::cgroup::make`]).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A VMM (or helper) process this host runs for one sandbox.
@@ -28,6 +31,47 @@ pub struct VmmProcess {
     start_time: u64,
     /// Set for processes this process started: the exit status once reaped.
     exit: Option<watch::Receiver<Option<i32>>>,
+}
+
+/// Makes the child write `0` (itself) into each `cgroup.procs` file between fork
+/// and exec; a failure fails the spawn.
+#[allow(unsafe_code)]
+fn join_cgroups_in_child(
+    command: &mut tokio::process::Command,
+    procs: &[PathBuf],
+) -> std::io::Result<()> {
+    if procs.is_empty() {
+        return Ok(());
+    }
+    let paths = procs
+        .iter()
+        .map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| std::io::Error::other(format!("{} holds a NUL", p.display())))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // SAFETY: `pre_exec` closures run in the forked child, where only
+    // async-signal-safe calls are allowed: this one makes open(2), write(2) and
+    // close(2) calls on paths converted before the fork, and allocates nothing
+    // (`last_os_error` does not allocate).
+    unsafe {
+        command.pre_exec(move || {
+            for path in &paths {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 impl VmmProcess {
@@ -46,6 +90,7 @@ impl VmmProcess {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
+        join_cgroups_in_child(&mut command, &spec.cgroup_procs)?;
         let mut child = command.spawn().map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -196,6 +241,7 @@ mod tests {
             args: vec!["30".into()],
             log: dir.join(format!("{name}.log")),
             pid_file: dir.join(format!("{name}.pid")),
+            cgroup_procs: Vec::new(),
         })
         .unwrap()
     }
@@ -246,6 +292,7 @@ mod tests {
             args: vec![],
             log: dir.path().join("x.log"),
             pid_file: dir.path().join("x.pid"),
+            cgroup_procs: Vec::new(),
         })
         .unwrap_err();
         assert!(err.to_string().contains("no-such-vmm"), "{err}");

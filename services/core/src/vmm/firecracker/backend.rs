@@ -19,10 +19,10 @@ use super::api::{
     MachineConfiguration, MemoryBackend, MemoryBackendType, Metrics, NetworkInterface,
     SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState, Vsock,
 };
-use super::cgroup;
 use super::layout::{self, VmDir};
 use crate::agent_client::AgentClient;
 use crate::image::{self, ImageStore, VmImage};
+use crate::vmm::cgroup;
 use crate::vmm::vmproc::{Spawn, VmmProcess};
 use crate::vmm::{Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
 
@@ -305,8 +305,8 @@ impl FirecrackerBackend {
         })
     }
 
-    /// Spawns `firecracker` and waits until its API answers. Jailed, it runs in
-    /// cgroups bounded by `limits`.
+    /// Spawns `firecracker` and waits until its API answers, in cgroups bounded by
+    /// `limits` (the jailer's, else ours).
     async fn start_process(
         &self,
         vm_id: &str,
@@ -325,16 +325,24 @@ impl FirecrackerBackend {
             std::fs::File::create(&file)
                 .map_err(|e| other(format!("cannot create {}: {e}", file.display())))?;
         }
+        let mut cgroup_procs = Vec::new();
         let (program, args) = match &self.config.jailer_bin {
-            None => (
-                bin.clone(),
-                vec![
-                    "--api-sock".into(),
-                    dir.api_socket().into(),
-                    "--id".into(),
-                    layout::instance_id(vm_id).into(),
-                ],
-            ),
+            None => {
+                // No jailer to make its cgroups: ours, joined before it execs.
+                if let Some(limits) = limits {
+                    cgroup_procs = crate::vmm::cgroup::make_or_warn(self.cgroups, vm_id, limits)
+                        .map_err(|e| other(format!("cannot make the VM's cgroups: {e}")))?;
+                }
+                (
+                    bin.clone(),
+                    vec![
+                        "--api-sock".into(),
+                        dir.api_socket().into(),
+                        "--id".into(),
+                        layout::instance_id(vm_id).into(),
+                    ],
+                )
+            }
             Some(jailer) => {
                 if !jailer.is_file() {
                     return Err(BackendError::Rejected(format!(
@@ -381,6 +389,7 @@ impl FirecrackerBackend {
             args,
             log: dir.console(),
             pid_file: dir.pid_file(),
+            cgroup_procs,
         })
         .map_err(|e| BackendError::Rejected(e.to_string()))?;
         if let Ok(mut started) = self.started.lock() {
@@ -496,9 +505,7 @@ impl FirecrackerBackend {
         if let Ok(mut started) = self.started.lock() {
             started.remove(vm_id);
         }
-        if self.config.jailer_bin.is_some() {
-            cgroup::remove(self.cgroups, vm_id);
-        }
+        cgroup::remove_when_empty(self.cgroups, vm_id).await;
         let _ = std::fs::remove_dir_all(dir.path());
     }
 

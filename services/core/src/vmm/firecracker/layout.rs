@@ -41,7 +41,7 @@ pub fn instance_id(vm_id: &str) -> String {
 
 /// The jail id under the jailer: each VM has a chroot base of its own, so a short
 /// constant keeps the socket paths short.
-pub const JAIL_ID: &str = "vm";
+pub const JAIL_ID: &str = crate::vmm::cgroup::LEAF;
 /// The jailer's chroot base inside a VM's directory.
 pub const JAIL_BASE: &str = "jail";
 

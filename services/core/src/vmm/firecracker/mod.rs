@@ -4,7 +4,6 @@
 
 pub mod api;
 mod backend;
-pub mod cgroup;
 pub mod layout;
 pub mod probe;
 

@@ -181,6 +181,7 @@ async fn start_paused(qemu_bin: &Path, accel: QemuAccel) -> Result<(), String> {
         args,
         log: scratch.0.join(QEMU_LOG),
         pid_file: scratch.0.join(QEMU_PID),
+        cgroup_procs: Vec::new(),
     })
     .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -242,6 +243,7 @@ async fn boot_check(qemu_bin: &Path, kernel: &Path, timeout: Duration) -> Result
         args,
         log: scratch.0.join(QEMU_LOG),
         pid_file: scratch.0.join(QEMU_PID),
+        cgroup_procs: Vec::new(),
     })
     .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + timeout;
