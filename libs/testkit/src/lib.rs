@@ -19,6 +19,7 @@ pub mod fileserver;
 pub mod paths;
 pub mod postgres;
 pub mod redis;
+pub mod remapped_docker;
 pub mod standin;
 pub mod tls;
 pub mod tools;

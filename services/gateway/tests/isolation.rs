@@ -1074,6 +1074,65 @@ async fn a_network_policy_limits_a_containers_egress_and_changes_while_it_runs()
     }
 }
 
+/// An engine with `userns-remap`: a sandbox's root is an unprivileged uid on the
+/// host, and the platform still reaches its agent (run dir and token owned by that
+/// uid), runs commands, moves files and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remapped_engine_runs_sandboxes_as_an_unprivileged_host_user() {
+    let engine =
+        aetherium_testkit::remapped_docker::RemappedDocker::start(&aetherium_testkit::test_image());
+    let host = engine.host();
+    let server = TestServer::start_with(move |config| {
+        config.vmm.docker.host = host.clone();
+        // The second engine has no networking of its own (see RemappedDocker).
+        config.vmm.docker.network_mode = "none".into();
+    })
+    .await;
+    let vm = server.running_vm(&unique("remapped")).await;
+    let inside = sh(&server, &vm, "id -u; cat /proc/self/uid_map").await;
+    assert_eq!(inside["exit_code"], 0, "{inside}");
+    let out = inside["stdout"].as_str().unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "{inside}");
+    let map: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map.first(), Some(&"0"), "{inside}");
+    let host_uid: u32 = map[1].parse().unwrap();
+    assert_ne!(host_uid, 0, "container root is host root: {inside}");
+    // Seen from the host, the sandbox's processes run as that uid.
+    let pid = engine.docker(&["inspect", "-f", "{{.State.Pid}}", &container_of(&vm)]);
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|id| id == host_uid.to_string()),
+        "{uid_line}"
+    );
+    // Files both ways through the agent.
+    let put = server
+        .request(
+            reqwest::Method::PUT,
+            &format!("/vms/{vm}/files?path=/root/in.txt"),
+        )
+        .body("remapped\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let read = sh(&server, &vm, "cat /root/in.txt; stat -c %u /root/in.txt").await;
+    assert_eq!(read["stdout"], "remapped\n0\n", "{read}");
+    let (status, _) = server.delete(&format!("/vms/{vm}?wait=60s")).await;
+    assert_eq!(status, 200);
+    let left = engine.docker(&["ps", "-aq"]);
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_containers_commands_run_under_a_seccomp_filter_beyond_the_engines() {
     let server = TestServer::start().await;

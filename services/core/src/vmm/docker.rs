@@ -121,6 +121,8 @@ pub struct DockerBackend {
     /// Set once the isolated network, its guard and its resolver are in place
     /// (this process).
     isolated_ready: tokio::sync::OnceCell<SandboxResolver>,
+    /// The host uid and gid a container's root is ([`DockerBackend::remapped_root`]).
+    remapped_root: tokio::sync::OnceCell<Option<(u32, u32)>>,
     /// How disk quotas are enforced, found out at the first create that has one.
     disk_quota: Mutex<Option<DiskQuota>>,
     /// Sandboxes the disk watch stopped (their exit is reported as over the limit).
@@ -225,6 +227,7 @@ impl DockerBackend {
                 .to_string(),
             config,
             isolated_ready: tokio::sync::OnceCell::new(),
+            remapped_root: tokio::sync::OnceCell::new(),
             disk_quota: Mutex::new(None),
             over_disk: Arc::new(Mutex::new(HashSet::new())),
         })
@@ -401,6 +404,32 @@ impl DockerBackend {
         })
     }
 
+    /// Where the engine remaps user namespaces (its `userns-remap`), the host uid
+    /// and gid a container's root runs as, which must own what the container
+    /// writes into on the host (its run directory, its token); else `None`.
+    async fn remapped_root(&self) -> Result<Option<(u32, u32)>, BackendError> {
+        self.remapped_root
+            .get_or_try_init(|| async {
+                let info = self.client()?.info().await.map_err(map_err)?;
+                let remapped = info
+                    .security_options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|option| option.split(',').any(|part| part == "name=userns"));
+                if !remapped {
+                    return Ok(None);
+                }
+                let root_dir = info.docker_root_dir.unwrap_or_default();
+                remapped_ids(&root_dir).map(Some).ok_or_else(|| {
+                    BackendError::Unavailable(format!(
+                        "the Docker engine remaps user namespaces, but its root dir {root_dir:?} does not name the remapped uid and gid (<data-root>/<uid>.<gid>)"
+                    ))
+                })
+            })
+            .await
+            .copied()
+    }
+
     fn no_policies(&self) -> BackendError {
         BackendError::Rejected(format!(
             "network policies need vmm.docker.network_mode: isolated (this worker's is {:?})",
@@ -473,7 +502,8 @@ impl DockerBackend {
         if let Some(token) = &spec.access_token {
             // A retried create finds the file the attempt before left.
             let _ = std::fs::remove_file(run_dir.join(AGENT_TOKEN_NAME));
-            write_token_file(&run_dir.join(AGENT_TOKEN_NAME), token)?;
+            let owner = self.remapped_root().await?;
+            write_token_file(&run_dir.join(AGENT_TOKEN_NAME), token, owner)?;
             entrypoint.push(format!(
                 "--access-token-file={RUN_DIR_IN_CONTAINER}/{AGENT_TOKEN_NAME}"
             ));
@@ -549,8 +579,13 @@ impl DockerBackend {
 }
 
 /// Writes the agent's token for it to take at start (mode 0600: only root in the
-/// container reads it, and the agent deletes it).
-fn write_token_file(path: &Path, token: &str) -> Result<(), BackendError> {
+/// container reads it, and the agent deletes it), owned by `owner` (the remapped
+/// root) where the engine remaps user namespaces.
+fn write_token_file(
+    path: &Path,
+    token: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), BackendError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
@@ -559,24 +594,51 @@ fn write_token_file(path: &Path, token: &str) -> Result<(), BackendError> {
         .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(token.as_bytes()))
+        .and_then(|()| match owner {
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+            None => Ok(()),
+        })
         .map_err(|e| BackendError::Other(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The remapped uid and gid Docker names its root dir after under `userns-remap`
+/// (`/var/lib/docker/100000.100000`).
+fn remapped_ids(root_dir: &str) -> Option<(u32, u32)> {
+    let last = Path::new(root_dir).file_name()?.to_str()?;
+    let (uid, gid) = last.split_once('.')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 /// Mounts a small tmpfs on a new run directory, so that what the container writes
 /// there is bounded and never reaches the host's disk. Needs root; without it the
 /// directory stays a plain one (and the disk watch does not see it).
 #[allow(unsafe_code)]
-fn mount_run_dir(run_dir: &Path) -> Result<(), BackendError> {
+fn mount_run_dir(run_dir: &Path, owner: Option<(u32, u32)>) -> Result<(), BackendError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
+        return match owner {
+            Some((uid, gid)) => {
+                std::os::unix::fs::chown(run_dir, Some(uid), Some(gid)).map_err(|e| {
+                    BackendError::Other(format!(
+                        "cannot hand {} to the remapped root: {e}",
+                        run_dir.display()
+                    ))
+                })
+            }
+            None => Ok(()),
+        };
     }
     let cstr = |s: &str| {
         std::ffi::CString::new(s)
             .map_err(|_| BackendError::Other(format!("NUL in mount argument {s:?}")))
     };
     let target = cstr(&run_dir.to_string_lossy())?;
-    let (source, fstype, data) = (cstr("tmpfs")?, cstr("tmpfs")?, cstr(RUN_DIR_TMPFS)?);
+    // Under user namespace remapping, the container's root is the owner.
+    let options = match owner {
+        Some((uid, gid)) => format!("{RUN_DIR_TMPFS},uid={uid},gid={gid}"),
+        None => RUN_DIR_TMPFS.to_string(),
+    };
+    let (source, fstype, data) = (cstr("tmpfs")?, cstr("tmpfs")?, cstr(&options)?);
     // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
     let rc = unsafe {
         libc::mount(
@@ -716,7 +778,11 @@ impl Backend for DockerBackend {
         })?;
         // A retried create may find the tmpfs of the attempt before.
         unmount_run_dir(&run_dir);
-        let made = match mount_run_dir(&run_dir) {
+        let made = match self.remapped_root().await {
+            Ok(owner) => mount_run_dir(&run_dir, owner),
+            Err(e) => Err(e),
+        };
+        let made = match made {
             Ok(()) => self.create_container(spec, &run_dir).await,
             Err(e) => Err(e),
         };
@@ -902,6 +968,26 @@ impl Backend for DockerBackend {
         {
             Err(e) if is_conflict_saying(&e, "is not paused") => Ok(()),
             other => other.map_err(map_err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remapped_root_comes_from_the_engines_root_dir() {
+        assert_eq!(
+            remapped_ids("/var/lib/docker/100000.100000"),
+            Some((100000, 100000))
+        );
+        assert_eq!(
+            remapped_ids("/srv/docker/231072.231073"),
+            Some((231072, 231073))
+        );
+        for bad in ["/var/lib/docker", "", "/x/100000", "/x/a.b", "/x/1.2.3"] {
+            assert_eq!(remapped_ids(bad), None, "{bad:?}");
         }
     }
 }
