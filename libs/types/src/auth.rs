@@ -55,9 +55,19 @@ pub struct Principal {
     pub name: String,
     pub kind: PrincipalKind,
     pub role: Role,
-    /// An API key's quota (what the sandboxes it creates may take at once).
+    /// An API key's or user's quota (what the sandboxes it creates may take at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<KeyQuota>,
+}
+
+impl Principal {
+    /// Whose quota it is, as refusals name it: "this API key" or "this user".
+    pub fn quota_holder(&self) -> &'static str {
+        match self.kind {
+            PrincipalKind::ApiKey => "this API key",
+            PrincipalKind::Session => "this user",
+        }
+    }
 }
 
 /// What the live sandboxes (not STOPPED or FAILED) an API key, or a user's
@@ -122,8 +132,15 @@ impl KeyQuota {
     }
 
     /// The first limit that live usage `(vms, vcpus, memory_mb)` passes, as a
-    /// sentence for the caller; `None` when within every limit.
-    pub fn exceeded_by(&self, vms: u32, vcpus: u64, memory_mb: u64) -> Option<String> {
+    /// sentence for the caller (`holder`: whose quota, [`Principal::quota_holder`]);
+    /// `None` when within every limit.
+    pub fn exceeded_by(
+        &self,
+        holder: &str,
+        vms: u32,
+        vcpus: u64,
+        memory_mb: u64,
+    ) -> Option<String> {
         let checks = [
             (
                 "max_vms",
@@ -143,7 +160,7 @@ impl KeyQuota {
             let limit = limit?;
             (used > limit).then(|| {
                 format!(
-                    "this API key's quota is {limit} {what} at once ({name}); this sandbox would make {used}: delete a sandbox or ask an admin to raise the quota"
+                    "{holder}'s quota is {limit} {what} at once ({name}); this sandbox would make {used}: delete a sandbox or ask an admin to raise the quota"
                 )
             })
         })
@@ -151,11 +168,11 @@ impl KeyQuota {
 
     /// Why `unfinished` executions (the new one included) pass the quota, as a
     /// sentence for the caller; `None` when within it.
-    pub fn executions_exceeded_by(&self, unfinished: u64) -> Option<String> {
+    pub fn executions_exceeded_by(&self, holder: &str, unfinished: u64) -> Option<String> {
         let limit = self.max_concurrent_executions?;
         (unfinished > u64::from(limit)).then(|| {
             format!(
-                "this API key's quota is {limit} commands running at once (max_concurrent_executions); this one would make {unfinished}: wait for one to end or ask an admin to raise the quota"
+                "{holder}'s quota is {limit} commands running at once (max_concurrent_executions); this one would make {unfinished}: wait for one to end or ask an admin to raise the quota"
             )
         })
     }

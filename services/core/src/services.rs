@@ -187,15 +187,17 @@ pub(crate) fn key_network_policy(by: Option<&Principal>) -> Option<&NetworkPolic
 /// one; a request asking for another is refused, not narrowed silently, so the
 /// caller learns what its sandbox really gets.
 fn fixed_policy_for(
+    by: &Principal,
     fixed: &NetworkPolicy,
     asked: Option<&NetworkPolicy>,
 ) -> CoreResult<NetworkPolicy> {
     if let Some(asked) = asked {
         let asked = asked.normalized().map_err(CoreError::InvalidInput)?;
         if &asked != fixed {
-            return Err(CoreError::Forbidden(
-                "this API key's quota fixes the network policy of its sandboxes: leave network_policy out (GET /api-keys/{id} shows it)".into(),
-            ));
+            return Err(CoreError::Forbidden(format!(
+                "{}'s quota fixes the network policy of its sandboxes: leave network_policy out (its quota shows it)",
+                by.quota_holder()
+            )));
         }
     }
     Ok(fixed.clone())
@@ -278,8 +280,11 @@ impl Platform {
             return Ok(());
         };
         let refusal = match self.store.usage_by(&by.id).await {
-            Ok(used) => quota.exceeded_by(used.vms, used.vcpus, used.memory_mb),
-            Err(e) => Some(format!("cannot count this key's sandboxes: {e}")),
+            Ok(used) => quota.exceeded_by(by.quota_holder(), used.vms, used.vcpus, used.memory_mb),
+            Err(e) => Some(format!(
+                "cannot count {}'s sandboxes: {e}",
+                by.quota_holder()
+            )),
         };
         match refusal {
             None => Ok(()),
@@ -357,9 +362,11 @@ impl Platform {
                 )));
             }
         };
-        let network_policy = match key_network_policy(by) {
-            Some(fixed) => Some(fixed_policy_for(fixed, req.network_policy.as_ref())?),
-            None => network_policy_for(req.network_policy.as_ref())?,
+        let network_policy = match (by, key_network_policy(by)) {
+            (Some(by), Some(fixed)) => {
+                Some(fixed_policy_for(by, fixed, req.network_policy.as_ref())?)
+            }
+            _ => network_policy_for(req.network_policy.as_ref())?,
         };
         let id = new_id();
         let mut vm = Vm {
@@ -523,10 +530,11 @@ impl Platform {
         policy: Option<&NetworkPolicy>,
         by: Option<&Principal>,
     ) -> CoreResult<Task> {
-        if key_network_policy(by).is_some() {
-            return Err(CoreError::Forbidden(
-                "this API key's quota fixes the network policy of its sandboxes: it cannot change one".into(),
-            ));
+        if let Some(by) = by.filter(|by| key_network_policy(Some(by)).is_some()) {
+            return Err(CoreError::Forbidden(format!(
+                "{}'s quota fixes the network policy of its sandboxes: it cannot change one",
+                by.quota_holder()
+            )));
         }
         let vm = self.get_vm(id).await?;
         let policy = network_policy_for(policy)?;
@@ -634,8 +642,11 @@ impl Platform {
             return Ok(());
         }
         let refusal = match self.store.unfinished_executions_by(&by.id).await {
-            Ok(unfinished) => quota.executions_exceeded_by(unfinished),
-            Err(e) => Some(format!("cannot count this key's running commands: {e}")),
+            Ok(unfinished) => quota.executions_exceeded_by(by.quota_holder(), unfinished),
+            Err(e) => Some(format!(
+                "cannot count {}'s running commands: {e}",
+                by.quota_holder()
+            )),
         };
         match refusal {
             None => Ok(()),

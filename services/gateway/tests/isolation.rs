@@ -779,8 +779,9 @@ async fn an_api_keys_quota_bounds_what_its_live_sandboxes_take() {
     assert_eq!(status, 200, "{second}");
     let (status, refused) = create(1).await;
     assert_eq!(status, 429, "a third sandbox: {refused}");
+    let message = refused["message"].as_str().unwrap();
     assert!(
-        refused["message"].as_str().unwrap().contains("max_vms"),
+        message.contains("max_vms") && message.starts_with("this API key's quota"),
         "{refused}"
     );
     // The refused ones left nothing; the key's sandboxes are listed as its own.
@@ -1444,8 +1445,9 @@ async fn a_users_quota_bounds_what_their_sessions_create() {
     assert_eq!(first["vm"]["created_by"], user_id.as_str(), "{first}");
     let (status, refused) = create("uvm").await;
     assert_eq!(status, 429, "{refused}");
+    let message = refused["message"].as_str().unwrap();
     assert!(
-        refused["message"].as_str().unwrap().contains("max_vms"),
+        message.contains("max_vms") && message.starts_with("this user's quota"),
         "{refused}"
     );
     // Lifted by an admin, it applies from the session's next request.
