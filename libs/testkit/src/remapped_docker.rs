@@ -1,9 +1,10 @@
 //! A second Docker engine with user namespace remapping (`--userns-remap=default`:
 //! container root is uid 100000 and up on the host, Debian's `dockremap` range), in
-//! a temp dir of its own, on its own socket, without networking of its own (no
-//! bridge, no iptables: it must not touch the host's engine's rules). The test
-//! image is copied into it. Dropping it stops the engine (by pid), unmounts what it
-//! left and removes the directory.
+//! a temp dir of its own, on its own socket, with a bridge device of its own and no
+//! iptables rules: it must touch nothing of the host's engine (given
+//! `--bridge=none`, dockerd deletes `docker0`!). The test image is copied into it.
+//! Dropping it stops the engine (by pid), removes its bridge, unmounts what it left
+//! and removes the directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub struct RemappedDocker {
     dir: PathBuf,
+    bridge: String,
     engine: Child,
 }
 
@@ -26,6 +28,7 @@ impl RemappedDocker {
         // The remapped root must reach the engine's data root below it.
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bridge = own_bridge();
         let log = std::fs::File::create(dir.join("engine.log")).expect("log");
         let engine = Command::new("dockerd")
             .arg(format!("--data-root={}", dir.join("data").display()))
@@ -35,9 +38,9 @@ impl RemappedDocker {
                 "--host=unix://{}",
                 dir.join("docker.sock").display()
             ))
+            .arg(format!("--bridge={bridge}"))
             .args([
                 "--userns-remap=default",
-                "--bridge=none",
                 "--iptables=false",
                 "--ip-masq=false",
             ])
@@ -46,7 +49,11 @@ impl RemappedDocker {
             .stderr(log)
             .spawn()
             .expect("start dockerd (install docker.io)");
-        let remapped = RemappedDocker { dir, engine };
+        let remapped = RemappedDocker {
+            dir,
+            bridge,
+            engine,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !remapped.docker(&["info"]).status.success() {
             assert!(
@@ -111,7 +118,45 @@ impl Drop for RemappedDocker {
         }
         let _ = self.engine.kill();
         let _ = self.engine.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", &self.bridge])
+            .status();
         crate::unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A bridge device for the engine's default network, on a 10.254.x.0/24 no route
+/// of this host uses: `aeus` and six hex digits.
+fn own_bridge() -> String {
+    let routes = Command::new("ip")
+        .args(["-4", "route"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
+    let x = (0..=255u32)
+        .map(|i| (seed.wrapping_add(i) % 256) as u8)
+        .find(|x| !routes.contains(&format!("10.254.{x}.")))
+        .expect("a free 10.254.x.0/24");
+    let name = format!("aeus{:06x}", seed & 0xff_ffff);
+    for args in [
+        vec!["link", "add", "name", name.as_str(), "type", "bridge"],
+        vec![
+            "addr",
+            "add",
+            &format!("10.254.{x}.1/24"),
+            "dev",
+            name.as_str(),
+        ],
+        vec!["link", "set", "dev", name.as_str(), "up"],
+    ] {
+        let made = Command::new("ip").args(&args).status().expect("run ip");
+        assert!(made.success(), "ip {args:?} failed");
+    }
+    name
 }

@@ -175,7 +175,7 @@ async fn an_environments_network_policy_goes_to_its_workspaces_sandboxes() {
     let (status, refused) = server
         .post(
             "/environments",
-            json!({"name": "p", "network_policy": {"allow": ["github.com"]}}),
+            json!({"name": "p", "network_policy": {"allow": ["github..com"]}}),
         )
         .await;
     assert_eq!(status, 400, "{refused}");
