@@ -240,10 +240,10 @@ impl CreateEnvironmentRequest {
         }
         validate_size(self.vcpus, self.memory_mb)?;
         if let Some(url) = &self.git_repo_url {
-            validate_git_url(url)?;
+            validate_git_url("git_repo_url", url)?;
         }
         if let Some(branch) = &self.git_branch {
-            validate_git_branch(branch)?;
+            validate_git_branch("git_branch", branch)?;
         }
         validate_working_directory(&self.working_directory)?;
         validate_tools(&self.tools)?;
@@ -346,10 +346,10 @@ impl UpdateEnvironmentRequest {
             validate_size(1, m)?;
         }
         if let Some(url) = self.git_repo_url.as_deref().filter(|u| !u.is_empty()) {
-            validate_git_url(url)?;
+            validate_git_url("git_repo_url", url)?;
         }
         if let Some(branch) = self.git_branch.as_deref().filter(|b| !b.is_empty()) {
-            validate_git_branch(branch)?;
+            validate_git_branch("git_branch", branch)?;
         }
         if let Some(dir) = &self.working_directory {
             validate_working_directory(dir)?;
@@ -455,39 +455,47 @@ fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// A repository URL git can clone: `https://`, `http://`, `ssh://`, `file://` or
-/// scp-like `user@host:path`. Credentials inside the URL are refused: they would be
-/// stored and shown in clear; use a secret instead.
-pub fn validate_git_url(url: &str) -> Result<(), String> {
-    const HINT: &str = "git_repo_url must start with https://, http://, ssh:// or file://, \
-                        or be scp-like (git@host:path)";
+/// A repository URL git can clone (`field`: what the request calls it):
+/// `https://`, `http://`, `ssh://`, `file://` or scp-like `user@host:path`.
+/// Credentials inside the URL are refused: they would be stored and shown in clear;
+/// use a secret instead. The one rule for every git URL (environments' and
+/// workspaces' clone steps).
+pub fn validate_git_url(field: &str, url: &str) -> Result<(), String> {
+    let hint = format!(
+        "{field} must start with https://, http://, ssh:// or file://, or be scp-like (git@host:path)"
+    );
+    let hint = hint.as_str();
     if url.is_empty() || url.len() > MAX_URL_LEN {
-        return Err(format!("{HINT} and be at most {MAX_URL_LEN} bytes"));
+        return Err(format!("{hint} and be at most {MAX_URL_LEN} bytes"));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("git_repo_url must not contain spaces or control characters".into());
+        return Err(format!(
+            "{field} must not contain spaces or control characters"
+        ));
     }
     let schemes = ["https://", "http://", "ssh://", "file://"];
     if let Some(scheme) = schemes.iter().find(|s| url.starts_with(**s)) {
         let rest = &url[scheme.len()..];
         if rest.is_empty() || (*scheme == "file://" && !rest.starts_with('/')) {
-            return Err(format!("{HINT}; {url:?} names no repository"));
+            return Err(format!("{hint}; {url:?} names no repository"));
         }
         let authority = rest.split('/').next().unwrap_or("");
         if *scheme != "ssh://"
             && let Some((userinfo, _)) = authority.rsplit_once('@')
             && userinfo.contains(':')
         {
-            return Err(
-                "git_repo_url must not carry a password or token: store it as a secret".into(),
-            );
+            return Err(format!(
+                "{field} must not carry a password or token: store it as a secret"
+            ));
         }
         if *scheme == "ssh://"
             && authority
                 .rsplit_once('@')
                 .is_some_and(|(u, _)| u.contains(':'))
         {
-            return Err("git_repo_url must not carry a password: use an ssh_key secret".into());
+            return Err(format!(
+                "{field} must not carry a password: use an ssh_key secret"
+            ));
         }
         return Ok(());
     }
@@ -508,17 +516,13 @@ pub fn validate_git_url(url: &str) -> Result<(), String> {
     {
         return Ok(());
     }
-    Err(format!("{HINT}; got {url:?}"))
+    Err(format!("{hint}; got {url:?}"))
 }
 
 /// A branch name git accepts (the rules of `git check-ref-format --branch`, the
-/// common ones), and never an option (`-…`).
-pub fn validate_git_branch(branch: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "git_branch {branch:?} is not a valid branch: {why}"
-        ))
-    };
+/// common ones), and never an option (`-…`); `field`: what the request calls it.
+pub fn validate_git_branch(field: &str, branch: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{field} {branch:?} is not a valid branch: {why}"));
     if branch.is_empty() || branch.len() > MAX_BRANCH_LEN {
         return bad(&format!("it must be 1 to {MAX_BRANCH_LEN} bytes"));
     }
@@ -923,7 +927,7 @@ mod tests {
             "git@github.com:a/b.git",
             "file:///tmp/repo",
         ] {
-            assert_eq!(validate_git_url(url), Ok(()), "{url}");
+            assert_eq!(validate_git_url("url", url), Ok(()), "{url}");
         }
         for url in [
             "",
@@ -932,7 +936,7 @@ mod tests {
             "git@:x",
             "https://",
         ] {
-            assert!(validate_git_url(url).is_err(), "{url}");
+            assert!(validate_git_url("url", url).is_err(), "{url}");
         }
     }
 

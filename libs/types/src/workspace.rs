@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::validate_name;
+use crate::environment::{validate_env_var_name, validate_git_branch, validate_git_url};
 
 /// Where the working directory goes when a request names none.
 pub const DEFAULT_WORKING_DIRECTORY: &str = "/workspace";
@@ -223,9 +224,9 @@ impl PrepStepSpec {
     fn check(&self) -> Result<(), String> {
         match self {
             PrepStepSpec::GitClone(c) => {
-                validate_git_url(&c.url)?;
+                validate_git_url("url", &c.url)?;
                 if let Some(branch) = &c.branch {
-                    validate_branch(branch)?;
+                    validate_git_branch("branch", branch)?;
                 }
                 if let Some(dir) = &c.directory {
                     validate_directory(dir, "directory")?;
@@ -255,49 +256,10 @@ impl PrepStepSpec {
                 Ok(())
             }
             PrepStepSpec::EnvVar(c) => {
-                validate_env_name(&c.name)?;
+                validate_env_var_name(&c.name)?;
                 validate_env_value(&c.name, &c.value)
             }
         }
-    }
-}
-
-/// A git URL the clone step accepts: `https://`, `http://`, `ssh://`, `file://` or
-/// scp-like `git@host:path`, without whitespace or control characters.
-pub fn validate_git_url(url: &str) -> Result<(), String> {
-    const SCHEMES: [&str; 4] = ["https://", "http://", "ssh://", "file://"];
-    if url.is_empty() || url.len() > 2048 {
-        return Err("url must be 1 to 2048 characters long".into());
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("url must not contain spaces or control characters".into());
-    }
-    let rest = SCHEMES
-        .iter()
-        .find_map(|s| url.strip_prefix(s))
-        .or_else(|| url.strip_prefix("git@").filter(|r| r.contains(':')));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('-') => Ok(()),
-        _ => Err(format!(
-            "url {url:?} must start with https://, http://, ssh://, file:// or git@host:"
-        )),
-    }
-}
-
-fn validate_branch(branch: &str) -> Result<(), String> {
-    let ok = !branch.is_empty()
-        && branch.len() <= 255
-        && !branch.starts_with('-')
-        && !branch.contains("..")
-        && branch
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "branch {branch:?} must be a git ref name (letters, digits, '-', '_', '.', '/', '+')"
-        ))
     }
 }
 
@@ -317,23 +279,6 @@ fn validate_absolute_dir(dir: &str, what: &str) -> Result<(), String> {
         return Err(format!("{what} {dir:?} must be an absolute path"));
     }
     Ok(())
-}
-
-/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 characters.
-pub fn validate_env_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok = name.len() <= 256
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "environment variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"
-        ))
-    }
 }
 
 fn validate_env_value(name: &str, value: &str) -> Result<(), String> {
@@ -874,7 +819,7 @@ impl SubmitPromptRequest {
             validate_absolute_dir(dir, "working_directory")?;
         }
         for (name, value) in &self.environment {
-            validate_env_name(name)?;
+            validate_env_var_name(name)?;
             validate_env_value(name, value)?;
         }
         validate_priority(self.priority)
@@ -1134,6 +1079,15 @@ mod tests {
                 json!({"type": "git_clone", "config": {"url": "https://x/ y"}}),
                 "spaces",
             ),
+            // The one rule for git URLs: a token in the URL would be stored in clear.
+            (
+                json!({"type": "git_clone", "config": {"url": "https://user:ghp_token@x/y.git"}}),
+                "must not carry a password or token",
+            ),
+            (
+                json!({"type": "git_clone", "config": {"url": "https://x/y", "branch": "main.lock"}}),
+                "not a valid branch",
+            ),
             (
                 json!({"type": "git_clone", "config": {"url": "https://x/y", "branch": "--upload-pack=x"}}),
                 "branch",
@@ -1160,7 +1114,7 @@ mod tests {
             ),
             (
                 json!({"type": "env_var", "config": {"name": "1X", "value": "v"}}),
-                "must match",
+                "not a valid environment variable name",
             ),
             (
                 json!({"type": "env_var", "config": {"name": "X"}}),
