@@ -81,6 +81,27 @@ impl State {
             forward: self.forward,
         }
     }
+
+    /// Lays the sandbox's rules: `policy`'s addresses with `opened` allowed too,
+    /// the operator's openings and its DNS redirected here.
+    async fn lay_rules(
+        &self,
+        vm_id: &str,
+        ip: Ipv4Addr,
+        policy: Option<&NetworkPolicy>,
+        opened: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), NetError> {
+        let firewall = policy.map(|p| p.addresses_with(opened.iter().copied()));
+        guard::open_for_sandbox(
+            self.fence(),
+            vm_id,
+            ip,
+            &self.egress_allow,
+            firewall.as_ref(),
+            Some(self.listen),
+        )
+        .await
+    }
 }
 
 /// A running resolver; its tasks end when it is dropped.
@@ -165,20 +186,9 @@ impl SandboxResolver {
             .filter(|c| c.policy.as_ref().map(|p| &p.allow) == policy.as_ref().map(|p| &p.allow))
             .map(|c| c.opened.clone())
             .unwrap_or_default();
-        let firewall = policy
-            .as_ref()
-            .map(|p| p.addresses_with(kept.iter().copied()));
         // The address's rules are replaced whatever they were: a dead sandbox's go.
         clients.retain(|addr, c| *addr != ip && c.vm_id != vm_id);
-        guard::open_for_sandbox(
-            state.fence(),
-            vm_id,
-            ip,
-            &state.egress_allow,
-            firewall.as_ref(),
-            Some(state.listen),
-        )
-        .await?;
+        state.lay_rules(vm_id, ip, policy.as_ref(), &kept).await?;
         clients.insert(
             ip,
             Client {
@@ -195,6 +205,20 @@ impl SandboxResolver {
         let mut clients = self.state.clients.lock().await;
         clients.retain(|_, c| c.vm_id != vm_id);
         guard::close_for_sandbox(self.state.fence(), vm_id).await
+    }
+}
+
+/// Removes a sandbox's rules on `fence`: through its resolver when this process
+/// started one, else (a removal before any sandbox of this process, at start)
+/// directly.
+pub async fn close_sandbox(
+    resolver: Option<&SandboxResolver>,
+    fence: Fence<'_>,
+    vm_id: &str,
+) -> Result<(), NetError> {
+    match resolver {
+        Some(resolver) => resolver.close(vm_id).await,
+        None => guard::close_for_sandbox(fence, vm_id).await,
     }
 }
 
@@ -459,16 +483,7 @@ async fn open_addresses(
             "sandbox {vm_id}'s allowed names opened {MAX_OPENED} addresses already"
         )));
     }
-    let firewall = policy.addresses_with(opened.iter().copied());
-    guard::open_for_sandbox(
-        state.fence(),
-        vm_id,
-        from,
-        &state.egress_allow,
-        Some(&firewall),
-        Some(state.listen),
-    )
-    .await?;
+    state.lay_rules(vm_id, from, Some(policy), &opened).await?;
     client.opened = opened;
     Ok(())
 }

@@ -191,10 +191,7 @@ impl HostNetwork {
 
     /// Removes a sandbox's rules and forgets it.
     async fn close(&self, vm_id: &str) -> Result<(), NetError> {
-        match self.resolver.get() {
-            Some(resolver) => resolver.close(vm_id).await,
-            None => guard::close_for_sandbox(self.fence(), vm_id).await,
-        }
+        dns::close_sandbox(self.resolver.get(), self.fence(), vm_id).await
     }
 
     /// Leases an address, makes the VM's TAP device and, on an isolated network,

@@ -815,14 +815,12 @@ impl Backend for DockerBackend {
             Err(e) => return Err(map_err(e)),
         }
         if self.isolated() {
-            let closed = match self.isolated_ready.get() {
-                Some(resolver) => resolver.close(vm_id).await,
-                // Before any create of this process (a removal at start).
-                None => {
-                    crate::net::guard::close_for_sandbox(Fence::docker(ISOLATED_BRIDGE), vm_id)
-                        .await
-                }
-            };
+            let closed = crate::net::dns::close_sandbox(
+                self.isolated_ready.get(),
+                Fence::docker(ISOLATED_BRIDGE),
+                vm_id,
+            )
+            .await;
             closed.map_err(|e| {
                 BackendError::Other(format!("cannot remove the network rules of {vm_id}: {e}"))
             })?;
