@@ -251,6 +251,8 @@ python3 "$HERE/seed.py" "$URL" "$TOKEN" "$TMP/seeds" || die "could not seed the 
 	}
 	seeded GET /api/v1/vms/{id}/files 0.5 path.id=vm-ids query.path=file-paths
 	seeded GET /api/v1/vms/{id}/files/stat 0.5 path.id=vm-ids query.path=file-paths
+	# Left to ids from responses, a run may find none running (only 404s and 409s).
+	seeded POST /api/v1/vms/{id}/exec/stream 0.5 path.id=vm-ids
 	seeded POST /api/v1/vms/{id}/resume 0.5 path.id=paused-vm-ids
 	seeded GET /api/v1/executions/{id} 0.5 path.id=execution-ids
 	seeded POST /api/v1/tasks/{id}/cancel 0.5 path.id=live-task-ids
