@@ -70,7 +70,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<u8> {
     let images = host::image_store(&config);
     let image_ref = config.vmm.docker.default_image.clone();
     let built = images.resolve(&image_ref).ok().flatten();
-    let agent = aetherium_core::runtime::resolve_agent_path(&config)
+    let agent = aetherium_core::host::resolve_agent_path(&config)
         .map(|p| p.display().to_string())
         .map_err(|e| e.to_string());
 

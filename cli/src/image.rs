@@ -85,7 +85,7 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
             size_extra_mb,
             busybox,
         } => {
-            let agent = aetherium_core::runtime::resolve_agent_path(&config)?;
+            let agent = aetherium_core::host::resolve_agent_path(&config)?;
             let kernel = kernel.unwrap_or_else(|| config.vmm.kernel_dir.clone());
             let mut req = BuildRequest::new(parse_source(&source), kernel, agent);
             req.reference = name;
@@ -129,7 +129,7 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
                     host: config.vmm.docker.host.clone(),
                     worker_id: "image-bake".into(),
                     installation_id: aetherium_core::identity::installation_id(&config.data_dir)?,
-                    agent_path: aetherium_core::runtime::resolve_agent_path(&config)?,
+                    agent_path: aetherium_core::host::resolve_agent_path(&config)?,
                     socket_dir,
                     pids_limit: config.vmm.docker.pids_limit,
                     network_mode: config.vmm.docker.network_mode.clone(),

@@ -18,15 +18,17 @@ use aetherium_common::Config;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::agents::{AgentRouter, LocalAgents};
+use crate::agents::{OwnedAgents, RemoteAgents};
 use crate::auth::{Auth, AuthSettings};
 use crate::bus_redis::{RedisBusOptions, RedisEventBus};
 use crate::error::{CoreError, CoreResult};
 use crate::feed::{self, LogFeed};
 use crate::queue::{RedisQueue, RedisQueueOptions, RedisTls, RetryPolicy};
 use crate::runtime::{platform_defaults, retention, worker_settings};
-use crate::services::{AgentRouter, LocalAgents, Platform};
+use crate::services::Platform;
 use crate::store::{PgStore, redact_url};
-use crate::tunnel::{self, OwnedAgents, RemoteAgents, TunnelSecret};
+use crate::tunnel::{self, TunnelSecret};
 use crate::worker::Worker;
 
 /// Which process of the cluster this is.

@@ -1,30 +1,30 @@
-//! Aetherium's core: sandbox backends, the agent client, the store, the queue, the
-//! worker, and the use cases ([`services::Platform`]) that the gateway calls.
+//! Aetherium's core: the use cases ([`services::Platform`]) that the gateway calls,
+//! placement across workers ([`cluster`]), the worker that runs queued tasks
+//! ([`worker`]), environments, workspaces, secrets, auth, and the runtimes that put
+//! it together in one process ([`runtime`]) or across hosts ([`distributed`]).
+//!
+//! Below it, each in its own crate: [`store`] (persistent state), [`queue`] (tasks
+//! and the Redis event bus) and the sandbox layer (backends, images, networking,
+//! agent client, tunnel), re-exported here under their module names.
 
-pub mod agent_client;
 pub mod auth;
-pub mod bus_redis;
 pub mod cluster;
-pub mod cluster_tls;
 pub mod distributed;
 pub mod environments;
-pub mod error;
 pub mod feed;
-pub mod host;
-pub mod identity;
-pub mod image;
 pub mod metrics;
-pub mod net;
-pub mod queue;
 pub mod runtime;
 pub mod secrets;
 pub mod services;
-pub mod store;
 pub mod tools;
-pub mod tunnel;
-pub mod vmm;
 pub mod worker;
 pub mod workspaces;
+
+pub use aetherium_queue::{self as queue, bus_redis};
+pub use aetherium_sandbox::{
+    agent_client, agents, cluster_tls, host, identity, image, net, tunnel, vmm,
+};
+pub use aetherium_store::{self as store, error};
 
 pub use distributed::{DistributedRole, DistributedRuntime};
 pub use error::{CoreError, CoreResult};

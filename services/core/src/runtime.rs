@@ -2,7 +2,6 @@
 //! queue, the in-process event bus, this host's backends ([`crate::host`]) and one
 //! worker.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +10,12 @@ use aetherium_types::Orchestrator;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::agents::LocalAgents;
 use crate::auth::{Auth, AuthSettings};
 use crate::error::{CoreError, CoreResult};
 use crate::feed::{self, LogFeed, PersistentEventBus, Retention};
 use crate::queue::EmbeddedQueue;
-use crate::services::{LocalAgents, Platform, PlatformDefaults};
+use crate::services::{Platform, PlatformDefaults};
 use crate::store::{SqliteStore, Store};
 use crate::vmm::Backend;
 use crate::worker::{Worker, WorkerSettings};
@@ -31,22 +31,6 @@ pub struct EmbeddedRuntime {
     background_stop: watch::Sender<bool>,
     /// The log writer and the pruner: they stop with the worker.
     background: Vec<JoinHandle<()>>,
-}
-
-/// The agent binary: configured, or `aetherium-agent` next to the running program.
-pub fn resolve_agent_path(config: &Config) -> CoreResult<PathBuf> {
-    if let Some(path) = &config.vmm.agent_path {
-        return Ok(path.clone());
-    }
-    let exe = std::env::current_exe().map_err(|e| CoreError::Internal(e.into()))?;
-    let beside = exe.with_file_name("aetherium-agent");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    Err(CoreError::InvalidInput(format!(
-        "cannot find the sandbox agent: no {} — set vmm.agent_path (AETHERIUM_AGENT_PATH) or install it next to the aetherium binary",
-        beside.display()
-    )))
 }
 
 /// The use cases' defaults, from the configuration.

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, CoreResult};
 use crate::store::SecretStore;
+pub use crate::store::secrets::Sealed;
 
 /// The original's setting: the current key, 64 hex characters.
 pub const ENCRYPTION_KEY_ENV: &str = "WORKSPACE_ENCRYPTION_KEY";
@@ -54,25 +55,6 @@ impl From<CryptoError> for CoreError {
             CryptoError::BadKey(m) => CoreError::InvalidInput(m),
             other => CoreError::Internal(anyhow::Error::new(other)),
         }
-    }
-}
-
-/// A sealed value as stored: which key, which nonce, and the ciphertext (with the
-/// GCM tag appended).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub key_id: String,
-    pub nonce: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-}
-
-impl std::fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealed")
-            .field("key_id", &self.key_id)
-            .field("nonce_len", &self.nonce.len())
-            .field("ciphertext_len", &self.ciphertext.len())
-            .finish()
     }
 }
 

@@ -15,12 +15,12 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::AgentClient;
+use crate::agents::AgentRouter;
 use crate::cluster::PlacementRequest;
 use crate::error::{CoreError, CoreResult};
 use crate::feed::LogFeed;
 use crate::queue::{CancelOutcome, QueueStats, TaskQueue};
 use crate::store::{EventLog, LogStore, Page, Store, TaskFilter, VmFilter};
-use crate::vmm::Backend;
 
 /// Payload of `vm:create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,41 +131,6 @@ pub struct Platform {
     pub log_feed: LogFeed,
     /// Environments and secrets (and their key).
     pub workspace_data: crate::environments::WorkspaceData,
-}
-
-/// Reaches the agent of a VM for direct work (streamed and interactive exec, files),
-/// which cannot wait in a queue. Embedded mode reaches it through the local worker's
-/// backend ([`LocalAgents`]); distributed mode through the owning worker's tunnel
-/// endpoint ([`crate::tunnel::RemoteAgents`]).
-#[async_trait::async_trait]
-pub trait AgentRouter: Send + Sync + 'static {
-    /// A client of the agent of `vm` (which the caller has found RUNNING), or why it
-    /// cannot be reached (`Unavailable` for an owner that is gone, `Conflict` for a
-    /// VM with no owner yet). Builds the client only: nothing is connected yet.
-    async fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient>;
-}
-
-/// The agents of the sandboxes of the worker in this process.
-pub struct LocalAgents {
-    pub worker_id: String,
-    pub backend: Arc<dyn Backend>,
-}
-
-#[async_trait::async_trait]
-impl AgentRouter for LocalAgents {
-    async fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient> {
-        match vm.worker_id.as_deref() {
-            Some(owner) if owner == self.worker_id => Ok(self.backend.agent(&vm.id)),
-            Some(owner) => Err(CoreError::Unavailable(format!(
-                "VM {} is owned by worker {owner}, which this process cannot reach",
-                vm.id
-            ))),
-            None => Err(CoreError::Conflict(format!(
-                "VM {} has not started yet",
-                vm.id
-            ))),
-        }
-    }
 }
 
 /// The request's metadata, plus `network: none` when a microVM asked for no network

@@ -17,12 +17,10 @@ use std::time::{Duration, Instant};
 
 use aetherium_core::CoreError;
 use aetherium_core::agent_client::{AgentClient, AgentError, ProcessStream};
+use aetherium_core::agents::{AgentRouter, LocalAgents, OwnedAgents, RemoteAgents};
 use aetherium_core::cluster_tls;
-use aetherium_core::services::{AgentRouter, LocalAgents};
 use aetherium_core::store::{SqliteStore, Store};
-use aetherium_core::tunnel::{
-    self, GREETING_PREFIX, OwnedAgents, RemoteAgents, TunnelOptions, TunnelSecret, TunnelTargets,
-};
+use aetherium_core::tunnel::{self, GREETING_PREFIX, TunnelOptions, TunnelSecret, TunnelTargets};
 use aetherium_core::vmm::{
     Backend, BackendError, SandboxExit, SandboxInfo, SandboxSpec, SandboxState,
 };

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use aetherium_common::Config;
 use aetherium_core::agent_client::AgentClient;
+use aetherium_core::agents::RemoteAgents;
 use aetherium_core::cluster_tls;
-use aetherium_core::tunnel::{self, RemoteAgents, TunnelSecret};
+use aetherium_core::tunnel::{self, TunnelSecret};
 use aetherium_gateway::AppState;
 use aetherium_types::{Orchestrator, Vm, VmStatus, Worker, WorkerStatus, new_id};
 use chrono::Utc;

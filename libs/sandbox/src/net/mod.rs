@@ -23,7 +23,6 @@ use aetherium_types::NetworkPolicy;
 
 use crate::error::CoreError;
 use crate::store::IpLeases;
-use crate::vmm::GuestNetwork;
 
 pub use plan::{TAP_PREFIX, guest_mac, tap_name};
 
@@ -77,6 +76,38 @@ pub enum NetError {
     Command(String),
     #[error(transparent)]
     Store(#[from] crate::error::CoreError),
+}
+
+/// A microVM's network: a TAP device on the host bridge and the guest's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// Host TAP device name (at most 15 bytes), already created and on the bridge.
+    pub tap: String,
+    /// Guest MAC, derived from the VM id (`52:54:00:…`).
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The DNS server the guest asks (its `/etc/resolv.conf`).
+    pub dns: Option<Ipv4Addr>,
+}
+
+impl GuestNetwork {
+    /// The kernel command-line parameter the guest's init reads to configure `eth0`
+    /// and its resolver (the classic `ip=` syntax:
+    /// client::gateway:netmask::device:autoconf[:dns0]).
+    pub fn kernel_ip_arg(&self) -> String {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        let dns = self.dns.map(|ip| format!(":{ip}")).unwrap_or_default();
+        format!(
+            "ip={}::{}:{}::eth0:off{dns}",
+            self.ip,
+            self.gateway,
+            Ipv4Addr::from(mask)
+        )
+    }
 }
 
 /// This worker's guest network.

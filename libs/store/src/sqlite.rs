@@ -19,11 +19,11 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+pub fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
@@ -156,7 +156,7 @@ fn execution_from_row(row: &SqliteRow) -> CoreResult<Execution> {
     })
 }
 
-pub(crate) fn task_from_row(row: &SqliteRow) -> CoreResult<Task> {
+pub fn task_from_row(row: &SqliteRow) -> CoreResult<Task> {
     let result: Option<String> = row.try_get("result")?;
     Ok(Task {
         id: row.try_get("id")?,

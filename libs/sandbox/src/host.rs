@@ -187,7 +187,7 @@ pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
         host: config.vmm.docker.host.clone(),
         worker_id: config.worker.id.clone(),
         installation_id,
-        agent_path: crate::runtime::resolve_agent_path(config)?,
+        agent_path: resolve_agent_path(config)?,
         socket_dir,
         pids_limit: config.vmm.docker.pids_limit,
         network_mode: config.vmm.docker.network_mode.clone(),
@@ -210,4 +210,20 @@ pub fn dns_upstream(config: &Config) -> CoreResult<Vec<std::net::SocketAddr>> {
     } else {
         configured
     })
+}
+
+/// The agent binary: configured, or `aetherium-agent` next to the running program.
+pub fn resolve_agent_path(config: &Config) -> CoreResult<PathBuf> {
+    if let Some(path) = &config.vmm.agent_path {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| CoreError::Internal(e.into()))?;
+    let beside = exe.with_file_name("aetherium-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(CoreError::InvalidInput(format!(
+        "cannot find the sandbox agent: no {} — set vmm.agent_path (AETHERIUM_AGENT_PATH) or install it next to the aetherium binary",
+        beside.display()
+    )))
 }

@@ -1,5 +1,5 @@
 //! Workspace secrets (table `workspace_secrets`): metadata in clear, the value
-//! sealed by [`crate::secrets::Keyring`] (ciphertext, nonce and key id). A secret is
+//! sealed by the core's `secrets::Keyring` (ciphertext, nonce and key id). A secret is
 //! unique by (scope, workspace, name); global secrets have no workspace (NULL), and
 //! the unique index uses `COALESCE(workspace_id, '')` so that this holds for them on
 //! both databases. Behaviour is tested on both by
@@ -9,7 +9,6 @@ use aetherium_types::{Secret, SecretScope};
 use async_trait::async_trait;
 
 use crate::error::{CoreError, CoreResult};
-use crate::secrets::Sealed;
 
 #[async_trait]
 pub trait SecretStore: Send + Sync + 'static {
@@ -65,5 +64,24 @@ pub(crate) fn list_owner(scope: SecretScope, workspace_id: Option<&str>) -> Core
         (SecretScope::Workspace, None) => Err(CoreError::InvalidInput(
             "listing workspace secrets needs a workspace id".into(),
         )),
+    }
+}
+
+/// A sealed value as stored: which key, which nonce, and the ciphertext (with the
+/// GCM tag appended).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .field("nonce_len", &self.nonce.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
     }
 }

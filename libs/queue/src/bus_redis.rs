@@ -54,7 +54,7 @@ pub struct RedisBusOptions {
     /// Wait between reconnection attempts to Redis (doubling up to 5 s).
     pub reconnect_delay: Duration,
     /// TLS files for a `rediss://` URL.
-    pub tls: crate::queue::RedisTls,
+    pub tls: crate::RedisTls,
 }
 
 impl Default for RedisBusOptions {
@@ -102,7 +102,7 @@ impl RedisEventBus {
         redis_url: &str,
         options: RedisBusOptions,
     ) -> CoreResult<Arc<RedisEventBus>> {
-        let client = crate::queue::redis_client(redis_url, &options.tls)?;
+        let client = crate::redis_client(redis_url, &options.tls)?;
         let start_after = log.latest_event_seq().await?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (live, _) = broadcast::channel(LIVE_CAPACITY);

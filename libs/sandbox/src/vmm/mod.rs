@@ -10,7 +10,6 @@ pub mod qemu;
 pub mod qmp;
 pub mod vmproc;
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aetherium_types::Orchestrator;
@@ -18,6 +17,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::agent_client::AgentClient;
+pub use crate::net::GuestNetwork;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -41,38 +41,6 @@ pub struct SandboxSpec {
     /// can hand it over at start do (Docker); microVM agents get it through
     /// [`AgentClient::claim`] once they answer. [`multi::Backends`] fills it in.
     pub access_token: Option<String>,
-}
-
-/// A microVM's network: a TAP device on the host bridge and the guest's address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestNetwork {
-    /// Host TAP device name (at most 15 bytes), already created and on the bridge.
-    pub tap: String,
-    /// Guest MAC, derived from the VM id (`52:54:00:…`).
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub prefix_len: u8,
-    /// The DNS server the guest asks (its `/etc/resolv.conf`).
-    pub dns: Option<Ipv4Addr>,
-}
-
-impl GuestNetwork {
-    /// The kernel command-line parameter the guest's init reads to configure `eth0`
-    /// and its resolver (the classic `ip=` syntax:
-    /// client::gateway:netmask::device:autoconf[:dns0]).
-    pub fn kernel_ip_arg(&self) -> String {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
-        let dns = self.dns.map(|ip| format!(":{ip}")).unwrap_or_default();
-        format!(
-            "ip={}::{}:{}::eth0:off{dns}",
-            self.ip,
-            self.gateway,
-            Ipv4Addr::from(mask)
-        )
-    }
 }
 
 /// What a backend reports about one sandbox it owns.

@@ -25,7 +25,7 @@ pub use cpio::{CpioEntry, CpioWriter, read_newc};
 pub use kernel::{KernelPackage, bzimage_payload, extract_vmlinux};
 pub use modules::{GUEST_MODULES, KernelModule, load_order, module_depends};
 
-use crate::vmm::GuestNetwork;
+use crate::net::GuestNetwork;
 
 /// Changes whenever the builder lays out images differently, so that older cached
 /// images are rebuilt rather than booted with a mismatched init.

@@ -36,27 +36,20 @@
 //! network (a VPC, WireGuard, …) and do not expose the tunnel port; TLS on the
 //! tunnel is a follow-up.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aetherium_types::{Vm, VmStatus, Worker, WorkerStatus};
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::agent_client::{AgentClient, AgentStream};
 use crate::cluster_tls::ClusterTls;
 use crate::error::{CoreError, CoreResult};
 use crate::identity::{AgentTokens, hmac_sha256};
-use crate::services::{AgentRouter, LocalAgents};
-use crate::store::Store;
-use crate::vmm::Backend;
 
 /// First bytes of the worker's greeting line (version 1 of the handshake).
 pub const GREETING_PREFIX: &str = "AETHERIUM-TUNNEL/1 ";
@@ -294,52 +287,18 @@ impl Refusal {
     }
 }
 
-/// What a tunnel endpoint asks about the VM an authenticated peer names: a client
-/// of its agent if this worker owns it. [`OwnedAgents`] is the worker's (the store
+/// A byte stream to a sandbox's agent (its socket, or a tunnel to another host).
+pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
+
+/// What a tunnel endpoint asks about the VM an authenticated peer names: a stream to
+/// its agent if this worker owns it. `agents::OwnedAgents` is the worker's (the store
 /// says who owns a VM, the backend where its agent is); a map from VM id to client
-/// serves tests.
+/// serves tests. The protocol stays apart from the agent client, which dials through
+/// it.
 #[async_trait]
 pub trait TunnelTargets: Send + Sync + 'static {
-    async fn agent(&self, vm_id: &str) -> Result<AgentClient, Refusal>;
-}
-
-/// VMs not in the map are not this worker's.
-#[async_trait]
-impl TunnelTargets for BTreeMap<String, AgentClient> {
-    async fn agent(&self, vm_id: &str) -> Result<AgentClient, Refusal> {
-        self.get(vm_id)
-            .cloned()
-            .ok_or_else(|| Refusal::NotOwner(format!("VM {vm_id} is not on this worker")))
-    }
-}
-
-/// A worker's tunnel targets: the RUNNING VMs the store says it owns, reached
-/// through its backend ([`Backend::agent`]).
-pub struct OwnedAgents {
-    pub worker_id: String,
-    pub store: Arc<dyn Store>,
-    pub backend: Arc<dyn Backend>,
-}
-
-#[async_trait]
-impl TunnelTargets for OwnedAgents {
-    async fn agent(&self, vm_id: &str) -> Result<AgentClient, Refusal> {
-        let vm = self
-            .store
-            .get_vm(vm_id)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("cannot look the VM up: {e}")))?;
-        match vm {
-            None => Err(Refusal::NotOwner(format!("no VM {vm_id}"))),
-            Some(vm) if vm.worker_id.as_deref() != Some(self.worker_id.as_str()) => Err(
-                Refusal::NotOwner(format!("VM {vm_id} is not on worker {}", self.worker_id)),
-            ),
-            Some(vm) if vm.status != VmStatus::Running => {
-                Err(Refusal::NoAgent(format!("VM {vm_id} is {}", vm.status)))
-            }
-            Some(_) => Ok(self.backend.agent(vm_id)),
-        }
-    }
+    async fn open(&self, vm_id: &str) -> Result<Box<dyn AgentIo>, Refusal>;
 }
 
 /// Limits of a tunnel endpoint.
@@ -557,7 +516,7 @@ async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     targets: &dyn TunnelTargets,
     secret: &TunnelSecret,
-) -> Result<(String, AgentStream, Vec<u8>), HandshakeError> {
+) -> Result<(String, Box<dyn AgentIo>, Vec<u8>), HandshakeError> {
     let nonce = new_nonce()?;
     stream
         .write_all(format!("{GREETING_PREFIX}{}\n", to_hex(&nonce)).as_bytes())
@@ -571,16 +530,10 @@ async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             "wrong mac: the tunnel secrets differ".into(),
         ));
     }
-    let agent = targets
-        .agent(vm_id)
+    let io = targets
+        .open(vm_id)
         .await
         .map_err(|r| HandshakeError::Refused(r.kind(), r.message().to_string()))?;
-    let io = agent.open_stream().await.map_err(|e| {
-        HandshakeError::Refused(
-            "no-agent",
-            format!("VM {vm_id}'s agent does not answer: {e}"),
-        )
-    })?;
     Ok((vm_id.to_string(), io, early))
 }
 
@@ -622,84 +575,10 @@ fn new_nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
     Ok(nonce)
 }
 
-// ---- routing direct work ---------------------------------------------------------------
-
-/// Distributed mode's [`AgentRouter`]: a VM of this process's own worker (if it runs
-/// one) through its backend, like [`LocalAgents`]; any other VM through the tunnel
-/// endpoint its owner advertises ([`Worker::address`], from the store's `workers`
-/// table). An owner that is offline, has not heartbeated within `stale_after`, is
-/// not registered or advertises no address is refused at once with `Unavailable`
-/// (503), never left to hang.
-pub struct RemoteAgents {
-    /// This process's worker: its VMs are reached directly. `None` in a gateway.
-    pub local: Option<LocalAgents>,
-    pub store: Arc<dyn Store>,
-    /// The cluster's shared tunnel secret (the same in every gateway and worker).
-    pub secret: TunnelSecret,
-    /// A worker not seen for this long is offline (`PlatformDefaults::worker_stale_after`).
-    pub stale_after: Duration,
-    /// TLS to the owners' endpoints (their certificates must name them); `None`:
-    /// plaintext, by the operator's explicit choice.
-    pub tls: Option<ClusterTls>,
-}
-
-fn worker_is_live(worker: &Worker, stale_after: Duration) -> bool {
-    worker.status != WorkerStatus::Offline
-        && Utc::now()
-            .signed_duration_since(worker.last_seen)
-            .to_std()
-            .unwrap_or_default()
-            <= stale_after
-}
-
-#[async_trait]
-impl AgentRouter for RemoteAgents {
-    async fn agent_for(&self, vm: &Vm) -> CoreResult<AgentClient> {
-        let Some(owner) = vm.worker_id.as_deref() else {
-            return Err(CoreError::Conflict(format!(
-                "VM {} has not started yet",
-                vm.id
-            )));
-        };
-        if let Some(local) = &self.local
-            && local.worker_id == owner
-        {
-            return local.agent_for(vm).await;
-        }
-        let Some(worker) = self.store.get_worker(owner).await? else {
-            return Err(CoreError::Unavailable(format!(
-                "VM {} is on worker {owner}, which is not registered: it cannot be reached",
-                vm.id
-            )));
-        };
-        if !worker_is_live(&worker, self.stale_after) {
-            return Err(CoreError::Unavailable(format!(
-                "VM {} is on worker {owner}, which is offline (last seen {}): it cannot be reached",
-                vm.id,
-                worker
-                    .last_seen
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )));
-        }
-        let address = worker.address.trim();
-        if address.is_empty() {
-            return Err(CoreError::Unavailable(format!(
-                "VM {} is on worker {owner}, which advertises no tunnel address (worker.address): it cannot be reached from here",
-                vm.id
-            )));
-        }
-        let client = AgentClient::tunnel(address, vm.id.clone(), self.secret.clone())
-            .with_access_token(self.secret.agent_tokens().for_vm(&vm.id));
-        Ok(match &self.tls {
-            Some(tls) => client.with_tunnel_tls(tls.clone(), owner),
-            None => client,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent_client::AgentClient;
 
     #[test]
     fn hex_round_trips_and_refuses_junk() {

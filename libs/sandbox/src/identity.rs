@@ -55,11 +55,7 @@ pub fn installation_id(data_dir: &Path) -> io::Result<String> {
 /// Reads the trimmed content of `path`, or creates it (with `mode`) holding `make()`
 /// first. Concurrent creators agree on one content: the file appears whole (written
 /// aside, then hard-linked into place, which fails if another got there first).
-pub(crate) fn read_or_create(
-    path: &Path,
-    mode: u32,
-    make: impl FnOnce() -> String,
-) -> io::Result<String> {
+pub fn read_or_create(path: &Path, mode: u32, make: impl FnOnce() -> String) -> io::Result<String> {
     let context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     match std::fs::read_to_string(path) {
         Ok(text) => return Ok(text.trim().to_string()),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod environments;
+pub mod error;
 pub mod events;
 pub mod leases;
 pub mod logs;
@@ -19,7 +20,8 @@ mod postgres_tasks;
 mod postgres_workers;
 mod postgres_workspaces;
 pub mod secrets;
-pub(crate) mod sqlite;
+/// Row mapping shared with the embedded queue, which keeps its tasks in this table.
+pub mod sqlite;
 mod sqlite_auth;
 mod sqlite_environments;
 mod sqlite_events;

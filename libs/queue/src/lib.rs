@@ -2,9 +2,10 @@
 //! original's four queues (critical 6, high 5, default 3, low 1). The embedded
 //! implementation keeps the queue in the database's `tasks` table; the Redis one
 //! (distributed mode) has Asynq's semantics and keeps the records in the database
-//! ([`crate::store::TaskRecords`]). One conformance suite
+//! ([`aetherium_store::TaskRecords`]). One conformance suite
 //! (`tests/queue_conformance.rs`) runs against both.
 
+pub mod bus_redis;
 mod embedded;
 mod redis;
 
@@ -22,6 +23,9 @@ pub use self::redis::{
 pub use embedded::EmbeddedQueue;
 
 use crate::error::CoreResult;
+// The store's modules under the names the code has always used.
+use aetherium_store as store;
+use aetherium_store::error;
 
 /// A unique task: while a task holding `key` exists (up to `ttl`), another one with
 /// the same key is not enqueued (Asynq's `Unique`). The key is released when the
@@ -158,7 +162,7 @@ pub struct QueueStats {
     pub failed: u64,
     pub cancelled: u64,
     /// The same per queue, with retries and the archive apart (filled by
-    /// [`crate::Platform::queue_stats`]).
+    /// the core's `Platform::queue_stats`).
     #[serde(default)]
     pub queues: Vec<QueueCounts>,
 }
