@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::validate::{
+    MAX_NAME_LEN, MIN_MEMORY_MB, object_only, validate_image_reference, validate_name,
+};
 use crate::{Execution, Task, Vm};
-
-pub const MIN_MEMORY_MB: u64 = 128;
-pub const MAX_NAME_LEN: usize = 63;
 
 /// The error body of every failed request: `{error, message, code}`, where `error`
 /// is the HTTP status text and `code` the HTTP status.
@@ -19,40 +19,6 @@ pub struct ErrorResponse {
     pub error: String,
     pub message: String,
     pub code: u16,
-}
-
-/// Checks a sandbox name: 1-63 characters of `[a-zA-Z0-9_.-]`, starting alphanumeric.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("name must be 1 to {MAX_NAME_LEN} characters long"));
-    }
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "name {name:?} must start with a letter or digit and hold only letters, digits, '-', '_' and '.'"
-        ));
-    }
-    Ok(())
-}
-
-/// Reads an optional JSON object as `T`, and nothing else: serde would also fill a
-/// struct's fields from a JSON array, by position (`"quota": [1, null]`).
-pub fn object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    use serde::de::Error as _;
-    let object = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?;
-    object
-        .map(|object| serde_json::from_value(serde_json::Value::Object(object)))
-        .transpose()
-        .map_err(D::Error::custom)
 }
 
 pub const MIN_DISK_MB: u64 = 64;
@@ -145,109 +111,6 @@ pub struct CreateVmRequest {
     pub placement: Option<crate::Placement>,
 }
 
-/// An image reference as Docker reads it: `[registry[:port]/]path[:tag][@digest]`,
-/// lowercase path components (`a-z0-9` joined by `.`, `_`, `__` or `-`), a tag of
-/// at most 128 word characters, dots and dashes, at most 255 bytes. Checked before
-/// anything is recorded, so a typo is a 400 and not a VM failing later.
-pub fn validate_image_reference(image: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "image {image:?} is not a valid image reference: {why}"
-        ))
-    };
-    if image.is_empty() || image.len() > 255 {
-        return bad("it must have 1 to 255 characters");
-    }
-    if !image.bytes().all(|b| b.is_ascii_graphic()) {
-        return bad("only printable ASCII without spaces is allowed");
-    }
-    let (name_tag, digest) = match image.split_once('@') {
-        Some((name_tag, digest)) => (name_tag, Some(digest)),
-        None => (image, None),
-    };
-    if let Some(digest) = digest {
-        let valid = digest.split_once(':').is_some_and(|(algo, hex)| {
-            !algo.is_empty()
-                && algo.bytes().all(|b| {
-                    b.is_ascii_lowercase()
-                        || b.is_ascii_digit()
-                        || b == b'+'
-                        || b == b'.'
-                        || b == b'_'
-                        || b == b'-'
-                })
-                && hex.len() >= 32
-                && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !valid {
-            return bad("the digest must be algorithm:hex (e.g. sha256:…)");
-        }
-    }
-    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (
-            &name_tag[..last_slash + i],
-            Some(&name_tag[last_slash + i + 1..]),
-        ),
-        None => (name_tag, None),
-    };
-    if let Some(tag) = tag {
-        let first_ok = tag
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !first_ok
-            || tag.len() > 128
-            || !tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return bad(
-                "a tag is 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-            );
-        }
-    }
-    let mut components: Vec<&str> = name.split('/').collect();
-    // A first component with a dot or a port, or `localhost`, names a registry.
-    if components.len() > 1 {
-        let first = components[0];
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            let (host, port) = first.split_once(':').unwrap_or((first, ""));
-            let host_ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-            let port_ok =
-                port.is_empty() || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
-            if !first.contains(':') || port_ok {
-                if !host_ok || !port_ok {
-                    return bad("the registry host is not valid");
-                }
-                components.remove(0);
-            }
-        }
-    }
-    for component in components {
-        let chars_ok = component
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        let ends_ok = component
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-            && component
-                .bytes()
-                .last()
-                .is_some_and(|b| b.is_ascii_alphanumeric());
-        if !chars_ok || !ends_ok || component.contains("..") || component.contains("___") {
-            return bad(
-                "path components are lowercase letters and digits, separated by '.', '_' or '-'",
-            );
-        }
-    }
-    Ok(())
-}
-
 impl CreateVmRequest {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(name) = &self.name {
@@ -266,7 +129,7 @@ impl CreateVmRequest {
         if let Some(policy) = &self.network_policy {
             policy.normalized()?;
         }
-        crate::workspace::validate_tools(&self.additional_tools, &self.tool_versions)?;
+        crate::validate::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {
             placement.validate()?;
         }

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{MIN_MEMORY_MB, validate_name};
+pub use crate::validate::{
+    MAX_BRANCH_LEN, MAX_ENV_NAME_LEN, MAX_URL_LEN, validate_env_var_name, validate_git_branch,
+    validate_git_url,
+};
+use crate::validate::{MIN_MEMORY_MB, validate_name};
 
 /// Idle timeout of a new environment when none is given (the original's default).
 pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 1800;
@@ -27,9 +31,6 @@ pub const MAX_ENV_VARS: usize = 256;
 pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
 pub const MAX_MCP_SERVERS: usize = 32;
 pub const MAX_PATH_LEN: usize = 4096;
-pub const MAX_URL_LEN: usize = 2048;
-pub const MAX_BRANCH_LEN: usize = 255;
-pub const MAX_ENV_NAME_LEN: usize = 255;
 /// Largest secret value: 64 KiB (an SSH key or a token fits many times over).
 pub const MAX_SECRET_VALUE_LEN: usize = 64 * 1024;
 
@@ -192,7 +193,7 @@ pub struct CreateEnvironmentRequest {
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
     /// What its workspaces' sandboxes may reach; none: the network's defaults.
-    #[serde(default, deserialize_with = "crate::api::object_only")]
+    #[serde(default, deserialize_with = "crate::validate::object_only")]
     pub network_policy: Option<crate::NetworkPolicy>,
 }
 
@@ -324,7 +325,7 @@ pub struct UpdateEnvironmentRequest {
     pub idle_timeout_seconds: Option<u64>,
     /// A new policy for its workspaces' sandboxes made from now on; `{}`: the
     /// network's defaults.
-    #[serde(default, deserialize_with = "crate::api::object_only")]
+    #[serde(default, deserialize_with = "crate::validate::object_only")]
     pub network_policy: Option<crate::NetworkPolicy>,
 }
 
@@ -439,7 +440,7 @@ fn validate_description(description: &str) -> Result<(), String> {
 }
 
 fn validate_image(image: &str) -> Result<(), String> {
-    crate::api::validate_image_reference(image)
+    crate::validate::validate_image_reference(image)
 }
 
 /// The same bounds as a VM's.
@@ -451,97 +452,6 @@ fn validate_size(vcpus: u32, memory_mb: u64) -> Result<(), String> {
         return Err(format!(
             "memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}"
         ));
-    }
-    Ok(())
-}
-
-/// A repository URL git can clone (`field`: what the request calls it):
-/// `https://`, `http://`, `ssh://`, `file://` or scp-like `user@host:path`.
-/// Credentials inside the URL are refused: they would be stored and shown in clear;
-/// use a secret instead. The one rule for every git URL (environments' and
-/// workspaces' clone steps).
-pub fn validate_git_url(field: &str, url: &str) -> Result<(), String> {
-    let hint = format!(
-        "{field} must start with https://, http://, ssh:// or file://, or be scp-like (git@host:path)"
-    );
-    let hint = hint.as_str();
-    if url.is_empty() || url.len() > MAX_URL_LEN {
-        return Err(format!("{hint} and be at most {MAX_URL_LEN} bytes"));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "{field} must not contain spaces or control characters"
-        ));
-    }
-    let schemes = ["https://", "http://", "ssh://", "file://"];
-    if let Some(scheme) = schemes.iter().find(|s| url.starts_with(**s)) {
-        let rest = &url[scheme.len()..];
-        if rest.is_empty() || (*scheme == "file://" && !rest.starts_with('/')) {
-            return Err(format!("{hint}; {url:?} names no repository"));
-        }
-        let authority = rest.split('/').next().unwrap_or("");
-        if *scheme != "ssh://"
-            && let Some((userinfo, _)) = authority.rsplit_once('@')
-            && userinfo.contains(':')
-        {
-            return Err(format!(
-                "{field} must not carry a password or token: store it as a secret"
-            ));
-        }
-        if *scheme == "ssh://"
-            && authority
-                .rsplit_once('@')
-                .is_some_and(|(u, _)| u.contains(':'))
-        {
-            return Err(format!(
-                "{field} must not carry a password: use an ssh_key secret"
-            ));
-        }
-        return Ok(());
-    }
-    // scp-like: user@host:path (no scheme, the user part has no ':' or '/').
-    if let Some((user_host, path)) = url.split_once(':')
-        && let Some((user, host)) = user_host.split_once('@')
-        && !user.is_empty()
-        && !host.is_empty()
-        && !path.is_empty()
-        && !path.starts_with('-')
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
-        && !host.starts_with('-')
-    {
-        return Ok(());
-    }
-    Err(format!("{hint}; got {url:?}"))
-}
-
-/// A branch name git accepts (the rules of `git check-ref-format --branch`, the
-/// common ones), and never an option (`-…`); `field`: what the request calls it.
-pub fn validate_git_branch(field: &str, branch: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{field} {branch:?} is not a valid branch: {why}"));
-    if branch.is_empty() || branch.len() > MAX_BRANCH_LEN {
-        return bad(&format!("it must be 1 to {MAX_BRANCH_LEN} bytes"));
-    }
-    if branch.starts_with('-') || branch.starts_with('/') || branch.ends_with('/') {
-        return bad("it must not start with '-' or '/', nor end with '/'");
-    }
-    if branch.ends_with('.') || branch.ends_with(".lock") {
-        return bad("it must not end with '.' or '.lock'");
-    }
-    if branch.contains("..") || branch.contains("@{") || branch.contains("//") || branch == "@" {
-        return bad("it must not contain '..', '@{' or '//'");
-    }
-    if branch.chars().any(|c| {
-        c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    }) {
-        return bad("it must not contain spaces, control characters or any of ~^:?*[\\");
-    }
-    if branch.split('/').any(|part| part.starts_with('.')) {
-        return bad("no part of it may start with '.'");
     }
     Ok(())
 }
@@ -603,23 +513,6 @@ fn validate_tools(tools: &[String]) -> Result<(), String> {
         if !seen.insert(name) {
             return Err(format!("tool {name:?} is listed twice"));
         }
-    }
-    Ok(())
-}
-
-/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 255 bytes.
-pub fn validate_env_var_name(name: &str) -> Result<(), String> {
-    let ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && name.len() <= MAX_ENV_NAME_LEN;
-    if !ok {
-        return Err(format!(
-            "{name:?} is not a valid environment variable name: letters, digits and '_', \
-             not starting with a digit, at most {MAX_ENV_NAME_LEN} bytes"
-        ));
     }
     Ok(())
 }
@@ -762,7 +655,7 @@ impl AddSecretRequest {
     /// Messages never quote the value.
     pub fn validate(&self) -> Result<(), String> {
         validate_env_var_name(&self.name).map_err(|e| format!("secret name {e}"))?;
-        crate::workspace::refuse_reserved_secret_name(&self.name)?;
+        crate::validate::refuse_reserved_secret_name(&self.name)?;
         if self.value.is_empty() || self.value.len() > MAX_SECRET_VALUE_LEN {
             return Err(format!(
                 "secret value must be 1 to {MAX_SECRET_VALUE_LEN} bytes"

@@ -32,6 +32,7 @@ pub mod event;
 pub mod execution;
 pub mod logs;
 pub mod task;
+pub mod validate;
 pub mod vm;
 pub mod worker;
 pub mod workspace;
@@ -48,7 +49,7 @@ pub use environment::{
 };
 pub use event::{Event, EventFilter, EventType};
 pub use execution::{Execution, ExecutionStatus};
-pub use task::{Task, TaskStatus, TaskType};
+pub use task::{QueueCounts, QueueStats, Task, TaskStatus, TaskType};
 pub use vm::{Egress, NameVerdict, NetworkPolicy, Orchestrator, Vm, VmNetwork, VmStatus};
 pub use worker::{
     ClusterDistribution, ClusterStats, Placement, Worker, WorkerCounts, WorkerDistribution,

@@ -221,6 +221,47 @@ pub struct Task {
     pub archived_at: Option<DateTime<Utc>>,
 }
 
+/// Task counts by state (`GET /api/v1/queue/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueStats {
+    pub pending: u64,
+    /// Pending, but not before a later time (a retry's backoff).
+    pub scheduled: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// The same per queue (always all four: critical, high, default, low), with
+    /// retries and the archive apart.
+    #[serde(default)]
+    pub queues: Vec<QueueCounts>,
+}
+
+/// One queue's tasks by state, as Asynq reports them (`GET /queue/stats` →
+/// `queues`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueCounts {
+    /// critical, high, default or low.
+    pub queue: String,
+    /// Due now, waiting for a worker.
+    pub pending: u64,
+    /// Leased by a worker and running.
+    pub active: u64,
+    /// Due later (delayed or scheduled).
+    pub scheduled: u64,
+    /// Failed an attempt and waiting for its backoff.
+    pub retry: u64,
+    /// Dead: out of retries or past their deadline (listed, retried and deleted
+    /// through the archive); counted in `failed` too.
+    pub archived: u64,
+    /// Completed.
+    pub processed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

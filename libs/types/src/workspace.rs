@@ -24,8 +24,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::api::validate_name;
-use crate::environment::{validate_env_var_name, validate_git_branch, validate_git_url};
+pub use crate::validate::{
+    MAX_TOOLS, RESERVED_ENV_NAMES, refuse_reserved_secret_name, validate_tools,
+};
+use crate::validate::{
+    validate_env_var_name, validate_git_branch, validate_git_url, validate_name,
+};
 
 /// Where the working directory goes when a request names none.
 pub const DEFAULT_WORKING_DIRECTORY: &str = "/workspace";
@@ -43,7 +47,6 @@ pub const MAX_PROMPT_PRIORITY: u8 = 10;
 pub const DEFAULT_PROMPT_PRIORITY: u8 = 5;
 pub const MAX_SECRETS: usize = 64;
 pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
-pub const MAX_TOOLS: usize = 64;
 /// Stored output of one preparation step; the rest is cut (see [`cap_output`]).
 pub const MAX_STEP_OUTPUT_BYTES: usize = 256 * 1024;
 /// Stored output of one prompt; the rest is cut (see [`cap_output`]).
@@ -313,91 +316,6 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
     refuse_reserved_secret_name(name)
 }
 
-/// Secrets reach processes as environment variables: these names would change what
-/// every process loads or runs, not hand it a value. Every kind of secret checks it.
-pub fn refuse_reserved_secret_name(name: &str) -> Result<(), String> {
-    let upper = name.to_ascii_uppercase();
-    if upper.starts_with("LD_")
-        || upper.starts_with("DYLD_")
-        || RESERVED_ENV_NAMES.contains(&upper.as_str())
-    {
-        return Err(format!(
-            "secret name {name:?} is reserved: as an environment variable it would change how every process in the sandbox runs"
-        ));
-    }
-    Ok(())
-}
-
-/// Environment variables no secret may be named after (nor any `LD_*`/`DYLD_*`).
-pub const RESERVED_ENV_NAMES: [&str; 14] = [
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "IFS",
-    "ENV",
-    "BASH_ENV",
-    "PS4",
-    "PROMPT_COMMAND",
-    "GCONV_PATH",
-    "HOSTALIASES",
-    "RES_OPTIONS",
-    "LOCALDOMAIN",
-];
-
-/// Checks requested tools the way every request that takes them does (workspaces
-/// and VMs): at most [`MAX_TOOLS`] specs (`name` or `name@version`) and as many
-/// `name → version` pins, each well-formed. Whether the catalog has them is the
-/// server's check.
-pub fn validate_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Result<(), String> {
-    if tools.len() > MAX_TOOLS || versions.len() > MAX_TOOLS {
-        return Err(format!("at most {MAX_TOOLS} tools"));
-    }
-    for tool in tools {
-        validate_tool_name(tool)?;
-    }
-    for (tool, version) in versions {
-        validate_tool_name(tool)?;
-        validate_tool_version(tool, version)?;
-    }
-    Ok(())
-}
-
-fn validate_tool_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "tool {name:?} must be 1 to 64 characters of letters, digits, '-', '_', '.' (and '@version')"
-        ))
-    }
-}
-
-fn validate_tool_version(tool: &str, version: &str) -> Result<(), String> {
-    let ok = !version.is_empty()
-        && version.len() <= 64
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "version {version:?} of {tool} must be 1 to 64 characters of letters, digits, '-', '_', '.', '+'"
-        ))
-    }
-}
-
 /// The kind of a secret given with a workspace (the original's types).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -564,11 +482,11 @@ impl CreateWorkspaceRequest {
             return Err("vcpus must be between 1 and 64".into());
         }
         if let Some(memory) = self.memory_mb
-            && !(crate::api::MIN_MEMORY_MB..=1024 * 1024).contains(&memory)
+            && !(crate::validate::MIN_MEMORY_MB..=1024 * 1024).contains(&memory)
         {
             return Err(format!(
                 "memory_mb must be between {} and 1048576",
-                crate::api::MIN_MEMORY_MB
+                crate::validate::MIN_MEMORY_MB
             ));
         }
         validate_absolute_dir(&self.working_directory, "working_directory")?;
