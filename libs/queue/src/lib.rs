@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use aetherium_types::Task;
 use aetherium_types::task::QueueName;
+pub use aetherium_types::{QueueCounts, QueueStats};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 pub use self::redis::{
     ReconcileReport, RedisQueue, RedisQueueOptions, RedisTls, RetryPolicy, redis_client,
@@ -96,75 +96,37 @@ pub struct QueueDepth {
     pub count: u64,
 }
 
-/// One queue's tasks by state, as Asynq reports them (`GET /queue/stats` →
-/// `queues`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct QueueCounts {
-    pub queue: String,
-    /// Due now, waiting for a worker.
-    pub pending: u64,
-    /// Leased by a worker and running.
-    pub active: u64,
-    /// Due later (delayed or scheduled).
-    pub scheduled: u64,
-    /// Failed an attempt and waiting for its backoff.
-    pub retry: u64,
-    /// Dead: out of retries or past their deadline (listed, retried and deleted
-    /// through the archive); counted in `failed` too.
-    pub archived: u64,
-    /// Completed.
-    pub processed: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-}
-
-impl QueueCounts {
-    /// Per-queue counts for every queue (zeros included) from [`TaskQueue::depths`].
-    pub fn from_depths(depths: &[QueueDepth]) -> Vec<QueueCounts> {
-        [
-            QueueName::Critical,
-            QueueName::High,
-            QueueName::Default,
-            QueueName::Low,
-        ]
-        .into_iter()
-        .map(|queue| {
-            let mut counts = QueueCounts {
-                queue: queue.as_str().to_string(),
-                ..QueueCounts::default()
+/// Per-queue counts for every queue (zeros included) from [`TaskQueue::depths`].
+pub fn counts_from_depths(depths: &[QueueDepth]) -> Vec<QueueCounts> {
+    [
+        QueueName::Critical,
+        QueueName::High,
+        QueueName::Default,
+        QueueName::Low,
+    ]
+    .into_iter()
+    .map(|queue| {
+        let mut counts = QueueCounts {
+            queue: queue.as_str().to_string(),
+            ..QueueCounts::default()
+        };
+        for d in depths.iter().filter(|d| d.queue == queue.as_str()) {
+            let slot = match d.state.as_str() {
+                "pending" => &mut counts.pending,
+                "running" => &mut counts.active,
+                "scheduled" => &mut counts.scheduled,
+                "retry" => &mut counts.retry,
+                "archived" => &mut counts.archived,
+                "completed" => &mut counts.processed,
+                "failed" => &mut counts.failed,
+                "cancelled" => &mut counts.cancelled,
+                _ => continue,
             };
-            for d in depths.iter().filter(|d| d.queue == queue.as_str()) {
-                let slot = match d.state.as_str() {
-                    "pending" => &mut counts.pending,
-                    "running" => &mut counts.active,
-                    "scheduled" => &mut counts.scheduled,
-                    "retry" => &mut counts.retry,
-                    "archived" => &mut counts.archived,
-                    "completed" => &mut counts.processed,
-                    "failed" => &mut counts.failed,
-                    "cancelled" => &mut counts.cancelled,
-                    _ => continue,
-                };
-                *slot += d.count;
-            }
-            counts
-        })
-        .collect()
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct QueueStats {
-    pub pending: u64,
-    pub scheduled: u64,
-    pub running: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-    /// The same per queue, with retries and the archive apart (filled by
-    /// the core's `Platform::queue_stats`).
-    #[serde(default)]
-    pub queues: Vec<QueueCounts>,
+            *slot += d.count;
+        }
+        counts
+    })
+    .collect()
 }
 
 #[async_trait]

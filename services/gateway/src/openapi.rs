@@ -14,11 +14,11 @@ use std::sync::OnceLock;
 use aetherium_types::ErrorResponse;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
+use utoipa::OpenApi;
 use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-use utoipa::{OpenApi, ToSchema};
 
 use crate::access::ROUTE_ROLES;
 use crate::routes;
@@ -49,45 +49,6 @@ const ROOT_ALIASES: &[(&str, &str)] = &[
 
 /// Name of the bearer security scheme in `components.securitySchemes`.
 const BEARER: &str = "bearer";
-
-/// Task counts by state (`GET /api/v1/queue/stats`); mirrors
-/// `aetherium_core::queue::QueueStats`, which the contract tests hold it to.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct QueueStats {
-    pub pending: u64,
-    /// Pending, but not before a later time (a retry's backoff).
-    pub scheduled: u64,
-    pub running: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-    /// The same per queue (always all four: critical, high, default, low).
-    pub queues: Vec<QueueCounts>,
-}
-
-/// One queue's tasks by state, as Asynq reports them; mirrors
-/// `aetherium_core::queue::QueueCounts`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct QueueCounts {
-    /// critical, high, default or low.
-    pub queue: String,
-    /// Due now, waiting for a worker.
-    pub pending: u64,
-    /// Leased by a worker and running.
-    pub active: u64,
-    /// Due later (delayed or scheduled).
-    pub scheduled: u64,
-    /// Failed an attempt, waiting for its backoff.
-    pub retry: u64,
-    /// Dead tasks in the archive (counted in `failed` too).
-    pub archived: u64,
-    /// Completed.
-    pub processed: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-}
 
 #[derive(OpenApi)]
 #[openapi(

@@ -785,12 +785,12 @@ pub async fn get_task(
     tag = "tasks",
     summary = "Task counts by state",
     responses(
-        (status = 200, description = "The counts", body = crate::openapi::QueueStats),
+        (status = 200, description = "The counts", body = aetherium_types::QueueStats),
     )
 )]
 pub async fn queue_stats(
     State(state): State<AppState>,
-) -> ApiResult<Json<aetherium_core::queue::QueueStats>> {
+) -> ApiResult<Json<aetherium_types::QueueStats>> {
     Ok(Json(state.platform.queue_stats().await?))
 }
 
