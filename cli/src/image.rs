@@ -112,7 +112,8 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
             }
         }
         ImageCommand::Bake { from, tag, tools } => {
-            let catalog = aetherium_core::environments::ToolCatalog::from_config(&config)?;
+            let catalog =
+                aetherium_core::services::environments::ToolCatalog::from_config(&config)?;
             let specs = tools
                 .iter()
                 .map(|t| aetherium_core::tools::ToolSpec::parse(t))

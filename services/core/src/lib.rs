@@ -1,5 +1,5 @@
 //! Aetherium's core: the use cases ([`services::Platform`]) that the gateway calls,
-//! placement across workers ([`cluster`]), the worker that runs queued tasks
+//! placement across workers ([`services::cluster`]), the worker that runs queued tasks
 //! ([`worker`]), environments, workspaces, secrets, auth, and the runtimes that put
 //! it together in one process ([`runtime`]) or across hosts ([`distributed`]).
 //!
@@ -8,9 +8,7 @@
 //! agent client, tunnel), re-exported here under their module names.
 
 pub mod auth;
-pub mod cluster;
 pub mod distributed;
-pub mod environments;
 pub mod feed;
 pub mod metrics;
 pub mod runtime;
@@ -18,7 +16,6 @@ pub mod secrets;
 pub mod services;
 pub mod tools;
 pub mod worker;
-pub mod workspaces;
 
 pub use aetherium_queue::{self as queue, bus_redis};
 pub use aetherium_sandbox::{

@@ -187,12 +187,14 @@ impl EmbeddedRuntime {
             )?,
         };
         rotate_secrets(&*store, &keyring).await;
-        let workspace_data = crate::environments::WorkspaceData {
+        let workspace_data = crate::services::environments::WorkspaceData {
             environments: store.clone(),
             secrets: store.clone(),
             workspaces: store.clone(),
             prompts: store.clone(),
-            tools: Arc::new(crate::environments::ToolCatalog::from_config(config)?),
+            tools: Arc::new(crate::services::environments::ToolCatalog::from_config(
+                config,
+            )?),
             keyring: Some(keyring),
         };
         let platform = Platform {

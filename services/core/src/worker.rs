@@ -280,7 +280,7 @@ impl Worker {
     async fn heartbeat_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
         tick.tick().await;
-        let mut gate = crate::cluster::SweepGate::default();
+        let mut gate = crate::services::cluster::SweepGate::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -358,7 +358,8 @@ impl Worker {
         // Back from a stop while an administrator had it drained: draining again.
         if before.as_ref().is_some_and(|b| {
             b.status == WorkerStatus::Offline
-                && b.status_message.as_deref() == Some(crate::cluster::DRAINED_STOP_MESSAGE)
+                && b.status_message.as_deref()
+                    == Some(crate::services::cluster::DRAINED_STOP_MESSAGE)
         }) && let Ok(Some(drained)) = store
             .set_worker_status(
                 &self.settings.id,
@@ -387,9 +388,9 @@ impl Worker {
 
     async fn mark_offline(&self, drained_by_request: bool) {
         let message = if drained_by_request {
-            crate::cluster::DRAINED_STOP_MESSAGE
+            crate::services::cluster::DRAINED_STOP_MESSAGE
         } else {
-            crate::cluster::GRACEFUL_STOP_MESSAGE
+            crate::services::cluster::GRACEFUL_STOP_MESSAGE
         };
         if self
             .platform

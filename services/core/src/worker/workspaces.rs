@@ -25,9 +25,9 @@ use tokio::sync::watch;
 use super::{TaskError, TaskResult, Worker, parse, until_cancelled};
 use crate::agent_client::{AgentClient, InitOptions};
 use crate::secrets::Redactor;
+use crate::services::workspaces::{PromptExecutePayload, WorkspaceCreatePayload};
 use crate::services::{CANCELLED_WHILE_RUNNING, new_task};
 use crate::tools::ToolProgress;
-use crate::workspaces::{PromptExecutePayload, WorkspaceCreatePayload};
 
 /// A script step without a timeout of its own gets this.
 const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -2,7 +2,7 @@
 //! `/workers/{id}/vms`, `POST /workers/{id}/drain|activate`, `GET /cluster/stats`,
 //! `/cluster/distribution`.
 
-use aetherium_core::cluster::WorkerQuery;
+use aetherium_core::services::cluster::WorkerQuery;
 use aetherium_core::store::Cursor;
 use aetherium_types::{
     ClusterDistribution, ClusterStats, ErrorResponse, VmList, WorkerList, WorkerStatus, WorkerView,
