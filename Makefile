@@ -36,7 +36,7 @@ help:
 	@echo "make test-dashboard  dashboard unit tests (vitest) + end-to-end tests (Chromium, a real aetherium up)"
 	@echo "make dashboard    build the web dashboard (npm ci when needed, next build) and install it to /usr/local/share/aetherium/dashboard"
 	@echo "make dashboard-api  regenerate services/dashboard/openapi.json + lib/api-schema.d.ts from the served spec"
-	@echo "make lint         rustfmt check + clippy -D warnings (+ tsc --noEmit of the dashboard once its node_modules exist)"
+	@echo "make lint         rustfmt check + no module cycles + clippy -D warnings (+ tsc --noEmit of the dashboard once its node_modules exist)"
 	@echo "make fmt          rustfmt"
 	@echo "make bench        bench-api (benches/exec_latency.sh, BENCH_ARGS='-n 20') + bench-agent"
 	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
@@ -112,6 +112,7 @@ test-k8s-manager:
 
 lint:
 	$(CARGO) fmt --all --check
+	python3 scripts/check-module-cycles.py
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	if [ -d services/dashboard/node_modules ]; then cd services/dashboard && npx tsc --noEmit; fi
 

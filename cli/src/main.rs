@@ -3,6 +3,7 @@
 mod account;
 mod client;
 mod cp;
+mod credentials;
 mod distributed;
 mod doctor;
 mod environments;
@@ -13,6 +14,7 @@ mod output;
 mod pki;
 mod term;
 mod up;
+mod vms;
 mod workers;
 mod workspaces;
 
@@ -311,8 +313,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await.map(|()| 0),
             Command::Gateway(args) => distributed::gateway(args).await.map(|()| 0),
-            Command::Vm(args) => client::vm(args).await,
-            Command::Task(args) => client::task(args).await,
+            Command::Vm(args) => vms::vm(args).await,
+            Command::Task(args) => vms::task(args).await,
             Command::Login(args) => account::login(args).await,
             Command::Logout(args) => account::logout(args).await,
             Command::Apikey(args) => account::apikey(args).await,
