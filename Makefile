@@ -22,7 +22,7 @@ AETHERIUM_TEST_IMAGE ?= $(TEST_IMAGE)
 export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
-	test-types test-common test-core test-agent test-gateway test-cli test-k8s-manager \
+	test-types test-common test-store test-queue test-sandbox test-core test-agent test-gateway test-cli test-k8s-manager \
 	test-e2b test-api-fuzz bench-http bench-queue bench-boot cluster-up cluster-down \
 	dashboard dashboard-api test-dashboard
 
@@ -30,7 +30,7 @@ help:
 	@echo "make build        cargo build --workspace"
 	@echo "make agent        static in-sandbox agent -> $(AGENT_BIN)"
 	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
-	@echo "make test-<svc>   one crate: types common core agent gateway cli k8s-manager"
+	@echo "make test-<svc>   one crate: types common store queue sandbox core agent gateway cli k8s-manager"
 	@echo "make test-e2b     E2B Python SDK against the agent (tests/e2b, needs PyPI once)"
 	@echo "make test-api-fuzz  schemathesis against the served OpenAPI spec (tests/api-fuzz, needs PyPI once)"
 	@echo "make test-dashboard  dashboard unit tests (vitest) + end-to-end tests (Chromium, a real aetherium up)"
@@ -99,6 +99,14 @@ test-types:
 	$(NEXTEST) -p aetherium-types --no-tests=warn
 test-common:
 	$(NEXTEST) -p aetherium-common --no-tests=warn
+# The store's, queue's and sandbox's suites still live in services/core/tests
+# (test-core); these run the crates' own unit tests.
+test-store:
+	$(NEXTEST) -p aetherium-store --no-tests=warn
+test-queue:
+	$(NEXTEST) -p aetherium-queue --no-tests=warn
+test-sandbox: check-env agent
+	$(NEXTEST) -p aetherium-sandbox --no-tests=warn
 test-agent:
 	$(NEXTEST) -p aetherium-agent --no-tests=warn
 test-core: check-env agent
