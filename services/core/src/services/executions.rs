@@ -332,35 +332,6 @@ impl Platform {
         Ok(execution)
     }
 
-    /// Stores a direct execution's outcome (output already capped by the caller).
-    pub async fn finish_direct_execution(&self, execution: &mut Execution) -> CoreResult<()> {
-        if let Some(vm) = self.store.get_vm(&execution.vm_id).await? {
-            let redactor = self.execution_redactor(&vm).await;
-            if !redactor.is_empty() {
-                execution.stdout = redactor.redact_str(&execution.stdout);
-                execution.stderr = redactor.redact_str(&execution.stderr);
-            }
-        }
-        let now = Utc::now();
-        execution.completed_at = Some(now);
-        if let Some(started) = execution.started_at {
-            execution.duration_ms = Some((now - started).num_milliseconds());
-        }
-        self.store.update_execution(execution).await?;
-        crate::metrics::record_execution(execution);
-        let event = if execution.status == ExecutionStatus::Failed {
-            EventType::ExecutionFailed
-        } else {
-            EventType::ExecutionCompleted
-        };
-        self.publish(
-            event,
-            &execution.id,
-            serde_json::json!({"vm_id": execution.vm_id, "status": execution.status, "exit_code": execution.exit_code}),
-        );
-        Ok(())
-    }
-
     // ---- tasks -----------------------------------------------------------------
 
     pub(super) fn new_execution(

@@ -2,8 +2,10 @@
 //! the store directly: it asks these services, which validate, persist and enqueue.
 
 pub mod cluster;
+pub mod engine;
 pub mod environments;
 mod executions;
+mod observe;
 mod tasks;
 mod vms;
 pub mod workspaces;

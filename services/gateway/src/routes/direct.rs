@@ -1,14 +1,14 @@
-//! What streamed and interactive exec share: output chunks as JSON, the capped copy
-//! of the output that is persisted, and how a run's end becomes an execution record.
+//! What streamed and interactive exec share on the wire: output chunks as JSON.
 //!
 //! These commands run directly on the VM's agent ([`aetherium_core::Platform::open_sandbox`]),
-//! not through the queue, but are recorded like queued ones
-//! (`begin_direct_execution` / `finish_direct_execution`), so they appear in
-//! `GET /vms/{id}/executions` with `metadata.mode` = `stream` or `interactive`.
+//! not through the queue, and are recorded by the core's execution engine like queued
+//! ones (`begin_direct_execution`, then `finish_execution` with the engine's
+//! `Capture` and `Outcome`), so they appear in `GET /vms/{id}/executions` with
+//! `metadata.mode` = `stream` or `interactive`.
 
 use aetherium_core::Platform;
-use aetherium_types::agent::EndEvent;
-use aetherium_types::{Execution, ExecutionStatus};
+use aetherium_core::services::engine::{Capture, Outcome};
+use aetherium_types::Execution;
 use base64::Engine as _;
 use serde::Serialize;
 
@@ -88,108 +88,15 @@ impl Utf8Chunker {
     }
 }
 
-/// The persisted copy of a run's output: at most `cap` bytes of stdout and of
-/// stderr each (the configured `vmm.output_cap_bytes`), like queued executions.
-#[derive(Debug)]
-pub struct Capture {
-    cap: usize,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub truncated: bool,
-}
-
-impl Capture {
-    pub fn new(cap: usize) -> Capture {
-        Capture {
-            cap,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            truncated: false,
-        }
-    }
-
-    pub fn stdout(&mut self, bytes: &[u8]) {
-        Self::keep(&mut self.stdout, &mut self.truncated, self.cap, bytes);
-    }
-
-    pub fn stderr(&mut self, bytes: &[u8]) {
-        Self::keep(&mut self.stderr, &mut self.truncated, self.cap, bytes);
-    }
-
-    fn keep(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, bytes: &[u8]) {
-        let room = cap.saturating_sub(buf.len());
-        if bytes.len() > room {
-            *truncated = true;
-        }
-        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-}
-
-/// How a direct run ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// The process ended (on its own or by a signal).
-    Ended(EndEvent),
-    /// The agent refused to start it (`not_found` → 127, else 126, as a shell does).
-    NotStarted { code: String, message: String },
-    /// Killed after its timeout.
-    TimedOut { seconds: u64 },
-    /// Could not be followed to its end (agent gone, client gone and process killed).
-    Failed(String),
-}
-
-impl Outcome {
-    /// The execution status, exit code and error this outcome records.
-    pub fn result(&self) -> (ExecutionStatus, Option<i32>, Option<String>) {
-        match self {
-            Outcome::Ended(end) if end.exited => {
-                (ExecutionStatus::Completed, Some(end.exit_code), None)
-            }
-            Outcome::Ended(end) => (
-                ExecutionStatus::Completed,
-                Some(end.shell_exit_code()),
-                Some(format!("terminated: {}", end.status)),
-            ),
-            Outcome::NotStarted { code, message } => (
-                ExecutionStatus::Failed,
-                Some(if code == "not_found" { 127 } else { 126 }),
-                Some(message.clone()),
-            ),
-            Outcome::TimedOut { seconds } => (
-                ExecutionStatus::TimedOut,
-                None,
-                Some(format!("killed after the {seconds}s timeout")),
-            ),
-            Outcome::Failed(why) => (ExecutionStatus::Failed, None, Some(why.clone())),
-        }
-    }
-}
-
-/// Stores the outcome and the capped output of a direct execution. Failures to
-/// store are logged: the client has had its answer by then.
+/// Records a direct run through the engine. A failure to store is logged: the client
+/// has had its answer by then.
 pub async fn record(
     platform: &Platform,
     execution: &mut Execution,
     capture: &Capture,
     outcome: &Outcome,
 ) {
-    let (status, exit_code, mut error) = outcome.result();
-    execution.status = status;
-    execution.exit_code = exit_code;
-    execution.stdout = String::from_utf8_lossy(&capture.stdout).into_owned();
-    execution.stderr = String::from_utf8_lossy(&capture.stderr).into_owned();
-    if capture.truncated {
-        let note = format!("output truncated at {} bytes per stream", capture.cap);
-        error = Some(match error {
-            Some(e) => format!("{e}; {note}"),
-            None => note,
-        });
-        execution
-            .metadata
-            .insert("output_truncated".into(), true.into());
-    }
-    execution.error = error;
-    if let Err(e) = platform.finish_direct_execution(execution).await {
+    if let Err(e) = platform.finish_execution(execution, capture, outcome).await {
         tracing::error!(execution = %execution.id, error = %e, "could not record a direct execution");
     }
 }
@@ -226,38 +133,6 @@ mod tests {
         assert_eq!(
             chunker.flush().and_then(|c| c.data_b64).as_deref(),
             Some("4g==")
-        );
-    }
-
-    #[test]
-    fn capture_keeps_at_most_the_cap() {
-        let mut capture = Capture::new(4);
-        capture.stdout(b"abc");
-        capture.stdout(b"def");
-        capture.stderr(b"xy");
-        assert_eq!(capture.stdout, b"abcd");
-        assert_eq!(capture.stderr, b"xy");
-        assert!(capture.truncated);
-    }
-
-    #[test]
-    fn outcomes_map_like_queued_executions() {
-        let killed = Outcome::Ended(EndEvent {
-            exit_code: -1,
-            exited: false,
-            status: "signal: killed".into(),
-            error: None,
-        });
-        assert_eq!(killed.result().1, Some(137));
-        let missing = Outcome::NotStarted {
-            code: "not_found".into(),
-            message: "no such file".into(),
-        };
-        assert_eq!(missing.result().0, ExecutionStatus::Failed);
-        assert_eq!(missing.result().1, Some(127));
-        assert_eq!(
-            Outcome::TimedOut { seconds: 1 }.result().0,
-            ExecutionStatus::TimedOut
         );
     }
 }

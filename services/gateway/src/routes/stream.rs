@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aetherium_core::Platform;
 use aetherium_core::agent_client::{AgentClient, AgentError, ProcessStream};
-use aetherium_types::agent::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
+use aetherium_types::agent::{DataEvent, ProcessEvent, Signal};
 use aetherium_types::{ExecuteCommandRequest, Execution, ExecutionStatus};
 use axum::body::Body;
 use axum::extract::State;
@@ -27,11 +27,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::direct::{Capture, Chunk, Outcome, Utf8Chunker, record};
+use super::direct::{Chunk, Utf8Chunker, record};
 use super::{ApiResult, resolve_vm};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Json;
+use aetherium_core::services::engine::{Attach, Capture, Command, Outcome};
 
 /// Events buffered between the command and a slow client before the command's
 /// output waits (and, through the agent, the command itself).
@@ -97,21 +98,6 @@ fn wants_sse(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
-/// The agent's request for a non-interactive command (no stdin, no terminal).
-pub fn start_request(req: &ExecuteCommandRequest) -> StartRequest {
-    StartRequest {
-        process: ProcessConfig {
-            cmd: req.command.clone(),
-            args: req.args.clone(),
-            envs: req.env.clone(),
-            cwd: req.cwd.clone(),
-        },
-        pty: None,
-        tag: None,
-        stdin: Some(false),
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/vms/{id}/exec/stream",
@@ -151,7 +137,10 @@ pub async fn exec_stream(
         .await?;
     let capture = Capture::new(state.output_cap_bytes);
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-    match agent.start(&start_request(&req)).await {
+    match agent
+        .start(&Command::from(&req).start_request(Attach::default()))
+        .await
+    {
         Ok(process) => {
             let run = Run {
                 platform: state.platform.clone(),

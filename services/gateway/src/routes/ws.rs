@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use aetherium_core::agent_client::{AgentClient, AgentError};
 use aetherium_types::agent::{
-    Base64Bytes, DataEvent, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty,
-    PtySize, Signal, StartRequest,
+    Base64Bytes, DataEvent, ProcessEvent, ProcessInput, ProcessSelector, PtySize, Signal,
+    StartRequest,
 };
 use aetherium_types::{ExecuteCommandRequest, ExecutionStatus};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -33,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::direct::{Capture, Chunk, Outcome, Utf8Chunker, record};
+use super::direct::{Chunk, Utf8Chunker, record};
 use super::{ApiResult, resolve_vm};
 use crate::AppState;
 use crate::error::ApiError;
+use aetherium_core::services::engine::{Attach, Capture, Command, Outcome};
 
 /// Longest `timeout_seconds` an interactive session may ask for (a day). Without
 /// one, a session lasts as long as its client stays.
@@ -246,23 +247,10 @@ struct Session {
 
 impl Session {
     fn start_request(&self) -> StartRequest {
-        let req = &self.params.request;
-        let mut envs = req.env.clone();
-        if self.params.tty.is_some() {
-            // What `docker exec -t` does: full-screen programs need to know the terminal.
-            envs.entry("TERM".into()).or_insert_with(|| "xterm".into());
-        }
-        StartRequest {
-            process: ProcessConfig {
-                cmd: req.command.clone(),
-                args: req.args.clone(),
-                envs,
-                cwd: req.cwd.clone(),
-            },
-            pty: self.params.tty.map(|size| Pty { size }),
-            tag: None,
-            stdin: Some(true),
-        }
+        Command::from(&self.params.request).start_request(Attach {
+            tty: self.params.tty,
+            stdin: true,
+        })
     }
 
     async fn run(self, socket: WebSocket) {
