@@ -129,7 +129,7 @@ async fn gauges(state: &AppState) -> Result<String, ApiError> {
     let platform = &state.platform;
     let mut out = String::new();
 
-    let vms = platform.store.count_vms_by_status().await?;
+    let vms = platform.vm_counts_by_status().await?;
     header(&mut out, "aetherium_vms", "VMs by status.");
     for status in VmStatus::ALL {
         let n = vms
@@ -139,7 +139,7 @@ async fn gauges(state: &AppState) -> Result<String, ApiError> {
         let _ = writeln!(out, "aetherium_vms{{status=\"{}\"}} {n}", status.as_str());
     }
 
-    let depths = platform.queue.depths().await?;
+    let depths = platform.queue_depths().await?;
     header(
         &mut out,
         "aetherium_queue_tasks",
@@ -174,7 +174,7 @@ async fn gauges(state: &AppState) -> Result<String, ApiError> {
         }
     }
 
-    let workers = platform.store.list_workers().await?;
+    let workers = platform.list_workers().await?;
     let stale_after = platform.defaults.worker_stale_after;
     header(
         &mut out,

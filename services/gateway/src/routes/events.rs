@@ -85,22 +85,22 @@ pub async fn stream_events(
     };
     let platform = state.platform.clone();
     // Subscribe before reading the position, so nothing falls in between.
-    let live = platform.bus.subscribe();
+    let live = platform.subscribe_events();
     let position = match after {
         Some(after) => after,
-        None => platform.events.latest_event_seq().await?,
+        None => platform.latest_event_seq().await?,
     };
     let (tx, rx) = mpsc::channel::<Event>(256);
     let backlog_filter = filter.clone();
-    let log = platform.events.clone();
     tokio::spawn(feed::produce(
         live,
         position,
         move |after| {
-            let log = log.clone();
+            let platform = platform.clone();
             let filter = backlog_filter.clone();
             async move {
-                log.read_events(after, &filter, BACKLOG_PAGE)
+                platform
+                    .events_after(after, &filter, BACKLOG_PAGE)
                     .await
                     .map_err(ApiError::from)
             }

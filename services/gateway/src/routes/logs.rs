@@ -66,7 +66,6 @@ pub async fn query_logs(
     let order = req.order.unwrap_or_default();
     let mut logs = state
         .platform
-        .logs
         .query_logs(&req.filter, cursor, order, limit + 1)
         .await?;
     let next_cursor = if logs.len() > limit as usize {
@@ -151,22 +150,21 @@ pub async fn stream_logs(
         None
     };
     let platform = state.platform.clone();
-    let live = platform.log_feed.subscribe();
+    let live = platform.subscribe_logs();
     let position = match after {
         Some(after) => after,
-        None => platform.logs.latest_log_id().await?,
+        None => platform.latest_log_id().await?,
     };
     let (tx, rx) = mpsc::channel::<LogRecord>(1024);
-    let store = platform.logs.clone();
     let backlog_filter = filter.clone();
     tokio::spawn(feed::produce(
         live,
         position,
         move |after| {
-            let store = store.clone();
+            let platform = platform.clone();
             let filter = backlog_filter.clone();
             async move {
-                store
+                platform
                     .query_logs(&filter, Some(after), LogOrder::Asc, BACKLOG_PAGE)
                     .await
                     .map_err(ApiError::from)

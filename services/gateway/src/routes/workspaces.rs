@@ -338,7 +338,7 @@ pub async fn session(
     })?;
     // Subscribed before the upgrade completes and before the status is read, so
     // no change falls in between.
-    let live = state.platform.bus.subscribe();
+    let live = state.platform.subscribe_events();
     Ok(upgrade
         .max_message_size(MAX_SESSION_MESSAGE_BYTES)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
