@@ -112,8 +112,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<u8> {
     guest.push(check("agent binary", agent));
 
     // QEMU.
-    let qemu_probe =
-        aetherium_core::vmm::qemu::probe_with(&host::qemu_probe_options(&config)).await;
+    let qemu_probe = host::probe_qemu(&config).await;
     let mut qemu = vec![
         check("qemu-system-x86_64", qemu_probe.qemu_version.clone()),
         check("vhost-device-vsock", qemu_probe.vhost_vsock_version.clone()),
@@ -142,9 +141,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<u8> {
 
     // Firecracker: its boot check needs a guest kernel (the built image's vmlinux).
     let kernel = host::probe_kernel(&config);
-    let fc_probe =
-        aetherium_core::vmm::firecracker::probe(&config.vmm.firecracker.binary, kernel.as_deref())
-            .await;
+    let fc_probe = host::probe_firecracker(&config, kernel.as_deref()).await;
     let firecracker = vec![
         check("firecracker", fc_probe.version.clone()),
         check(

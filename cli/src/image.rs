@@ -121,22 +121,11 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<u8> {
             let arch =
                 aetherium_core::tools::Arch::host().unwrap_or(aetherium_core::tools::Arch::X86_64);
             let plan = catalog.catalog.plan(&specs, &catalog.sources, arch)?;
-            let socket_dir = config.socket_dir().join("bake");
-            std::fs::create_dir_all(&socket_dir)
-                .with_context(|| format!("cannot create {}", socket_dir.display()))?;
             // A worker id of its own: a running worker never adopts or removes it.
-            let docker = aetherium_core::vmm::docker::DockerBackend::connect(
-                aetherium_core::vmm::docker::DockerBackendConfig {
-                    host: config.vmm.docker.host.clone(),
-                    worker_id: "image-bake".into(),
-                    installation_id: aetherium_core::identity::installation_id(&config.data_dir)?,
-                    agent_path: aetherium_core::host::resolve_agent_path(&config)?,
-                    socket_dir,
-                    pids_limit: config.vmm.docker.pids_limit,
-                    network_mode: config.vmm.docker.network_mode.clone(),
-                    egress_allow: config.vmm.docker.egress_allow.clone(),
-                    dns_upstream: aetherium_core::host::dns_upstream(&config)?,
-                },
+            let docker = aetherium_core::host::docker_backend_as(
+                &config,
+                "image-bake",
+                config.socket_dir().join("bake"),
             )?;
             let report = |event: aetherium_core::tools::ToolProgress| {
                 use aetherium_core::tools::ToolProgress as P;

@@ -17,7 +17,7 @@ use crate::net::{HostNetwork, HostNetworkConfig};
 use crate::store::IpLeases;
 use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
 use crate::vmm::multi::Backends;
-use crate::vmm::qemu::{ProbeOptions, QemuAccel, QemuBackend, QemuConfig};
+use crate::vmm::qemu::{ProbeOptions, QemuAccel, QemuBackend, QemuConfig, QemuProbe};
 use crate::vmm::{Backend, docker};
 
 pub struct HostBackends {
@@ -44,6 +44,20 @@ pub fn qemu_probe_options(config: &Config) -> ProbeOptions {
     options
 }
 
+/// What QEMU can do on this host, as the worker finds at its start.
+pub async fn probe_qemu(config: &Config) -> QemuProbe {
+    crate::vmm::qemu::probe_with(&qemu_probe_options(config)).await
+}
+
+/// What Firecracker can do on this host: its version, KVM, and whether a guest kernel
+/// (`kernel`, see [`probe_kernel`]) boots under it.
+pub async fn probe_firecracker(
+    config: &Config,
+    kernel: Option<&std::path::Path>,
+) -> crate::vmm::firecracker::ProbeResult {
+    crate::vmm::firecracker::probe(&config.vmm.firecracker.binary, kernel).await
+}
+
 /// The guest kernel Firecracker's probe boots: the default image's `vmlinux`.
 pub fn probe_kernel(config: &Config) -> Option<PathBuf> {
     image_store(config)
@@ -67,7 +81,7 @@ pub async fn host_backends(
         ready.push(docker_backend(config)?);
     }
     if wants(config, Orchestrator::Qemu) {
-        let probe = crate::vmm::qemu::probe_with(&qemu_probe_options(config)).await;
+        let probe = probe_qemu(config).await;
         match probe.accel {
             Some(accel) => {
                 let mut qemu = QemuConfig::new(run_dir.join("qemu"), image_store(config), accel);
@@ -176,16 +190,27 @@ fn spawn_firecracker_probe(config: &Config, backends: Arc<Backends>) {
 
 /// The Docker backend of this host's worker.
 pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
-    let socket_dir = config.socket_dir();
+    let backend = docker_backend_as(config, &config.worker.id, config.socket_dir())?;
+    Ok(Arc::new(backend))
+}
+
+/// A Docker backend configured as the worker's, under another worker id and socket
+/// directory: what it makes, a running worker never adopts or removes (e.g. the
+/// sandboxes of `aetherium image bake`).
+pub fn docker_backend_as(
+    config: &Config,
+    worker_id: &str,
+    socket_dir: PathBuf,
+) -> CoreResult<docker::DockerBackend> {
     std::fs::create_dir_all(&socket_dir).map_err(|e| {
         CoreError::InvalidInput(format!("cannot create {}: {e}", socket_dir.display()))
     })?;
     let installation_id = identity::installation_id(&config.data_dir).map_err(|e| {
         CoreError::InvalidInput(format!("cannot read or make the installation id: {e}"))
     })?;
-    let backend = docker::DockerBackend::connect(docker::DockerBackendConfig {
+    docker::DockerBackend::connect(docker::DockerBackendConfig {
         host: config.vmm.docker.host.clone(),
-        worker_id: config.worker.id.clone(),
+        worker_id: worker_id.to_string(),
         installation_id,
         agent_path: resolve_agent_path(config)?,
         socket_dir,
@@ -194,8 +219,7 @@ pub fn docker_backend(config: &Config) -> CoreResult<Arc<dyn Backend>> {
         egress_allow: config.vmm.docker.egress_allow.clone(),
         dns_upstream: dns_upstream(config)?,
     })
-    .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
-    Ok(Arc::new(backend))
+    .map_err(|e| CoreError::InvalidInput(e.to_string()))
 }
 
 /// The DNS servers sandboxes' queries go to: `network.dns_upstream`, else the
