@@ -15,7 +15,7 @@ use crate::agent_client::AgentClient;
 use crate::cluster_tls::ClusterTls;
 use crate::error::{CoreError, CoreResult};
 use crate::store::Store;
-use crate::tunnel::{AgentIo, Refusal, TunnelSecret, TunnelTargets};
+use crate::tunnel::{AgentStream, Refusal, TunnelSecret, TunnelTargets};
 use crate::vmm::Backend;
 
 /// Reaches the agent of a VM for direct work (streamed and interactive exec, files),
@@ -54,19 +54,17 @@ impl AgentRouter for LocalAgents {
 }
 
 /// A stream to `agent`, or `no-agent` when it does not answer.
-async fn open_agent(agent: &AgentClient, vm_id: &str) -> Result<Box<dyn AgentIo>, Refusal> {
-    match agent.open_stream().await {
-        Ok(io) => Ok(Box::new(io)),
-        Err(e) => Err(Refusal::NoAgent(format!(
-            "VM {vm_id}'s agent does not answer: {e}"
-        ))),
-    }
+async fn open_agent(agent: &AgentClient, vm_id: &str) -> Result<AgentStream, Refusal> {
+    agent
+        .open_stream()
+        .await
+        .map_err(|e| Refusal::NoAgent(format!("VM {vm_id}'s agent does not answer: {e}")))
 }
 
 /// VMs not in the map are not this worker's.
 #[async_trait]
 impl TunnelTargets for BTreeMap<String, AgentClient> {
-    async fn open(&self, vm_id: &str) -> Result<Box<dyn AgentIo>, Refusal> {
+    async fn open(&self, vm_id: &str) -> Result<AgentStream, Refusal> {
         let agent = self
             .get(vm_id)
             .ok_or_else(|| Refusal::NotOwner(format!("VM {vm_id} is not on this worker")))?;
@@ -84,7 +82,7 @@ pub struct OwnedAgents {
 
 #[async_trait]
 impl TunnelTargets for OwnedAgents {
-    async fn open(&self, vm_id: &str) -> Result<Box<dyn AgentIo>, Refusal> {
+    async fn open(&self, vm_id: &str) -> Result<AgentStream, Refusal> {
         let vm = self
             .store
             .get_vm(vm_id)

@@ -287,9 +287,14 @@ impl Refusal {
     }
 }
 
-/// A byte stream to a sandbox's agent (its socket, or a tunnel to another host).
-pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
+/// A byte stream to a sandbox's agent, whatever the transport (its socket, vsock,
+/// or this tunnel to another host).
+pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AgentIo for T {}
+
+/// A connected byte stream to an agent, past any transport handshake: what the
+/// agent reads from it is HTTP (`AgentClient::open_stream`).
+pub type AgentStream = Box<dyn AgentIo>;
 
 /// What a tunnel endpoint asks about the VM an authenticated peer names: a stream to
 /// its agent if this worker owns it. `agents::OwnedAgents` is the worker's (the store
@@ -298,7 +303,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
 /// it.
 #[async_trait]
 pub trait TunnelTargets: Send + Sync + 'static {
-    async fn open(&self, vm_id: &str) -> Result<Box<dyn AgentIo>, Refusal>;
+    async fn open(&self, vm_id: &str) -> Result<AgentStream, Refusal>;
 }
 
 /// Limits of a tunnel endpoint.
@@ -516,7 +521,7 @@ async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     targets: &dyn TunnelTargets,
     secret: &TunnelSecret,
-) -> Result<(String, Box<dyn AgentIo>, Vec<u8>), HandshakeError> {
+) -> Result<(String, AgentStream, Vec<u8>), HandshakeError> {
     let nonce = new_nonce()?;
     stream
         .write_all(format!("{GREETING_PREFIX}{}\n", to_hex(&nonce)).as_bytes())

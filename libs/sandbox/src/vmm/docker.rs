@@ -17,6 +17,9 @@
 //!   worker finds (adopts or removes) exactly the containers it owns -- not those of
 //!   another installation on the same host that happens to use the same worker id.
 
+mod run_dir;
+mod state;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,6 +39,8 @@ use futures::stream::BoxStream;
 use super::{Backend, BackendError, Limit, SandboxExit, SandboxInfo, SandboxSpec, SandboxState};
 use crate::net::dns::SandboxResolver;
 use crate::net::guard::Fence;
+use run_dir::*;
+use state::*;
 
 pub const AGENT_IN_CONTAINER: &str = "/.aetherium/bin/aetherium-agent";
 pub const RUN_DIR_IN_CONTAINER: &str = "/.aetherium/run";
@@ -578,184 +583,6 @@ impl DockerBackend {
     }
 }
 
-/// Writes the agent's token for it to take at start (mode 0600: only root in the
-/// container reads it, and the agent deletes it), owned by `owner` (the remapped
-/// root) where the engine remaps user namespaces.
-fn write_token_file(
-    path: &Path,
-    token: &str,
-    owner: Option<(u32, u32)>,
-) -> Result<(), BackendError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(token.as_bytes()))
-        .and_then(|()| match owner {
-            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
-            None => Ok(()),
-        })
-        .map_err(|e| BackendError::Other(format!("cannot write {}: {e}", path.display())))
-}
-
-/// The remapped uid and gid Docker names its root dir after under `userns-remap`
-/// (`/var/lib/docker/100000.100000`).
-fn remapped_ids(root_dir: &str) -> Option<(u32, u32)> {
-    let last = Path::new(root_dir).file_name()?.to_str()?;
-    let (uid, gid) = last.split_once('.')?;
-    Some((uid.parse().ok()?, gid.parse().ok()?))
-}
-
-/// Mounts a small tmpfs on a new run directory, so that what the container writes
-/// there is bounded and never reaches the host's disk. Needs root; without it the
-/// directory stays a plain one (and the disk watch does not see it).
-#[allow(unsafe_code)]
-fn mount_run_dir(run_dir: &Path, owner: Option<(u32, u32)>) -> Result<(), BackendError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return match owner {
-            Some((uid, gid)) => {
-                std::os::unix::fs::chown(run_dir, Some(uid), Some(gid)).map_err(|e| {
-                    BackendError::Other(format!(
-                        "cannot hand {} to the remapped root: {e}",
-                        run_dir.display()
-                    ))
-                })
-            }
-            None => Ok(()),
-        };
-    }
-    let cstr = |s: &str| {
-        std::ffi::CString::new(s)
-            .map_err(|_| BackendError::Other(format!("NUL in mount argument {s:?}")))
-    };
-    let target = cstr(&run_dir.to_string_lossy())?;
-    // Under user namespace remapping, the container's root is the owner.
-    let options = match owner {
-        Some((uid, gid)) => format!("{RUN_DIR_TMPFS},uid={uid},gid={gid}"),
-        None => RUN_DIR_TMPFS.to_string(),
-    };
-    let (source, fstype, data) = (cstr("tmpfs")?, cstr("tmpfs")?, cstr(&options)?);
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(BackendError::Other(format!(
-            "cannot mount a tmpfs on {}: {}",
-            run_dir.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Unmounts a run directory's tmpfs, if it has one.
-#[allow(unsafe_code)]
-fn unmount_run_dir(run_dir: &Path) {
-    let Ok(target) = std::ffi::CString::new(run_dir.to_string_lossy().as_bytes()) else {
-        return;
-    };
-    // SAFETY: a valid NUL-terminated path; EINVAL (not a mount point) and ENOENT are
-    // the expected answers for a directory without one.
-    unsafe {
-        libc::umount2(target.as_ptr(), libc::MNT_DETACH);
-    }
-}
-
-/// Stops the sandboxes whose writable layer holds more than their `disk_mb`
-/// (one listing of the engine for all of them).
-async fn stop_over_disk(
-    docker: &Docker,
-    own_labels: &[String],
-    over_disk: &Mutex<HashSet<String>>,
-) -> Result<(), BackendError> {
-    let mut labels = own_labels.to_vec();
-    labels.push(LABEL_DISK_MB.to_string());
-    let filters = HashMap::from([("label", labels)]);
-    let options = ListContainersOptionsBuilder::default()
-        .size(true)
-        .filters(&filters)
-        .build();
-    for container in docker
-        .list_containers(Some(options))
-        .await
-        .map_err(map_err)?
-    {
-        let labels = container.labels.unwrap_or_default();
-        let (Some(vm_id), Some(limit_mb)) = (
-            labels.get(LABEL_VM),
-            labels
-                .get(LABEL_DISK_MB)
-                .and_then(|mb| mb.parse::<i64>().ok()),
-        ) else {
-            continue;
-        };
-        let used = container.size_rw.unwrap_or(0);
-        if used <= limit_mb.saturating_mul(1024 * 1024) {
-            continue;
-        }
-        tracing::warn!(
-            vm_id,
-            used_bytes = used,
-            limit_mb,
-            "sandbox over its disk quota: stopping it"
-        );
-        over_disk
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(vm_id.clone());
-        let options = bollard::query_parameters::KillContainerOptionsBuilder::default()
-            .signal("SIGKILL")
-            .build();
-        match docker
-            .kill_container(&container_name(vm_id), Some(options))
-            .await
-        {
-            Ok(()) => {}
-            // Gone or stopped meanwhile.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }) => {}
-            Err(e) => return Err(map_err(e)),
-        }
-    }
-    Ok(())
-}
-
-fn state_of(state: Option<&bollard::models::ContainerState>, over_disk: bool) -> SandboxState {
-    let Some(state) = state else {
-        return SandboxState::Missing;
-    };
-    match state.status {
-        Some(ContainerStateStatusEnum::RUNNING) => SandboxState::Running,
-        Some(ContainerStateStatusEnum::PAUSED) => SandboxState::Paused,
-        Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::RESTARTING) => {
-            SandboxState::Starting
-        }
-        _ => SandboxState::Exited {
-            exit_code: state.exit_code.unwrap_or(-1),
-            killed_for: if state.oom_killed.unwrap_or(false) {
-                Some(Limit::Memory)
-            } else if over_disk {
-                Some(Limit::Disk)
-            } else {
-                None
-            },
-        },
-    }
-}
-
 #[async_trait]
 impl Backend for DockerBackend {
     fn kind(&self) -> Orchestrator {
@@ -971,21 +798,4 @@ impl Backend for DockerBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_remapped_root_comes_from_the_engines_root_dir() {
-        assert_eq!(
-            remapped_ids("/var/lib/docker/100000.100000"),
-            Some((100000, 100000))
-        );
-        assert_eq!(
-            remapped_ids("/srv/docker/231072.231073"),
-            Some((231072, 231073))
-        );
-        for bad in ["/var/lib/docker", "", "/x/100000", "/x/a.b", "/x/1.2.3"] {
-            assert_eq!(remapped_ids(bad), None, "{bad:?}");
-        }
-    }
-}
+mod tests;
