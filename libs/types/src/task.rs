@@ -234,7 +234,6 @@ pub struct QueueStats {
     pub cancelled: u64,
     /// The same per queue (always all four: critical, high, default, low), with
     /// retries and the archive apart.
-    #[serde(default)]
     pub queues: Vec<QueueCounts>,
 }
 

@@ -1746,9 +1746,12 @@ async fn postgres_concurrent_migrations_all_succeed() {
                 .fetch_one(stores[0].pool())
                 .await
                 .unwrap();
-        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
-            .unwrap()
-            .count();
+        let files = std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../libs/store/migrations/postgres"
+        ))
+        .unwrap()
+        .count();
         assert_eq!(applied as usize, files);
         for s in &stores {
             s.ping().await.unwrap();

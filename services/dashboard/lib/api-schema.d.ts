@@ -1885,8 +1885,8 @@ export interface components {
          */
         PromptStatus: "pending" | "running" | "completed" | "failed" | "cancelled";
         /**
-         * @description One queue's tasks by state, as Asynq reports them; mirrors
-         *     `aetherium_core::queue::QueueCounts`.
+         * @description One queue's tasks by state, as Asynq reports them (`GET /queue/stats` →
+         *     `queues`).
          */
         QueueCounts: {
             /**
@@ -1896,7 +1896,8 @@ export interface components {
             active: number;
             /**
              * Format: int64
-             * @description Dead tasks in the archive (counted in `failed` too).
+             * @description Dead: out of retries or past their deadline (listed, retried and deleted
+             *     through the archive); counted in `failed` too.
              */
             archived: number;
             /** Format: int64 */
@@ -1917,7 +1918,7 @@ export interface components {
             queue: string;
             /**
              * Format: int64
-             * @description Failed an attempt, waiting for its backoff.
+             * @description Failed an attempt and waiting for its backoff.
              */
             retry: number;
             /**
@@ -1959,10 +1960,7 @@ export interface components {
              */
             start: string;
         };
-        /**
-         * @description Task counts by state (`GET /api/v1/queue/stats`); mirrors
-         *     `aetherium_core::queue::QueueStats`, which the contract tests hold it to.
-         */
+        /** @description Task counts by state (`GET /api/v1/queue/stats`). */
         QueueStats: {
             /** Format: int64 */
             cancelled: number;
@@ -1972,7 +1970,10 @@ export interface components {
             failed: number;
             /** Format: int64 */
             pending: number;
-            /** @description The same per queue (always all four: critical, high, default, low). */
+            /**
+             * @description The same per queue (always all four: critical, high, default, low), with
+             *     retries and the archive apart.
+             */
             queues: components["schemas"]["QueueCounts"][];
             /** Format: int64 */
             running: number;
