@@ -9,10 +9,6 @@ use serde::{Deserialize, Serialize};
 pub enum TaskType {
     #[serde(rename = "vm:create")]
     VmCreate,
-    #[serde(rename = "vm:start")]
-    VmStart,
-    #[serde(rename = "vm:stop")]
-    VmStop,
     #[serde(rename = "vm:delete")]
     VmDelete,
     #[serde(rename = "vm:execute")]
@@ -26,14 +22,12 @@ pub enum TaskType {
     /// Applies a VM's new network policy on its worker.
     #[serde(rename = "vm:network")]
     VmNetwork,
-    #[serde(rename = "job:execute")]
-    JobExecute,
+    /// Runs an integration's work (GitHub, Slack, Discord): produced by the
+    /// integrations' webhooks, which are being built (see docs/architecture.md).
     #[serde(rename = "integration:run")]
     IntegrationRun,
     #[serde(rename = "workspace:create")]
     WorkspaceCreate,
-    #[serde(rename = "workspace:delete")]
-    WorkspaceDelete,
     #[serde(rename = "prompt:execute")]
     PromptExecute,
 }
@@ -46,38 +40,30 @@ pub struct TaskPolicy {
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 14] = [
+    pub const ALL: [TaskType; 10] = [
         TaskType::VmCreate,
-        TaskType::VmStart,
-        TaskType::VmStop,
         TaskType::VmDelete,
         TaskType::VmExecute,
         TaskType::VmPause,
         TaskType::VmResume,
         TaskType::VmSnapshot,
         TaskType::VmNetwork,
-        TaskType::JobExecute,
         TaskType::IntegrationRun,
         TaskType::WorkspaceCreate,
-        TaskType::WorkspaceDelete,
         TaskType::PromptExecute,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TaskType::VmCreate => "vm:create",
-            TaskType::VmStart => "vm:start",
-            TaskType::VmStop => "vm:stop",
             TaskType::VmDelete => "vm:delete",
             TaskType::VmExecute => "vm:execute",
             TaskType::VmPause => "vm:pause",
             TaskType::VmResume => "vm:resume",
             TaskType::VmSnapshot => "vm:snapshot",
             TaskType::VmNetwork => "vm:network",
-            TaskType::JobExecute => "job:execute",
             TaskType::IntegrationRun => "integration:run",
             TaskType::WorkspaceCreate => "workspace:create",
-            TaskType::WorkspaceDelete => "workspace:delete",
             TaskType::PromptExecute => "prompt:execute",
         }
     }
@@ -85,16 +71,14 @@ impl TaskType {
     pub fn policy(self) -> TaskPolicy {
         let (max_retries, minutes) = match self {
             TaskType::VmCreate => (3, 25),
-            TaskType::VmStart | TaskType::VmStop => (2, 5),
             TaskType::VmDelete => (2, 2),
             TaskType::VmExecute => (2, 10),
             // A freeze or thaw either works at once or the VM is broken: no retries.
             TaskType::VmPause | TaskType::VmResume => (0, 2),
             TaskType::VmSnapshot => (0, 10),
             TaskType::VmNetwork => (2, 2),
-            TaskType::JobExecute | TaskType::IntegrationRun => (2, 30),
+            TaskType::IntegrationRun => (2, 30),
             TaskType::WorkspaceCreate => (2, 30),
-            TaskType::WorkspaceDelete => (2, 5),
             TaskType::PromptExecute => (1, 30),
         };
         TaskPolicy {

@@ -888,7 +888,7 @@ async fn redis_losing_its_data_is_repaired_from_the_records() {
 async fn retry_policies_are_per_task_type() {
     let mut options = redis_options();
     options.policies.insert(
-        TaskType::VmStop,
+        TaskType::VmSnapshot,
         RetryPolicy {
             base: Duration::from_secs(7),
             cap: Duration::from_secs(10),
@@ -896,8 +896,8 @@ async fn retry_policies_are_per_task_type() {
         },
     );
     let h = redis_with(start_redis().await, options).await;
-    let stop = task(TaskType::VmStop);
-    let other = task(TaskType::VmStart);
+    let stop = task(TaskType::VmSnapshot);
+    let other = task(TaskType::VmNetwork);
     for t in [&stop, &other] {
         h.queue.enqueue(t).await.unwrap();
         let got = h.queue.lease("w", LONG).await.unwrap().unwrap();

@@ -2163,7 +2163,7 @@ export interface components {
          * @description The kinds of queued work. Wire names are the Go original's (`vm:create`, …).
          * @enum {string}
          */
-        TaskType: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
+        TaskType: "vm:create" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "integration:run" | "workspace:create" | "prompt:execute";
         /** @description `PATCH /api-keys/{id}`: sets (or with `null` removes) a key's quota. */
         UpdateApiKeyRequest: {
             quota: components["schemas"]["KeyQuota"] | null;
@@ -4726,7 +4726,7 @@ export interface operations {
                 /** @description Only tasks in this state (case-insensitive). */
                 status?: "pending" | "running" | "completed" | "failed" | "cancelled";
                 /** @description Only tasks of this type (case-insensitive). */
-                type?: "vm:create" | "vm:start" | "vm:stop" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "job:execute" | "integration:run" | "workspace:create" | "workspace:delete" | "prompt:execute";
+                type?: "vm:create" | "vm:delete" | "vm:execute" | "vm:pause" | "vm:resume" | "vm:snapshot" | "vm:network" | "integration:run" | "workspace:create" | "prompt:execute";
                 /** @description Only tasks about this VM (its id). */
                 vm_id?: string;
                 /** @description Only tasks last leased by this worker. */

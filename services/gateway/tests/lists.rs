@@ -206,7 +206,7 @@ async fn execution_and_task_pages_visit_every_row_once() {
     let marker = uuid_like();
     let mut staged = Vec::new();
     for i in 0..17 {
-        let mut t = new_task(TaskType::JobExecute, json!({}), Some(&marker));
+        let mut t = new_task(TaskType::VmSnapshot, json!({}), Some(&marker));
         t.target_worker_id = Some("nobody".into());
         t.created_at = past(i);
         platform.queue.enqueue(&t).await.unwrap();
@@ -221,7 +221,7 @@ async fn execution_and_task_pages_visit_every_row_once() {
         "tasks",
         6,
         async |_| {
-            let mut t = new_task(TaskType::JobExecute, json!({}), Some(&marker2));
+            let mut t = new_task(TaskType::VmSnapshot, json!({}), Some(&marker2));
             t.target_worker_id = Some("nobody".into());
             queue.enqueue(&t).await.unwrap();
         },
@@ -250,11 +250,11 @@ async fn task_filters_combine() {
     let marker = uuid_like();
     let fake_worker = unique("fake-worker");
     let at = |i: usize| past(i * 2);
-    // 0..6: job:execute, low queue; 6..10: integration:run, critical queue.
+    // 0..6: vm:snapshot, low queue; 6..10: integration:run, critical queue.
     let mut ids = Vec::new();
     for i in 0..10 {
         let task_type = if i < 6 {
-            TaskType::JobExecute
+            TaskType::VmSnapshot
         } else {
             TaskType::IntegrationRun
         };
@@ -300,14 +300,14 @@ async fn task_filters_combine() {
         }
     };
     assert_eq!(count(String::new()).await, 10);
-    assert_eq!(count("&type=job:execute".into()).await, 6);
+    assert_eq!(count("&type=vm:snapshot".into()).await, 6);
     assert_eq!(count("&type=INTEGRATION:RUN".into()).await, 4);
     assert_eq!(count("&queue=low".into()).await, 6);
     assert_eq!(
         count("&queue=critical&type=integration:run".into()).await,
         4
     );
-    assert_eq!(count("&queue=critical&type=job:execute".into()).await, 0);
+    assert_eq!(count("&queue=critical&type=vm:snapshot".into()).await, 0);
     assert_eq!(count(format!("&worker_id={fake_worker}")).await, 2);
     assert_eq!(count("&status=running".into()).await, 2);
     assert_eq!(count("&status=pending".into()).await, 7);

@@ -5,17 +5,13 @@ export const TASK_STATUSES: TaskStatus[] = ["pending", "running", "completed", "
 
 export const TASK_TYPES: TaskType[] = [
   "vm:create",
-  "vm:start",
-  "vm:stop",
   "vm:delete",
   "vm:execute",
   "vm:pause",
   "vm:resume",
   "vm:snapshot",
   "vm:network",
-  "job:execute",
   "integration:run",
   "workspace:create",
-  "workspace:delete",
   "prompt:execute",
 ];
