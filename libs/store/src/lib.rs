@@ -20,6 +20,7 @@ mod postgres_tasks;
 mod postgres_workers;
 mod postgres_workspaces;
 pub mod secrets;
+pub mod sql;
 /// Row mapping shared with the embedded queue, which keeps its tasks in this table.
 pub mod sqlite;
 mod sqlite_auth;

@@ -11,12 +11,10 @@
 //!   tests each pooled connection before handing it out, so after a restart it
 //!   reconnects by itself.
 
-use std::time::Duration;
-
 use aetherium_types::{Execution, Task, Vm, VmStatus, Worker};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -24,31 +22,7 @@ use super::sqlite::{from_ms, is_unique_violation, parse_enum, to_ms};
 use super::{Page, Store, TaskFilter, VmFilter};
 use crate::error::{CoreError, CoreResult};
 
-/// How long a query waits for a connection before answering `Unavailable`.
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
-}
-
-/// Connection settings of a [`PgStore`].
-#[derive(Debug, Clone)]
-pub struct PgStoreOptions {
-    pub max_connections: u32,
-    /// How long a query waits for a connection (including reconnecting to a server
-    /// that is down) before failing with `Unavailable`.
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PgStoreOptions {
-    fn default() -> Self {
-        PgStoreOptions {
-            max_connections: 16,
-            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
-        }
-    }
-}
+pub use super::sql::{PgStore, PgStoreOptions};
 
 pub(crate) fn opt_from_ms(ms: Option<i64>) -> Option<chrono::DateTime<Utc>> {
     ms.map(from_ms)
@@ -58,47 +32,6 @@ pub(crate) fn json_map(value: serde_json::Value) -> serde_json::Map<String, serd
     match value {
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
-    }
-}
-
-impl PgStore {
-    /// Connects to `url` (`postgres://user:password@host:port/database`) and runs the
-    /// migrations. The server must be reachable within the acquire timeout.
-    pub async fn connect(url: &str) -> CoreResult<PgStore> {
-        PgStore::connect_with(url, PgStoreOptions::default()).await
-    }
-
-    pub async fn connect_with(url: &str, options: PgStoreOptions) -> CoreResult<PgStore> {
-        let connect: PgConnectOptions = url
-            .parse()
-            .map_err(|e| CoreError::InvalidInput(format!("bad database url: {e}")))?;
-        let connect = connect.application_name("aetherium");
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            // A connection left over from before a server restart fails this check and
-            // is replaced, so callers never see it.
-            .test_before_acquire(true)
-            .connect_with(connect)
-            .await
-            .map_err(|e| CoreError::Unavailable(format!("cannot connect to the database: {e}")))?;
-        PgStore::migrate(&pool).await?;
-        Ok(PgStore { pool })
-    }
-
-    /// Runs the PostgreSQL migrations (safe to run from many processes at once).
-    pub async fn migrate(pool: &PgPool) -> CoreResult<()> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(inner) => CoreError::from(inner),
-                other => CoreError::Internal(anyhow::Error::new(other).context("migrations")),
-            })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 }
 

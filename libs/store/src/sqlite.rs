@@ -1,31 +1,16 @@
-//! The SQLite store (embedded mode). WAL mode, so readers never wait for the writer.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! [`Store`] on SQLite. The store itself, and how it opens its file, is [`super::sql::SqlStore`].
 
 use aetherium_types::{Execution, Task, Vm, VmStatus, Worker};
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row};
 
+pub use super::sql::SqliteStore;
 use super::{Page, Store, TaskFilter, VmFilter};
 use crate::error::{CoreError, CoreResult};
 
-#[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
-
-pub fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
+pub use super::sql::{from_ms, to_ms};
 
 fn opt_from_ms(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.map(from_ms)
@@ -35,70 +20,7 @@ fn json_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> CoreResult<T> {
-    T::from_str(text).map_err(|e| CoreError::Internal(anyhow::anyhow!("corrupt row: {e}")))
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path`) and runs
-    /// the migrations.
-    pub async fn connect(url: &str) -> CoreResult<SqliteStore> {
-        if super::DatabaseKind::of(url) != Some(super::DatabaseKind::Sqlite) {
-            return Err(CoreError::InvalidInput(format!(
-                "database url {:?} is not a SQLite URL: embedded mode (`aetherium up`) keeps \
-                 its state in SQLite (sqlite://<path>); PostgreSQL is for distributed mode",
-                super::redact_url(url)
-            )));
-        }
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| CoreError::InvalidInput(format!("bad database url {url:?}: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let file = options.get_filename().to_path_buf();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(|e| CoreError::Unavailable(format!("cannot open database {url}: {e}")))?;
-        restrict_to_owner(&file)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| CoreError::Internal(anyhow::Error::new(e).context("migrations")))?;
-        Ok(SqliteStore { pool })
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-}
-
-/// The database holds key hashes, sealed secrets and every command's output: mode
-/// 0600 for it and its WAL files, whatever the umask made them.
-fn restrict_to_owner(db: &std::path::Path) -> CoreResult<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':') {
-        return Ok(()); // in memory
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = db.as_os_str().to_owned();
-        path.push(suffix);
-        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(CoreError::Unavailable(format!(
-                    "cannot restrict {} to its owner: {e}",
-                    std::path::Path::new(&path).display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
+pub(crate) use super::sql::parse_enum;
 
 fn vm_from_row(row: &SqliteRow) -> CoreResult<Vm> {
     Ok(Vm {
@@ -200,9 +122,7 @@ fn worker_from_row(row: &SqliteRow) -> CoreResult<Worker> {
     })
 }
 
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
+pub(crate) use super::sql::is_unique_violation;
 
 fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
