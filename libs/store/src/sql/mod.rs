@@ -12,7 +12,10 @@
 //!   each pooled connection before handing it out, so after a restart it reconnects
 //!   by itself.
 
+mod auth;
 pub mod dialect;
+mod environments;
+mod secrets;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Postgres, Sqlite};
 
 pub use dialect::Dialect;
+
+use self::dialect::Query;
 
 use crate::error::{CoreError, CoreResult};
 
@@ -49,6 +54,11 @@ impl<DB: Dialect> SqlStore<DB> {
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
     }
+
+    /// A statement on this store's database.
+    fn query(&self, sql: impl sqlx::SqlSafeStr) -> Query<DB> {
+        dialect::query(sql)
+    }
 }
 
 pub fn to_ms(t: DateTime<Utc>) -> i64 {
@@ -65,6 +75,11 @@ pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> CoreResult<T> 
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// A value bound as JSON (TEXT on SQLite, JSONB on PostgreSQL).
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<&T> {
+    sqlx::types::Json(value)
 }
 
 impl SqlStore<Sqlite> {
