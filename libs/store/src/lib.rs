@@ -11,8 +11,6 @@ pub mod events;
 pub mod leases;
 pub mod logs;
 pub(crate) mod postgres;
-mod postgres_events;
-mod postgres_leases;
 mod postgres_tasks;
 mod postgres_workers;
 mod postgres_workspaces;
@@ -20,8 +18,6 @@ pub mod secrets;
 pub mod sql;
 /// Row mapping shared with the embedded queue, which keeps its tasks in this table.
 pub mod sqlite;
-mod sqlite_events;
-mod sqlite_leases;
 mod sqlite_tasks;
 mod sqlite_workers;
 mod sqlite_workspaces;

@@ -15,6 +15,8 @@
 mod auth;
 pub mod dialect;
 mod environments;
+mod events;
+mod leases;
 mod secrets;
 
 use std::str::FromStr;
