@@ -11,16 +11,10 @@ pub mod events;
 pub mod leases;
 pub mod logs;
 pub(crate) mod postgres;
-mod postgres_tasks;
-mod postgres_workers;
-mod postgres_workspaces;
 pub mod secrets;
 pub mod sql;
 /// Row mapping shared with the embedded queue, which keeps its tasks in this table.
 pub mod sqlite;
-mod sqlite_tasks;
-mod sqlite_workers;
-mod sqlite_workspaces;
 pub mod tasks;
 pub mod workers;
 pub mod workspaces;

@@ -17,7 +17,11 @@ pub mod dialect;
 mod environments;
 mod events;
 mod leases;
+mod rows;
 mod secrets;
+mod tasks;
+mod workers;
+mod workspaces;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,6 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, Postgres, Sqlite};
 
 pub use dialect::Dialect;
+pub use rows::task_from_row;
 
 use self::dialect::Query;
 

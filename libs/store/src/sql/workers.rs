@@ -1,23 +1,22 @@
-//! Worker rows in PostgreSQL, each change in one statement (twin of
-//! `sqlite_workers.rs`): heartbeats that keep an administrator's drain, status
-//! compare-and-sets, the offline sweep (each stale worker is returned to exactly one
-//! caller, however many gateways sweep at once), and what each worker's VMs take.
+//! Worker rows, each change in one statement: heartbeats that keep an administrator's
+//! drain, status compare-and-sets, the offline sweep (each stale worker is returned
+//! to exactly one caller, however many gateways sweep at once), and what each
+//! worker's VMs take.
 
 use aetherium_types::{Worker, WorkerStatus, WorkerUsage};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::AssertSqlSafe;
 
-use super::Store;
-use super::postgres::{PgStore, jsonb, worker_from_row};
-use super::sqlite::to_ms;
-use super::workers::{DRAINED_BY_REQUEST, HOLDING};
+use super::dialect::{Arg, Dialect};
+use super::{SqlStore, json, to_ms};
 use crate::error::CoreResult;
+use crate::workers::{DRAINED_BY_REQUEST, HOLDING};
 
-impl PgStore {
+impl<DB: Dialect> SqlStore<DB> {
     pub(crate) async fn heartbeat_worker_sql(&self, w: &Worker) -> CoreResult<Worker> {
         // An administrator's drain (status draining with DRAINED_BY_REQUEST) stays
         // while the worker reports active or unhealthy.
-        let row = sqlx::query(
+        self.query(
             "INSERT INTO workers (id, hostname, address, zone, status, status_message,
                 capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -43,8 +42,8 @@ impl PgStore {
         .bind(&w.zone)
         .bind(w.status.as_str())
         .bind(&w.status_message)
-        .bind(jsonb(&w.capabilities))
-        .bind(jsonb(&w.labels))
+        .bind(json(&w.capabilities))
+        .bind(json(&w.labels))
         .bind(w.cpu_cores as i64)
         .bind(w.memory_mb as i64)
         .bind(w.max_vms as i64)
@@ -52,9 +51,7 @@ impl PgStore {
         .bind(to_ms(w.started_at))
         .bind(to_ms(w.last_seen))
         .bind(DRAINED_BY_REQUEST)
-        .fetch_one(self.pool())
-        .await?;
-        worker_from_row(&row)
+        .one(self.pool()).await
     }
 
     pub(crate) async fn set_worker_status_sql(
@@ -64,18 +61,20 @@ impl PgStore {
         to: WorkerStatus,
         message: Option<&str>,
     ) -> CoreResult<Option<Worker>> {
-        let from: Vec<String> = from.iter().map(|s| s.as_str().to_string()).collect();
-        sqlx::query(
-            "UPDATE workers SET status = $1, status_message = $2
-             WHERE id = $3 AND status = ANY($4)",
-        )
+        self.query(AssertSqlSafe(format!(
+            "UPDATE workers SET status = $1, status_message = $2 WHERE id = $3 AND {}",
+            DB::any("status", 4)
+        )))
         .bind(to.as_str())
         .bind(message)
         .bind(id)
-        .bind(&from)
+        .bind(Arg::list(from.iter().map(|s| s.as_str())))
         .execute(self.pool())
         .await?;
-        self.get_worker(id).await
+        self.query("SELECT * FROM workers WHERE id = $1")
+            .bind(id)
+            .optional(self.pool())
+            .await
     }
 
     pub(crate) async fn mark_stale_workers_offline_sql(
@@ -83,45 +82,40 @@ impl PgStore {
         seen_before: DateTime<Utc>,
         message: &str,
     ) -> CoreResult<Vec<Worker>> {
-        let rows = sqlx::query(
-            "UPDATE workers SET status = 'offline', status_message = $1
-             WHERE status <> 'offline' AND last_seen < $2
-             RETURNING *",
-        )
-        .bind(message)
-        .bind(to_ms(seen_before))
-        .fetch_all(self.pool())
-        .await?;
-        let mut changed = rows
-            .iter()
-            .map(worker_from_row)
-            .collect::<CoreResult<Vec<_>>>()?;
+        let mut changed: Vec<Worker> = self
+            .query(
+                "UPDATE workers SET status = 'offline', status_message = $1
+                 WHERE status <> 'offline' AND last_seen < $2
+                 RETURNING *",
+            )
+            .bind(message)
+            .bind(to_ms(seen_before))
+            .all(self.pool())
+            .await?;
         changed.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(changed)
     }
 
     pub(crate) async fn worker_usage_sql(&self) -> CoreResult<Vec<(String, WorkerUsage)>> {
-        let holding: Vec<String> = HOLDING.iter().map(|s| s.as_str().to_string()).collect();
-        let rows = sqlx::query(
-            "SELECT worker_id, COUNT(*) AS vms, COALESCE(SUM(vcpu_count), 0)::BIGINT AS vcpus,
-                COALESCE(SUM(memory_mb), 0)::BIGINT AS memory_mb
-             FROM vms WHERE worker_id IS NOT NULL AND status = ANY($1)
-             GROUP BY worker_id ORDER BY worker_id",
-        )
-        .bind(&holding)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<String, _>("worker_id")?,
-                    WorkerUsage {
-                        vms: row.try_get::<i64, _>("vms")? as u32,
-                        vcpus: row.try_get::<i64, _>("vcpus")? as u64,
-                        memory_mb: row.try_get::<i64, _>("memory_mb")? as u64,
-                    },
-                ))
-            })
-            .collect()
+        let rows: Vec<(String, i64, i64, i64)> = self
+            .query(AssertSqlSafe(format!(
+                "SELECT worker_id, COUNT(*), CAST(COALESCE(SUM(vcpu_count), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT)
+                 FROM vms WHERE worker_id IS NOT NULL AND {}
+                 GROUP BY worker_id ORDER BY worker_id",
+                DB::any("status", 1)
+            )))
+            .bind(Arg::list(HOLDING.iter().map(|s| s.as_str())))
+            .fetch_all(self.pool())
+            .await?;
+        let usage = rows.into_iter().map(|(worker, vms, vcpus, memory_mb)| {
+            let usage = WorkerUsage {
+                vms: vms as u32,
+                vcpus: vcpus as u64,
+                memory_mb: memory_mb as u64,
+            };
+            (worker, usage)
+        });
+        Ok(usage.collect())
     }
 }
