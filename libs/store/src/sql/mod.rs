@@ -19,6 +19,7 @@ mod events;
 mod leases;
 mod rows;
 mod secrets;
+mod store;
 mod tasks;
 mod workers;
 mod workspaces;
@@ -35,7 +36,7 @@ pub use dialect::Dialect;
 pub use rows::task_from_row;
 
 use self::dialect::Query;
-
+use super::Page;
 use crate::error::{CoreError, CoreResult};
 
 /// The store on database `DB`.
@@ -87,6 +88,24 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// A value bound as JSON (TEXT on SQLite, JSONB on PostgreSQL).
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<&T> {
     sqlx::types::Json(value)
+}
+
+/// Keyset condition for lists ordered `created_at DESC, id DESC`: rows strictly after
+/// the cursor, whose created_at is bound as `$n` and id as `$n+1` (both NULL on the
+/// first page). The casts type the parameters for PostgreSQL.
+fn keyset_sql(n: u32) -> String {
+    let m = n + 1;
+    format!(
+        "(CAST(${n} AS BIGINT) IS NULL OR created_at < ${n}
+          OR (created_at = ${n} AND id < CAST(${m} AS TEXT)))"
+    )
+}
+
+fn keyset(page: &Page) -> (Option<i64>, Option<&str>) {
+    match &page.cursor {
+        Some(c) => (Some(c.created_at_ms), Some(c.id.as_str())),
+        None => (None, None),
+    }
 }
 
 impl SqlStore<Sqlite> {
