@@ -430,34 +430,12 @@ impl<DB: Dialect> Store for SqlStore<DB> {
     }
 
     async fn upsert_worker(&self, w: &Worker) -> CoreResult<()> {
-        self.query(
-            "INSERT INTO workers (id, hostname, address, zone, status, status_message,
-                capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,
-                address = excluded.address, zone = excluded.zone, status = excluded.status,
-                status_message = excluded.status_message, capabilities = excluded.capabilities,
-                labels = excluded.labels, cpu_cores = excluded.cpu_cores,
-                memory_mb = excluded.memory_mb, max_vms = excluded.max_vms,
-                vm_count = excluded.vm_count, started_at = excluded.started_at,
-                last_seen = excluded.last_seen",
-        )
-        .bind(&w.id)
-        .bind(&w.hostname)
-        .bind(&w.address)
-        .bind(&w.zone)
-        .bind(w.status.as_str())
-        .bind(&w.status_message)
-        .bind(json(&w.capabilities))
-        .bind(json(&w.labels))
-        .bind(w.cpu_cores as i64)
-        .bind(w.memory_mb as i64)
-        .bind(w.max_vms as i64)
-        .bind(w.vm_count as i64)
-        .bind(to_ms(w.started_at))
-        .bind(to_ms(w.last_seen))
-        .execute(&self.pool)
-        .await?;
+        let sql = super::workers::upsert_worker_sql(
+            "status = excluded.status, status_message = excluded.status_message",
+        );
+        super::workers::bind_worker(self.query(AssertSqlSafe(sql)), w)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -7,35 +7,32 @@ use aetherium_types::{Worker, WorkerStatus, WorkerUsage};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::dialect::{Arg, Dialect};
+use super::dialect::{Arg, Dialect, Query};
 use super::{SqlStore, json, to_ms};
 use crate::error::CoreResult;
 use crate::workers::{DRAINED_BY_REQUEST, HOLDING};
 
-impl<DB: Dialect> SqlStore<DB> {
-    pub(crate) async fn heartbeat_worker_sql(&self, w: &Worker) -> CoreResult<Worker> {
-        // An administrator's drain (status draining with DRAINED_BY_REQUEST) stays
-        // while the worker reports active or unhealthy.
-        self.query(
-            "INSERT INTO workers (id, hostname, address, zone, status, status_message,
-                capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,
-                address = excluded.address, zone = excluded.zone,
-                status = CASE WHEN workers.status = 'draining' AND workers.status_message = $15
-                    AND excluded.status IN ('active', 'unhealthy') THEN 'draining'
-                    ELSE excluded.status END,
-                status_message = CASE WHEN workers.status = 'draining'
-                    AND workers.status_message = $15
-                    AND excluded.status IN ('active', 'unhealthy') THEN $15
-                    ELSE excluded.status_message END,
-                capabilities = excluded.capabilities,
-                labels = excluded.labels, cpu_cores = excluded.cpu_cores,
-                memory_mb = excluded.memory_mb, max_vms = excluded.max_vms,
-                vm_count = excluded.vm_count, started_at = excluded.started_at,
-                last_seen = excluded.last_seen
-             RETURNING *",
-        )
+/// `INSERT INTO workers` of a whole row (bound by [`bind_worker`] as `$1`…`$14`),
+/// updating an existing one: every column from the new row, except `status` and
+/// `status_message`, which `status` assigns.
+pub(super) fn upsert_worker_sql(status: &str) -> String {
+    format!(
+        "INSERT INTO workers (id, hostname, address, zone, status, status_message,
+            capabilities, labels, cpu_cores, memory_mb, max_vms, vm_count, started_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,
+            address = excluded.address, zone = excluded.zone, {status},
+            capabilities = excluded.capabilities,
+            labels = excluded.labels, cpu_cores = excluded.cpu_cores,
+            memory_mb = excluded.memory_mb, max_vms = excluded.max_vms,
+            vm_count = excluded.vm_count, started_at = excluded.started_at,
+            last_seen = excluded.last_seen"
+    )
+}
+
+/// Binds a worker's row as `$1`…`$14` of [`upsert_worker_sql`].
+pub(super) fn bind_worker<DB: Dialect>(query: Query<DB>, w: &Worker) -> Query<DB> {
+    query
         .bind(&w.id)
         .bind(&w.hostname)
         .bind(&w.address)
@@ -50,8 +47,26 @@ impl<DB: Dialect> SqlStore<DB> {
         .bind(w.vm_count as i64)
         .bind(to_ms(w.started_at))
         .bind(to_ms(w.last_seen))
-        .bind(DRAINED_BY_REQUEST)
-        .one(self.pool()).await
+}
+
+impl<DB: Dialect> SqlStore<DB> {
+    pub(crate) async fn heartbeat_worker_sql(&self, w: &Worker) -> CoreResult<Worker> {
+        // An administrator's drain (status draining with DRAINED_BY_REQUEST) stays
+        // while the worker reports active or unhealthy.
+        let keep_drain = upsert_worker_sql(
+            "status = CASE WHEN workers.status = 'draining' AND workers.status_message = $15
+                AND excluded.status IN ('active', 'unhealthy') THEN 'draining'
+                ELSE excluded.status END,
+            status_message = CASE WHEN workers.status = 'draining'
+                AND workers.status_message = $15
+                AND excluded.status IN ('active', 'unhealthy') THEN $15
+                ELSE excluded.status_message END",
+        );
+        let sql = format!("{keep_drain} RETURNING *");
+        bind_worker(self.query(AssertSqlSafe(sql)), w)
+            .bind(DRAINED_BY_REQUEST)
+            .one(self.pool())
+            .await
     }
 
     pub(crate) async fn set_worker_status_sql(
