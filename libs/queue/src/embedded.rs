@@ -17,7 +17,7 @@ use super::{
     QueueStats, TaskQueue, backoff, weighted_queue_order,
 };
 use crate::error::CoreResult;
-use crate::store::sqlite::{from_ms, task_from_row, to_ms};
+use crate::store::sql::{from_ms, task_from_row, to_ms};
 use aetherium_types::task::QueueName;
 
 pub struct EmbeddedQueue {

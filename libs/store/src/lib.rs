@@ -1,8 +1,9 @@
 //! Persistent state: VMs, tasks, executions, workers. One set of traits ([`Store`],
-//! [`AuthStore`], [`EventLog`], [`LogStore`]), one implementation per database:
-//! [`SqliteStore`] (embedded mode) and [`PgStore`] (distributed mode), both held to
-//! one conformance suite (`tests/store_conformance.rs`). [`connect`] picks one by
-//! the database URL.
+//! [`AuthStore`], [`EventLog`], [`LogStore`], …), one SQL implementation of them,
+//! [`SqlStore`], generic over the database ([`sql::Dialect`]): [`SqliteStore`]
+//! (embedded mode) and [`PgStore`] (distributed mode) are its two instances, both
+//! held to one conformance suite (`tests/store_conformance.rs`). [`connect`] picks
+//! one by the database URL.
 
 pub mod auth;
 pub mod environments;
@@ -10,26 +11,8 @@ pub mod error;
 pub mod events;
 pub mod leases;
 pub mod logs;
-pub(crate) mod postgres;
-mod postgres_auth;
-mod postgres_environments;
-mod postgres_events;
-mod postgres_leases;
-mod postgres_secrets;
-mod postgres_tasks;
-mod postgres_workers;
-mod postgres_workspaces;
 pub mod secrets;
-/// Row mapping shared with the embedded queue, which keeps its tasks in this table.
-pub mod sqlite;
-mod sqlite_auth;
-mod sqlite_environments;
-mod sqlite_events;
-mod sqlite_leases;
-mod sqlite_secrets;
-mod sqlite_tasks;
-mod sqlite_workers;
-mod sqlite_workspaces;
+pub mod sql;
 pub mod tasks;
 pub mod workers;
 pub mod workspaces;
@@ -48,9 +31,8 @@ pub use environments::EnvironmentStore;
 pub use events::EventLog;
 pub use leases::{IpLease, IpLeases};
 pub use logs::LogStore;
-pub use postgres::{PgStore, PgStoreOptions};
 pub use secrets::SecretStore;
-pub use sqlite::SqliteStore;
+pub use sql::{PgStore, PgStoreOptions, SqlStore, SqliteStore};
 pub use tasks::{TaskCount, TaskRecords};
 pub use workspaces::{PromptStore, WorkspaceStore};
 

@@ -1,6 +1,5 @@
-//! [`TaskRecords`] for PostgreSQL: the `tasks` table as the record of the Redis queue
-//! (distributed mode). The same statements as `sqlite_tasks.rs`, with `$n`
-//! parameters and JSONB payloads and results.
+//! [`TaskRecords`]: the `tasks` table as the record of a queue that lives elsewhere
+//! (the Redis queue, in distributed mode; embedded mode's queue is the table itself).
 
 use aetherium_types::task::QueueName;
 use aetherium_types::{Task, TaskStatus, TaskType};
@@ -8,11 +7,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::PgStore;
-use super::postgres::task_from_row;
-use super::sqlite::{parse_enum, to_ms};
-use super::tasks::{TaskCount, TaskRecords};
+use super::dialect::Dialect;
+use super::{SqlStore, parse_enum, to_ms};
 use crate::error::CoreResult;
+use crate::tasks::{TaskCount, TaskRecords};
 
 /// `status IN ('a', 'b')` for fixed status names (never user input).
 fn status_in(statuses: &[TaskStatus]) -> String {
@@ -27,10 +25,10 @@ fn status_in(statuses: &[TaskStatus]) -> String {
 }
 
 #[async_trait]
-impl TaskRecords for PgStore {
+impl<DB: Dialect> TaskRecords for SqlStore<DB> {
     async fn insert_task(&self, task: &Task) -> CoreResult<()> {
         let queue = QueueName::for_priority(task.priority);
-        sqlx::query(
+        self.query(
             "INSERT INTO tasks (id, type, status, queue, payload, result, error, priority,
                 retry_count, max_retries, timeout_seconds, worker_id, target_worker_id, vm_id,
                 created_at, scheduled_at, started_at, completed_at)
@@ -56,13 +54,10 @@ impl TaskRecords for PgStore {
     }
 
     async fn task_record(&self, id: &str) -> CoreResult<Option<Task>> {
-        sqlx::query("SELECT * FROM tasks WHERE id = $1")
+        self.query("SELECT * FROM tasks WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .as_ref()
-            .map(task_from_row)
-            .transpose()
+            .optional(self.pool())
+            .await
     }
 
     async fn record_running(
@@ -73,7 +68,7 @@ impl TaskRecords for PgStore {
         started_at: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> CoreResult<Option<Task>> {
-        sqlx::query(
+        self.query(
             "UPDATE tasks SET status = 'running', worker_id = $1, retry_count = $2,
                 started_at = $3, lease_expires_at = $4, completed_at = NULL
              WHERE id = $5 AND status IN ('pending', 'running')
@@ -84,11 +79,8 @@ impl TaskRecords for PgStore {
         .bind(to_ms(started_at))
         .bind(to_ms(lease_until))
         .bind(id)
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(task_from_row)
-        .transpose()
+        .optional(self.pool())
+        .await
     }
 
     async fn record_recovered(
@@ -98,18 +90,18 @@ impl TaskRecords for PgStore {
         error: &str,
         scheduled_at: DateTime<Utc>,
     ) -> CoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE tasks SET status = 'pending', retry_count = $1, error = $2,
+        let changed = self
+            .query(
+                "UPDATE tasks SET status = 'pending', retry_count = $1, error = $2,
                 scheduled_at = $3, lease_expires_at = NULL, completed_at = NULL
              WHERE id = $4 AND status IN ('pending', 'running') AND retry_count < $1",
-        )
-        .bind(i64::from(retry_count))
-        .bind(error)
-        .bind(to_ms(scheduled_at))
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+            )
+            .bind(i64::from(retry_count))
+            .bind(error)
+            .bind(to_ms(scheduled_at))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
         Ok(changed > 0)
     }
 
@@ -121,20 +113,20 @@ impl TaskRecords for PgStore {
         error: &str,
         scheduled_at: DateTime<Utc>,
     ) -> CoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE tasks SET status = 'pending', retry_count = $1, error = $2,
+        let changed = self
+            .query(
+                "UPDATE tasks SET status = 'pending', retry_count = $1, error = $2,
                 scheduled_at = $3, lease_expires_at = NULL, completed_at = NULL
              WHERE id = $4 AND status IN ('pending', 'running')
-               AND ($5::TEXT IS NULL OR (worker_id = $5 AND status = 'running'))",
-        )
-        .bind(i64::from(retry_count))
-        .bind(error)
-        .bind(to_ms(scheduled_at))
-        .bind(id)
-        .bind(worker_id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+               AND (CAST($5 AS TEXT) IS NULL OR (worker_id = $5 AND status = 'running'))",
+            )
+            .bind(i64::from(retry_count))
+            .bind(error)
+            .bind(to_ms(scheduled_at))
+            .bind(id)
+            .bind(worker_id)
+            .execute(self.pool())
+            .await?;
         Ok(changed > 0)
     }
 
@@ -151,11 +143,11 @@ impl TaskRecords for PgStore {
         let sql = format!(
             "UPDATE tasks SET status = $1, result = $2, error = $3, completed_at = $4,
                 lease_expires_at = NULL, retry_count = COALESCE($5, retry_count)
-             WHERE id = $6 AND {} AND ($7::TEXT IS NULL OR worker_id = $7)
+             WHERE id = $6 AND {} AND (CAST($7 AS TEXT) IS NULL OR worker_id = $7)
              RETURNING *",
             status_in(from)
         );
-        sqlx::query(AssertSqlSafe(sql))
+        self.query(AssertSqlSafe(sql))
             .bind(status.as_str())
             .bind(result)
             .bind(error)
@@ -163,30 +155,24 @@ impl TaskRecords for PgStore {
             .bind(retry_count.map(i64::from))
             .bind(id)
             .bind(worker_id)
-            .fetch_optional(self.pool())
-            .await?
-            .as_ref()
-            .map(task_from_row)
-            .transpose()
+            .optional(self.pool())
+            .await
     }
 
     async fn record_cancel_requested(&self, id: &str) -> CoreResult<Option<Task>> {
-        sqlx::query(
+        self.query(
             "UPDATE tasks SET cancel_requested_at = COALESCE(cancel_requested_at, $1)
              WHERE id = $2 AND status = 'running'
              RETURNING *",
         )
         .bind(to_ms(Utc::now()))
         .bind(id)
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(task_from_row)
-        .transpose()
+        .optional(self.pool())
+        .await
     }
 
     async fn record_reopened(&self, id: &str) -> CoreResult<Option<Task>> {
-        sqlx::query(
+        self.query(
             "UPDATE tasks SET status = 'pending', retry_count = 0, scheduled_at = $1,
                 completed_at = NULL, lease_expires_at = NULL, cancel_requested_at = NULL
              WHERE id = $2 AND status = 'failed'
@@ -194,11 +180,8 @@ impl TaskRecords for PgStore {
         )
         .bind(to_ms(Utc::now()))
         .bind(id)
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(task_from_row)
-        .transpose()
+        .optional(self.pool())
+        .await
     }
 
     async fn unfinished_tasks(
@@ -212,10 +195,10 @@ impl TaskRecords for PgStore {
             Some((ms, id)) => (Some(ms), Some(id)),
             None => (None, None),
         };
-        let rows = sqlx::query(
+        self.query(
             "SELECT * FROM tasks
              WHERE status = $1 AND created_at < $2
-               AND ($3::BIGINT IS NULL OR created_at > $3 OR (created_at = $3 AND id > $4))
+               AND (CAST($3 AS BIGINT) IS NULL OR created_at > $3 OR (created_at = $3 AND id > $4))
              ORDER BY created_at, id LIMIT $5",
         )
         .bind(status.as_str())
@@ -223,18 +206,18 @@ impl TaskRecords for PgStore {
         .bind(after_ms)
         .bind(after_id)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(task_from_row).collect()
+        .all(self.pool())
+        .await
     }
 
     async fn count_tasks(&self) -> CoreResult<Vec<TaskCount>> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status
+        let rows: Vec<(String, String, i64)> = self
+            .query(
+                "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status
              ORDER BY queue, status",
-        )
-        .fetch_all(self.pool())
-        .await?;
+            )
+            .fetch_all(self.pool())
+            .await?;
         rows.into_iter()
             .map(|(queue, status, count)| {
                 Ok(TaskCount {
@@ -251,7 +234,7 @@ impl TaskRecords for PgStore {
         if task.task_type == TaskType::VmExecute
             && let Some(id) = task.payload["execution_id"].as_str()
         {
-            sqlx::query(
+            self.query(
                 "UPDATE executions SET status = 'failed', error = $1, completed_at = $2
                  WHERE id = $3 AND status IN ('pending', 'running')",
             )
@@ -264,7 +247,7 @@ impl TaskRecords for PgStore {
         if task.task_type == TaskType::VmCreate
             && let Some(id) = task.payload["vm_id"].as_str()
         {
-            sqlx::query(
+            self.query(
                 "UPDATE vms SET status = 'FAILED', error = $1, stopped_at = $2
                  WHERE id = $3 AND status IN ('CREATED', 'STARTING')",
             )

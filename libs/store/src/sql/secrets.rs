@@ -1,46 +1,72 @@
-//! [`SecretStore`] for PostgreSQL (table from
-//! `migrations/postgres/0006_environments_secrets.sql`).
+//! [`SecretStore`] (table from `0007_environments_secrets.sql` on SQLite,
+//! `0006_environments_secrets.sql` on PostgreSQL).
 
 use aetherium_types::{Secret, SecretScope};
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
-use super::postgres::PgStore;
-use super::secrets::{SecretStore, checked_owner, list_owner};
-use super::sqlite::{from_ms, parse_enum, to_ms};
+use super::dialect::{Dialect, Model};
+use super::{SqlStore, from_ms, parse_enum, to_ms};
 use crate::error::CoreResult;
-use crate::secrets::Sealed;
+use crate::secrets::{Sealed, SecretStore, checked_owner, list_owner};
 
-fn secret_from_row(row: &PgRow) -> CoreResult<Secret> {
-    Ok(Secret {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        secret_type: parse_enum(row.try_get::<&str, _>("type")?)?,
-        description: row.try_get("description")?,
-        scope: parse_enum(row.try_get::<&str, _>("scope")?)?,
-        workspace_id: row.try_get("workspace_id")?,
-        key_id: row.try_get("key_id")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        updated_at: from_ms(row.try_get("updated_at")?),
-    })
+#[derive(sqlx::FromRow)]
+pub struct SecretRow {
+    id: String,
+    name: String,
+    #[sqlx(rename = "type")]
+    secret_type: String,
+    description: String,
+    scope: String,
+    workspace_id: Option<String>,
+    key_id: String,
+    nonce: Vec<u8>,
+    encrypted_value: Vec<u8>,
+    created_at: i64,
+    updated_at: i64,
 }
 
-fn sealed_from_row(row: &PgRow) -> CoreResult<(Secret, Sealed)> {
-    let sealed = Sealed {
-        key_id: row.try_get("key_id")?,
-        nonce: row.try_get("nonce")?,
-        ciphertext: row.try_get("encrypted_value")?,
-    };
-    Ok((secret_from_row(row)?, sealed))
+impl SecretRow {
+    fn secret(&self) -> CoreResult<Secret> {
+        Ok(Secret {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            secret_type: parse_enum(&self.secret_type)?,
+            description: self.description.clone(),
+            scope: parse_enum(&self.scope)?,
+            workspace_id: self.workspace_id.clone(),
+            key_id: self.key_id.clone(),
+            created_at: from_ms(self.created_at),
+            updated_at: from_ms(self.updated_at),
+        })
+    }
+}
+
+impl Model for Secret {
+    type Row = SecretRow;
+    fn from_row(row: SecretRow) -> CoreResult<Secret> {
+        row.secret()
+    }
+}
+
+impl Model for (Secret, Sealed) {
+    type Row = SecretRow;
+    fn from_row(row: SecretRow) -> CoreResult<(Secret, Sealed)> {
+        let secret = row.secret()?;
+        let sealed = Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.encrypted_value,
+        };
+        Ok((secret, sealed))
+    }
 }
 
 #[async_trait]
-impl SecretStore for PgStore {
+impl<DB: Dialect> SecretStore for SqlStore<DB> {
     async fn put_secret(&self, meta: &Secret, sealed: &Sealed) -> CoreResult<Secret> {
         let workspace_id = checked_owner(meta)?;
         // The conflict target is the unique index's own expression list.
-        let row = sqlx::query(
+        self.query(
             "INSERT INTO workspace_secrets (id, workspace_id, name, type, description, scope,
                 encrypted_value, nonce, key_id, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -61,19 +87,15 @@ impl SecretStore for PgStore {
         .bind(&sealed.key_id)
         .bind(to_ms(meta.created_at))
         .bind(to_ms(meta.updated_at))
-        .fetch_one(self.pool())
-        .await?;
-        secret_from_row(&row)
+        .one(self.pool())
+        .await
     }
 
     async fn get_secret(&self, id: &str) -> CoreResult<Option<(Secret, Sealed)>> {
-        sqlx::query("SELECT * FROM workspace_secrets WHERE id = $1")
+        self.query("SELECT * FROM workspace_secrets WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .as_ref()
-            .map(sealed_from_row)
-            .transpose()
+            .optional::<(Secret, Sealed)>(self.pool())
+            .await
     }
 
     async fn list_secrets(
@@ -82,20 +104,19 @@ impl SecretStore for PgStore {
         workspace_id: Option<&str>,
     ) -> CoreResult<Vec<Secret>> {
         let owner = list_owner(scope, workspace_id)?;
-        let rows = sqlx::query(
+        self.query(
             "SELECT * FROM workspace_secrets
              WHERE scope = $1 AND COALESCE(workspace_id, '') = $2
              ORDER BY name, id",
         )
         .bind(scope.as_str())
         .bind(owner)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(secret_from_row).collect()
+        .all(self.pool())
+        .await
     }
 
     async fn secrets_for_injection(&self, workspace_id: &str) -> CoreResult<Vec<(Secret, Sealed)>> {
-        let rows = sqlx::query(
+        self.query(
             "SELECT * FROM workspace_secrets s
              WHERE (s.scope = 'workspace' AND s.workspace_id = $1)
                 OR (s.scope = 'global' AND NOT EXISTS (
@@ -105,34 +126,32 @@ impl SecretStore for PgStore {
              ORDER BY s.name",
         )
         .bind(workspace_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(sealed_from_row).collect()
+        .all(self.pool())
+        .await
     }
 
     async fn delete_secret(&self, id: &str) -> CoreResult<bool> {
-        let done = sqlx::query("DELETE FROM workspace_secrets WHERE id = $1")
+        let done = self
+            .query("DELETE FROM workspace_secrets WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     async fn delete_workspace_secrets(&self, workspace_id: &str) -> CoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM workspace_secrets WHERE scope = 'workspace' AND workspace_id = $1",
-        )
-        .bind(workspace_id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+        let done = self
+            .query("DELETE FROM workspace_secrets WHERE scope = 'workspace' AND workspace_id = $1")
+            .bind(workspace_id)
+            .execute(self.pool())
+            .await?;
+        Ok(done)
     }
 
     async fn list_all_sealed(&self) -> CoreResult<Vec<(Secret, Sealed)>> {
-        let rows = sqlx::query("SELECT * FROM workspace_secrets ORDER BY created_at, id")
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(sealed_from_row).collect()
+        self.query("SELECT * FROM workspace_secrets ORDER BY created_at, id")
+            .all(self.pool())
+            .await
     }
 
     async fn update_sealed(
@@ -141,18 +160,19 @@ impl SecretStore for PgStore {
         previous: &Sealed,
         sealed: &Sealed,
     ) -> CoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE workspace_secrets SET encrypted_value = $1, nonce = $2, key_id = $3
+        let done = self
+            .query(
+                "UPDATE workspace_secrets SET encrypted_value = $1, nonce = $2, key_id = $3
              WHERE id = $4 AND key_id = $5 AND nonce = $6",
-        )
-        .bind(&sealed.ciphertext)
-        .bind(&sealed.nonce)
-        .bind(&sealed.key_id)
-        .bind(id)
-        .bind(&previous.key_id)
-        .bind(&previous.nonce)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() > 0)
+            )
+            .bind(&sealed.ciphertext)
+            .bind(&sealed.nonce)
+            .bind(&sealed.key_id)
+            .bind(id)
+            .bind(&previous.key_id)
+            .bind(&previous.nonce)
+            .execute(self.pool())
+            .await?;
+        Ok(done > 0)
     }
 }
