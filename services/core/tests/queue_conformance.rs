@@ -888,7 +888,7 @@ async fn redis_losing_its_data_is_repaired_from_the_records() {
 async fn retry_policies_are_per_task_type() {
     let mut options = redis_options();
     options.policies.insert(
-        TaskType::VmSnapshot,
+        TaskType::VmDelete,
         RetryPolicy {
             base: Duration::from_secs(7),
             cap: Duration::from_secs(10),
@@ -896,7 +896,7 @@ async fn retry_policies_are_per_task_type() {
         },
     );
     let h = redis_with(start_redis().await, options).await;
-    let stop = task(TaskType::VmSnapshot);
+    let stop = task(TaskType::VmDelete);
     let other = task(TaskType::VmNetwork);
     for t in [&stop, &other] {
         h.queue.enqueue(t).await.unwrap();

@@ -193,6 +193,13 @@ impl Platform {
         }
         self.store.update_execution(execution).await?;
         crate::metrics::record_execution(execution);
+        self.publish_execution_done(execution);
+        Ok(())
+    }
+
+    /// Logs a finished execution (the program's name is never logged: arguments may
+    /// hold secrets) and publishes `execution.completed` or `execution.failed`.
+    pub fn publish_execution_done(&self, execution: &Execution) {
         tracing::info!(
             execution_id = %execution.id,
             vm_id = %execution.vm_id,
@@ -211,7 +218,6 @@ impl Platform {
             &execution.id,
             serde_json::json!({"vm_id": execution.vm_id, "status": execution.status, "exit_code": execution.exit_code}),
         );
-        Ok(())
     }
 }
 

@@ -27,7 +27,7 @@ impl Worker {
                 Some("the worker stopped while the command ran; it was not run again".into());
             execution.completed_at = Some(Utc::now());
             store.update_execution(&execution).await?;
-            self.publish_execution_done(&execution);
+            self.platform.publish_execution_done(&execution);
             return Ok(execution_result(&execution));
         }
         match store.get_vm(&payload.vm_id).await? {

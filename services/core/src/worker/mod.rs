@@ -542,30 +542,9 @@ impl Worker {
             e.error = Some(error.to_string());
             e.completed_at = Some(Utc::now());
             if store.update_execution(&e).await.is_ok() {
-                self.publish_execution_done(&e);
+                self.platform.publish_execution_done(&e);
             }
         }
-    }
-
-    fn publish_execution_done(&self, e: &Execution) {
-        tracing::info!(
-            execution_id = %e.id,
-            vm_id = %e.vm_id,
-            status = %e.status,
-            exit_code = ?e.exit_code,
-            duration_ms = ?e.duration_ms,
-            "execution finished"
-        );
-        let event = if e.status == ExecutionStatus::Failed {
-            EventType::ExecutionFailed
-        } else {
-            EventType::ExecutionCompleted
-        };
-        self.platform.publish(
-            event,
-            &e.id,
-            json!({"vm_id": e.vm_id, "status": e.status, "exit_code": e.exit_code}),
-        );
     }
 }
 
