@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::validate::{
-    MAX_BRANCH_LEN, MAX_ENV_NAME_LEN, MAX_URL_LEN, validate_env_var_name, validate_git_branch,
-    validate_git_url,
+    MAX_BRANCH_LEN, MAX_ENV_NAME_LEN, MAX_TOOLS, MAX_URL_LEN, validate_env_var_name,
+    validate_git_branch, validate_git_url, validate_tool_spec, validate_tools,
 };
 use crate::validate::{MIN_MEMORY_MB, validate_name};
 
@@ -26,7 +26,6 @@ pub const DEFAULT_ENVIRONMENT_MEMORY_MB: u64 = 2048;
 pub const MAX_VCPUS: u32 = 64;
 pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
-pub const MAX_TOOLS: usize = 64;
 pub const MAX_ENV_VARS: usize = 256;
 pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
 pub const MAX_MCP_SERVERS: usize = 32;
@@ -247,7 +246,7 @@ impl CreateEnvironmentRequest {
             validate_git_branch("git_branch", branch)?;
         }
         validate_working_directory(&self.working_directory)?;
-        validate_tools(&self.tools)?;
+        validate_tools(&self.tools, &BTreeMap::new())?;
         validate_env_vars(&self.env_vars)?;
         validate_mcp_servers(&self.mcp_servers)?;
         if let Some(policy) = &self.network_policy {
@@ -356,7 +355,7 @@ impl UpdateEnvironmentRequest {
             validate_working_directory(dir)?;
         }
         if let Some(tools) = &self.tools {
-            validate_tools(tools)?;
+            validate_tools(tools, &BTreeMap::new())?;
         }
         if let Some(vars) = &self.env_vars {
             validate_env_vars(vars)?;
@@ -468,51 +467,6 @@ pub fn validate_working_directory(dir: &str) -> Result<(), String> {
     }
     if dir.split('/').any(|part| part == "..") {
         return Err("working_directory must not contain '..'".into());
-    }
-    Ok(())
-}
-
-/// A tool entry: `name` or `name@version`, the name in `[a-z0-9][a-z0-9-]*` and the
-/// version in `[A-Za-z0-9._-]+`.
-pub fn validate_tool_spec(spec: &str) -> Result<(), String> {
-    let (name, version) = match spec.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (spec, None),
-    };
-    let name_ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.len() <= 64;
-    let version_ok = version.is_none_or(|v| {
-        !v.is_empty()
-            && v.len() <= 64
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    });
-    if !name_ok || !version_ok {
-        return Err(format!(
-            "tool {spec:?} must be name or name@version (name: lowercase letters, digits and \
-             '-'; version: letters, digits, '.', '_' and '-'), like nodejs@20"
-        ));
-    }
-    Ok(())
-}
-
-fn validate_tools(tools: &[String]) -> Result<(), String> {
-    if tools.len() > MAX_TOOLS {
-        return Err(format!("at most {MAX_TOOLS} tools"));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for spec in tools {
-        validate_tool_spec(spec)?;
-        let name = spec.split('@').next().unwrap_or(spec);
-        if !seen.insert(name) {
-            return Err(format!("tool {name:?} is listed twice"));
-        }
     }
     Ok(())
 }

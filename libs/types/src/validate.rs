@@ -184,58 +184,6 @@ pub const RESERVED_ENV_NAMES: [&str; 14] = [
     "LOCALDOMAIN",
 ];
 
-/// Checks requested tools the way every request that takes them does (workspaces
-/// and VMs): at most [`MAX_TOOLS`] specs (`name` or `name@version`) and as many
-/// `name → version` pins, each well-formed. Whether the catalog has them is the
-/// server's check.
-pub fn validate_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Result<(), String> {
-    if tools.len() > MAX_TOOLS || versions.len() > MAX_TOOLS {
-        return Err(format!("at most {MAX_TOOLS} tools"));
-    }
-    for tool in tools {
-        validate_tool_name(tool)?;
-    }
-    for (tool, version) in versions {
-        validate_tool_name(tool)?;
-        validate_tool_version(tool, version)?;
-    }
-    Ok(())
-}
-
-fn validate_tool_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "tool {name:?} must be 1 to 64 characters of letters, digits, '-', '_', '.' (and '@version')"
-        ))
-    }
-}
-
-fn validate_tool_version(tool: &str, version: &str) -> Result<(), String> {
-    let ok = !version.is_empty()
-        && version.len() <= 64
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "version {version:?} of {tool} must be 1 to 64 characters of letters, digits, '-', '_', '.', '+'"
-        ))
-    }
-}
-
 pub const MAX_URL_LEN: usize = 2048;
 
 /// A repository URL git can clone (`field`: what the request calls it):
@@ -342,6 +290,63 @@ pub fn validate_env_var_name(name: &str) -> Result<(), String> {
             "{name:?} is not a valid environment variable name: letters, digits and '_', \
              not starting with a digit, at most {MAX_ENV_NAME_LEN} bytes"
         ));
+    }
+    Ok(())
+}
+
+/// A tool entry: `name` or `name@version`, the name in `[a-z0-9][a-z0-9-]*` and the
+/// version in `[A-Za-z0-9._-]+`.
+pub fn validate_tool_spec(spec: &str) -> Result<(), String> {
+    let (name, version) = match spec.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (spec, None),
+    };
+    let name_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.len() <= 64;
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    if !name_ok || !version_ok {
+        return Err(format!(
+            "tool {spec:?} must be name or name@version (name: lowercase letters, digits and \
+             '-'; version: letters, digits, '.', '_' and '-'), like nodejs@20"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks requested tools the way every request that takes them does (VMs,
+/// workspaces, environments): at most [`MAX_TOOLS`] specs, each
+/// [`validate_tool_spec`], no tool twice, and as many `name → version` pins, each
+/// well-formed. Whether the catalog has them is the server's check.
+pub fn validate_tools(tools: &[String], versions: &BTreeMap<String, String>) -> Result<(), String> {
+    if tools.len() > MAX_TOOLS || versions.len() > MAX_TOOLS {
+        return Err(format!("at most {MAX_TOOLS} tools"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in tools {
+        validate_tool_spec(spec)?;
+        let name = spec.split('@').next().unwrap_or(spec);
+        if !seen.insert(name) {
+            return Err(format!("tool {name:?} is listed twice"));
+        }
+    }
+    for (name, version) in versions {
+        if name.contains('@') {
+            return Err(format!(
+                "tool {name:?}: pin its version as the value, not in the name"
+            ));
+        }
+        validate_tool_spec(&format!("{name}@{version}"))?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ describe("the create dialog's request", () => {
   });
 
   it("catches what the API would refuse, in its words", () => {
-    expect(validateCreate({ ...blank, tools: "git bad/tool" }).tools).toMatch(/tool "bad\/tool" must be 1 to 64 characters/);
+    expect(validateCreate({ ...blank, tools: "git bad/tool" }).tools).toMatch(/tool "bad\/tool" must be name or name@version/);
     expect(validateCreate({ ...blank, vcpus: "0" }).vcpus).toBe("vcpus must be at least 1");
     expect(validateCreate({ ...blank, memoryMb: "64" }).memoryMb).toBe("memory_mb must be at least 128");
     expect(validateCreate({ ...blank, name: "-x" }).name).toMatch(/must start with a letter or digit/);

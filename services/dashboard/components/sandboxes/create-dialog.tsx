@@ -27,7 +27,8 @@ export interface CreateForm {
 const EMPTY: CreateForm = { name: "", orchestrator: "", image: "", vcpus: "", memoryMb: "", network: "", tools: "" };
 
 /** A tool spec as the API checks it (libs/types workspace.rs validate_tool_name). */
-const TOOL_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+// The API's rule (types::validate::validate_tool_spec): name[@version].
+const TOOL_RE = /^[a-z0-9][a-z0-9-]{0,63}(@[A-Za-z0-9._-]{1,64})?$/;
 
 export function parseTools(text: string): string[] {
   return text
@@ -64,7 +65,7 @@ export function validateCreate(form: CreateForm): Errors {
     else if (n > 1048576) errors.memoryMb = "memory_mb must be at most 1048576";
   }
   const badTool = parseTools(form.tools).find((t) => !TOOL_RE.test(t));
-  if (badTool) errors.tools = `tool "${badTool}" must be 1 to 64 characters of letters, digits, '-', '_', '.' (and '@version')`;
+  if (badTool) errors.tools = `tool "${badTool}" must be name or name@version (name: lowercase letters, digits and '-'; version: letters, digits, '.', '_' and '-'), like nodejs@20`;
   return errors;
 }
 
