@@ -11,7 +11,8 @@ impl Platform {
         req: &ExecuteCommandRequest,
         by: Option<&Principal>,
     ) -> CoreResult<(Execution, Task)> {
-        req.validate().map_err(CoreError::InvalidInput)?;
+        // `req` was validated where it entered: the API route (a bad request is a 400
+        // whatever VM it names) or `smart_execute`.
         let vm = self.get_vm(vm_id).await?;
         if vm.status != VmStatus::Running {
             return Err(CoreError::Conflict(format!(

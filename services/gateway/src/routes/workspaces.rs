@@ -61,7 +61,7 @@ pub async fn create_workspace(
     axum::Extension(by): axum::Extension<aetherium_types::Principal>,
     Json(req): Json<CreateWorkspaceRequest>,
 ) -> ApiResult<Response> {
-    req.validate().map_err(ApiError::bad_request)?;
+    // The use case validates the request before it touches anything.
     let workspace = state.platform.create_workspace(req, Some(&by)).await?;
     Ok((StatusCode::CREATED, Json(workspace)).into_response())
 }
@@ -170,7 +170,7 @@ pub async fn submit_prompt(
     Path(id): Path<String>,
     Json(req): Json<SubmitPromptRequest>,
 ) -> ApiResult<Response> {
-    req.validate().map_err(ApiError::bad_request)?;
+    // The use case validates the request before it touches anything.
     let prompt = state.platform.submit_prompt(&id, &req).await?;
     Ok((StatusCode::ACCEPTED, Json(prompt)).into_response())
 }
