@@ -34,12 +34,3 @@ pub(crate) fn corrupt(column: &str, e: serde_json::Error) -> CoreError {
         "corrupt environments row: column {column}: {e}"
     ))
 }
-
-/// The keyset bounds of `page` (both `None` on the first page): rows strictly after
-/// the cursor in `created_at DESC, id DESC` order.
-pub(crate) fn keyset_bounds(page: &Page) -> (Option<i64>, Option<&str>) {
-    match &page.cursor {
-        Some(c) => (Some(c.created_at_ms), Some(c.id.as_str())),
-        None => (None, None),
-    }
-}

@@ -258,6 +258,11 @@ pub fn query<DB: Dialect>(sql: impl SqlSafeStr) -> Query<DB> {
 }
 
 impl<DB: Dialect> Query<DB> {
+    /// Binds `values` in order: a list's filters, shared by its rows and its count.
+    pub fn binds(self, values: impl IntoIterator<Item = Arg>) -> Self {
+        values.into_iter().fold(self, Query::bind)
+    }
+
     pub fn bind(mut self, value: impl Into<Arg>) -> Self {
         if self.error.is_none()
             && let Err(e) = DB::push(&mut self.args, value.into())

@@ -5,10 +5,12 @@ use aetherium_types::{Environment, NetworkPolicy};
 use async_trait::async_trait;
 use sqlx::types::Json;
 
+use sqlx::AssertSqlSafe;
+
 use super::dialect::{Dialect, Model};
-use super::{SqlStore, from_ms, is_unique_violation, json, to_ms};
+use super::{SqlStore, from_ms, is_unique_violation, json, keyset, keyset_sql, to_ms};
 use crate::Page;
-use crate::environments::{EnvironmentStore, corrupt, keyset_bounds, name_taken};
+use crate::environments::{EnvironmentStore, corrupt, name_taken};
 use crate::error::CoreResult;
 
 #[derive(sqlx::FromRow)]
@@ -114,14 +116,13 @@ impl<DB: Dialect> EnvironmentStore for SqlStore<DB> {
     }
 
     async fn list_environments(&self, page: &Page) -> CoreResult<(Vec<Environment>, u64)> {
-        let (after_ms, after_id) = keyset_bounds(page);
+        let (after_ms, after_id) = keyset(page);
         let envs = self
-            .query(
-                "SELECT * FROM environments
-             WHERE (CAST($1 AS BIGINT) IS NULL OR created_at < $1
-                    OR (created_at = $1 AND id < CAST($2 AS TEXT)))
+            .query(AssertSqlSafe(format!(
+                "SELECT * FROM environments WHERE {}
              ORDER BY created_at DESC, id DESC LIMIT $3",
-            )
+                keyset_sql(1)
+            )))
             .bind(after_ms)
             .bind(after_id)
             .bind(i64::from(page.limit))

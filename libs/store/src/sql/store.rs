@@ -81,16 +81,19 @@ impl<DB: Dialect> Store for SqlStore<DB> {
               AND (CAST($4 AS TEXT) IS NULL OR created_by = $4)";
         let status = filter.status.map(|s| s.as_str());
         let (after_ms, after_id) = keyset(page);
+        let filters = [
+            Arg::from(status),
+            Arg::from(&filter.worker_id),
+            Arg::from(&filter.name),
+            Arg::from(&filter.created_by),
+        ];
         let vms: Vec<Vm> = self
             .query(AssertSqlSafe(format!(
                 "SELECT * FROM vms WHERE {FILTER} AND {}
              ORDER BY created_at DESC, id DESC LIMIT $7",
                 keyset_sql(5)
             )))
-            .bind(status)
-            .bind(&filter.worker_id)
-            .bind(&filter.name)
-            .bind(&filter.created_by)
+            .binds(filters.clone())
             .bind(after_ms)
             .bind(after_id)
             .bind(page.limit as i64)
@@ -100,10 +103,7 @@ impl<DB: Dialect> Store for SqlStore<DB> {
             .query(AssertSqlSafe(format!(
                 "SELECT COUNT(*) FROM vms WHERE {FILTER}"
             )))
-            .bind(status)
-            .bind(&filter.worker_id)
-            .bind(&filter.name)
-            .bind(&filter.created_by)
+            .binds(filters)
             .scalar(&self.pool)
             .await?;
         Ok((vms, total as u64))
@@ -364,19 +364,22 @@ impl<DB: Dialect> Store for SqlStore<DB> {
         let after = filter.created_after.map(to_ms);
         let before = filter.created_before.map(to_ms);
         let (after_ms, after_id) = keyset(page);
+        let filters = [
+            Arg::from(status),
+            Arg::from(task_type),
+            Arg::from(&filter.vm_id),
+            Arg::from(&filter.worker_id),
+            Arg::from(queue),
+            Arg::from(after),
+            Arg::from(before),
+        ];
         let tasks: Vec<Task> = self
             .query(AssertSqlSafe(format!(
                 "SELECT * FROM tasks WHERE {FILTER} AND {}
              ORDER BY created_at DESC, id DESC LIMIT $10",
                 keyset_sql(8)
             )))
-            .bind(status)
-            .bind(task_type)
-            .bind(&filter.vm_id)
-            .bind(&filter.worker_id)
-            .bind(queue)
-            .bind(after)
-            .bind(before)
+            .binds(filters.clone())
             .bind(after_ms)
             .bind(after_id)
             .bind(page.limit as i64)
@@ -386,13 +389,7 @@ impl<DB: Dialect> Store for SqlStore<DB> {
             .query(AssertSqlSafe(format!(
                 "SELECT COUNT(*) FROM tasks WHERE {FILTER}"
             )))
-            .bind(status)
-            .bind(task_type)
-            .bind(&filter.vm_id)
-            .bind(&filter.worker_id)
-            .bind(queue)
-            .bind(after)
-            .bind(before)
+            .binds(filters)
             .scalar(&self.pool)
             .await?;
         Ok((tasks, total as u64))

@@ -11,7 +11,7 @@ use sqlx::AssertSqlSafe;
 
 use super::dialect::{Arg, Dialect, Model};
 use super::rows::{JsonValue, json_map, json_or_default, opt_from_ms};
-use super::{SqlStore, from_ms, is_unique_violation, json, parse_enum, to_ms};
+use super::{SqlStore, from_ms, is_unique_violation, json, keyset, keyset_sql, parse_enum, to_ms};
 use crate::Page;
 use crate::error::{CoreError, CoreResult};
 use crate::workspaces::{
@@ -190,20 +190,18 @@ impl<DB: Dialect> WorkspaceStore for SqlStore<DB> {
     }
 
     async fn list_workspaces(&self, page: &Page) -> CoreResult<(Vec<Workspace>, u64)> {
-        let (after_ms, after_id) = match &page.cursor {
-            Some(c) => (Some(c.created_at_ms), Some(c.id.as_str())),
-            None => (None, None),
-        };
-        let workspaces = self.query(
-            "SELECT * FROM workspaces
-             WHERE (CAST($1 AS BIGINT) IS NULL OR created_at < $1 OR (created_at = $1 AND id < CAST($2 AS TEXT)))
+        let (after_ms, after_id) = keyset(page);
+        let workspaces = self
+            .query(AssertSqlSafe(format!(
+                "SELECT * FROM workspaces WHERE {}
              ORDER BY created_at DESC, id DESC LIMIT $3",
-        )
-        .bind(after_ms)
-        .bind(after_id)
-        .bind(i64::from(page.limit))
-        .all(self.pool())
-        .await?;
+                keyset_sql(1)
+            )))
+            .bind(after_ms)
+            .bind(after_id)
+            .bind(i64::from(page.limit))
+            .all(self.pool())
+            .await?;
         let total: i64 = self
             .query("SELECT COUNT(*) FROM workspaces")
             .scalar(self.pool())
