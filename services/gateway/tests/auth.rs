@@ -177,7 +177,16 @@ async fn keys_are_shown_once_and_never_listed() {
         200
     );
     let id = created["api_key"]["id"].as_str().unwrap();
-    let (_, one) = server.get(&format!("/api-keys/{id}")).await;
+    // The last use is written off the request path (a request never waits for it),
+    // so it shows up shortly after the call, not necessarily before it answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let one = loop {
+        let (_, one) = server.get(&format!("/api-keys/{id}")).await;
+        if one["last_used_at"].is_string() || std::time::Instant::now() > deadline {
+            break one;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let (_, list) = server.get("/api-keys").await;
     for text in [one.to_string(), list.to_string()] {
         assert!(!text.contains(secret), "secret leaked: {text}");
