@@ -356,6 +356,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(counts)
     }
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()>;
+    /// Sets (or clears) when a VM's time to live runs out; false: no such VM.
+    async fn set_vm_expiry(&self, id: &str, at: Option<DateTime<Utc>>) -> CoreResult<bool>;
+    /// Ids of worker `worker_id`'s VMs whose time to live ran out by `now` (at most
+    /// 100 per call, the longest expired first).
+    async fn expired_vms(&self, worker_id: &str, now: DateTime<Utc>) -> CoreResult<Vec<String>>;
     /// Records the network policy a VM's worker applied; false: no such VM.
     async fn set_vm_network_policy(
         &self,

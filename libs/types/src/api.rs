@@ -109,6 +109,28 @@ pub struct CreateVmRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub placement: Option<crate::Placement>,
+    /// Variables every process in the sandbox gets (commands, terminals), set once
+    /// its agent answers (at most 256). Kept encrypted in the queue; never shown back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Delete the sandbox this many seconds after it is created (its `expires_at`;
+    /// at most 7 days). Without it the sandbox lives until deleted.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Longest time to live a sandbox may be given: seven days.
+pub const MAX_VM_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// A sandbox's time to live: 1 s to [`MAX_VM_TTL_SECONDS`].
+pub fn validate_ttl_seconds(ttl: u64) -> Result<(), String> {
+    if ttl == 0 || ttl > MAX_VM_TTL_SECONDS {
+        return Err(format!(
+            "ttl_seconds must be between 1 and {MAX_VM_TTL_SECONDS} (7 days), not {ttl}"
+        ));
+    }
+    Ok(())
 }
 
 impl CreateVmRequest {
@@ -132,6 +154,10 @@ impl CreateVmRequest {
         crate::validate::validate_tools(&self.additional_tools, &self.tool_versions)?;
         if let Some(placement) = &self.placement {
             placement.validate()?;
+        }
+        crate::validate::validate_env_vars(&self.env).map_err(|e| format!("env: {e}"))?;
+        if let Some(ttl) = self.ttl_seconds {
+            validate_ttl_seconds(ttl)?;
         }
         Ok(())
     }

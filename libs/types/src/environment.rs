@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::validate::{
-    MAX_BRANCH_LEN, MAX_ENV_NAME_LEN, MAX_TOOLS, MAX_URL_LEN, validate_env_var_name,
-    validate_git_branch, validate_git_url, validate_tool_spec, validate_tools,
+    MAX_BRANCH_LEN, MAX_ENV_NAME_LEN, MAX_ENV_VALUE_LEN, MAX_ENV_VARS, MAX_TOOLS, MAX_URL_LEN,
+    validate_env_var_name, validate_env_vars, validate_git_branch, validate_git_url,
+    validate_tool_spec, validate_tools,
 };
 use crate::validate::{MIN_MEMORY_MB, validate_name};
 
@@ -26,8 +27,6 @@ pub const DEFAULT_ENVIRONMENT_MEMORY_MB: u64 = 2048;
 pub const MAX_VCPUS: u32 = 64;
 pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
-pub const MAX_ENV_VARS: usize = 256;
-pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
 pub const MAX_MCP_SERVERS: usize = 32;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Largest secret value: 64 KiB (an SSH key or a token fits many times over).
@@ -467,21 +466,6 @@ pub fn validate_working_directory(dir: &str) -> Result<(), String> {
     }
     if dir.split('/').any(|part| part == "..") {
         return Err("working_directory must not contain '..'".into());
-    }
-    Ok(())
-}
-
-fn validate_env_vars(vars: &BTreeMap<String, String>) -> Result<(), String> {
-    if vars.len() > MAX_ENV_VARS {
-        return Err(format!("at most {MAX_ENV_VARS} environment variables"));
-    }
-    for (name, value) in vars {
-        validate_env_var_name(name)?;
-        if value.contains('\0') || value.len() > MAX_ENV_VALUE_LEN {
-            return Err(format!(
-                "environment variable {name:?}: the value must be at most {MAX_ENV_VALUE_LEN} bytes without NUL"
-            ));
-        }
     }
     Ok(())
 }

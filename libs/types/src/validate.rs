@@ -294,6 +294,27 @@ pub fn validate_env_var_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most variables one environment map may hold.
+pub const MAX_ENV_VARS: usize = 256;
+/// Longest value of one variable.
+pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+
+/// A map of environment variables: valid names, values without NUL, bounded.
+pub fn validate_env_vars(vars: &BTreeMap<String, String>) -> Result<(), String> {
+    if vars.len() > MAX_ENV_VARS {
+        return Err(format!("at most {MAX_ENV_VARS} environment variables"));
+    }
+    for (name, value) in vars {
+        validate_env_var_name(name)?;
+        if value.contains('\0') || value.len() > MAX_ENV_VALUE_LEN {
+            return Err(format!(
+                "environment variable {name:?}: the value must be at most {MAX_ENV_VALUE_LEN} bytes without NUL"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A tool entry: `name` or `name@version`, the name in `[a-z0-9][a-z0-9-]*` and the
 /// version in `[A-Za-z0-9._-]+`.
 pub fn validate_tool_spec(spec: &str) -> Result<(), String> {

@@ -169,6 +169,7 @@ fn vm(name: &str, created: DateTime<Utc>) -> Vm {
         created_at: created,
         started_at: None,
         stopped_at: None,
+        expires_at: None,
         metadata,
     }
 }

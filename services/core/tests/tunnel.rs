@@ -664,6 +664,7 @@ fn vm_row(worker_id: &str, status: VmStatus) -> Vm {
         created_at: Utc::now(),
         started_at: None,
         stopped_at: None,
+        expires_at: None,
         metadata: Default::default(),
     }
 }

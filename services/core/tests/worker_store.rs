@@ -55,6 +55,7 @@ fn vm(worker_id: &str, status: VmStatus, vcpus: u32, memory_mb: u64) -> Vm {
         created_at: Utc::now(),
         started_at: None,
         stopped_at: None,
+        expires_at: None,
         metadata: Default::default(),
     }
 }

@@ -1385,6 +1385,13 @@ export interface components {
              *     stopped and FAILED saying so. MicroVM disks are sized by their image.
              */
             disk_mb?: number | null;
+            /**
+             * @description Variables every process in the sandbox gets (commands, terminals), set once
+             *     its agent answers (at most 256). Kept encrypted in the queue; never shown back.
+             */
+            env?: {
+                [key: string]: string;
+            };
             /** @description Image to run (Docker backend). The configured default when omitted. */
             image?: string | null;
             /** Format: int64 */
@@ -1407,6 +1414,12 @@ export interface components {
             tool_versions?: {
                 [key: string]: string;
             };
+            /**
+             * Format: int64
+             * @description Delete the sandbox this many seconds after it is created (its `expires_at`;
+             *     at most 7 days). Without it the sandbox lives until deleted.
+             */
+            ttl_seconds?: number | null;
             /** Format: int32 */
             vcpus?: number | null;
         };
@@ -2241,6 +2254,11 @@ export interface components {
             disk_mb?: number | null;
             /** @description Why the VM is FAILED (or how it stopped), when known. */
             error?: string | null;
+            /**
+             * Format: date-time
+             * @description When the platform deletes it (its time to live ran out), if ever.
+             */
+            expires_at?: string | null;
             id: string;
             image: string;
             kernel_path?: string | null;

@@ -49,6 +49,7 @@ fn staged_vm(name: &str, created_at: DateTime<Utc>) -> Vm {
         created_at,
         started_at: None,
         stopped_at: None,
+        expires_at: None,
         metadata: Default::default(),
     }
 }

@@ -81,6 +81,7 @@ fn vm_row(worker_id: &str) -> Vm {
         created_at: Utc::now(),
         started_at: Some(Utc::now()),
         stopped_at: None,
+        expires_at: None,
         metadata: Default::default(),
     }
 }

@@ -108,6 +108,7 @@ fn staged_vm(worker_id: &str) -> Vm {
         created_at: Utc::now(),
         started_at: Some(Utc::now()),
         stopped_at: None,
+        expires_at: None,
         metadata: Default::default(),
     }
 }

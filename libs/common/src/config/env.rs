@@ -57,6 +57,10 @@ pub(super) const ENV_OVERRIDES: &[(&[&str], Setter)] = &[
         c.server.dashboard_dir = Some(v.trim()).filter(|v| *v != "off").map(PathBuf::from);
         Ok(())
     }),
+    (&["AETHERIUM_E2B_DOMAIN"], |c, v| {
+        c.server.e2b_domain = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        Ok(())
+    }),
     (&["AETHERIUM_RATE_LIMIT_PER_SECOND"], |c, v| {
         c.auth.rate_limit_per_second = parse(v)?;
         Ok(())

@@ -252,6 +252,20 @@ impl Config {
             }
         }
         self.network.dns_servers()?;
+        if let Some(domain) = &self.server.e2b_domain {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if domain.len() > 200 || !domain.split('.').all(label_ok) {
+                return invalid(format!(
+                    "server.e2b_domain {domain:?} must be a DNS name like sandboxes.example.com"
+                ));
+            }
+        }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be at least 1".into());
         }

@@ -195,6 +195,11 @@ pub struct ServerConfig {
     /// Connections the API holds open at once; past it, new ones wait in the
     /// kernel's backlog until one closes.
     pub max_connections: usize,
+    /// E2B SDK compatibility: the domain under which envd traffic arrives by host
+    /// name, `49983-<sandbox id>.<e2b_domain>` (wildcard DNS and TLS in front of
+    /// this server), and the `domain` the E2B control plane answers with. Unset:
+    /// SDKs reach envd through `E2B_SANDBOX_URL` (`<url>/e2b`). See docs/e2b.md.
+    pub e2b_domain: Option<String>,
 }
 
 /// `ip`, `ip:port` or `[ipv6]:port` (port 53 unless given).
@@ -577,6 +582,7 @@ impl Default for ServerConfig {
             cors_allowed_origins: Vec::new(),
             request_timeout_seconds: 660,
             max_connections: 4096,
+            e2b_domain: None,
             dashboard_dir: Some(PathBuf::from(DEFAULT_DASHBOARD_DIR)),
         }
     }

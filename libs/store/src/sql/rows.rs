@@ -49,6 +49,7 @@ pub struct VmRow {
     created_at: i64,
     started_at: Option<i64>,
     stopped_at: Option<i64>,
+    expires_at: Option<i64>,
     metadata: JsonValue,
 }
 
@@ -75,6 +76,7 @@ impl Model for Vm {
             created_at: from_ms(row.created_at),
             started_at: opt_from_ms(row.started_at),
             stopped_at: opt_from_ms(row.stopped_at),
+            expires_at: opt_from_ms(row.expires_at),
             metadata: json_map(row.metadata),
         })
     }

@@ -26,8 +26,8 @@ impl<DB: Dialect> Store for SqlStore<DB> {
         let result = self.query(
             "INSERT INTO vms (id, name, status, orchestrator, image, vcpu_count, memory_mb,
                 kernel_path, rootfs_path, socket_path, worker_id, error, created_at, started_at,
-                stopped_at, metadata, disk_mb, created_by, network_policy, placement)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                stopped_at, metadata, disk_mb, created_by, network_policy, placement, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         )
         .bind(&vm.id)
         .bind(&vm.name)
@@ -49,6 +49,7 @@ impl<DB: Dialect> Store for SqlStore<DB> {
         .bind(&vm.created_by)
         .bind(vm.network_policy.as_ref().map(Json))
         .bind(vm.placement.as_ref().map(Json))
+        .bind(vm.expires_at.map(to_ms))
         .execute(&self.pool)
         .await;
         match result {
@@ -131,6 +132,30 @@ impl<DB: Dialect> Store for SqlStore<DB> {
             .execute(&self.pool)
             .await?;
         Ok(done > 0)
+    }
+
+    async fn set_vm_expiry(&self, id: &str, at: Option<DateTime<Utc>>) -> CoreResult<bool> {
+        let done = self
+            .query("UPDATE vms SET expires_at = $1 WHERE id = $2")
+            .bind(at.map(to_ms))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done > 0)
+    }
+
+    async fn expired_vms(&self, worker_id: &str, now: DateTime<Utc>) -> CoreResult<Vec<String>> {
+        let ids: Vec<(String,)> = self
+            .query(
+                "SELECT id FROM vms WHERE worker_id = $1 AND expires_at IS NOT NULL
+                   AND expires_at <= $2 AND status <> $3 ORDER BY expires_at LIMIT 100",
+            )
+            .bind(worker_id)
+            .bind(to_ms(now))
+            .bind(VmStatus::Stopping.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
     async fn update_vm(&self, vm: &Vm) -> CoreResult<()> {

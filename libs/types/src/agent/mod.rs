@@ -27,6 +27,27 @@ pub const ENVD_PORT: u16 = 49983;
 /// Version of the agent protocol this crate describes.
 pub const PROTOCOL_VERSION: &str = "envd-0.1/aetherium-2";
 
+/// The envd version the agent stands for towards E2B's SDKs (the `envdVersion` of
+/// the E2B control plane). The SDKs turn features on by it: 0.4.0 default user,
+/// 0.5.2 close-stdin, 0.5.7 octet-stream uploads, 0.6.2 file metadata (which the
+/// agent does not keep), 0.6.3 watch entries. So: the highest version below the
+/// first gate the agent does not meet.
+pub const ENVD_COMPAT_VERSION: &str = "0.6.1";
+
+/// What a sandbox uses now, as the agent's (envd's) `GET /metrics` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SandboxUsage {
+    /// Unix seconds.
+    pub ts: i64,
+    pub cpu_count: u32,
+    /// Percent (0 to 100) of all its CPUs since the previous sample.
+    pub cpu_used_pct: f64,
+    pub mem_total: u64,
+    pub mem_used: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
 pub const PROCESS_LIST_PATH: &str = "/process.Process/List";
 pub const PROCESS_START_PATH: &str = "/process.Process/Start";
 pub const PROCESS_CONNECT_PATH: &str = "/process.Process/Connect";

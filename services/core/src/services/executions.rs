@@ -173,37 +173,69 @@ impl Platform {
         mut payload: ExecPayload,
         env: &BTreeMap<String, String>,
     ) -> CoreResult<ExecPayload> {
-        if env.is_empty() {
-            return Ok(payload);
-        }
-        let Some(keyring) = &self.workspace_data.keyring else {
-            payload.env = env.clone();
-            return Ok(payload);
-        };
-        let plain = serde_json::to_vec(env).map_err(|e| CoreError::Internal(e.into()))?;
-        let sealed = keyring.encrypt(&plain, &env_aad(&payload.execution_id))?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        // The names stay readable; the values are only in the sealed copy.
-        payload.env = env
-            .keys()
-            .map(|name| (name.clone(), REDACTED_ENV_VALUE.to_string()))
-            .collect();
-        payload.env_sealed = Some(SealedEnv {
-            key_id: sealed.key_id,
-            nonce: base64::Engine::encode(&b64, &sealed.nonce),
-            ciphertext: base64::Engine::encode(&b64, &sealed.ciphertext),
-        });
+        (payload.env, payload.env_sealed) = self.seal_vars(env, &env_aad(&payload.execution_id))?;
         Ok(payload)
     }
 
     /// The environment a queued command runs with (unsealed).
     pub fn exec_env(&self, payload: &ExecPayload) -> CoreResult<BTreeMap<String, String>> {
-        let Some(sealed) = &payload.env_sealed else {
-            return Ok(payload.env.clone());
+        self.open_vars(
+            &payload.env,
+            payload.env_sealed.as_ref(),
+            &env_aad(&payload.execution_id),
+        )
+    }
+
+    /// The environment every process of a VM being created gets (unsealed).
+    pub fn vm_env(&self, payload: &CreatePayload) -> CoreResult<BTreeMap<String, String>> {
+        self.open_vars(
+            &payload.env,
+            payload.env_sealed.as_ref(),
+            &vm_env_aad(&payload.vm_id),
+        )
+    }
+
+    /// `vars` as a payload keeps them: the names with redacted values plus the sealed
+    /// map where a secrets key is configured, the map in clear otherwise.
+    pub(super) fn seal_vars(
+        &self,
+        vars: &BTreeMap<String, String>,
+        aad: &[u8],
+    ) -> CoreResult<(BTreeMap<String, String>, Option<SealedEnv>)> {
+        if vars.is_empty() {
+            return Ok((BTreeMap::new(), None));
+        }
+        let Some(keyring) = &self.workspace_data.keyring else {
+            return Ok((vars.clone(), None));
+        };
+        let plain = serde_json::to_vec(vars).map_err(|e| CoreError::Internal(e.into()))?;
+        let sealed = keyring.encrypt(&plain, aad)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // The names stay readable; the values are only in the sealed copy.
+        let names = vars
+            .keys()
+            .map(|name| (name.clone(), REDACTED_ENV_VALUE.to_string()))
+            .collect();
+        let sealed = SealedEnv {
+            key_id: sealed.key_id,
+            nonce: base64::Engine::encode(&b64, &sealed.nonce),
+            ciphertext: base64::Engine::encode(&b64, &sealed.ciphertext),
+        };
+        Ok((names, Some(sealed)))
+    }
+
+    fn open_vars(
+        &self,
+        clear: &BTreeMap<String, String>,
+        sealed: Option<&SealedEnv>,
+        aad: &[u8],
+    ) -> CoreResult<BTreeMap<String, String>> {
+        let Some(sealed) = sealed else {
+            return Ok(clear.clone());
         };
         let keyring = self.workspace_data.keyring.as_ref().ok_or_else(|| {
             CoreError::InvalidInput(
-                "the command's environment is encrypted and this worker has no secrets key (workspaces.encryption_key)".into(),
+                "the environment is encrypted and this worker has no secrets key (workspaces.encryption_key)".into(),
             )
         })?;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -219,14 +251,11 @@ impl Platform {
             nonce: decode("nonce", &sealed.nonce)?,
             ciphertext: decode("ciphertext", &sealed.ciphertext)?,
         };
-        let plain = keyring
-            .decrypt(&sealed, &env_aad(&payload.execution_id))
-            .map_err(|e| {
-                CoreError::InvalidInput(format!("cannot open the command's environment: {e}"))
-            })?;
-        serde_json::from_slice(&plain).map_err(|e| {
-            CoreError::InvalidInput(format!("the command's environment is corrupt: {e}"))
-        })
+        let plain = keyring.decrypt(&sealed, aad).map_err(|e| {
+            CoreError::InvalidInput(format!("cannot open the sealed environment: {e}"))
+        })?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| CoreError::InvalidInput(format!("the sealed environment is corrupt: {e}")))
     }
 
     /// What stored outputs of VM `vm`'s commands must not contain: the secrets

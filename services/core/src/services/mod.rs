@@ -31,7 +31,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::feed::LogFeed;
 use crate::queue::{CancelOutcome, QueueStats, TaskQueue};
 use crate::services::cluster::PlacementRequest;
-use crate::store::{EventLog, LogStore, Page, Store, TaskFilter, VmFilter};
+use crate::store::{Cursor, EventLog, LogStore, Page, Store, TaskFilter, VmFilter};
 
 /// Payload of `vm:create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +45,14 @@ pub struct CreatePayload {
     /// its own catalog and architecture.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
+    /// Variables for every process of the sandbox (the request's `env`): in clear
+    /// only where no encryption key is configured; read them with
+    /// [`Platform::vm_env`]. Task reads show the names only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `env` sealed with the secrets key, bound to the VM id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_sealed: Option<SealedEnv>,
 }
 
 /// Payload of `vm:execute`.
@@ -79,6 +87,11 @@ pub struct SealedEnv {
 
 fn env_aad(execution_id: &str) -> Vec<u8> {
     [b"aetherium exec env\0".as_slice(), execution_id.as_bytes()].concat()
+}
+
+/// What a VM's sealed environment is bound to: it opens for that VM only.
+fn vm_env_aad(vm_id: &str) -> Vec<u8> {
+    [b"aetherium vm env\0".as_slice(), vm_id.as_bytes()].concat()
 }
 
 /// What task payloads show of a command's environment: the names, never the values.

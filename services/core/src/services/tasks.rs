@@ -241,6 +241,22 @@ impl Platform {
         .await
     }
 
+    /// Waits until the VM is in one of `wanted`, FAILED or gone, at most `timeout`;
+    /// the VM as it is then.
+    pub async fn wait_vm_status(
+        &self,
+        id: &str,
+        wanted: &[VmStatus],
+        timeout: Duration,
+    ) -> CoreResult<Vm> {
+        self.wait_until(timeout, id, || async {
+            let vm = self.get_vm(id).await?;
+            let done = wanted.contains(&vm.status) || vm.status == VmStatus::Failed;
+            Ok((done, vm))
+        })
+        .await
+    }
+
     /// Waits until the execution has finished, at most `timeout`.
     pub async fn wait_execution_finished(
         &self,

@@ -72,6 +72,9 @@ impl Platform {
             created_at: Utc::now(),
             started_at: None,
             stopped_at: None,
+            expires_at: req
+                .ttl_seconds
+                .map(|ttl| Utc::now() + chrono::Duration::seconds(ttl as i64)),
             metadata: vm_metadata(req),
         };
         let placement = PlacementRequest {
@@ -84,10 +87,13 @@ impl Platform {
         if let Some(by) = by {
             self.enforce_quota(by, &vm).await?;
         }
+        let (env, env_sealed) = self.seal_vars(&req.env, &vm_env_aad(&vm.id))?;
         let mut payload = CreatePayload {
             vm_id: vm.id.clone(),
             then_execute: None,
             tools,
+            env,
+            env_sealed,
         };
         let mut task = new_task(TaskType::VmCreate, serde_json::Value::Null, Some(&vm.id));
         task.target_worker_id = Some(worker.id.clone());
@@ -137,11 +143,73 @@ impl Platform {
         Ok(plan.tools().iter().map(|t| t.timeout).sum())
     }
 
+    /// Gives a live VM `ttl_seconds` more to live from now (its `expires_at`), or
+    /// takes its expiry away (`None`). The VM as it is now.
+    pub async fn set_vm_ttl(&self, id: &str, ttl_seconds: Option<u64>) -> CoreResult<Vm> {
+        if let Some(ttl) = ttl_seconds {
+            aetherium_types::validate_ttl_seconds(ttl).map_err(CoreError::InvalidInput)?;
+        }
+        let vm = self.get_vm(id).await?;
+        if matches!(
+            vm.status,
+            VmStatus::Stopping | VmStatus::Stopped | VmStatus::Failed
+        ) {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is {}: it has no time left to set",
+                vm.status
+            )));
+        }
+        let at = ttl_seconds.map(|ttl| Utc::now() + chrono::Duration::seconds(ttl as i64));
+        if !self.store.set_vm_expiry(id, at).await? {
+            return Err(CoreError::NotFound(format!("VM {id} not found")));
+        }
+        self.get_vm(id).await
+    }
+
+    /// Deletes worker `worker_id`'s VMs whose time to live ran out (each worker
+    /// sweeps its own, so every expiry is enforced by one process, and again after
+    /// a restart). Returns how many deletes were queued.
+    pub async fn sweep_expired_vms(&self, worker_id: &str) -> CoreResult<usize> {
+        let mut queued = 0;
+        for id in self.store.expired_vms(worker_id, Utc::now()).await? {
+            match self.delete_vm(&id).await {
+                Ok(_) => {
+                    queued += 1;
+                    tracing::info!(vm_id = %id, "deleting a VM whose time to live ran out");
+                }
+                // Gone meanwhile, or a delete got there first.
+                Err(CoreError::NotFound(_) | CoreError::Conflict(_)) => {}
+                Err(e) => tracing::warn!(vm_id = %id, error = %e, "cannot delete an expired VM"),
+            }
+        }
+        Ok(queued)
+    }
+
     pub async fn get_vm(&self, id: &str) -> CoreResult<Vm> {
         self.store
             .get_vm(id)
             .await?
             .ok_or_else(|| CoreError::NotFound(format!("VM {id} not found")))
+    }
+
+    /// Every VM on record, newest first (for views that filter on what the store
+    /// cannot, such as E2B's metadata filters), at most `MAX_ALL_VMS`.
+    pub async fn all_vms(&self) -> CoreResult<Vec<Vm>> {
+        const MAX_ALL_VMS: usize = 100_000;
+        let mut all = Vec::new();
+        let mut page = Page {
+            limit: Page::MAX_LIMIT,
+            cursor: None,
+        };
+        loop {
+            let (vms, _) = self.store.list_vms(&VmFilter::default(), &page).await?;
+            let full = vms.len() == page.limit as usize;
+            page.cursor = vms.last().map(|vm| Cursor::after(vm.created_at, &vm.id));
+            all.extend(vms);
+            if !full || all.len() >= MAX_ALL_VMS {
+                return Ok(all);
+            }
+        }
     }
 
     pub async fn list_vms(&self, filter: &VmFilter, page: &Page) -> CoreResult<(Vec<Vm>, u64)> {

@@ -155,6 +155,7 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
         let exits = tokio::spawn(self.clone().exit_watch_loop(shutdown.clone()));
         let idle = tokio::spawn(self.clone().workspace_idle_loop(shutdown.clone()));
+        let expiry = tokio::spawn(self.clone().expiry_loop(shutdown.clone()));
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         tracing::info!(worker = %self.settings.id, "worker started");
         loop {
@@ -205,6 +206,7 @@ impl Worker {
         heartbeat.abort();
         exits.abort();
         idle.abort();
+        expiry.abort();
         tracing::info!(worker_id = %self.settings.id, "worker draining: no new tasks");
         // An administrator's drain must outlive this stop (the rows below replace it).
         let drained_by_request = self

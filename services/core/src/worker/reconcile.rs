@@ -34,6 +34,23 @@ impl Worker {
         }
     }
 
+    /// Deletes this worker's VMs whose time to live ran out, checked every second
+    /// (a TTL is given in seconds; the check is one indexed query).
+    pub(super) async fn expiry_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.platform.sweep_expired_vms(&self.settings.id).await {
+                        tracing::debug!(error = %e, "expiry sweep failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     pub(super) fn info(
         &self,
         status: WorkerStatus,

@@ -105,6 +105,27 @@ impl Worker {
                 "the sandbox's agent refused its access token: {e}"
             )));
         }
+        // The request's variables, for every process from now on (envd's /init).
+        let env = match self.platform.vm_env(&payload) {
+            Ok(env) => env,
+            Err(e) => {
+                let _ = self.remove_sandbox(&vm.id).await;
+                return Err(TaskError::permanent(e.to_string()));
+            }
+        };
+        if !env.is_empty()
+            && let Err(e) = agent
+                .init(&crate::agent_client::InitOptions {
+                    env_vars: env,
+                    ..Default::default()
+                })
+                .await
+        {
+            let _ = self.remove_sandbox(&vm.id).await;
+            return Err(TaskError::retry(format!(
+                "the sandbox's agent did not take its environment: {e}"
+            )));
+        }
         // Tools first, so that RUNNING means they are there. A failure leaves the
         // sandbox to `on_final_failure` (or to the next attempt, which starts clean).
         if !payload.tools.is_empty() {
