@@ -8,6 +8,8 @@ use hyper::body::Body;
 
 /// Headers of one part, and a preamble, are at most this big.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most bytes read after the closing delimiter before answering anyway.
+const MAX_EPILOGUE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartHeaders {
@@ -131,6 +133,25 @@ where
         }
     }
 
+    /// Reads what follows the closing delimiter (a CRLF, an epilogue, the end of a
+    /// chunked body) up to [`MAX_EPILOGUE_BYTES`]. A server that answers with body
+    /// bytes still unread closes the connection on them, and the kernel then resets
+    /// it: a client (or a relay such as the gateway's) still writing that tail gets
+    /// an error in place of the answer.
+    async fn drain_epilogue(&mut self) {
+        let mut drained = 0;
+        self.buf.clear();
+        while drained <= MAX_EPILOGUE_BYTES {
+            match self.fill().await {
+                Ok(true) => {
+                    drained += self.buf.len();
+                    self.buf.clear();
+                }
+                Ok(false) | Err(_) => return,
+            }
+        }
+    }
+
     fn find(&self, needle: &[u8]) -> Option<usize> {
         memchr::memmem::find(&self.buf, needle)
     }
@@ -161,6 +182,7 @@ where
                     // the part's headers up to an empty line.
                     if self.buf.len() >= 2 && &self.buf[..2] == b"--" {
                         self.state = State::Done;
+                        self.drain_epilogue().await;
                         return Ok(None);
                     }
                     let Some(end) = self.find(b"\r\n\r\n") else {

@@ -54,7 +54,7 @@ use crate::tunnel::{self, TunnelSecret};
 pub use crate::tunnel::{AgentIo, AgentStream};
 use transport::*;
 use wire::*;
-pub use wire::{Download, ProcessStream, RunOutput};
+pub use wire::{Download, Forwarded, ProcessStream, RunOutput};
 
 /// Bound on unary response bodies and on error bodies (a process list is the largest).
 const MAX_UNARY_RESPONSE_BYTES: usize = MAX_ENVELOPE_BYTES;
@@ -181,6 +181,75 @@ impl AgentClient {
     pub fn with_access_token(mut self, token: impl Into<String>) -> Self {
         self.access_token = Some(Token(token.into()));
         self
+    }
+
+    /// The token this client presents (`X-Access-Token`), if the agent has one:
+    /// what E2B's SDKs present as `envdAccessToken` when they reach the agent
+    /// through the gateway.
+    pub fn access_token(&self) -> Option<&str> {
+        self.access_token.as_ref().map(|Token(t)| t.as_str())
+    }
+
+    /// Sends `request` (any method, path and body, e.g. an envd call relayed for an
+    /// SDK) on a connection of its own, with this client's access token in place of
+    /// whatever `X-Access-Token` it carried, and answers with the agent's response as
+    /// it arrives. Both bodies stream: the request's is read as the agent takes it,
+    /// the response's as the caller reads it; dropping the response (the caller went
+    /// away) closes the connection.
+    pub async fn forward<B>(&self, request: Request<B>) -> Result<Response<Forwarded>, AgentError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (mut parts, body) = request.into_parts();
+        parts.headers.remove("x-access-token");
+        if let Some(Token(token)) = &self.access_token {
+            let value = http::HeaderValue::from_str(token)
+                .map_err(|e| AgentError::Protocol(format!("access token: {e}")))?;
+            parts.headers.insert("x-access-token", value);
+        }
+        // HTTP/1.1 wants a Host; the agent does not look at it.
+        parts
+            .headers
+            .insert(HOST, http::HeaderValue::from_static("localhost"));
+        let body = body
+            .map_err(|e| std::io::Error::other(e.into()))
+            .boxed_unsync();
+        let path = parts.uri.path().to_string();
+        let unavailable =
+            |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
+        let io = self.transport.connect().await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(unavailable)?;
+        let task = tokio::spawn(async move {
+            // Errors surface through the request or the response body.
+            let _ = conn.await;
+        });
+        let response = sender
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .map_err(unavailable)?;
+        let connection = Connection {
+            _sender: sender,
+            driver: Driver::Task(task),
+        };
+        Ok(response.map(|body| Forwarded {
+            body,
+            _connection: connection,
+        }))
+    }
+
+    /// `GET /metrics`: what the sandbox uses now (CPU, memory, disk).
+    pub async fn usage(&self) -> Result<aetherium_types::agent::SandboxUsage, AgentError> {
+        let (response, _connection) = self.send(Method::GET, "/metrics", None, empty()).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(error_response(status, response.into_body()).await);
+        }
+        let body = read_body(response.into_body(), MAX_UNARY_RESPONSE_BYTES).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| AgentError::Protocol(format!("malformed /metrics response: {e}")))
     }
 
     /// Hands the agent this client's access token (`POST /init`), so that it

@@ -263,3 +263,30 @@ pub(super) async fn error_response(status: StatusCode, body: Incoming) -> AgentE
         Err(_) => AgentError::Protocol(format!("agent answered HTTP {status}")),
     }
 }
+
+/// A response body relayed from an agent ([`AgentClient::forward`]): the agent's
+/// body as it arrives, holding the connection open until it is dropped.
+pub struct Forwarded {
+    pub(super) body: Incoming,
+    pub(super) _connection: Connection,
+}
+
+impl hyper::body::Body for Forwarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
