@@ -121,8 +121,29 @@ pub const ROUTE_ROLES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/metrics", Role::Viewer),
 ];
 
+/// The E2B control plane's routes (`/e2b`, E2B's API rather than ours, so not in
+/// `/api/v1`'s OpenAPI): the same roles as the VM routes they stand for. Connect
+/// hands out the sandbox's access token, so it needs what running commands needs.
+pub const E2B_ROUTE_ROLES: &[(Method, &str, Role)] = &[
+    (Method::POST, "/e2b/v2/sandboxes", Role::Operator),
+    (Method::GET, "/e2b/v2/sandboxes", Role::Viewer),
+    (Method::POST, "/e2b/sandboxes", Role::Operator),
+    (Method::GET, "/e2b/sandboxes", Role::Viewer),
+    (Method::GET, "/e2b/sandboxes/{id}", Role::Viewer),
+    (Method::DELETE, "/e2b/sandboxes/{id}", Role::Operator),
+    (
+        Method::POST,
+        "/e2b/v2/sandboxes/{id}/connect",
+        Role::Operator,
+    ),
+    (Method::POST, "/e2b/sandboxes/{id}/connect", Role::Operator),
+    (Method::POST, "/e2b/sandboxes/{id}/timeout", Role::Operator),
+    (Method::POST, "/e2b/sandboxes/{id}/pause", Role::Operator),
+    (Method::GET, "/e2b/sandboxes/{id}/metrics", Role::Viewer),
+];
+
 /// The least role for `method` on the route template `path`; `None` when the route is
-/// not in the table (refused).
+/// in neither table (refused).
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     // HEAD is answered by GET handlers and needs what GET needs.
     let method = if method == Method::HEAD {
@@ -132,6 +153,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     };
     ROUTE_ROLES
         .iter()
+        .chain(E2B_ROUTE_ROLES)
         .find(|(m, p, _)| m == method && *p == path)
         .map(|(_, _, role)| *role)
 }

@@ -35,10 +35,13 @@ pub async fn require_auth(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .map(str::to_string);
-    let Some(token) = header.or_else(|| websocket_query_token(&request)) else {
+    let Some(token) = header
+        .or_else(|| e2b_api_key(&request))
+        .or_else(|| websocket_query_token(&request))
+    else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <API key>` header",
+            "missing `Authorization: Bearer <API key>` header (E2B routes also take `X-API-KEY`)",
         )
         .into_response();
     };
@@ -108,6 +111,24 @@ pub async fn require_auth(
         state.auth.audit(&entry).await;
     }
     response
+}
+
+/// E2B's SDKs send their key as `X-API-KEY` (no scheme): taken on `/e2b` routes.
+fn e2b_api_key(request: &Request) -> Option<String> {
+    let path = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |u| u.0.path());
+    if !path.starts_with("/e2b/") {
+        return None;
+    }
+    request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// The request's route template and the client's address, for the audit log.

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod auth;
 mod dashboard;
+pub mod e2b;
 mod error;
 mod extract;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub dashboard_dir: Option<std::path::PathBuf>,
     /// Connections open at once (`server.max_connections`).
     pub max_connections: usize,
+    /// `server.e2b_domain`: envd by host name, and the E2B API's `domain`.
+    pub e2b_domain: Option<String>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
             request_timeout: max_wait + Duration::from_secs(60),
             dashboard_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            e2b_domain: None,
         }
     }
 
@@ -105,6 +109,7 @@ impl AppState {
         state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
         state.dashboard_dir = config.server.dashboard();
         state.max_connections = config.server.max_connections;
+        state.e2b_domain = config.server.e2b_domain.clone();
         state
     }
 }
@@ -258,13 +263,15 @@ pub fn router(state: AppState) -> Router {
     // Installs the process-wide recorder before the first request is counted.
     metrics::handle();
     Router::new()
-        .route("/health", get(routes::health))
+        .route("/health", get(e2b::root_health))
         .route("/ready", get(routes::ops::ready))
         .merge(root_authenticated)
         .nest("/api/v1", api)
+        .merge(e2b::router(state.clone()))
         .merge(openapi::docs_router())
-        // What no route claims: the dashboard's files (API paths keep the JSON 404).
-        .fallback(dashboard::fallback)
+        // What no route claims: envd by host name (E2B's SDKs with a domain), else
+        // the dashboard's files (API paths keep the JSON 404).
+        .fallback(e2b::root_fallback)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Inside the routing, so the matched route template is known.
         .layer(axum::middleware::from_fn(metrics::track))
