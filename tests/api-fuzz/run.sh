@@ -107,113 +107,25 @@ if [ ! -x "$AGENT_BIN" ]; then
 	[ -x "$AGENT_BIN" ] || die "still no agent binary at $AGENT_BIN after 'make agent'"
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/aetherium-api-fuzz.XXXXXX")
-DATA="$TMP/data"
-WORKER_ID="api-fuzz-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-SERVER_PID=''
-URL=''
-TOKEN=''
-
-# The one place that knows where the server keeps the bootstrap admin credential.
-api_token() {
-	local file="$DATA/admin-token"
-	[ -s "$file" ] || return 1
-	tr -d '[:space:]' <"$file"
-}
-
-api() { # METHOD PATH -> body on stdout
-	curl -sS --max-time 120 -X "$1" -H "Authorization: Bearer $TOKEN" "$URL$2"
-}
+. "$ROOT/tests/lib/server.sh"
 
 cleanup() {
 	local status=$?
 	trap - EXIT INT TERM
-	if [ -n "$URL" ] && [ -n "$TOKEN" ] && [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		# Every sandbox, through the API (it also removes their containers).
-		local ids
-		ids=$(api GET '/api/v1/vms?limit=1000' 2>/dev/null |
-			python3 -c 'import json,sys
-try: print("\n".join(v["id"] for v in json.load(sys.stdin).get("vms", [])))
-except Exception: pass' || true)
-		if [ -n "$ids" ]; then
-			log "deleting $(wc -l <<<"$ids") sandbox(es) the run left"
-			local id
-			for id in $ids; do
-				api DELETE "/api/v1/vms/$id" >/dev/null 2>&1 || true
-			done
-			local i
-			for ((i = 0; i < 60; i++)); do
-				[ -z "$(docker ps -aq --filter "label=io.aetherium.worker_id=$WORKER_ID")" ] && break
-				sleep 1
-			done
-		fi
-	fi
-	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		local i
-		for ((i = 0; i < 150; i++)); do
-			kill -0 "$SERVER_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-	fi
-	# Whatever is left of this server's containers, by id.
-	local cid
-	for cid in $(docker ps -aq --no-trunc --filter "label=io.aetherium.worker_id=$WORKER_ID"); do
-		docker rm -f "$cid" >/dev/null 2>&1 || true
-	done
-	if [ "$status" -ne 0 ] && [ -f "$TMP/server.log" ]; then
-		log "server log (last 40 lines):"
-		tail -n 40 "$TMP/server.log" >&2 || true
-	fi
-	if [ -n "${KEEP_FUZZ_TMP:-}" ]; then
-		log "kept $TMP"
-	else
-		rm -rf "$TMP"
-	fi
+	server_stop "$status"
 	exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The default longest wait (the spec's `wait` pattern spells out 600 s), a request
-# timeout above it, and no rate limit, so examples are not throttled.
-cat >"$TMP/config.yaml" <<EOF
-server:
-  max_wait_seconds: 600
-  request_timeout_seconds: 660
-auth:
-  rate_limit_per_second: 0
-worker:
-  id: $WORKER_ID
-  max_vms: 1000
-  # Above the default 8: seed.py keeps two commands running for cancels to find.
-  concurrency: 16
-vmm:
-  docker:
-    default_image: $IMAGE
-EOF
-
-log "starting $BIN up (worker $WORKER_ID, data in $DATA)"
-# setsid: Ctrl-C must not reach the server before the sandboxes are deleted through it.
-env -u AETHERIUM_API_TOKEN AETHERIUM_AGENT_PATH="$AGENT_BIN" AETHERIUM_LOG_LEVEL="${AETHERIUM_LOG_LEVEL:-warn}" NO_COLOR=1 \
-	setsid "$BIN" up --config "$TMP/config.yaml" --host 127.0.0.1 --port 0 --data-dir "$DATA" \
-	>"$TMP/server.log" 2>&1 </dev/null &
-SERVER_PID=$!
-for ((i = 0; i < 600; i++)); do
-	kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start (log below)"
-	if [ -z "$URL" ]; then
-		URL=$(sed -n 's/^aetherium is up at \(http:[^ ]*\).*/\1/p' "$TMP/server.log" | head -n 1 || true)
-	fi
-	if [ -n "$URL" ] && curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" 2>/dev/null; then
-		break
-	fi
-	sleep 0.1
-done
-curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" || die "the server did not become healthy within 60 s"
-TOKEN=$(api_token) || die "no admin credential found in $DATA/admin-token"
-log "server up at $URL"
+# Kept for the report with KEEP_FUZZ_TMP (the older name of KEEP_SERVER_TMP).
+if [ -n "${KEEP_FUZZ_TMP:-}" ]; then export KEEP_SERVER_TMP=1; fi
+server_start api-fuzz
+URL=$SERVER_URL
+TOKEN=$SERVER_TOKEN
+TMP=$SERVER_TMP
+api() { server_api "$@"; }
 
 # Not request/response routes: the WebSockets (interactive exec, workspace sessions)
 # and the endless SSE feeds.

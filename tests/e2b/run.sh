@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# E2B SDK compatibility tests: E2B's own Python SDK (debug mode) drives
-# aetherium-agent directly. See docs/e2b-compat.md.
+# E2B SDK compatibility tests: E2B's own Python SDK drives aetherium-agent directly
+# (debug mode, test_e2b_sdk.py; see docs/e2b-compat.md), then E2B's Python and JS
+# SDKs drive a real `aetherium up` in normal mode through its E2B control plane
+# (test_control_plane.py, js/; see docs/e2b.md).
 #
 #   bash tests/e2b/run.sh [pytest args...]      (make test-e2b)
 #
 # Keeps a venv in ${XDG_CACHE_HOME:-$HOME/.cache}/aetherium/e2b-venv, rebuilt only
 # when requirements.txt (or the Python version) changes; builds the agent if its
-# binary is missing; exits with pytest's status (5, "no tests collected", is a
-# failure too). Works unattended (CI=true, no stdin, as root).
+# binary is missing; exits with the first failing status (pytest's 5, "no tests
+# collected", is a failure too). With pytest arguments only pytest runs. Works
+# unattended (CI=true, no stdin, as root).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -75,10 +78,43 @@ if [ ! -x "$AETHERIUM_AGENT_BIN" ]; then
 	[ -x "$AETHERIUM_AGENT_BIN" ] || die "still no agent binary at $AETHERIUM_AGENT_BIN after 'make agent'"
 fi
 
+# Normal mode: E2B's SDKs (Python here, JS in tests/e2b/js) against a real
+# `aetherium up` on Docker, through its E2B control plane and envd relay (/e2b).
+command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 ||
+	die "docker is not reachable ('docker info' fails): run scripts/setup.sh --no-start first"
+IMAGE="${AETHERIUM_TEST_IMAGE:-aetherium/base:latest}"
+docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: run scripts/setup.sh --no-start first"
+log "building the CLI (incremental)"
+(cd "$ROOT" && cargo build -q -p aetherium-cli --bin aetherium </dev/null)
+BIN="$CARGO_TARGET_DIR/debug/aetherium"
+AGENT_BIN="$AETHERIUM_AGENT_BIN"
+[ -x "$BIN" ] || die "no CLI binary at $BIN after cargo build"
+
+. "$ROOT/tests/lib/server.sh"
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	server_stop "$status"
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+server_start e2b
+
+# Exactly what a user sets to move a script from E2B's cloud here.
+export E2B_API_KEY="$SERVER_TOKEN" E2B_API_URL="$SERVER_URL/e2b" E2B_SANDBOX_URL="$SERVER_URL/e2b"
+unset E2B_DEBUG E2B_DOMAIN
+# For the tests' own checks through Aetherium's API.
+export AETHERIUM_URL="$SERVER_URL" AETHERIUM_TOKEN="$SERVER_TOKEN" AETHERIUM_TEST_IMAGE="$IMAGE"
+
 cd "$ROOT"
 status=0
 "$VENV/bin/python" -m pytest -q tests/e2b "$@" </dev/null || status=$?
 if [ "$status" -eq 5 ]; then
 	log "error: pytest collected no tests"
+fi
+if [ "$#" -eq 0 ]; then
+	bash tests/e2b/js/run.sh </dev/null || status=$((status ? status : $?))
 fi
 exit "$status"
