@@ -115,6 +115,7 @@ conformance!(
     vm_lists_filter_and_page_in_a_stable_order,
     vm_transitions_are_compare_and_set,
     vms_are_counted_by_status,
+    vms_expire_on_their_worker_in_expiry_order,
     vms_move_between_workers_only_before_they_are_made,
     executions_are_counted_by_who_ran_them_and_deleted,
     executions_are_listed_paged_and_failed,
@@ -575,6 +576,70 @@ async fn vms_are_counted_by_status(s: Subject) {
     ];
     expected.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(counts, expected);
+}
+
+async fn vms_expire_on_their_worker_in_expiry_order(s: Subject) {
+    let store = s.store();
+    let mut never = vm("never", at(0));
+    never.status = VmStatus::Running;
+    let mut later = vm("later", at(1));
+    later.expires_at = Some(at(5_000));
+    let mut sooner = vm("sooner", at(2));
+    sooner.expires_at = Some(at(1_000));
+    let mut elsewhere = vm("elsewhere", at(3));
+    elsewhere.worker_id = Some("w2".into());
+    elsewhere.expires_at = Some(at(10));
+    let mut deleting = vm("deleting", at(4));
+    deleting.status = VmStatus::Stopping;
+    deleting.expires_at = Some(at(10));
+    for v in [&never, &later, &sooner, &elsewhere, &deleting] {
+        store.insert_vm(v).await.unwrap();
+    }
+    // Kept as given, to the millisecond.
+    let got = store.get_vm(&later.id).await.unwrap().unwrap();
+    assert_eq!(got.expires_at, Some(at(5_000)));
+    assert_eq!(
+        store.get_vm(&never.id).await.unwrap().unwrap().expires_at,
+        None
+    );
+
+    // Only w1's, not yet deleting, whose time has come, the longest expired first.
+    assert!(store.expired_vms("w1", at(999)).await.unwrap().is_empty());
+    assert_eq!(
+        store.expired_vms("w1", at(1_000)).await.unwrap(),
+        [sooner.id.clone()]
+    );
+    assert_eq!(
+        store.expired_vms("w1", at(9_000)).await.unwrap(),
+        [sooner.id.clone(), later.id.clone()]
+    );
+    assert_eq!(
+        store.expired_vms("w2", at(9_000)).await.unwrap(),
+        [elsewhere.id.clone()]
+    );
+
+    // Moved and cleared.
+    assert!(
+        store
+            .set_vm_expiry(&sooner.id, Some(at(20_000)))
+            .await
+            .unwrap()
+    );
+    assert!(store.set_vm_expiry(&later.id, None).await.unwrap());
+    assert!(store.expired_vms("w1", at(9_000)).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_vm(&sooner.id).await.unwrap().unwrap().expires_at,
+        Some(at(20_000))
+    );
+    assert!(!store.set_vm_expiry("vm-none", None).await.unwrap());
+    // A whole-row update keeps the expiry.
+    let mut updated = store.get_vm(&sooner.id).await.unwrap().unwrap();
+    updated.status = VmStatus::Running;
+    store.update_vm(&updated).await.unwrap();
+    assert_eq!(
+        store.get_vm(&sooner.id).await.unwrap().unwrap().expires_at,
+        Some(at(20_000))
+    );
 }
 
 async fn executions_are_listed_paged_and_failed(s: Subject) {
