@@ -215,25 +215,9 @@ impl AgentClient {
         let body = body
             .map_err(|e| std::io::Error::other(e.into()))
             .boxed_unsync();
-        let path = parts.uri.path().to_string();
-        let unavailable =
-            |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
-        let io = self.transport.connect().await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(unavailable)?;
-        let task = tokio::spawn(async move {
-            // Errors surface through the request or the response body.
-            let _ = conn.await;
-        });
-        let response = sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(unavailable)?;
-        let connection = Connection {
-            _sender: sender,
-            driver: Driver::Task(task),
-        };
+        let (response, connection) = self
+            .exchange(Request::from_parts(parts, body), Drive::Task)
+            .await?;
         Ok(response.map(|body| Forwarded {
             body,
             _connection: connection,
@@ -741,12 +725,6 @@ impl AgentClient {
         body: RequestBody,
         drive_by: Drive,
     ) -> Result<(Response<Incoming>, Connection), AgentError> {
-        let unavailable =
-            |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
-        let io = self.transport.connect().await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(unavailable)?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -768,6 +746,22 @@ impl AgentClient {
         let request = request
             .body(body)
             .map_err(|e| AgentError::Protocol(format!("building request: {e}")))?;
+        self.exchange(request, drive_by).await
+    }
+
+    /// Opens a connection and sends `request` on it.
+    async fn exchange(
+        &self,
+        request: Request<RequestBody>,
+        drive_by: Drive,
+    ) -> Result<(Response<Incoming>, Connection), AgentError> {
+        let path = request.uri().path().to_string();
+        let unavailable =
+            |e: hyper::Error| AgentError::Unavailable(format!("{} {path}: {e}", self.transport));
+        let io = self.transport.connect().await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(unavailable)?;
         match drive_by {
             Drive::Task => {
                 let task = tokio::spawn(async move {
