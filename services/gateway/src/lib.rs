@@ -279,11 +279,15 @@ pub fn router(state: AppState) -> Router {
         .layer(cors_layer(&state.cors_allowed_origins))
         .layer(
             // The path only: a WebSocket's URL may carry `?token=`, which must not be logged.
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |request: &axum::extract::Request| {
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::extract::Request| {
                     tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-                },
-            ),
+                })
+                // A 5xx is logged once, with its reason, where it is made (ApiError);
+                // some are routine (envd's 502 for a killed sandbox an SDK probes).
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
         .with_state(state)
 }
