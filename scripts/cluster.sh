@@ -5,6 +5,7 @@
 #   scripts/cluster.sh up      # (make cluster-up)   start everything, print the URL and key file
 #   scripts/cluster.sh down    # (make cluster-down) stop everything, by pid
 #   scripts/cluster.sh status  # what runs
+#   scripts/cluster.sh destroy # down, then remove the state dir and PostgreSQL's files
 #
 # Environment:
 #   AETHERIUM_CLUSTER_DIR   state dir (default ${XDG_STATE_HOME:-~/.local/state}/aetherium-cluster)
@@ -12,6 +13,7 @@
 #   AETHERIUM_AGENT_PATH    the sandbox agent (default: $CARGO_TARGET_DIR/agent/aetherium-agent)
 #   CLUSTER_PORT            the gateway's port (default 8090); PostgreSQL and Redis get
 #                           CLUSTER_PORT+1 and +2 on 127.0.0.1
+#   CLUSTER_WORKERS         the workers' ids, space-separated (default: local-worker-1 local-worker-2)
 # Needs: PostgreSQL server binaries (apt: postgresql), redis-server, Docker (for the workers).
 # Docs: docs/distributed.md.
 set -euo pipefail
@@ -34,7 +36,7 @@ else
 	PG_DIR="$STATE/pg"
 fi
 REDIS_PORT=$((PORT + 2))
-WORKERS=(local-worker-1 local-worker-2)
+read -r -a WORKERS <<<"${CLUSTER_WORKERS:-local-worker-1 local-worker-2}"
 
 pg_bindir() {
 	if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then
@@ -203,6 +205,13 @@ down() {
 	info "state kept in $STATE (remove it for a fresh cluster; the workers' sandboxes are removed when they are deleted through the API)"
 }
 
+destroy() {
+	down
+	rm -rf "$STATE"
+	if [ "$PG_DIR" != "$STATE/pg" ]; then rm -rf "$PG_DIR"; fi
+	ok "removed $STATE and $PG_DIR"
+}
+
 status() {
 	local f
 	for f in postgres redis "${WORKERS[@]}" gateway; do
@@ -218,8 +227,9 @@ case "${1:-}" in
 up) up ;;
 down) down ;;
 status) status ;;
+destroy) destroy ;;
 *)
-	echo "usage: $0 up|down|status" >&2
+	echo "usage: $0 up|down|status|destroy" >&2
 	exit 2
 	;;
 esac

@@ -98,16 +98,8 @@ setup_venv() {
 setup_venv
 
 # The binaries under test: incremental builds, cheap when up to date.
-log "building the CLI and the agent (incremental)"
-(cd "$ROOT" && cargo build -q -p aetherium-cli --bin aetherium </dev/null)
-BIN="$CARGO_TARGET_DIR/debug/aetherium"
-[ -x "$BIN" ] || die "no CLI binary at $BIN after cargo build"
-if [ ! -x "$AGENT_BIN" ]; then
-	make -C "$ROOT" agent </dev/null
-	[ -x "$AGENT_BIN" ] || die "still no agent binary at $AGENT_BIN after 'make agent'"
-fi
-
 . "$ROOT/tests/lib/server.sh"
+server_binaries
 
 cleanup() {
 	local status=$?

@@ -72,25 +72,16 @@ setup_venv() {
 
 setup_venv
 
-if [ ! -x "$AETHERIUM_AGENT_BIN" ]; then
-	log "agent binary $AETHERIUM_AGENT_BIN is missing; building it"
-	make -C "$ROOT" agent </dev/null
-	[ -x "$AETHERIUM_AGENT_BIN" ] || die "still no agent binary at $AETHERIUM_AGENT_BIN after 'make agent'"
-fi
-
-# Normal mode: E2B's SDKs (Python here, JS in tests/e2b/js) against a real
-# `aetherium up` on Docker, through its E2B control plane and envd relay (/e2b).
+# The debug-mode suite drives the agent; the normal-mode suites a server on Docker:
+# E2B's SDKs (Python here, JS in tests/e2b/js) through its E2B control plane and
+# envd relay (/e2b).
 command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 ||
 	die "docker is not reachable ('docker info' fails): run scripts/setup.sh --no-start first"
 IMAGE="${AETHERIUM_TEST_IMAGE:-aetherium/base:latest}"
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: run scripts/setup.sh --no-start first"
-log "building the CLI (incremental)"
-(cd "$ROOT" && cargo build -q -p aetherium-cli --bin aetherium </dev/null)
-BIN="$CARGO_TARGET_DIR/debug/aetherium"
 AGENT_BIN="$AETHERIUM_AGENT_BIN"
-[ -x "$BIN" ] || die "no CLI binary at $BIN after cargo build"
-
 . "$ROOT/tests/lib/server.sh"
+server_binaries
 cleanup() {
 	local status=$?
 	trap - EXIT INT TERM
@@ -116,5 +107,66 @@ if [ "$status" -eq 5 ]; then
 fi
 if [ "$#" -eq 0 ]; then
 	bash tests/e2b/js/run.sh </dev/null || status=$((status ? status : $?))
+fi
+
+# The SDK through a distributed cluster: PostgreSQL, Redis, a gateway and two workers
+# (scripts/cluster.sh). The gateway runs no sandbox, so every envd request crosses the
+# TLS tunnel to the owning worker.
+CLUSTER_TESTS='create_runs or list_filters or pause_then or commands_stream or pty or files_text or bad_keys or a_script_written'
+cluster_state=''
+cluster_stop() {
+	[ -n "$cluster_state" ] || return 0
+	AETHERIUM_CLUSTER_DIR="$cluster_state" bash scripts/cluster.sh destroy >/dev/null 2>&1 || true
+	local w cid
+	for w in $CLUSTER_WORKERS; do
+		for cid in $(docker ps -aq --no-trunc --filter "label=io.aetherium.worker_id=$w"); do
+			docker rm -f "$cid" >/dev/null 2>&1 || true
+		done
+	done
+	cluster_state=''
+}
+free_port_triple() { # a port P with P, P+1 and P+2 free on 127.0.0.1
+	python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    p = random.randint(20000, 59000)
+    try:
+        for q in (p, p + 1, p + 2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", q))
+        print(p)
+        break
+    except OSError:
+        continue
+PY
+}
+if [ "$#" -eq 0 ] && [ "${E2B_SKIP_CLUSTER:-}" != 1 ]; then
+	cluster_state=$(mktemp -d "${TMPDIR:-/tmp}/aetherium-e2b-cluster.XXXXXX")
+	id="e2b-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+	CLUSTER_WORKERS="$id-1 $id-2"
+	CLUSTER_PORT=$(free_port_triple)
+	export CLUSTER_WORKERS CLUSTER_PORT
+	trap 'rc=$?; cluster_stop; (exit "$rc"); cleanup' EXIT
+	log "starting a cluster (gateway on :$CLUSTER_PORT, workers $CLUSTER_WORKERS, state $cluster_state)"
+	if AETHERIUM_CLUSTER_DIR="$cluster_state" AETHERIUM_BIN="$BIN" AETHERIUM_AGENT_PATH="$AGENT_BIN" \
+		AETHERIUM_LOG_LEVEL=warn bash scripts/cluster.sh up </dev/null >"$cluster_state.log" 2>&1; then
+		gateway="http://127.0.0.1:$CLUSTER_PORT"
+		key=$(tr -d '[:space:]' <"$cluster_state/gateway/admin-token")
+		E2B_API_KEY="$key" E2B_API_URL="$gateway/e2b" E2B_SANDBOX_URL="$gateway/e2b" \
+			AETHERIUM_URL="$gateway" AETHERIUM_TOKEN="$key" \
+			"$VENV/bin/python" -m pytest -q tests/e2b/test_control_plane.py -k "$CLUSTER_TESTS" </dev/null || {
+			status=$((status ? status : $?))
+			for f in "$cluster_state"/gateway.log "$cluster_state"/e2b-*.log; do
+				log "$f (last 20 lines):"
+				tail -n 20 "$f" >&2 || true
+			done
+		}
+	else
+		log "error: the cluster did not start (log below)"
+		tail -n 30 "$cluster_state.log" >&2 || true
+		status=$((status ? status : 1))
+	fi
+	rm -f "$cluster_state.log"
+	cluster_stop
 fi
 exit "$status"

@@ -3,16 +3,29 @@
 # its own data dir, worker id and free port, stopped and cleaned up by id.
 #
 #   . tests/lib/server.sh
+#   server_binaries                       # builds the CLI (incremental), the agent if missing: sets BIN
 #   server_start NAME CONFIG_EXTRA_YAML   # sets SERVER_URL, SERVER_TOKEN, SERVER_TMP
 #   ... ; server_stop                     # deletes its sandboxes, stops it, removes SERVER_TMP
 #
-# Needs: BIN (the aetherium binary), AGENT_BIN, IMAGE, and log/die functions.
+# Needs: ROOT, CARGO_TARGET_DIR, AGENT_BIN, IMAGE, and log/die functions.
 
 SERVER_PID=''
 SERVER_URL=''
 SERVER_TOKEN=''
 SERVER_TMP=''
 SERVER_WORKER_ID=''
+
+server_binaries() {
+	log "building the CLI (incremental)"
+	(cd "$ROOT" && cargo build -q -p aetherium-cli --bin aetherium </dev/null)
+	BIN="$CARGO_TARGET_DIR/debug/aetherium"
+	[ -x "$BIN" ] || die "no CLI binary at $BIN after cargo build"
+	if [ ! -x "$AGENT_BIN" ]; then
+		log "agent binary $AGENT_BIN is missing; building it"
+		make -C "$ROOT" agent </dev/null
+		[ -x "$AGENT_BIN" ] || die "still no agent binary at $AGENT_BIN after 'make agent'"
+	fi
+}
 
 server_api() { # METHOD PATH -> body on stdout
 	curl -sS --max-time 120 -X "$1" -H "Authorization: Bearer $SERVER_TOKEN" "$SERVER_URL$2"
