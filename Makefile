@@ -31,7 +31,7 @@ help:
 	@echo "make agent        static in-sandbox agent -> $(AGENT_BIN)"
 	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
 	@echo "make test-<svc>   one crate: types common store queue sandbox core agent gateway cli k8s-manager"
-	@echo "make test-e2b     E2B Python SDK against the agent (tests/e2b, needs PyPI once)"
+	@echo "make test-e2b     E2B's Python and JS SDKs: against the agent, then a real server and a cluster (tests/e2b, needs PyPI/npm once)"
 	@echo "make test-api-fuzz  schemathesis against the served OpenAPI spec (tests/api-fuzz, needs PyPI once)"
 	@echo "make test-dashboard  dashboard unit tests (vitest) + end-to-end tests (Chromium, a real aetherium up)"
 	@echo "make dashboard    build the web dashboard (npm ci when needed, next build) and install it to /usr/local/share/aetherium/dashboard"
@@ -65,7 +65,8 @@ test: check-env agent
 	$(MAKE) --no-print-directory test-dashboard || status=$$((status ? status : $$?)); \
 	exit $$status
 
-# E2B's Python SDK (debug mode) against the agent: tests/e2b, docs/e2b-compat.md.
+# E2B's SDKs: Python in debug mode against the agent (docs/e2b-compat.md), then Python
+# and JS in normal mode against `aetherium up` and a local cluster (docs/e2b.md).
 test-e2b: agent
 	bash tests/e2b/run.sh
 
