@@ -23,7 +23,7 @@ export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
 	test-types test-common test-store test-queue test-sandbox test-core test-agent test-gateway test-cli test-k8s-manager \
-	test-e2b test-api-fuzz bench-http bench-queue bench-boot cluster-up cluster-down \
+	test-e2b test-api-fuzz bench-http bench-e2b bench-queue bench-boot cluster-up cluster-down \
 	dashboard dashboard-api test-dashboard
 
 help:
@@ -42,6 +42,7 @@ help:
 	@echo "make bench-queue  task queue throughput + enqueue->lease latency (embedded, Redis; needs redis-server)"
 	@echo "make bench-boot   microVM boot-to-agent-ready per backend vs a bare qemu boot to /init"
 	@echo "make bench-http   wrk: authenticated GET /api/v1/vms vs GET /health (BENCH_HTTP_ARGS='-d 30')"
+	@echo "make bench-e2b    E2B SDK vs /api/v1 create->output; /e2b relay vs agent socket: RTT, MiB/s (BENCH_E2B_ARGS='-n 20')"
 	@echo "make cluster-up   a local distributed cluster: PostgreSQL, Redis, 1 gateway (:8090), 2 workers (docs/distributed.md)"
 	@echo "make cluster-down stop it (by pid)"
 	@echo "make clean        cargo clean (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR))"
@@ -151,6 +152,11 @@ bench-boot: check-env agent
 # HTTP throughput with wrk: authenticated GET /api/v1/vms next to GET /health.
 bench-http: check-env agent
 	bash benches/api_throughput.sh $(BENCH_HTTP_ARGS)
+
+# E2B compatibility: E2B's SDK vs /api/v1 (create -> first output), and the /e2b envd
+# relay vs the agent's own socket (unary call latency, file download/upload MiB/s).
+bench-e2b:
+	bash benches/e2b.sh $(BENCH_E2B_ARGS)
 
 clean:
 	$(CARGO) clean
