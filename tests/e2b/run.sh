@@ -109,9 +109,10 @@ if [ "$#" -eq 0 ]; then
 	bash tests/e2b/js/run.sh </dev/null || status=$((status ? status : $?))
 fi
 
-# The SDK through a distributed cluster: PostgreSQL, Redis, a gateway and two workers
-# (scripts/cluster.sh). The gateway runs no sandbox, so every envd request crosses the
-# TLS tunnel to the owning worker.
+# The SDKs through a distributed cluster: PostgreSQL, Redis, a gateway and two workers
+# (scripts/cluster.sh); the Python tests that reach sandboxes, and the whole JS suite.
+# The gateway runs no sandbox, so every envd request crosses the TLS tunnel to the
+# owning worker.
 CLUSTER_TESTS='create_runs or list_filters or pause_then or commands_stream or pty or files_text or bad_keys or a_script_written'
 cluster_state=''
 cluster_stop() {
@@ -154,7 +155,8 @@ if [ "$#" -eq 0 ] && [ "${E2B_SKIP_CLUSTER:-}" != 1 ]; then
 		key=$(tr -d '[:space:]' <"$cluster_state/gateway/admin-token")
 		E2B_API_KEY="$key" E2B_API_URL="$gateway/e2b" E2B_SANDBOX_URL="$gateway/e2b" \
 			AETHERIUM_URL="$gateway" AETHERIUM_TOKEN="$key" \
-			"$VENV/bin/python" -m pytest -q tests/e2b/test_control_plane.py -k "$CLUSTER_TESTS" </dev/null || {
+			bash -c '"$1" -m pytest -q tests/e2b/test_control_plane.py -k "$2"; a=$?; bash tests/e2b/js/run.sh; b=$?; exit $((a ? a : b))' \
+			cluster-suites "$VENV/bin/python" "$CLUSTER_TESTS" </dev/null || {
 			status=$((status ? status : $?))
 			for f in "$cluster_state"/gateway.log "$cluster_state"/e2b-*.log; do
 				log "$f (last 20 lines):"
