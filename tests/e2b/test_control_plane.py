@@ -311,7 +311,10 @@ def test_metrics_report_what_the_sandbox_uses(sbx):
     samples = sbx.get_metrics()
     assert len(samples) == 1
     sample = samples[0]
-    assert sample.cpu_count >= 1
+    info = sbx.get_info()
+    assert sample.cpu_count == info.cpu_count
+    # The sandbox's own memory (its limit), not the host's.
+    assert sample.mem_total == info.memory_mb * 1024 * 1024
     assert 0 < sample.mem_used <= sample.mem_total
     assert 0 < sample.disk_used <= sample.disk_total
 

@@ -1,6 +1,7 @@
 //! What the agent reports about the sandbox: envd's `/metrics` and the load and
 //! memory figures of our `/info`. Read from `/proc` and `statvfs`.
 
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -49,6 +50,19 @@ fn cpu_times() -> Option<CpuTimes> {
 }
 
 pub fn memory() -> Option<Memory> {
+    let host = meminfo()?;
+    match cgroup_memory(Path::new("/sys/fs/cgroup")) {
+        // A container sees the host's /proc/meminfo: its own limit is what it has.
+        Some((limit, used)) if limit < host.total_bytes => Some(Memory {
+            total_bytes: limit,
+            available_bytes: limit.saturating_sub(used),
+        }),
+        _ => Some(host),
+    }
+}
+
+/// The kernel's view: a microVM's own memory, or the host's inside a container.
+fn meminfo() -> Option<Memory> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| {
         meminfo
@@ -62,6 +76,40 @@ pub fn memory() -> Option<Memory> {
         total_bytes: field("MemTotal:")?,
         available_bytes: field("MemAvailable:").or_else(|| field("MemFree:"))?,
     })
+}
+
+/// The memory cgroup this process is in, as mounted under `root` (cgroup v2 at the
+/// root, v1 under `memory/`): its limit and what it uses, less the page cache the
+/// kernel can drop (`inactive_file`, as `docker stats` counts). `None` without one.
+fn cgroup_memory(root: &Path) -> Option<(u64, u64)> {
+    let number = |path: PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let stat = |path: PathBuf, key: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let (name, value) = line.split_once(' ')?;
+                    (name == key).then(|| value.trim().parse::<u64>().ok())?
+                })
+            })
+            .unwrap_or(0)
+    };
+    // v2: `memory.max` is `max` when unlimited (no number: not a limit).
+    if root.join("memory.max").exists() {
+        let limit = number(root.join("memory.max"))?;
+        let used = number(root.join("memory.current"))?;
+        let cache = stat(root.join("memory.stat"), "inactive_file");
+        return Some((limit, used.saturating_sub(cache)));
+    }
+    let v1 = root.join("memory");
+    let limit = number(v1.join("memory.limit_in_bytes"))?;
+    let used = number(v1.join("memory.usage_in_bytes"))?;
+    let cache = stat(v1.join("memory.stat"), "total_inactive_file");
+    Some((limit, used.saturating_sub(cache)))
 }
 
 /// The 1, 5 and 15 minute load averages.
@@ -146,5 +194,31 @@ mod tests {
         assert!((0.0..=100.0).contains(&second.cpu_used_pct));
         assert!(load().is_some());
         assert!(memory().is_some_and(|m| m.available_bytes <= m.total_bytes));
+    }
+
+    #[test]
+    fn a_memory_cgroup_gives_the_limit_and_the_use_without_dropped_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        assert_eq!(cgroup_memory(dir.path()), None);
+        // v1, as Docker mounts it into a container.
+        write("memory/memory.limit_in_bytes", "268435456\n");
+        write("memory/memory.usage_in_bytes", "50000000\n");
+        write(
+            "memory/memory.stat",
+            "cache 1\ninactive_file 7\ntotal_inactive_file 10000000\n",
+        );
+        assert_eq!(cgroup_memory(dir.path()), Some((268_435_456, 40_000_000)));
+        // v2 wins where it is mounted; `max` is no limit.
+        write("memory.max", "max\n");
+        write("memory.current", "123\n");
+        assert_eq!(cgroup_memory(dir.path()), None);
+        write("memory.max", "1073741824\n");
+        write("memory.stat", "anon 5\ninactive_file 23\n");
+        assert_eq!(cgroup_memory(dir.path()), Some((1_073_741_824, 100)));
     }
 }
