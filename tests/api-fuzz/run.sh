@@ -24,13 +24,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/api-fuzz"
 REQ="$HERE/requirements.txt"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/aetherium"
-VENV="$CACHE/api-fuzz-venv"
-STAMP="$VENV/.requirements.sha256"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 AGENT_BIN="${AETHERIUM_AGENT_BIN:-$CARGO_TARGET_DIR/agent/aetherium-agent}"
 IMAGE="${AETHERIUM_TEST_IMAGE:-aetherium/base:latest}"
-export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
 MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-30}"
 # CPython 3.11 (Debian 12's) can fail `ast.parse` when threads parse at once
@@ -56,46 +53,8 @@ command -v curl >/dev/null 2>&1 || die "curl is missing (apt-get install curl)"
 docker info >/dev/null 2>&1 || die "docker is not reachable ('docker info' fails): run scripts/setup.sh --no-start first"
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: run scripts/setup.sh --no-start first"
 
-# `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
-ensure_venv_module() {
-	python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
-	command -v dpkg >/dev/null 2>&1 || die "python3 cannot create venvs (no ensurepip) and this is not a Debian system"
-	if ! dpkg -s python3-venv >/dev/null 2>&1; then
-		[ "$(id -u)" -eq 0 ] || die "python3-venv is missing: run 'apt-get install python3-venv' as root"
-		log "installing python3-venv"
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv </dev/null >/dev/null
-	fi
-	python3 -c 'import ensurepip, venv' 2>/dev/null ||
-		die "python3 still cannot create venvs (ensurepip missing) after installing python3-venv"
-}
-
-want_hash() {
-	{ cat "$REQ"; python3 -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1
-}
-
-# Create or refresh the venv under a lock, so parallel runs don't race.
-setup_venv() {
-	mkdir -p "$CACHE"
-	exec 9>"$CACHE/api-fuzz-venv.lock"
-	flock 9
-	local want
-	want=$(want_hash)
-	if [ -x "$VENV/bin/st" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] &&
-		"$VENV/bin/python" -c 'import schemathesis' 2>/dev/null; then
-		flock -u 9
-		return 0
-	fi
-	ensure_venv_module
-	log "creating $VENV"
-	rm -rf "$VENV"
-	python3 -m venv "$VENV"
-	"$VENV/bin/python" -m pip install -q -r "$REQ" </dev/null
-	echo "$want" >"$STAMP"
-	flock -u 9
-}
-
-setup_venv
+. "$ROOT/tests/lib/venv.sh"
+venv_setup api-fuzz "$REQ" 'import schemathesis'
 
 # The binaries under test: incremental builds, cheap when up to date.
 . "$ROOT/tests/lib/server.sh"
