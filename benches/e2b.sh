@@ -81,103 +81,40 @@ BIN=${AETHERIUM_BIN:-$(command -v aetherium 2>/dev/null || true)}
 [ -n "$BIN" ] && [ -x "$BIN" ] || die "no aetherium binary: put one on PATH (scripts/setup.sh) or set AETHERIUM_BIN"
 # The agent: what the server finds by itself for the installed CLI, the cargo
 # target's for any other binary (as benches/exec_latency.sh does).
-agent_env=()
-if [ "$BIN" != "$(command -v aetherium 2>/dev/null || true)" ] && [ -z "${AETHERIUM_AGENT_PATH:-}" ]; then
+AGENT_BIN=${AETHERIUM_AGENT_PATH:-}
+if [ "$BIN" != "$(command -v aetherium 2>/dev/null || true)" ] && [ -z "$AGENT_BIN" ]; then
 	a="${CARGO_TARGET_DIR:-$(default_cargo_target_dir)}/agent/aetherium-agent"
-	[ -x "$a" ] && agent_env=(AETHERIUM_AGENT_PATH="$a")
+	[ -x "$a" ] && AGENT_BIN=$a
 fi
+IMAGE=$AETHERIUM_IMAGE
+log() { echo "bench-e2b: $*" >&2; }
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/aetherium-bench-e2b.XXXXXX")
-DATA=$TMP/data
-WORKER_ID="bench-e2b-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-SERVER_PID=''
-URL=''
-TOKEN=''
-
-api() { # METHOD PATH
-	curl -sS --max-time 120 -X "$1" -H "Authorization: Bearer $TOKEN" "$URL$2"
-}
-
+# The server: its own data dir, worker id and port; its sandboxes deleted and
+# checked gone on exit (tests/lib/server.sh).
+. "$ROOT/tests/lib/server.sh"
 cleanup() {
 	local status=$?
 	trap - EXIT INT TERM
-	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-		if [ -n "$TOKEN" ]; then
-			local ids id
-			ids=$(api GET '/api/v1/vms?limit=1000' 2>/dev/null | python3 -c 'import json,sys
-try: print("\n".join(v["id"] for v in json.load(sys.stdin).get("vms", [])))
-except Exception: pass' || true)
-			for id in $ids; do
-				echo "bench-e2b: deleting sandbox $id" >&2
-				api DELETE "/api/v1/vms/$id?wait=60s" >/dev/null 2>&1 || true
-			done
-		fi
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		local i
-		for ((i = 0; i < 150; i++)); do
-			kill -0 "$SERVER_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-	fi
-	local left cid
-	left=$(docker ps -aq --no-trunc --filter "label=io.aetherium.worker_id=$WORKER_ID")
-	if [ -n "$left" ]; then
-		echo "bench-e2b: warning: containers of worker $WORKER_ID were left; removing them" >&2
-		for cid in $left; do
-			docker rm -f "$cid" >/dev/null 2>&1 || true
-		done
-	fi
-	if [ -n "$(docker ps -aq --filter "label=io.aetherium.worker_id=$WORKER_ID")" ]; then
-		echo "bench-e2b: error: containers of worker $WORKER_ID are still there" >&2
+	local worker=$SERVER_WORKER_ID
+	server_stop "$status"
+	if [ -n "$worker" ] && [ -n "$(docker ps -aq --filter "label=io.aetherium.worker_id=$worker")" ]; then
+		log "error: containers of worker $worker are still there"
 		[ "$status" -ne 0 ] || status=1
-	else
-		echo "bench-e2b: clean: no container labelled io.aetherium.worker_id=$WORKER_ID is left" >&2
+	elif [ -n "$worker" ]; then
+		log "clean: no container labelled io.aetherium.worker_id=$worker is left"
 	fi
-	if [ "$status" -ne 0 ] && [ -f "$TMP/server.log" ]; then
-		tail -n 30 "$TMP/server.log" >&2 || true
-	fi
-	rm -rf "$TMP"
 	exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-cat >"$TMP/config.yaml" <<EOF
-server:
-  max_wait_seconds: 600
-  request_timeout_seconds: 660
-auth:
-  rate_limit_per_second: 0
-worker:
-  id: $WORKER_ID
-vmm:
-  docker:
-    default_image: $AETHERIUM_IMAGE
-logging:
-  level: warn
-EOF
-
-echo "bench-e2b: starting $BIN up (worker $WORKER_ID, data in $DATA)" >&2
-# setsid: Ctrl-C must not reach the server before the sandboxes are deleted through it.
-env -u AETHERIUM_API_TOKEN "${agent_env[@]}" AETHERIUM_WORKER_ID="$WORKER_ID" \
-	setsid "$BIN" up --config "$TMP/config.yaml" --host 127.0.0.1 --port 0 --data-dir "$DATA" \
-	>"$TMP/server.log" 2>&1 </dev/null &
-SERVER_PID=$!
-for ((i = 0; i < 600; i++)); do
-	kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start (log below)"
-	[ -z "$URL" ] && URL=$(sed -n 's/^aetherium is up at \(http:[^ ]*\).*/\1/p' "$TMP/server.log" | head -n 1 || true)
-	[ -n "$URL" ] && curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" 2>/dev/null && break
-	sleep 0.1
-done
-curl -fsS -o /dev/null --max-time 3 "$URL/api/v1/health" || die "the server did not become healthy within 60 s"
-[ -s "$DATA/admin-token" ] || die "no admin credential in $DATA/admin-token"
-TOKEN=$(tr -d '[:space:]' <"$DATA/admin-token")
+server_start bench-e2b
+URL=$SERVER_URL
+TOKEN=$SERVER_TOKEN
+DATA=$SERVER_TMP/data
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$URL/e2b/v2/sandboxes")
 [ "$code" = 401 ] || die "$BIN does not serve E2B's API (GET /e2b/v2/sandboxes without a key answered $code, not 401):
        it predates /e2b; point AETHERIUM_BIN at a newer build (and AETHERIUM_AGENT_PATH at its agent)"
-echo "bench-e2b: server up at $URL (pid $SERVER_PID)" >&2
 
 echo
 echo "bench-e2b: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $("$BIN" --version) ($BIN), e2b $("$PY" -c 'import importlib.metadata as m; print(m.version("e2b"))') (python $("$PY" -c 'import platform; print(platform.python_version())')), $(nproc) CPU(s), image $AETHERIUM_IMAGE"

@@ -7,7 +7,7 @@
 #   server_start NAME CONFIG_EXTRA_YAML   # sets SERVER_URL, SERVER_TOKEN, SERVER_TMP
 #   ... ; server_stop                     # deletes its sandboxes, stops it, removes SERVER_TMP
 #
-# Needs: ROOT, CARGO_TARGET_DIR, AGENT_BIN, IMAGE, and log/die functions.
+# Needs: ROOT, CARGO_TARGET_DIR, AGENT_BIN (may be empty), IMAGE, and log/die functions.
 
 SERVER_PID=''
 SERVER_URL=''
@@ -52,7 +52,11 @@ vmm:
 $extra
 YAML
 	log "starting $BIN up (worker $SERVER_WORKER_ID, data in $SERVER_TMP/data)"
-	env -u AETHERIUM_API_TOKEN AETHERIUM_AGENT_PATH="$AGENT_BIN" AETHERIUM_LOG_LEVEL="${AETHERIUM_LOG_LEVEL:-warn}" NO_COLOR=1 \
+	# Without AGENT_BIN the server finds its agent itself (an installed CLI's).
+	local agent=()
+	[ -z "${AGENT_BIN:-}" ] || agent=(AETHERIUM_AGENT_PATH="$AGENT_BIN")
+	# setsid: a Ctrl-C must not reach the server before its sandboxes are deleted.
+	env -u AETHERIUM_API_TOKEN "${agent[@]}" AETHERIUM_LOG_LEVEL="${AETHERIUM_LOG_LEVEL:-warn}" NO_COLOR=1 \
 		setsid "$BIN" up --config "$SERVER_TMP/config.yaml" --host 127.0.0.1 --port 0 --data-dir "$SERVER_TMP/data" \
 		>"$SERVER_TMP/server.log" 2>&1 </dev/null &
 	SERVER_PID=$!
