@@ -22,7 +22,7 @@ AETHERIUM_TEST_IMAGE ?= $(TEST_IMAGE)
 export AETHERIUM_AGENT_BIN AETHERIUM_TEST_IMAGE
 
 .PHONY: help build agent test lint fmt bench bench-api bench-agent clean check-env \
-	test-types test-common test-store test-queue test-sandbox test-core test-agent test-gateway test-cli test-k8s-manager \
+	test-types test-common test-store test-queue test-sandbox test-integrations test-core test-agent test-gateway test-cli test-k8s-manager \
 	test-e2b test-api-fuzz bench-http bench-e2b bench-queue bench-boot cluster-up cluster-down \
 	dashboard dashboard-api test-dashboard
 
@@ -111,6 +111,8 @@ test-sandbox: check-env agent
 	$(NEXTEST) -p aetherium-sandbox --no-tests=warn
 test-agent:
 	$(NEXTEST) -p aetherium-agent --no-tests=warn
+test-integrations:
+	$(NEXTEST) -p aetherium-integrations --no-tests=warn
 test-core: check-env agent
 	$(NEXTEST) -p aetherium-core --no-tests=warn
 test-gateway: check-env agent
