@@ -30,7 +30,7 @@ help:
 	@echo "make build        cargo build --workspace"
 	@echo "make agent        static in-sandbox agent -> $(AGENT_BIN)"
 	@echo "make test         all tests (needs Docker + $(TEST_IMAGE): run scripts/setup.sh --no-start first)"
-	@echo "make test-<svc>   one crate: types common store queue sandbox core agent gateway cli k8s-manager"
+	@echo "make test-<svc>   one crate: types common store queue sandbox integrations core agent gateway cli k8s-manager"
 	@echo "make test-e2b     E2B's Python and JS SDKs: against the agent, then a real server and a cluster (tests/e2b, needs PyPI/npm once)"
 	@echo "make test-api-fuzz  schemathesis against the served OpenAPI spec (tests/api-fuzz, needs PyPI once)"
 	@echo "make test-dashboard  dashboard unit tests (vitest) + end-to-end tests (Chromium, a real aetherium up)"
