@@ -11,6 +11,8 @@ use http::StatusCode;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Whether a 5xx is logged as a failure of ours (see [`ApiError::routine`]).
+    log: bool,
 }
 
 impl ApiError {
@@ -18,7 +20,15 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            log: true,
         }
+    }
+
+    /// An answer that is an error to the client but routine to us (envd's 502 for a
+    /// killed sandbox that an SDK probes): not logged.
+    pub fn routine(mut self) -> Self {
+        self.log = false;
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -28,7 +38,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.log && self.status.is_server_error() {
             tracing::error!(status = %self.status, message = %self.message, "request failed");
         }
         let body = ErrorResponse {

@@ -92,12 +92,9 @@ pub fn sandbox_by_header(headers: &HeaderMap) -> Option<String> {
 /// server) with the HTTP status. Not logged as a failure of ours: an SDK probing a
 /// killed sandbox is routine.
 fn envd_error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = aetherium_types::ErrorResponse {
-        error: status.canonical_reason().unwrap_or("Error").to_string(),
-        message: message.into(),
-        code: status.as_u16(),
-    };
-    (status, axum::Json(body)).into_response()
+    crate::error::ApiError::new(status, message)
+        .routine()
+        .into_response()
 }
 
 /// What the SDKs take for "this sandbox is gone" (`SandboxNotRunningException`):
