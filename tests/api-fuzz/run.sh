@@ -60,15 +60,7 @@ venv_setup api-fuzz "$REQ" 'import schemathesis'
 . "$ROOT/tests/lib/server.sh"
 server_binaries
 
-cleanup() {
-	local status=$?
-	trap - EXIT INT TERM
-	server_stop "$status"
-	exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+server_stop_on_exit
 
 # Kept for the report with KEEP_FUZZ_TMP (the older name of KEEP_SERVER_TMP).
 if [ -n "${KEEP_FUZZ_TMP:-}" ]; then export KEEP_SERVER_TMP=1; fi

@@ -41,15 +41,7 @@ docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: r
 AGENT_BIN="$AETHERIUM_AGENT_BIN"
 . "$ROOT/tests/lib/server.sh"
 server_binaries
-cleanup() {
-	local status=$?
-	trap - EXIT INT TERM
-	server_stop "$status"
-	exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+server_stop_on_exit
 server_start e2b
 
 # Exactly what a user sets to move a script from E2B's cloud here.
@@ -106,7 +98,7 @@ if [ "$#" -eq 0 ] && [ "${E2B_SKIP_CLUSTER:-}" != 1 ]; then
 	CLUSTER_WORKERS="$id-1 $id-2"
 	CLUSTER_PORT=$(free_port_triple)
 	export CLUSTER_WORKERS CLUSTER_PORT
-	trap 'rc=$?; cluster_stop; (exit "$rc"); cleanup' EXIT
+	trap 'rc=$?; cluster_stop; (exit "$rc"); server_cleanup' EXIT
 	log "starting a cluster (gateway on :$CLUSTER_PORT, workers $CLUSTER_WORKERS, state $cluster_state)"
 	if AETHERIUM_CLUSTER_DIR="$cluster_state" AETHERIUM_BIN="$BIN" AETHERIUM_AGENT_PATH="$AGENT_BIN" \
 		AETHERIUM_LOG_LEVEL=warn bash scripts/cluster.sh up </dev/null >"$cluster_state.log" 2>&1; then

@@ -5,6 +5,7 @@
 #   . tests/lib/server.sh
 #   server_binaries                       # builds the CLI (incremental), the agent if missing: sets BIN
 #   server_start NAME CONFIG_EXTRA_YAML   # sets SERVER_URL, SERVER_TOKEN, SERVER_TMP
+#   server_stop_on_exit                   # server_cleanup on EXIT (server_stop, then exit with the status)
 #   ... ; server_stop                     # deletes its sandboxes, stops it, removes SERVER_TMP
 #
 # Needs: ROOT, CARGO_TARGET_DIR, AGENT_BIN (may be empty), IMAGE, and log/die functions.
@@ -122,4 +123,18 @@ except Exception: pass' || true)
 		rm -rf "$SERVER_TMP"
 	fi
 	SERVER_TMP=''
+}
+
+# The EXIT trap of a script that runs one server: stop it, keep the exit status.
+server_cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	server_stop "$status"
+	exit "$status"
+}
+
+server_stop_on_exit() {
+	trap server_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
 }
